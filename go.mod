@@ -1,0 +1,3 @@
+module github.com/cardmeter/cardmeter
+
+go 1.26.8

@@ -1,0 +1,316 @@
+package card
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/cardmeter/cardmeter/pkg/cdr"
+)
+
+const (
+	iccidA = "89860012345678901231"
+	gb     = uint64(1) << 30
+)
+
+func unix(s string) int64 {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		panic(err)
+	}
+	return t.Unix()
+}
+
+// fixture folds events into a partition and keeps what it emitted.
+type fixture struct {
+	t   *testing.T
+	p   *Partition
+	out []Emitted
+	n   int
+}
+
+func newFixture(t *testing.T, quota uint64, autoStop bool) *fixture {
+	f := &fixture{t: t, p: NewPartition()}
+	f.apply(Input{Type: TypeClockTicked, At: unix("2026-01-10T00:00:00+08:00")})
+	f.apply(Input{Type: TypePlanChanged, ID: "plan-1", At: unix("2026-01-10T00:00:00+08:00"),
+		Plan: &PlanChanged{PlanID: "iot-1g", QuotaBytes: quota, TimeZone: "Asia/Shanghai"}})
+	f.apply(Input{Type: TypeCardProvisioned, ID: "card-1", At: unix("2026-01-10T00:00:00+08:00"),
+		Card: &CardProvisioned{ICCID: iccidA, AccountID: "acme", PlanID: "iot-1g", Carrier: "cmcc", AutoStopOverQuota: autoStop}})
+	f.out = nil
+	return f
+}
+
+func (f *fixture) apply(in Input) {
+	f.t.Helper()
+	var err error
+	f.out, err = f.p.Apply(&in, f.out)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+func (f *fixture) tick(at string) { f.apply(Input{Type: TypeClockTicked, At: unix(at)}) }
+
+// usage folds one record and returns its verdict.
+func (f *fixture) usage(id, start string, bytes uint64) Verdict {
+	f.t.Helper()
+	s := unix(start)
+	rec := cdr.Record{RecordID: id, ICCID: iccidA, Start: s, End: s + 60, BytesDown: bytes}
+	var v []Verdict
+	v, f.out = f.p.ApplyUsage(&cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: s + 120}, []cdr.Record{rec}, nil, f.out)
+	return v[0]
+}
+
+func (f *fixture) emitted(t EmittedType) []Emitted {
+	var r []Emitted
+	for _, e := range f.out {
+		if e.Type == t {
+			r = append(r, e)
+		}
+	}
+	return r
+}
+
+func (f *fixture) card() View {
+	v, ok := f.p.Card(iccidA)
+	if !ok {
+		f.t.Fatal("card missing")
+	}
+	return v
+}
+
+// DOMAIN.md §2 自动超停: an opted-in card stops when cycle usage goes over
+// the quota, and the overshoot is recorded.
+func TestOverQuotaStopsOptedInCard(t *testing.T) {
+	f := newFixture(t, gb, true)
+	f.usage("r1", "2026-01-11T10:00:00+08:00", gb-100)
+	if len(f.emitted(EmitStopped)) != 0 || f.card().Status != InService {
+		t.Fatal("stopped below the quota")
+	}
+	f.usage("r2", "2026-01-11T11:00:00+08:00", 100) // exactly at quota: not over
+	if f.card().Status != InService {
+		t.Fatal("stopped at exactly the quota")
+	}
+	f.usage("r3", "2026-01-11T12:00:00+08:00", 5000)
+	st := f.emitted(EmitStopped)
+	if len(st) != 1 {
+		t.Fatalf("want one stopped event, got %d", len(st))
+	}
+	if st[0].Reason != ReasonOverQuota || st[0].Overshoot != 5000 || st[0].Cause != "record:cmcc/r3" {
+		t.Fatalf("stopped event = %+v", st[0])
+	}
+	f.usage("r4", "2026-01-11T12:05:00+08:00", 1000) // in flight after the cut
+	if n := len(f.emitted(EmitStopped)); n != 1 {
+		t.Fatalf("stopped emitted %d times", n)
+	}
+	c := f.card()
+	if c.Status != Stopped || !c.Reasons.Has(ReasonOverQuota) || c.UsageBytes != gb+6000 || c.OvershootBytes != 6000 {
+		t.Fatalf("card = %+v", c)
+	}
+}
+
+// DOMAIN.md §2: a card without the option keeps working over quota.
+func TestOverQuotaWithoutOptionKeepsWorking(t *testing.T) {
+	f := newFixture(t, gb, false)
+	f.usage("r1", "2026-01-11T10:00:00+08:00", 2*gb)
+	if len(f.emitted(EmitStopped)) != 0 || f.card().Status != InService {
+		t.Fatal("a card without auto stop was stopped")
+	}
+}
+
+// DOMAIN.md §2: at the start of the next cycle the counter resets and the
+// over-quota stop clears automatically, driven by a clock tick.
+func TestOverQuotaClearsAtNextCycle(t *testing.T) {
+	f := newFixture(t, gb, true)
+	f.usage("r1", "2026-01-20T10:00:00+08:00", gb+1)
+	f.tick("2026-01-31T23:59:00+08:00")
+	if len(f.emitted(EmitResumed)) != 0 {
+		t.Fatal("resumed before the cycle ended")
+	}
+	f.tick("2026-02-01T00:00:00+08:00")
+	r := f.emitted(EmitResumed)
+	if len(r) != 1 || r[0].Reason != ReasonOverQuota || r[0].Cause != fmt.Sprintf("tick:%d", unix("2026-02-01T00:00:00+08:00")) {
+		t.Fatalf("resumed = %+v", r)
+	}
+	if cl := f.emitted(EmitCycleClosed); len(cl) != 1 || cl[0].Usage != gb+1 {
+		t.Fatalf("cycle closed = %+v", cl)
+	}
+	c := f.card()
+	if c.Status != InService || c.UsageBytes != 0 || c.Cycle.Start != unix("2026-02-01T00:00:00+08:00") {
+		t.Fatalf("card after rollover = %+v", c)
+	}
+}
+
+// DOMAIN.md "Usage records": a record id (per carrier) counts once; the same
+// id with different content is a conflict: the first counts.
+func TestDuplicateAndConflictingRecords(t *testing.T) {
+	f := newFixture(t, 10*gb, true)
+	if v := f.usage("r1", "2026-01-11T10:00:00+08:00", 1000); v.Status != Accepted {
+		t.Fatalf("first: %v", v.Status)
+	}
+	if v := f.usage("r1", "2026-01-11T10:00:00+08:00", 1000); v.Status != Duplicate {
+		t.Fatalf("re-sent: %v", v.Status)
+	}
+	if v := f.usage("r1", "2026-01-11T10:00:00+08:00", 999); v.Status != Conflict {
+		t.Fatalf("changed: %v", v.Status)
+	}
+	if c := f.emitted(EmitUsageConflict); len(c) != 1 || c[0].Bytes != 999 {
+		t.Fatalf("conflict events = %+v", c)
+	}
+	if u := f.card().UsageBytes; u != 1000 {
+		t.Fatalf("usage = %d, want 1000", u)
+	}
+}
+
+// DOMAIN.md: usage counts in the cycle its session started in; a record for
+// a closed cycle stops nothing now.
+func TestLateRecordIsAnAdjustment(t *testing.T) {
+	f := newFixture(t, gb, true)
+	f.tick("2026-02-02T00:00:00+08:00")
+	v := f.usage("old", "2026-01-31T23:00:00+08:00", 5*gb)
+	if v.Status != Late || v.CycleStart != unix("2026-01-01T00:00:00+08:00") {
+		t.Fatalf("verdict = %+v", v)
+	}
+	if len(f.emitted(EmitStopped)) != 0 || f.card().UsageBytes != 0 {
+		t.Fatal("a late record counted in the current cycle")
+	}
+	if a := f.emitted(EmitUsageAdjusted); len(a) != 1 || a[0].Bytes != 5*gb {
+		t.Fatalf("adjustments = %+v", a)
+	}
+	if v := f.usage("old", "2026-01-31T23:00:00+08:00", 5*gb); v.Status != Duplicate {
+		t.Fatalf("re-sent late record: %v", v.Status)
+	}
+	// beyond the retained cycles a record is refused, never counted twice
+	if v := f.usage("ancient", "2025-10-15T00:00:00+08:00", 1); v.Status != TooLate {
+		t.Fatalf("ancient record: %v", v.Status)
+	}
+}
+
+// A record whose session starts in the next cycle rolls the card forward
+// before the tick does; the stop clears and the record counts in the new cycle.
+func TestRecordInNextCycleRollsForward(t *testing.T) {
+	f := newFixture(t, gb, true)
+	f.usage("r1", "2026-01-20T10:00:00+08:00", gb+1)
+	v := f.usage("r2", "2026-02-01T00:10:00+08:00", 10)
+	if v.Status != Accepted || v.CycleStart != unix("2026-02-01T00:00:00+08:00") {
+		t.Fatalf("verdict = %+v", v)
+	}
+	c := f.card()
+	if c.Status != InService || c.UsageBytes != 10 {
+		t.Fatalf("card = %+v", c)
+	}
+	f.tick("2026-02-01T00:20:00+08:00")
+	if n := len(f.emitted(EmitCycleClosed)); n != 1 {
+		t.Fatalf("cycle closed %d times", n)
+	}
+}
+
+func TestUnknownInputIsAnError(t *testing.T) {
+	p := NewPartition()
+	if _, err := p.Apply(&Input{Type: "card.teleported.v1"}, nil); err == nil {
+		t.Fatal("an unknown input type was accepted")
+	}
+}
+
+// genLog makes a long random log of every input kind: plans, cards, usage
+// (with duplicates, conflicts, late records), and ticks over months.
+func genLog(seed uint64, n int) []any {
+	r := rand.New(rand.NewPCG(seed, seed))
+	var log []any
+	now := unix("2026-01-01T00:00:00+08:00")
+	log = append(log, Input{Type: TypeClockTicked, At: now})
+	for i := 0; i < 3; i++ {
+		log = append(log, Input{Type: TypePlanChanged, ID: fmt.Sprint("p", i), At: now,
+			Plan: &PlanChanged{PlanID: fmt.Sprint("plan", i), QuotaBytes: uint64(1+i) * 1e6, CycleAnchorDay: []int{1, 27, 31}[i],
+				TimeZone: []string{"", "UTC", "America/New_York"}[i]}})
+	}
+	var cards []string
+	for len(log) < n {
+		switch k := r.IntN(100); {
+		case k < 5 || len(cards) == 0:
+			prefix := fmt.Sprintf("8986%014d", r.IntN(1e9))
+			iccid := prefix + string(cdr.LuhnDigit(prefix))
+			cards = append(cards, iccid)
+			log = append(log, Input{Type: TypeCardProvisioned, ID: fmt.Sprint("c", len(log)), At: now,
+				Card: &CardProvisioned{ICCID: iccid, AccountID: fmt.Sprint("acct", r.IntN(5)), PlanID: fmt.Sprint("plan", r.IntN(3)), Carrier: "cmcc", AutoStopOverQuota: r.IntN(2) == 0}})
+		case k < 10:
+			now += int64(r.IntN(5 * 86400))
+			log = append(log, Input{Type: TypeClockTicked, At: now})
+		default:
+			h := cdr.ChunkHeader{Carrier: "cmcc", BatchID: fmt.Sprint("b", len(log)), ReceivedAt: now}
+			var recs []cdr.Record
+			for j := r.IntN(20); j >= 0; j-- {
+				start := now - int64(r.IntN(40*86400))
+				recs = append(recs, cdr.Record{RecordID: fmt.Sprint("r", r.IntN(3000)), ICCID: cards[r.IntN(len(cards))],
+					Start: start, End: start + 60, BytesUp: uint64(r.IntN(1e5)), BytesDown: uint64(r.IntN(3e5))})
+			}
+			log = append(log, chunk{h, recs})
+		}
+	}
+	return log
+}
+
+type chunk struct {
+	h    cdr.ChunkHeader
+	recs []cdr.Record
+}
+
+func fold(t testing.TB, p *Partition, log []any) []Emitted {
+	var out []Emitted
+	var verdicts []Verdict
+	for _, e := range log {
+		switch e := e.(type) {
+		case Input:
+			var err error
+			if out, err = p.Apply(&e, out); err != nil {
+				t.Fatal(err)
+			}
+		case chunk:
+			verdicts, out = p.ApplyUsage(&e.h, e.recs, verdicts, out)
+		}
+	}
+	return out
+}
+
+// Replaying the log from scratch, or from a snapshot taken mid-way, gives
+// the same state and the same emitted events.
+func TestReplayIsDeterministic(t *testing.T) {
+	log := genLog(7, 5000)
+	a, b := NewPartition(), NewPartition()
+	outA := fold(t, a, log)
+	outB := fold(t, b, log)
+	if !reflect.DeepEqual(outA, outB) {
+		t.Fatal("two folds of one log emitted different events")
+	}
+	if len(outA) < 100 {
+		t.Fatalf("the generated log emitted only %d events: too tame to test anything", len(outA))
+	}
+	snapA, _ := a.MarshalSnapshot()
+	snapB, _ := b.MarshalSnapshot()
+	if !bytes.Equal(snapA, snapB) {
+		t.Fatal("two folds of one log gave different state")
+	}
+
+	mid := len(log) / 2
+	c := NewPartition()
+	outC := fold(t, c, log[:mid])
+	s, err := c.MarshalSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := UnmarshalSnapshot(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outC = append(outC, fold(t, d, log[mid:])...)
+	if !reflect.DeepEqual(outA, outC) {
+		t.Fatal("a fold resumed from a snapshot emitted different events")
+	}
+	snapD, _ := d.MarshalSnapshot()
+	if !bytes.Equal(snapA, snapD) {
+		t.Fatal("a fold resumed from a snapshot reached a different state")
+	}
+}
