@@ -38,6 +38,8 @@ func (e *BatchError) Error() string { return e.Reason }
 // go on), or io.EOF at the end, or another error that ends the batch.
 type Reader interface {
 	Next(rec *Record) error
+	// Line is the 1-based input line of the record Next returned last.
+	Line() int
 }
 
 // Fields are the column and field names of a usage record, as in API.md.
@@ -137,6 +139,7 @@ func setField(rec *Record, f int, v string) string {
 // Unknown columns are refused when the header is read.
 type CSVReader struct {
 	r       *csv.Reader
+	line    int
 	cols    []int // field index of each column
 	index   int
 	maxLine int
@@ -189,23 +192,28 @@ func NewCSVReader(in io.Reader, maxLine int) (*CSVReader, error) {
 	return &CSVReader{r: r, cols: cols, maxLine: maxLine}, nil
 }
 
+// Line implements Reader.
+func (c *CSVReader) Line() int { return c.line }
+
 // Next implements Reader.
 func (c *CSVReader) Next(rec *Record) error {
 	row, err := c.r.Read()
 	if err == io.EOF {
 		return io.EOF
 	}
-	line, _ := c.r.FieldPos(0)
 	idx := c.index
 	*rec = Record{}
 	if err != nil {
 		var pe *csv.ParseError
 		if errors.As(err, &pe) {
+			c.line = pe.StartLine
 			c.index++
 			return &RecordError{Index: idx, Line: pe.StartLine, Field: "", Reason: "malformed CSV: " + pe.Err.Error()}
 		}
 		return &BatchError{"reading body: " + err.Error()}
 	}
+	line, _ := c.r.FieldPos(0)
+	c.line = line
 	c.index++
 	if len(row) != len(c.cols) {
 		return &RecordError{Index: idx, Line: line, Field: "", Reason: fmt.Sprintf("has %d columns, the header has %d", len(row), len(c.cols))}
@@ -268,6 +276,9 @@ type jsonRecord struct {
 	IMEI      string       `json:"imei"`
 	CellID    string       `json:"cell_id"`
 }
+
+// Line implements Reader.
+func (n *NDJSONReader) Line() int { return n.line }
 
 // Next implements Reader.
 func (n *NDJSONReader) Next(rec *Record) error {

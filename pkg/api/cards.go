@@ -1,0 +1,163 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/card"
+	"github.com/cardmeter/cardmeter/pkg/cdr"
+	"github.com/cardmeter/cardmeter/pkg/projector"
+)
+
+type cardBody struct {
+	AccountID         string `json:"account_id"`
+	PlanID            string `json:"plan_id"`
+	Carrier           string `json:"carrier"`
+	IMSI              string `json:"imsi"`
+	MSISDN            string `json:"msisdn"`
+	AutoStopOverQuota bool   `json:"auto_stop_over_quota"`
+	PoolID            string `json:"pool_id"`
+	ValidFrom         string `json:"valid_from"`
+	ValidUntil        string `json:"valid_until"`
+}
+
+func parseOptionalTime(field, v string) (int64, error) {
+	if v == "" {
+		return 0, nil
+	}
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		return 0, invalid(field, "not an RFC 3339 time with offset")
+	}
+	return t.Unix(), nil
+}
+
+// putCard provisions a card: the event goes to the account's partition,
+// then the directory learns the card. A crash between the two leaves the
+// card unknown to ingest until the PUT is retried, which is idempotent.
+func (s *Server) putCard(w http.ResponseWriter, r *http.Request) error {
+	iccid := r.PathValue("iccid")
+	if reason := cdr.ValidateICCID(iccid); reason != "" {
+		return invalid("iccid", reason)
+	}
+	var b cardBody
+	if err := decodeBody(r, &b); err != nil {
+		return err
+	}
+	if err := checkID("account_id", b.AccountID); err != nil {
+		return err
+	}
+	if err := checkID("plan_id", b.PlanID); err != nil {
+		return err
+	}
+	if b.Carrier == "" {
+		b.Carrier = "default"
+	}
+	if err := checkID("carrier", b.Carrier); err != nil {
+		return err
+	}
+	if _, found := s.dir.Plan(b.PlanID); !found {
+		return problem(http.StatusUnprocessableEntity, "refused/unknown-plan", "unknown plan", "plan "+strconv.Quote(b.PlanID)+" does not exist: PUT /v1/plans/{plan_id} first")
+	}
+	if old, found := s.dir.Card(iccid); found && old.AccountID != b.AccountID {
+		return problem(http.StatusConflict, "refused/account-change", "card belongs to another account",
+			"card "+iccid+" belongs to account "+strconv.Quote(old.AccountID)+"; moving cards between accounts is not supported")
+	}
+	from, err := parseOptionalTime("valid_from", b.ValidFrom)
+	if err != nil {
+		return err
+	}
+	until, err := parseOptionalTime("valid_until", b.ValidUntil)
+	if err != nil {
+		return err
+	}
+	cp := card.CardProvisioned{ICCID: iccid, AccountID: b.AccountID, PlanID: b.PlanID, Carrier: b.Carrier, IMSI: b.IMSI,
+		MSISDN: b.MSISDN, AutoStopOverQuota: b.AutoStopOverQuota, PoolID: b.PoolID, ValidFrom: from, ValidUntil: until}
+	cpJSON, _ := json.Marshal(cp)
+	in := card.Input{Type: card.TypeCardProvisioned, ID: "card-" + iccid + "-" + contentID(cpJSON), At: s.clock.Now(), Card: &cp}
+	data, _ := json.Marshal(in)
+	pos, err := s.publish(r.Context(), broker.BillingSubject(broker.Partition(b.AccountID, s.cfg.Partitions)), in.ID, data)
+	if err != nil {
+		return err
+	}
+	if err := s.dir.PutCard(r.Context(), CardEntry{ICCID: iccid, AccountID: b.AccountID, PlanID: b.PlanID, Carrier: b.Carrier, IMSI: b.IMSI, MSISDN: b.MSISDN}); err != nil {
+		return err
+	}
+	return ok(w, map[string]any{"iccid": iccid, "account_id": b.AccountID, "plan_id": b.PlanID, "carrier": b.Carrier,
+		"auto_stop_over_quota": b.AutoStopOverQuota, "position": pos})
+}
+
+// CardResponse is the read model of a card (GET /v1/cards/{iccid}).
+type CardResponse struct {
+	ICCID             string      `json:"iccid"`
+	AccountID         string      `json:"account_id"`
+	PlanID            string      `json:"plan_id"`
+	Carrier           string      `json:"carrier"`
+	Status            card.Status `json:"status"`
+	StopReasons       []string    `json:"stop_reasons"`
+	Cycle             CycleView   `json:"cycle"`
+	AutoStopOverQuota bool        `json:"auto_stop_over_quota"`
+	ValidFrom         string      `json:"valid_from,omitempty"`
+	ValidUntil        string      `json:"valid_until,omitempty"`
+	LogTime           string      `json:"log_time"`
+	Position          uint64      `json:"position"`
+}
+
+// CycleView is the card's current billing cycle.
+type CycleView struct {
+	Start          string `json:"start"`
+	End            string `json:"end"`
+	UsageBytes     uint64 `json:"usage_bytes"`
+	QuotaBytes     uint64 `json:"quota_bytes"`
+	OvershootBytes uint64 `json:"overshoot_bytes"`
+}
+
+func rfc3339(t int64) string {
+	if t == 0 {
+		return ""
+	}
+	return time.Unix(t, 0).UTC().Format(time.RFC3339)
+}
+
+func (s *Server) getCard(w http.ResponseWriter, r *http.Request) error {
+	iccid := r.PathValue("iccid")
+	entry, found := s.dir.Card(iccid)
+	if !found {
+		return problem(http.StatusNotFound, "not-found/card", "no such card", iccid)
+	}
+	var minPos uint64
+	if v := r.URL.Query().Get("min_position"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return invalid("min_position", "not a non-negative integer")
+		}
+		minPos = n
+	}
+	reply, err := s.query(r.Context(), broker.Partition(entry.AccountID, s.cfg.Partitions), projector.CardQuery{ICCID: iccid, MinPosition: minPos})
+	if err != nil {
+		return err
+	}
+	if reply.Timeout {
+		w.Header().Set("Retry-After", "1")
+		return problem(http.StatusServiceUnavailable, "unavailable/position", "position not reached", reply.Error)
+	}
+	if reply.Error != "" {
+		return problem(http.StatusInternalServerError, "internal/projector", "projector error", reply.Error)
+	}
+	if !reply.Found {
+		// the directory knows it, the projector not yet: provisioning is in flight
+		w.Header().Set("Retry-After", "1")
+		return problem(http.StatusNotFound, "not-found/card-pending", "card not yet projected", "retry, or pass ?min_position")
+	}
+	v := reply.Card
+	return ok(w, CardResponse{
+		ICCID: v.ICCID, AccountID: v.AccountID, PlanID: v.PlanID, Carrier: v.Carrier, Status: v.Status,
+		StopReasons: v.Reasons.Names(), AutoStopOverQuota: v.AutoStopOverQuota,
+		Cycle: CycleView{Start: rfc3339(v.Cycle.Start), End: rfc3339(v.Cycle.End), UsageBytes: v.UsageBytes,
+			QuotaBytes: v.QuotaBytes, OvershootBytes: v.OvershootBytes},
+		ValidFrom: rfc3339(v.ValidFrom), ValidUntil: rfc3339(v.ValidUntil), LogTime: rfc3339(reply.Now), Position: reply.Applied,
+	})
+}

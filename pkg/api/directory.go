@@ -1,0 +1,165 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/card"
+)
+
+// CardEntry is what ingest knows of a card: enough to route its records.
+type CardEntry struct {
+	ICCID     string `json:"iccid"`
+	AccountID string `json:"account_id"`
+	PlanID    string `json:"plan_id"`
+	Carrier   string `json:"carrier"`
+	IMSI      string `json:"imsi,omitempty"`
+	MSISDN    string `json:"msisdn,omitempty"`
+}
+
+// Directory maps cards to accounts (and so to partitions), IMSI and MSISDN
+// to ICCIDs, and holds the plans, for routing and validation at ingest. It
+// is a cache of a JetStream KV bucket, kept current by a watch, so several
+// ingest instances share it. Safe for concurrent use.
+type Directory struct {
+	kv  jetstream.KeyValue
+	log *zap.Logger
+
+	mu       sync.RWMutex
+	cards    map[string]CardEntry
+	byIMSI   map[string]string
+	byMSISDN map[string]string
+	plans    map[string]card.PlanChanged
+}
+
+// NewDirectory loads the bucket and starts watching it until ctx ends.
+func NewDirectory(ctx context.Context, kv jetstream.KeyValue, log *zap.Logger) (*Directory, error) {
+	d := &Directory{kv: kv, log: log, cards: map[string]CardEntry{}, byIMSI: map[string]string{},
+		byMSISDN: map[string]string{}, plans: map[string]card.PlanChanged{}}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("directory: watching: %w", err)
+	}
+	// the watch sends every current value, then nil
+	for e := range w.Updates() {
+		if e == nil {
+			break
+		}
+		d.apply(e)
+	}
+	go func() {
+		defer w.Stop() //nolint:errcheck // shutting down
+		for {
+			select {
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e != nil {
+					d.apply(e)
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return d, nil
+}
+
+func (d *Directory) apply(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		return
+	}
+	kind, _, _ := strings.Cut(e.Key(), ".")
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch kind {
+	case "card":
+		var c CardEntry
+		if err := json.Unmarshal(e.Value(), &c); err != nil {
+			d.log.Warn("directory: bad card entry", zap.String("key", e.Key()), zap.Error(err))
+			return
+		}
+		d.putCardLocked(c)
+	case "plan":
+		var p card.PlanChanged
+		if err := json.Unmarshal(e.Value(), &p); err != nil {
+			d.log.Warn("directory: bad plan entry", zap.String("key", e.Key()), zap.Error(err))
+			return
+		}
+		d.plans[p.PlanID] = p
+	}
+}
+
+func (d *Directory) putCardLocked(c CardEntry) {
+	d.cards[c.ICCID] = c
+	if c.IMSI != "" {
+		d.byIMSI[c.IMSI] = c.ICCID
+	}
+	if c.MSISDN != "" {
+		d.byMSISDN[c.MSISDN] = c.ICCID
+	}
+}
+
+// Card returns a card's entry.
+func (d *Directory) Card(iccid string) (CardEntry, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	c, ok := d.cards[iccid]
+	return c, ok
+}
+
+// Resolve finds a card by ICCID, else IMSI, else MSISDN.
+func (d *Directory) Resolve(iccid, imsi, msisdn string) (CardEntry, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if iccid == "" && imsi != "" {
+		iccid = d.byIMSI[imsi]
+	}
+	if iccid == "" && msisdn != "" {
+		iccid = d.byMSISDN[msisdn]
+	}
+	c, ok := d.cards[iccid]
+	return c, ok
+}
+
+// Plan returns a plan.
+func (d *Directory) Plan(id string) (card.PlanChanged, bool) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	p, ok := d.plans[id]
+	return p, ok
+}
+
+// PutCard stores a card's entry in the bucket and in this cache.
+func (d *Directory) PutCard(ctx context.Context, c CardEntry) error {
+	b, _ := json.Marshal(c)
+	if _, err := d.kv.Put(ctx, "card."+c.ICCID, b); err != nil {
+		return fmt.Errorf("directory: %w", err)
+	}
+	d.mu.Lock()
+	d.putCardLocked(c)
+	d.mu.Unlock()
+	return nil
+}
+
+// PutPlan stores a plan in the bucket and in this cache.
+func (d *Directory) PutPlan(ctx context.Context, p card.PlanChanged) error {
+	b, _ := json.Marshal(p)
+	if _, err := d.kv.Put(ctx, "plan."+p.PlanID, b); err != nil {
+		return fmt.Errorf("directory: %w", err)
+	}
+	d.mu.Lock()
+	d.plans[p.PlanID] = p
+	d.mu.Unlock()
+	return nil
+}
+
+var errNotFound = errors.New("not found")

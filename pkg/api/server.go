@@ -1,0 +1,390 @@
+// Package api is cardmeter's public HTTP API (see schemas/openapi.yaml):
+// it validates what carriers and billing send, writes it to the log and
+// answers 2xx only once JetStream has stored it, and answers reads from
+// the projector's state.
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/card"
+	"github.com/cardmeter/cardmeter/pkg/cdr"
+	"github.com/cardmeter/cardmeter/pkg/clock"
+	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/schemas"
+)
+
+// Config configures the API.
+type Config struct {
+	Partitions   int
+	MaxBodyBytes int64 // default 64 MiB
+	ChunkRecords int   // records per log message at most; default 4096
+	Limits       cdr.Limits
+	ReadTimeout  time.Duration // max wait for ?min_position; default 5 s
+}
+
+// Server is the HTTP API. Create it with New; it is an http.Handler.
+type Server struct {
+	cfg     Config
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	dir     *Directory
+	clock   *clock.Clock
+	log     *zap.Logger
+	mux     *http.ServeMux
+	ready   func() error
+	metrics *metrics
+}
+
+type metrics struct {
+	records  *prometheus.CounterVec
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// New wires the API. ready reports the pipeline's readiness for /readyz.
+func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk *clock.Clock, reg prometheus.Registerer, ready func() error, log *zap.Logger) *Server {
+	if cfg.Partitions == 0 {
+		cfg.Partitions = broker.DefaultTopology.Partitions
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = 64 << 20
+	}
+	if cfg.ChunkRecords == 0 {
+		cfg.ChunkRecords = 4096
+	}
+	if cfg.Limits == (cdr.Limits{}) {
+		cfg.Limits = cdr.DefaultLimits
+	}
+	if cfg.ReadTimeout == 0 {
+		cfg.ReadTimeout = 5 * time.Second
+	}
+	m := &metrics{
+		records: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_ingest_records_total",
+			Help: "Usage records received, by outcome (accepted, rejected, duplicate_chunk)."}, []string{"outcome"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_http_requests_total",
+			Help: "HTTP requests by route and status code."}, []string{"route", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "cardmeter_http_request_seconds",
+			Help: "HTTP request latency by route.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"route"}),
+	}
+	reg.MustRegister(m.records, m.requests, m.latency)
+	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m}
+	routes := []struct {
+		pattern string
+		h       func(http.ResponseWriter, *http.Request) error
+	}{
+		{"PUT /v1/plans/{plan_id}", s.putPlan},
+		{"GET /v1/plans/{plan_id}", s.getPlan},
+		{"PUT /v1/cards/{iccid}", s.putCard},
+		{"GET /v1/cards/{iccid}", s.getCard},
+		{"POST /v1/usage", s.postUsage},
+		{"PUT /v1/clock", s.putClock},
+		{"GET /v1/clock", s.getClock},
+		{"GET /healthz", s.healthz},
+		{"GET /readyz", s.readyz},
+		{"GET /openapi.yaml", s.openapi},
+	}
+	for _, r := range routes {
+		s.mux.Handle(r.pattern, s.wrap(r.pattern, r.h))
+	}
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg.(prometheus.Gatherer), promhttp.HandlerOpts{}))
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// statusWriter remembers the status code for metrics.
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
+
+func (s *Server) wrap(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, code: 200}
+		if err := h(sw, r); err != nil {
+			s.writeError(sw, r, err)
+		}
+		s.metrics.requests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
+		s.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+// Problem is an RFC 9457 problem document. Errors is set for batch
+// validation; the other fields of a partly accepted batch ride along.
+type Problem struct {
+	Type   string             `json:"type"`
+	Title  string             `json:"title"`
+	Status int                `json:"status"`
+	Detail string             `json:"detail,omitempty"`
+	Errors []*cdr.RecordError `json:"errors,omitempty"`
+	Field  string             `json:"field,omitempty"`
+	*BatchResult
+}
+
+func (p *Problem) Error() string { return p.Title + ": " + p.Detail }
+
+func problem(status int, typ, title, detail string) *Problem {
+	return &Problem{Type: "cardmeter:" + typ, Title: title, Status: status, Detail: detail}
+}
+
+func invalid(field, reason string) *Problem {
+	p := problem(http.StatusBadRequest, "invalid/"+field, "invalid field", field+": "+reason)
+	p.Field = field
+	return p
+}
+
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var p *Problem
+	var ie *card.InvalidError
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &p):
+	case errors.As(err, &ie):
+		p = invalid(ie.Field, ie.Reason)
+	case errors.As(err, &mbe):
+		p = problem(http.StatusRequestEntityTooLarge, "limit/body-size", "request body too large",
+			fmt.Sprintf("the body is over the limit of %d bytes", mbe.Limit))
+	case errors.Is(err, errUnavailable):
+		w.Header().Set("Retry-After", "2")
+		p = problem(http.StatusServiceUnavailable, "unavailable/log", "log unavailable", err.Error())
+	default:
+		s.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
+		p = problem(http.StatusInternalServerError, "internal", "internal error", "see the server log")
+	}
+	writeJSON(w, p.Status, "application/problem+json", p)
+}
+
+func writeJSON(w http.ResponseWriter, status int, ctype string, v any) {
+	w.Header().Set("Content-Type", ctype)
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client may have gone
+}
+
+func ok(w http.ResponseWriter, v any) error {
+	writeJSON(w, http.StatusOK, "application/json", v)
+	return nil
+}
+
+var errUnavailable = errors.New("the log (JetStream) did not store the write; retry later")
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+func checkID(field, v string) error {
+	if !idPattern.MatchString(v) {
+		return invalid(field, "must be 1 to 64 letters, digits, '_' or '-'")
+	}
+	return nil
+}
+
+func decodeBody(r *http.Request, v any) error {
+	d := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20))
+	d.DisallowUnknownFields()
+	if err := d.Decode(v); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return invalid(te.Field, "wrong type: expected "+te.Type.String())
+		}
+		return problem(http.StatusBadRequest, "invalid/json", "malformed JSON body", err.Error())
+	}
+	return nil
+}
+
+// publish writes one message to the log and returns its position. The id
+// makes a retry of the same write idempotent within the duplicate window.
+func (s *Server) publish(ctx context.Context, subject, id string, data []byte) (uint64, error) {
+	m := nats.NewMsg(subject)
+	m.Data = data
+	m.Header.Set(jetstream.MsgIDHeader, id)
+	ack, err := s.js.PublishMsg(ctx, m)
+	if err != nil {
+		s.log.Warn("publish failed", zap.String("subject", subject), zap.Error(err))
+		return 0, fmt.Errorf("%w: %v", errUnavailable, err)
+	}
+	return ack.Sequence, nil
+}
+
+func contentID(parts ...[]byte) string {
+	h := sha256.New()
+	for _, p := range parts {
+		h.Write(p)
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:12])
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) error {
+	return ok(w, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) error {
+	if s.nc.Status() != nats.CONNECTED {
+		return problem(http.StatusServiceUnavailable, "unavailable/nats", "not ready", "not connected to NATS")
+	}
+	if s.ready != nil {
+		if err := s.ready(); err != nil {
+			return problem(http.StatusServiceUnavailable, "unavailable/pipeline", "not ready", err.Error())
+		}
+	}
+	return ok(w, map[string]string{"status": "ready"})
+}
+
+func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) error {
+	w.Header().Set("Content-Type", "application/yaml")
+	_, err := w.Write(schemas.OpenAPI)
+	return err
+}
+
+// ---- plans
+
+type planBody struct {
+	QuotaBytes      *uint64 `json:"quota_bytes"`
+	MonthlyFeeFen   int64   `json:"monthly_fee_fen"`
+	OverageFenPerMB int64   `json:"overage_fen_per_mb"`
+	TermMonths      int     `json:"term_months"`
+	TimeZone        string  `json:"time_zone"`
+	CycleAnchorDay  int     `json:"cycle_anchor_day"`
+	WarningPct      []int   `json:"warning_thresholds_pct"`
+}
+
+type planResponse struct {
+	PlanID          string `json:"plan_id"`
+	QuotaBytes      uint64 `json:"quota_bytes"`
+	MonthlyFeeFen   int64  `json:"monthly_fee_fen"`
+	OverageFenPerMB int64  `json:"overage_fen_per_mb"`
+	TermMonths      int    `json:"term_months"`
+	TimeZone        string `json:"time_zone"`
+	CycleAnchorDay  int    `json:"cycle_anchor_day"`
+	WarningPct      []int  `json:"warning_thresholds_pct"`
+	Position        uint64 `json:"position,omitempty"`
+}
+
+func toPlanResponse(p card.PlanChanged, pos uint64) planResponse {
+	if p.TimeZone == "" {
+		p.TimeZone = card.DefaultTimeZone
+	}
+	if p.CycleAnchorDay == 0 {
+		p.CycleAnchorDay = 1
+	}
+	if len(p.WarningPct) == 0 {
+		p.WarningPct = []int{80, 90, 100}
+	}
+	return planResponse{PlanID: p.PlanID, QuotaBytes: p.QuotaBytes, MonthlyFeeFen: p.MonthlyFeeFen,
+		OverageFenPerMB: p.OverageFenPerMB, TermMonths: p.TermMonths, TimeZone: p.TimeZone,
+		CycleAnchorDay: p.CycleAnchorDay, WarningPct: p.WarningPct, Position: pos}
+}
+
+// putPlan writes the plan to every partition: any account may use it, and
+// each partition's log must replay on its own.
+func (s *Server) putPlan(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("plan_id")
+	if err := checkID("plan_id", id); err != nil {
+		return err
+	}
+	var b planBody
+	if err := decodeBody(r, &b); err != nil {
+		return err
+	}
+	if b.QuotaBytes == nil {
+		return invalid("quota_bytes", "required")
+	}
+	pc := card.PlanChanged{PlanID: id, QuotaBytes: *b.QuotaBytes, MonthlyFeeFen: b.MonthlyFeeFen, OverageFenPerMB: b.OverageFenPerMB,
+		TermMonths: b.TermMonths, TimeZone: b.TimeZone, CycleAnchorDay: b.CycleAnchorDay, WarningPct: b.WarningPct}
+	if pc.TimeZone == "" {
+		pc.TimeZone = card.DefaultTimeZone
+	}
+	if err := pc.Validate(); err != nil {
+		return err
+	}
+	planJSON, _ := json.Marshal(pc)
+	in := card.Input{Type: card.TypePlanChanged, ID: "plan-" + id + "-" + contentID(planJSON), At: s.clock.Now(), Plan: &pc}
+	data, _ := json.Marshal(in)
+	var pos uint64
+	for p := 0; p < s.cfg.Partitions; p++ {
+		seq, err := s.publish(r.Context(), broker.BillingSubject(p), in.ID+"-"+strconv.Itoa(p), data)
+		if err != nil {
+			return err
+		}
+		pos = max(pos, seq)
+	}
+	if err := s.dir.PutPlan(r.Context(), pc); err != nil {
+		return fmt.Errorf("%w: %v", errUnavailable, err)
+	}
+	return ok(w, toPlanResponse(pc, pos))
+}
+
+func (s *Server) getPlan(w http.ResponseWriter, r *http.Request) error {
+	p, found := s.dir.Plan(r.PathValue("plan_id"))
+	if !found {
+		return problem(http.StatusNotFound, "not-found/plan", "no such plan", r.PathValue("plan_id"))
+	}
+	return ok(w, toPlanResponse(p, 0))
+}
+
+// ---- clock
+
+type clockBody struct {
+	Now string `json:"now"`
+}
+
+func (s *Server) putClock(w http.ResponseWriter, r *http.Request) error {
+	var b clockBody
+	if err := decodeBody(r, &b); err != nil {
+		return err
+	}
+	t, err := time.Parse(time.RFC3339, b.Now)
+	if err != nil {
+		return invalid("now", "not an RFC 3339 time with offset")
+	}
+	pos, err := s.clock.Set(r.Context(), t.Unix())
+	switch {
+	case errors.Is(err, clock.ErrNotManual):
+		return problem(http.StatusConflict, "refused/clock-not-manual", "clock is not manual", "start with --clock=manual to set the time by API")
+	case errors.Is(err, clock.ErrBackwards):
+		return problem(http.StatusConflict, "refused/clock-backwards", "the clock never moves back", err.Error())
+	case err != nil:
+		return fmt.Errorf("%w: %v", errUnavailable, err)
+	}
+	return ok(w, map[string]any{"now": time.Unix(t.Unix(), 0).UTC().Format(time.RFC3339), "manual": true, "position": pos})
+}
+
+func (s *Server) getClock(w http.ResponseWriter, _ *http.Request) error {
+	return ok(w, map[string]any{"now": time.Unix(s.clock.Now(), 0).UTC().Format(time.RFC3339), "manual": s.clock.Manual()})
+}
+
+// query asks the projector owning the card's partition.
+func (s *Server) query(ctx context.Context, part int, q projector.CardQuery) (*projector.CardReply, error) {
+	b, _ := json.Marshal(q)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadTimeout+2*time.Second)
+	defer cancel()
+	m, err := s.nc.RequestWithContext(ctx, broker.QuerySubject(part), b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: projector did not answer: %v", errUnavailable, err)
+	}
+	var reply projector.CardReply
+	if err := json.Unmarshal(m.Data, &reply); err != nil {
+		return nil, err
+	}
+	return &reply, nil
+}

@@ -1,0 +1,257 @@
+// Package app composes cardmeter's services (ingest API, projector, clock,
+// sink) into one process: the all-in-one for `make run`, small deployments
+// and tests. Each separate service binary runs a subset of the same roles.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/api"
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/clock"
+	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/pkg/sink"
+)
+
+// Roles a process can run.
+const (
+	RoleAPI       = "api"
+	RoleProjector = "projector"
+	RoleClock     = "clock"
+	RoleSink      = "sink"
+)
+
+// AllRoles is the all-in-one.
+var AllRoles = []string{RoleAPI, RoleProjector, RoleClock, RoleSink}
+
+// Config configures a process.
+type Config struct {
+	Roles        []string
+	DataDir      string // embedded JetStream keeps its files under DataDir/jetstream
+	NATSURL      string // empty: start the embedded JetStream server
+	NATSPort     int    // the embedded server's port: 0 picks a free one
+	HTTPAddr     string // the API's listen address
+	Partitions   int
+	ManualClock  bool
+	TickInterval time.Duration
+	ClickHouse   sink.ClickHouseConfig
+	Sink         sink.Config
+	Projector    projector.Config
+
+	finishFlags func()
+}
+
+// Pipeline is a running process. Stop it with Stop.
+type Pipeline struct {
+	cfg      Config
+	log      *zap.Logger
+	embedded *server.Server
+	NC       *nats.Conn
+	JS       jetstream.JetStream
+	// URL is the API's base URL when the API role runs.
+	URL string
+	// Clock is set when the API or clock role runs.
+	Clock *clock.Clock
+	// Projector is set when the projector role runs.
+	Projector *projector.Projector
+	// Sink is set when the sink role runs.
+	Sink *sink.Sink
+
+	httpSrv *http.Server
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	errMu   sync.Mutex
+	err     error
+	stopped chan struct{}
+}
+
+func has(roles []string, r string) bool {
+	for _, x := range roles {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// Start starts the configured roles and returns once they run.
+func Start(ctx context.Context, cfg Config, log *zap.Logger) (p *Pipeline, err error) {
+	if len(cfg.Roles) == 0 {
+		cfg.Roles = AllRoles
+	}
+	if cfg.Partitions == 0 {
+		cfg.Partitions = broker.DefaultTopology.Partitions
+	}
+	cfg.Projector.Partitions = cfg.Partitions
+	p = &Pipeline{cfg: cfg, log: log, stopped: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			p.Stop()
+		}
+	}()
+	url := cfg.NATSURL
+	if url == "" {
+		port := cfg.NATSPort
+		if port == 0 {
+			port = -1
+		}
+		p.embedded, err = broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Port: port}, log)
+		if err != nil {
+			return nil, err
+		}
+		url = p.embedded.ClientURL()
+	}
+	if p.NC, err = broker.Connect(url, "cardmeter", log); err != nil {
+		return nil, err
+	}
+	if p.JS, err = jetstream.New(p.NC); err != nil {
+		return nil, err
+	}
+	topo := broker.DefaultTopology
+	topo.Partitions = cfg.Partitions
+	if err := broker.Ensure(ctx, p.JS, topo); err != nil {
+		return nil, err
+	}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if has(cfg.Roles, RoleSink) {
+		conn, err := sink.Open(ctx, cfg.ClickHouse)
+		if err != nil {
+			return nil, err
+		}
+		if err := sink.Migrate(ctx, conn); err != nil {
+			return nil, fmt.Errorf("clickhouse schema: %w", err)
+		}
+		p.Sink = sink.New(p.JS, conn, cfg.Sink, log.Named("sink"))
+		p.goRun("sink", func() error {
+			defer conn.Close()
+			return p.Sink.Run(runCtx)
+		})
+	}
+	if has(cfg.Roles, RoleProjector) {
+		p.Projector = projector.New(p.NC, p.JS, cfg.Projector, log.Named("projector"))
+		p.goRun("projector", func() error { return p.Projector.Run(runCtx) })
+	}
+	if has(cfg.Roles, RoleAPI) || has(cfg.Roles, RoleClock) {
+		p.Clock = clock.New(p.JS, clock.Config{Partitions: cfg.Partitions, Manual: cfg.ManualClock, Interval: cfg.TickInterval}, log.Named("clock"))
+		if err := p.Clock.Start(ctx); err != nil {
+			return nil, err
+		}
+		if has(cfg.Roles, RoleClock) {
+			p.goRun("clock", func() error { return p.Clock.Run(runCtx) })
+		}
+	}
+	if has(cfg.Roles, RoleAPI) {
+		kv, err := p.JS.KeyValue(ctx, broker.BucketDir)
+		if err != nil {
+			return nil, err
+		}
+		dir, err := api.NewDirectory(runCtx, kv, log.Named("directory"))
+		if err != nil {
+			return nil, err
+		}
+		srv := api.New(api.Config{Partitions: cfg.Partitions}, p.NC, p.JS, dir, p.Clock, reg, p.ready, log.Named("api"))
+		ln, err := net.Listen("tcp", cfg.HTTPAddr)
+		if err != nil {
+			return nil, fmt.Errorf("api: %w", err)
+		}
+		p.URL = "http://" + ln.Addr().String()
+		p.httpSrv = &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 5 * time.Minute,
+			WriteTimeout: 5 * time.Minute, IdleTimeout: 2 * time.Minute}
+		p.goRun("api", func() error {
+			if err := p.httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		log.Info("api listening", zap.String("url", p.URL))
+	}
+	return p, nil
+}
+
+func (p *Pipeline) goRun(name string, f func() error) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		if err := f(); err != nil {
+			p.log.Error("service failed", zap.String("service", name), zap.Error(err))
+			p.errMu.Lock()
+			if p.err == nil {
+				p.err = fmt.Errorf("%s: %w", name, err)
+			}
+			p.errMu.Unlock()
+		}
+	}()
+}
+
+// ready is the pipeline's readiness for /readyz.
+func (p *Pipeline) ready() error {
+	if p.Projector != nil {
+		if err := p.Projector.Ready(); err != nil {
+			return err
+		}
+	}
+	if p.Sink != nil {
+		if err := p.Sink.Healthy(); err != nil {
+			return fmt.Errorf("sink: %w", err)
+		}
+	}
+	return nil
+}
+
+// Err is the first error a service stopped with, if any.
+func (p *Pipeline) Err() error {
+	p.errMu.Lock()
+	defer p.errMu.Unlock()
+	return p.err
+}
+
+// Stop shuts down in reverse order of the data's path: the API stops taking
+// writes, then the clock, projector and sink finish (the projector flushes
+// and snapshots), then the connection drains and the embedded server stops.
+func (p *Pipeline) Stop() {
+	select {
+	case <-p.stopped:
+		return
+	default:
+		close(p.stopped)
+	}
+	if p.httpSrv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = p.httpSrv.Shutdown(ctx) // in-flight requests finish or are cut at the deadline
+		cancel()
+	}
+	if p.cancel != nil {
+		p.cancel()
+	}
+	p.wg.Wait()
+	if p.NC != nil {
+		_ = p.NC.Drain()
+		for i := 0; i < 50 && !p.NC.IsClosed(); i++ {
+			time.Sleep(20 * time.Millisecond)
+		}
+		p.NC.Close()
+	}
+	if p.embedded != nil {
+		p.embedded.Shutdown()
+		p.embedded.WaitForShutdown()
+	}
+}

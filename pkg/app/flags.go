@@ -1,0 +1,128 @@
+package app
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// env returns the environment variable CARDMETER_<NAME> or def.
+func env(name, def string) string {
+	if v, ok := os.LookupEnv("CARDMETER_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); ok {
+		return v
+	}
+	return def
+}
+
+func envInt(name string, def int) int {
+	if n, err := strconv.Atoi(env(name, strconv.Itoa(def))); err == nil {
+		return n
+	}
+	return def
+}
+
+func envDur(name string, def time.Duration) time.Duration {
+	if d, err := time.ParseDuration(env(name, def.String())); err == nil {
+		return d
+	}
+	return def
+}
+
+// BindFlags registers the configuration flags on fs. Every flag's default
+// comes from the environment variable CARDMETER_<FLAG> (dashes as
+// underscores), else from the built-in default.
+func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
+	fs.StringVar(&cfg.DataDir, "data-dir", env("data-dir", ".data"), "folder for the embedded JetStream's files")
+	fs.StringVar(&cfg.NATSURL, "nats-url", env("nats-url", ""), "external NATS URL; empty starts an embedded JetStream server")
+	fs.IntVar(&cfg.NATSPort, "nats-port", envInt("nats-port", 4222), "the embedded server's client port (-1: any free port)")
+	fs.StringVar(&cfg.HTTPAddr, "http-addr", env("http-addr", "127.0.0.1:8080"), "the API's listen address")
+	fs.IntVar(&cfg.Partitions, "partitions", envInt("partitions", 8), "partitions of the log (fixed for a deployment)")
+	clockMode := env("clock", "real")
+	fs.Func("clock", "real (ticks on the wall clock) or manual (time set by PUT /v1/clock); default "+clockMode, func(s string) error {
+		if s != "real" && s != "manual" {
+			return fmt.Errorf("want real or manual")
+		}
+		clockMode = s
+		return nil
+	})
+	fs.DurationVar(&cfg.TickInterval, "tick-interval", envDur("tick-interval", time.Minute), "real clock tick interval")
+	fs.StringVar(&cfg.ClickHouse.Addr, "clickhouse-addr", env("clickhouse-addr", "127.0.0.1:19000"), "ClickHouse native protocol address")
+	fs.StringVar(&cfg.ClickHouse.Database, "clickhouse-db", env("clickhouse-db", "cardmeter"), "ClickHouse database")
+	fs.StringVar(&cfg.ClickHouse.User, "clickhouse-user", env("clickhouse-user", "default"), "ClickHouse user")
+	fs.StringVar(&cfg.ClickHouse.Password, "clickhouse-password", env("clickhouse-password", ""), "ClickHouse password")
+	fs.IntVar(&cfg.Sink.BatchRows, "sink-batch-rows", envInt("sink-batch-rows", 20000), "rows per ClickHouse insert at most")
+	fs.DurationVar(&cfg.Sink.FlushInterval, "sink-flush-interval", envDur("sink-flush-interval", time.Second), "longest wait before a partial block is inserted")
+	fs.DurationVar(&cfg.Projector.SnapshotInterval, "snapshot-interval", envDur("snapshot-interval", 10*time.Second), "projector snapshot interval")
+	*logLevel = env("log-level", "info")
+	fs.StringVar(logLevel, "log-level", *logLevel, "debug, info, warn or error")
+	cfg.finishFlags = func() { cfg.ManualClock = clockMode == "manual" }
+}
+
+// Finish applies what BindFlags could only know after parsing.
+func (c *Config) Finish() {
+	if c.finishFlags != nil {
+		c.finishFlags()
+	}
+}
+
+// NewLogger returns a JSON zap logger at the level named.
+func NewLogger(level string) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	zc := zap.NewProductionConfig()
+	zc.Level = zap.NewAtomicLevelAt(lvl)
+	zc.EncoderConfig.TimeKey = "ts"
+	zc.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+	return zc.Build()
+}
+
+// Main is the body of every service binary: parse flags, start the roles,
+// wait for SIGINT or SIGTERM, stop in order. It returns the exit code.
+func Main(name string, roles []string, args []string) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	var cfg Config
+	var level string
+	BindFlags(fs, &cfg, &level)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg.Finish()
+	cfg.Roles = roles
+	log, err := NewLogger(level)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
+		return 2
+	}
+	defer log.Sync() //nolint:errcheck // best effort at exit
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	p, err := Start(ctx, cfg, log)
+	if err != nil {
+		log.Error("start failed", zap.Error(err))
+		return 1
+	}
+	if p.URL != "" {
+		log.Warn("no token configuration: the API is open; keep it on loopback", zap.String("url", p.URL))
+		fmt.Fprintf(os.Stderr, "\ncardmeter %s: API at %s (clock: %s; NATS: %s)\n\n", name, p.URL,
+			map[bool]string{true: "manual", false: "real"}[cfg.ManualClock], p.NC.ConnectedUrl())
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	p.Stop()
+	if err := p.Err(); err != nil {
+		log.Error("stopped with error", zap.Error(err))
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,159 @@
+// Package broker starts the embedded JetStream server, connects to it or to
+// an external NATS, and creates cardmeter's streams and buckets. It also
+// names the subjects: every other package asks here, so the topology is
+// written down in one place.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Stream and bucket names.
+const (
+	StreamMeter    = "METER"    // every input: usage chunks, billing, commands, clock ticks
+	StreamEvents   = "EVENTS"   // what the projector emits, for downstream services
+	StreamAccepted = "ACCEPTED" // usage the projector counted, for the sink
+	StreamRejected = "REJECTED" // records refused at ingest, kept for audit
+	BucketSnapshot = "snapshots"
+	BucketDir      = "directory" // cards and plans, for routing and validation at ingest
+)
+
+// Subjects of partition p in METER.
+func UsageSubject(p int) string   { return "meter." + strconv.Itoa(p) + ".usage" }
+func BillingSubject(p int) string { return "meter." + strconv.Itoa(p) + ".billing" }
+func ClockSubject(p int) string   { return "meter." + strconv.Itoa(p) + ".clock" }
+func PartitionFilter(p int) string {
+	return "meter." + strconv.Itoa(p) + ".>"
+}
+
+// AcceptedSubject carries the usage of partition p the projector counted.
+func AcceptedSubject(p int) string { return "accepted." + strconv.Itoa(p) }
+
+// RejectedSubject carries refused records of a carrier.
+func RejectedSubject(carrier string) string { return "rejected." + carrier }
+
+// QuerySubject is where the projector owning partition p answers reads.
+func QuerySubject(p int) string { return "cardmeter.query." + strconv.Itoa(p) }
+
+// EventSubject is the public subject of an emitted event, for example
+// cardmeter.events.card.stopped.89860012345678901234.
+func EventSubject(kind, subject string) string { return "cardmeter.events." + kind + "." + subject }
+
+// Partition maps an account to its partition: one writer folds an account
+// and all its cards, since arrears and pools span them.
+func Partition(accountID string, partitions int) int {
+	h := fnv.New32a()
+	h.Write([]byte(accountID))
+	return int(h.Sum32() % uint32(partitions))
+}
+
+// EmbeddedConfig configures the in-process JetStream server.
+type EmbeddedConfig struct {
+	StoreDir string // where JetStream keeps its files
+	Host     string // default 127.0.0.1
+	Port     int    // -1 picks a free port; 0 means 4222
+}
+
+// StartEmbedded starts a JetStream server in this process. It syncs every
+// write to disk before acknowledging it (SyncAlways), so a publish ack means
+// the message survives a power cut.
+func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, error) {
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	opts := &server.Options{
+		ServerName: "cardmeter-embedded",
+		Host:       cfg.Host,
+		Port:       cfg.Port,
+		JetStream:  true,
+		StoreDir:   cfg.StoreDir,
+		SyncAlways: true,
+		NoSigs:     true,
+		MaxPayload: 8 << 20,
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(30 * time.Second) {
+		s.Shutdown()
+		return nil, errors.New("embedded nats: not ready after 30 s")
+	}
+	log.Info("embedded jetstream started", zap.String("url", s.ClientURL()), zap.String("store_dir", cfg.StoreDir), zap.Bool("sync_always", true))
+	return s, nil
+}
+
+// Connect connects to NATS with reconnects and a name for monitoring.
+func Connect(url, name string, log *zap.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect(url,
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(500*time.Millisecond),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", zap.Error(err))
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", zap.String("url", c.ConnectedUrl())) }),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to nats at %s: %w", url, err)
+	}
+	return nc, nil
+}
+
+// Topology sizes the streams.
+type Topology struct {
+	Partitions      int
+	Replicas        int           // 1 on the embedded server; 3 on a cluster
+	DuplicateWindow time.Duration // how long a retried publish is recognised
+	EventsMaxAge    time.Duration // how long downstream services can lag
+}
+
+// DefaultTopology is used by the all-in-one and tests.
+var DefaultTopology = Topology{Partitions: 8, Replicas: 1, DuplicateWindow: 30 * time.Minute, EventsMaxAge: 30 * 24 * time.Hour}
+
+// Ensure creates or updates every stream and bucket. It is idempotent, so
+// every service calls it at start.
+func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
+	if t.Replicas == 0 {
+		t.Replicas = 1
+	}
+	streams := []jetstream.StreamConfig{
+		{Name: StreamMeter, Subjects: []string{"meter.>"}, Description: "cardmeter inputs: the log that is the truth",
+			Duplicates: t.DuplicateWindow, MaxMsgSize: 8 << 20},
+		{Name: StreamEvents, Subjects: []string{"cardmeter.events.>"}, Description: "events emitted by the projector",
+			Duplicates: t.DuplicateWindow, MaxAge: t.EventsMaxAge},
+		{Name: StreamAccepted, Subjects: []string{"accepted.>"}, Description: "usage counted by the projector, for the sink",
+			Duplicates: t.DuplicateWindow, MaxAge: t.EventsMaxAge, MaxMsgSize: 8 << 20},
+		{Name: StreamRejected, Subjects: []string{"rejected.>"}, Description: "records refused at ingest, for audit",
+			Duplicates: t.DuplicateWindow, MaxAge: 90 * 24 * time.Hour},
+	}
+	for _, cfg := range streams {
+		cfg.Storage = jetstream.FileStorage
+		cfg.Replicas = t.Replicas
+		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("stream %s: %w", cfg.Name, err)
+		}
+	}
+	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: BucketSnapshot,
+		Description: "projector snapshots, one per partition", Storage: jetstream.FileStorage, Replicas: t.Replicas}); err != nil {
+		return fmt.Errorf("object store %s: %w", BucketSnapshot, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketDir,
+		Description: "card and plan directory for ingest routing", Storage: jetstream.FileStorage, Replicas: t.Replicas}); err != nil {
+		return fmt.Errorf("kv %s: %w", BucketDir, err)
+	}
+	return nil
+}
