@@ -164,6 +164,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &mbe):
 		p = problem(http.StatusRequestEntityTooLarge, "limit/body-size", "request body too large",
 			fmt.Sprintf("the body is over the limit of %d bytes", mbe.Limit))
+	case errors.Is(err, errProjectorUnavailable):
+		w.Header().Set("Retry-After", "1")
+		p = problem(http.StatusServiceUnavailable, "unavailable/projector", "projector unavailable", err.Error())
 	case errors.Is(err, errUnavailable):
 		w.Header().Set("Retry-After", "2")
 		p = problem(http.StatusServiceUnavailable, "unavailable/log", "log unavailable", err.Error())
@@ -188,6 +191,8 @@ func ok(w http.ResponseWriter, v any) error {
 }
 
 var errUnavailable = errors.New("the log (JetStream) did not store the write; retry later")
+
+var errProjectorUnavailable = errors.New("the projector owning the card did not answer; retry later")
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
@@ -380,7 +385,7 @@ func (s *Server) query(ctx context.Context, part int, q projector.CardQuery) (*p
 	defer cancel()
 	m, err := s.nc.RequestWithContext(ctx, broker.QuerySubject(part), b)
 	if err != nil {
-		return nil, fmt.Errorf("%w: projector did not answer: %v", errUnavailable, err)
+		return nil, fmt.Errorf("%w: %v", errProjectorUnavailable, err)
 	}
 	var reply projector.CardReply
 	if err := json.Unmarshal(m.Data, &reply); err != nil {

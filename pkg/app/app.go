@@ -47,6 +47,7 @@ type Config struct {
 	HTTPAddr     string // the API's listen address
 	Partitions   int
 	ManualClock  bool
+	ClockStart   time.Time // where a manual clock starts on an empty log; zero: now
 	TickInterval time.Duration
 	ClickHouse   sink.ClickHouseConfig
 	Sink         sink.Config
@@ -151,7 +152,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (p *Pipeline, err e
 		p.goRun("projector", func() error { return p.Projector.Run(runCtx) })
 	}
 	if has(cfg.Roles, RoleAPI) || has(cfg.Roles, RoleClock) {
-		p.Clock = clock.New(p.JS, clock.Config{Partitions: cfg.Partitions, Manual: cfg.ManualClock, Interval: cfg.TickInterval}, log.Named("clock"))
+		p.Clock = clock.New(p.JS, clock.Config{Partitions: cfg.Partitions, Manual: cfg.ManualClock, Interval: cfg.TickInterval, Start: unixOrZero(cfg.ClockStart)}, log.Named("clock"))
 		if err := p.Clock.Start(ctx); err != nil {
 			return nil, err
 		}
@@ -254,4 +255,11 @@ func (p *Pipeline) Stop() {
 		p.embedded.Shutdown()
 		p.embedded.WaitForShutdown()
 	}
+}
+
+func unixOrZero(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
 }

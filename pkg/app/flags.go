@@ -54,6 +54,11 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 		clockMode = s
 		return nil
 	})
+	fs.Func("clock-start", "RFC 3339 time a manual clock starts at on an empty log (default: now)", func(s string) error {
+		t, err := time.Parse(time.RFC3339, s)
+		cfg.ClockStart = t
+		return err
+	})
 	fs.DurationVar(&cfg.TickInterval, "tick-interval", envDur("tick-interval", time.Minute), "real clock tick interval")
 	fs.StringVar(&cfg.ClickHouse.Addr, "clickhouse-addr", env("clickhouse-addr", "127.0.0.1:19000"), "ClickHouse native protocol address")
 	fs.StringVar(&cfg.ClickHouse.Database, "clickhouse-db", env("clickhouse-db", "cardmeter"), "ClickHouse database")

@@ -35,6 +35,9 @@ type Config struct {
 	Partitions int
 	Manual     bool
 	Interval   time.Duration // real mode tick interval; default one minute
+	// Start is where a manual clock starts on an empty log (Unix seconds);
+	// 0: the wall clock's current minute.
+	Start int64
 }
 
 // Clock is safe for concurrent use.
@@ -62,7 +65,7 @@ func New(js jetstream.JetStream, cfg Config, log *zap.Logger) *Clock {
 func (c *Clock) Manual() bool { return c.cfg.Manual }
 
 // Start reads the log's last tick. In manual mode with no tick yet, it
-// publishes one at the wall clock's current minute, so the log has a time.
+// publishes one at Config.Start, so the log has a time.
 func (c *Clock) Start(ctx context.Context) error {
 	stream, err := c.js.Stream(ctx, broker.StreamMeter)
 	if err != nil {
@@ -81,7 +84,11 @@ func (c *Clock) Start(ctx context.Context) error {
 		c.now = in.At
 	}
 	if c.cfg.Manual && c.now == 0 {
-		if _, err := c.publish(ctx, time.Now().Truncate(time.Minute).Unix()); err != nil {
+		start := c.cfg.Start
+		if start == 0 {
+			start = time.Now().Truncate(time.Minute).Unix()
+		}
+		if _, err := c.publish(ctx, start); err != nil {
 			return err
 		}
 	}

@@ -31,6 +31,9 @@ type Config struct {
 	SnapshotEvery    int           // snapshot after this many applied messages
 	SnapshotInterval time.Duration // or after this long with unsnapshotted messages
 	MaxQueryWait     time.Duration // bound on a read's min_position wait
+	// CrashOnStop makes Run end as a crash would: no flush, no final
+	// snapshot. Tests use it to show that a crash loses and doubles nothing.
+	CrashOnStop bool
 }
 
 func (c *Config) defaults() {
@@ -295,6 +298,9 @@ func (r *runner) shutdownErr(err error) error {
 // shutdown snapshots what is published, with a fresh context: the run's
 // context is already cancelled.
 func (r *runner) shutdown() error {
+	if r.p.cfg.CrashOnStop {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if r.unsnapped > 0 {
