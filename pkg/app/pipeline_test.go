@@ -108,6 +108,9 @@ func events(t *testing.T, js jetstream.JetStream) func() []event.Envelope {
 			}
 			n := 0
 			for m := range batch.Messages() {
+				if err := event.Validate(m.Data()); err != nil {
+					t.Errorf("emitted event does not match its schema: %v\n%s", err, m.Data())
+				}
 				var e event.Envelope
 				if err := json.Unmarshal(m.Data(), &e); err != nil {
 					t.Fatal(err)

@@ -49,7 +49,8 @@ func appendString(dst []byte, s string) []byte {
 	return append(dst, s...)
 }
 
-// ErrCorruptChunk is returned for bytes that are not a valid chunk.
+// ErrCorruptChunk is returned for bytes that are not a valid chunk. Only
+// the canonical encoding decodes: every chunk has one byte form.
 var ErrCorruptChunk = errors.New("corrupt usage chunk")
 
 type decoder struct {
@@ -62,7 +63,7 @@ func (d *decoder) uvarint() uint64 {
 		return 0
 	}
 	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
+	if n <= 0 || (n > 1 && d.b[n-1] == 0) { // short, overflowing or not minimal
 		d.err = ErrCorruptChunk
 		return 0
 	}
@@ -75,7 +76,7 @@ func (d *decoder) varint() int64 {
 		return 0
 	}
 	v, n := binary.Varint(d.b)
-	if n <= 0 {
+	if n <= 0 || (n > 1 && d.b[n-1] == 0) { // short, overflowing or not minimal
 		d.err = ErrCorruptChunk
 		return 0
 	}

@@ -1,0 +1,47 @@
+# cardmeter — `make help` lists the targets.
+SHELL := /bin/bash
+GO    ?= go
+DATA  ?= .data
+export CARDMETER_DATA := $(DATA)
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+deps: ## install and start what the pipeline and tests need (ClickHouse, docker-compose for validation)
+	@bash deploy/local/deps.sh
+	@bash deploy/local/clickhouse.sh start
+
+build: ## build every binary into bin/
+	$(GO) build -o bin/ ./services/...
+
+run: deps ## start the whole pipeline: embedded JetStream, local ClickHouse, API on 127.0.0.1:8080
+	$(GO) run ./services/cardmeter run --data-dir $(DATA) $(ARGS)
+
+run-manual: deps ## the same with a manual clock (PUT /v1/clock moves time)
+	$(GO) run ./services/cardmeter run --data-dir $(DATA) --clock manual $(ARGS)
+
+test: deps ## run every test with the race detector against real JetStream and ClickHouse
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+fuzz: ## run each fuzz target for FUZZTIME (default 30s)
+	@for t in FuzzCSVReader FuzzNDJSONReader FuzzDecodeChunk; do \
+	  $(GO) test ./pkg/cdr -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
+
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+compose-check: ## validate docker-compose.yml without a Docker engine
+	docker-compose -f docker-compose.yml config -q
+
+clickhouse-stop: ## stop the local ClickHouse
+	@bash deploy/local/clickhouse.sh stop
+
+clean: ## remove the local data folder (JetStream files, ClickHouse data) and binaries
+	-@bash deploy/local/clickhouse.sh stop
+	rm -rf $(DATA) bin
+
+.PHONY: help deps build run run-manual test fuzz lint compose-check clickhouse-stop clean

@@ -1,0 +1,141 @@
+package cdr
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+)
+
+func readAll(t testing.TB, r Reader) (recs []Record, errs []*RecordError, batchErr error) {
+	for {
+		var rec Record
+		err := r.Next(&rec)
+		if err == io.EOF {
+			return
+		}
+		var re *RecordError
+		if errors.As(err, &re) {
+			errs = append(errs, re)
+			continue
+		}
+		if err != nil {
+			return recs, errs, err
+		}
+		recs = append(recs, rec)
+	}
+}
+
+func TestCSVReader(t *testing.T) {
+	in := "ICCID, record_id ,start_time,end_time,bytes_up,bytes_down,apn\n" +
+		"89860012345678901231,r1,2026-01-10T08:00:00+08:00,2026-01-10T08:10:00+08:00,100,200,cmiot\n" +
+		"89860012345678901231,r2,2026-01-10T08:00:00Z,yesterday,1,2,\n" +
+		"89860012345678901231,r3,2026-01-10T08:00:00Z,2026-01-10T08:00:00Z,1.5,2,\n" +
+		"89860012345678901231,r4,2026-01-10T08:00:00Z\n" +
+		"89860012345678901231,r5,2026-01-10T08:00:00Z,2026-01-10T08:00:00Z,,2,\n"
+	r, err := NewCSVReader(strings.NewReader(in), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, errs, berr := readAll(t, r)
+	if berr != nil {
+		t.Fatal(berr)
+	}
+	if len(recs) != 1 || recs[0].RecordID != "r1" || recs[0].BytesUp != 100 || recs[0].BytesDown != 200 || recs[0].APN != "cmiot" ||
+		recs[0].Start != 1768003200 || recs[0].End != 1768003800 {
+		t.Fatalf("records: %+v", recs)
+	}
+	want := []struct {
+		line  int
+		id    string
+		field string
+	}{{3, "r2", "end_time"}, {4, "r3", "bytes_up"}, {5, "", ""}, {6, "r5", "bytes_up"}}
+	if len(errs) != len(want) {
+		t.Fatalf("errors: %v", errs)
+	}
+	for i, w := range want {
+		if errs[i].Line != w.line || errs[i].Field != w.field || errs[i].Index != i+1 {
+			t.Errorf("error %d = %+v, want line %d field %q", i, errs[i], w.line, w.field)
+		}
+	}
+}
+
+func TestCSVHeaderErrors(t *testing.T) {
+	for in, want := range map[string]string{
+		"":                      "empty body",
+		"record_id,iccid,start_time,end_time,bytes_up,bytes_down,colour\n": `unknown column(s) "colour"`,
+		"record_id,iccid,start_time,end_time,bytes_up\n":                   "missing column(s) bytes_down",
+		"record_id,start_time,end_time,bytes_up,bytes_down\n":              "iccid (or imsi or msisdn)",
+		"record_id,iccid,iccid,start_time,end_time,bytes_up,bytes_down\n":  `"iccid" appears twice`,
+	} {
+		_, err := NewCSVReader(strings.NewReader(in), 0)
+		var be *BatchError
+		if !errors.As(err, &be) || !strings.Contains(err.Error(), want) {
+			t.Errorf("header %q: %v, want %q", in, err, want)
+		}
+	}
+}
+
+func TestNDJSONReader(t *testing.T) {
+	in := `{"record_id":"r1","iccid":"89860012345678901231","start_time":"2026-01-10T08:00:00+08:00","end_time":"2026-01-10T08:10:00+08:00","bytes_up":100,"bytes_down":200,"sequence":3,"session_id":"s"}
+
+{"record_id":"r2","iccid":"x","start_time":"2026-01-10T08:00:00Z","end_time":"2026-01-10T08:00:00Z","bytes_up":-1,"bytes_down":2}
+{"record_id":"r3","colour":"red"}
+{"record_id":"r4","start_time":"2026-01-10T08:00:00Z","end_time":"2026-01-10T08:00:00Z","bytes_up":1}
+{"record_id":"r5","start_time":"2026-01-10T08:00:00Z","end_time":"2026-01-10T08:00:00Z","bytes_up":1.5,"bytes_down":1}
+{"record_id": 7}
+not json
+`
+	recs, errs, berr := readAll(t, NewNDJSONReader(strings.NewReader(in), 0))
+	if berr != nil {
+		t.Fatal(berr)
+	}
+	if len(recs) != 1 || recs[0].Sequence != 3 || recs[0].SessionID != "s" || recs[0].BytesDown != 200 {
+		t.Fatalf("records: %+v", recs)
+	}
+	want := []struct {
+		line  int
+		id    string
+		field string
+	}{{3, "r2", "bytes_up"}, {4, "", "colour"}, {5, "r4", "bytes_down"}, {6, "r5", "bytes_up"}, {7, "", "record_id"}, {8, "", ""}}
+	if len(errs) != len(want) {
+		t.Fatalf("errors: %v", errs)
+	}
+	for i, w := range want {
+		if errs[i].Line != w.line || errs[i].Field != w.field || errs[i].RecordID != w.id {
+			t.Errorf("error %d = %+v, want line %d id %q field %q", i, errs[i], w.line, w.id, w.field)
+		}
+	}
+}
+
+func TestNDJSONLineLimit(t *testing.T) {
+	in := `{"record_id":"` + strings.Repeat("x", 200) + `"}` + "\n"
+	_, _, err := readAll(t, NewNDJSONReader(strings.NewReader(in), 100))
+	var be *BatchError
+	if !errors.As(err, &be) || !strings.Contains(err.Error(), "line 1 is longer than the limit") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestChunkRoundTrip(t *testing.T) {
+	recs := []Record{
+		{RecordID: "r1", ICCID: "89860012345678901231", Start: 1768003200, End: 1768003800, BytesUp: 1, BytesDown: 1 << 40, Sequence: 7,
+			SessionID: "s", APN: "cmiot", RAT: "NB-IoT", IMEI: "35", CellID: "c"},
+		{RecordID: "r2", IMSI: "460", MSISDN: "861", Start: 1, End: 1},
+	}
+	h := ChunkHeader{Carrier: "cmcc", BatchID: "b", ReceivedAt: 1768003900}
+	b := AppendChunk(nil, h, recs)
+	var h2 ChunkHeader
+	got, err := DecodeChunk(b, &h2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h2 != h || len(got) != 2 || got[0] != recs[0] || got[1] != recs[1] {
+		t.Fatalf("round trip: %+v %+v", h2, got)
+	}
+	for i := range b {
+		if _, err := DecodeChunk(b[:i], &h2, nil); err == nil {
+			t.Fatalf("a chunk cut at %d bytes decoded", i)
+		}
+	}
+}
