@@ -50,6 +50,7 @@ type Server struct {
 	mux     *http.ServeMux
 	ready   func() error
 	metrics *metrics
+	routes  []string
 }
 
 type metrics struct {
@@ -102,8 +103,14 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	}
 	for _, r := range routes {
 		s.mux.Handle(r.pattern, s.wrap(r.pattern, r.h))
+		s.routes = append(s.routes, r.pattern)
 	}
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(reg.(prometheus.Gatherer), promhttp.HandlerOpts{}))
+	var gatherer prometheus.Gatherer = prometheus.DefaultGatherer
+	if g, ok := reg.(prometheus.Gatherer); ok {
+		gatherer = g
+	}
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+	s.routes = append(s.routes, "GET /metrics")
 	return s
 }
 

@@ -18,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/cardmeter/cardmeter/pkg/api"
@@ -45,6 +46,7 @@ type Config struct {
 	NATSURL      string // empty: start the embedded JetStream server
 	NATSPort     int    // the embedded server's port: 0 picks a free one
 	HTTPAddr     string // the API's listen address
+	HealthAddr   string // without the API role: where /healthz, /readyz and /metrics listen ("" for none)
 	Partitions   int
 	ManualClock  bool
 	ClockStart   time.Time // where a manual clock starts on an empty log; zero: now
@@ -184,8 +186,43 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (p *Pipeline, err e
 			return nil
 		})
 		log.Info("api listening", zap.String("url", p.URL))
+	} else if cfg.HealthAddr != "" {
+		if err := p.serveHealth(cfg.HealthAddr, reg); err != nil {
+			return nil, err
+		}
 	}
 	return p, nil
+}
+
+// serveHealth serves the operational endpoints of a process without the API.
+func (p *Pipeline) serveHealth(addr string, reg *prometheus.Registry) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		err := p.ready()
+		if err == nil && p.NC.Status() != nats.CONNECTED {
+			err = errors.New("not connected to NATS")
+		}
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("health: %w", err)
+	}
+	p.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	p.goRun("health", func() error {
+		if err := p.httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	p.log.Info("health endpoints listening", zap.String("addr", ln.Addr().String()))
+	return nil
 }
 
 func (p *Pipeline) goRun(name string, f func() error) {

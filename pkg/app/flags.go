@@ -45,6 +45,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.StringVar(&cfg.NATSURL, "nats-url", env("nats-url", ""), "external NATS URL; empty starts an embedded JetStream server")
 	fs.IntVar(&cfg.NATSPort, "nats-port", envInt("nats-port", 4222), "the embedded server's client port (-1: any free port)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", env("http-addr", "127.0.0.1:8080"), "the API's listen address")
+	fs.StringVar(&cfg.HealthAddr, "health-addr", env("health-addr", ""), "without the API: listen address of /healthz, /readyz and /metrics")
 	fs.IntVar(&cfg.Partitions, "partitions", envInt("partitions", 8), "partitions of the log (fixed for a deployment)")
 	clockMode := env("clock", "real")
 	fs.Func("clock", "real (ticks on the wall clock) or manual (time set by PUT /v1/clock); default "+clockMode, func(s string) error {

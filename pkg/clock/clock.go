@@ -147,6 +147,14 @@ func (c *Clock) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
+	// Tick at once: after downtime, cycles that ended meanwhile roll over
+	// now rather than at the next interval.
+	c.mu.Lock()
+	_, err := c.publish(ctx, time.Now().Truncate(time.Second).Unix())
+	c.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		c.log.Warn("tick not published", zap.Error(err))
+	}
 	for {
 		next := time.Now().Truncate(c.cfg.Interval).Add(c.cfg.Interval)
 		select {

@@ -446,5 +446,5 @@ func (r *runner) snapshot(ctx context.Context) {
 		return
 	}
 	r.unsnapped, r.lastSnap, r.appliedSnap = 0, time.Now(), seq
-	r.log.Debug("snapshot written", zap.Uint64("seq", seq), zap.Int("bytes", len(buf)), zap.Duration("took", time.Since(start)))
+	r.log.Info("snapshot written", zap.Uint64("seq", seq), zap.Int("bytes", len(buf)), zap.Duration("took", time.Since(start)))
 }

@@ -76,7 +76,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	for _, l := range loops {
 		cons, err := s.js.CreateOrUpdateConsumer(ctx, l.stream, jetstream.ConsumerConfig{
 			Durable: l.name, FilterSubject: l.filter, AckPolicy: jetstream.AckAllPolicy,
-			AckWait: 5 * time.Minute, MaxAckPending: -1, MaxRequestBatch: 0,
+			AckWait: 30 * time.Second, MaxAckPending: -1, MaxRequestBatch: 0,
 		})
 		if err != nil {
 			return fmt.Errorf("sink: consumer %s: %w", l.name, err)
@@ -115,13 +115,26 @@ func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, insert func(co
 		}
 		// Insert, then ack. A crash between the two re-delivers the block;
 		// the tables' keys collapse the repeated rows (ReplacingMergeTree).
+		// The insert runs on a context of its own, so a graceful stop
+		// finishes the block in hand rather than abandon it.
 		bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(0), backoff.WithMaxInterval(10*time.Second)), ctx)
-		err = backoff.RetryNotify(func() error { return insert(ctx, msgs) }, bo, func(err error, d time.Duration) {
+		err = backoff.RetryNotify(func() error {
+			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+			defer cancel()
+			return insert(ictx, msgs)
+		}, bo, func(err error, d time.Duration) {
 			s.setErr(err)
 			log.Warn("clickhouse insert failed; retrying", zap.Error(err), zap.Duration("in", d))
+			for _, m := range msgs {
+				_ = m.InProgress() // keep the block ours while we retry
+			}
 		})
 		if err != nil {
-			return nil // ctx ended; JetStream keeps the block
+			// stopping with the block not inserted: hand it back at once
+			for _, m := range msgs {
+				_ = m.Nak()
+			}
+			return nil
 		}
 		s.setErr(nil)
 		if err := msgs[len(msgs)-1].Ack(); err != nil {
