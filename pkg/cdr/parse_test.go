@@ -62,7 +62,7 @@ func TestCSVReader(t *testing.T) {
 
 func TestCSVHeaderErrors(t *testing.T) {
 	for in, want := range map[string]string{
-		"":                      "empty body",
+		"": "empty body",
 		"record_id,iccid,start_time,end_time,bytes_up,bytes_down,colour\n": `unknown column(s) "colour"`,
 		"record_id,iccid,start_time,end_time,bytes_up\n":                   "missing column(s) bytes_down",
 		"record_id,start_time,end_time,bytes_up,bytes_down\n":              "iccid (or imsi or msisdn)",
