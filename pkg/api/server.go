@@ -281,15 +281,8 @@ type planBody struct {
 }
 
 type planResponse struct {
-	PlanID          string `json:"plan_id"`
-	QuotaBytes      uint64 `json:"quota_bytes"`
-	MonthlyFeeFen   int64  `json:"monthly_fee_fen"`
-	OverageFenPerMB int64  `json:"overage_fen_per_mb"`
-	TermMonths      int    `json:"term_months"`
-	TimeZone        string `json:"time_zone"`
-	CycleAnchorDay  int    `json:"cycle_anchor_day"`
-	WarningPct      []int  `json:"warning_thresholds_pct"`
-	Position        uint64 `json:"position,omitempty"`
+	card.PlanChanged
+	Position uint64 `json:"position,omitempty"`
 }
 
 func toPlanResponse(p card.PlanChanged, pos uint64) planResponse {
@@ -302,9 +295,7 @@ func toPlanResponse(p card.PlanChanged, pos uint64) planResponse {
 	if len(p.WarningPct) == 0 {
 		p.WarningPct = []int{80, 90, 100}
 	}
-	return planResponse{PlanID: p.PlanID, QuotaBytes: p.QuotaBytes, MonthlyFeeFen: p.MonthlyFeeFen,
-		OverageFenPerMB: p.OverageFenPerMB, TermMonths: p.TermMonths, TimeZone: p.TimeZone,
-		CycleAnchorDay: p.CycleAnchorDay, WarningPct: p.WarningPct, Position: pos}
+	return planResponse{PlanChanged: p, Position: pos}
 }
 
 // putPlan writes the plan to every partition: any account may use it, and
