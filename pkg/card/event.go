@@ -9,11 +9,17 @@ import (
 // chunks, see cdr.AppendChunk): a plan change, a provisioning, a clock tick.
 // The ingest API stamps At with the log's current time when it writes.
 type Input struct {
-	Type InputType        `json:"type"`
-	ID   string           `json:"id"`
-	At   int64            `json:"at"`
-	Plan *PlanChanged     `json:"plan,omitempty"`
-	Card *CardProvisioned `json:"card,omitempty"`
+	Type    InputType        `json:"type"`
+	ID      string           `json:"id"`
+	At      int64            `json:"at"`
+	Plan    *PlanChanged     `json:"plan,omitempty"`
+	Card    *CardProvisioned `json:"card,omitempty"`
+	Account *AccountChanged  `json:"account,omitempty"`
+	Payment *Payment         `json:"payment,omitempty"`
+	Charge  *Charge          `json:"charge,omitempty"`
+	Pool    *PoolChanged     `json:"pool,omitempty"`
+	Renewal *Renewal         `json:"renewal,omitempty"`
+	Command *ManualCommand   `json:"command,omitempty"`
 }
 
 // InputType names an input event. Names are past tense and versioned.
@@ -27,7 +33,70 @@ const (
 	TypeCardProvisioned InputType = "card.provisioned.v1"
 	// TypeClockTicked moves the log's time forward; written to every partition.
 	TypeClockTicked InputType = "clock.ticked.v1"
+	// TypeAccountChanged creates or changes an account's settings.
+	TypeAccountChanged InputType = "account.changed.v1"
+	// TypePaymentReceived credits an account (充值).
+	TypePaymentReceived InputType = "payment.received.v1"
+	// TypeChargeRequested debits an account for a charge billing decided.
+	TypeChargeRequested InputType = "charge.requested.v1"
+	// TypePoolChanged creates or changes a data pool (流量池).
+	TypePoolChanged InputType = "pool.changed.v1"
+	// TypeCardRenewed extends a card's validity (续费).
+	TypeCardRenewed InputType = "card.renewed.v1"
+	// TypeStopRequested is an operator's manual stop (人工停用).
+	TypeStopRequested InputType = "card.stop_requested.v1"
+	// TypeResumeRequested is an operator's manual resume (人工复机).
+	TypeResumeRequested InputType = "card.resume_requested.v1"
 )
+
+// AccountChanged sets an account's options.
+type AccountChanged struct {
+	AccountID           string `json:"account_id"`
+	CreditLimitFen      int64  `json:"credit_limit_fen"`
+	LowBalanceFen       int64  `json:"low_balance_fen"`
+	AutoResumeOnPayment bool   `json:"auto_resume_on_payment"`
+}
+
+// Payment is money received for an account, in fen.
+type Payment struct {
+	AccountID string `json:"account_id"`
+	PaymentID string `json:"payment_id"`
+	AmountFen int64  `json:"amount_fen"`
+	PaidAt    int64  `json:"paid_at,omitempty"`
+}
+
+// Charge is money billing takes from an account, in fen.
+type Charge struct {
+	AccountID string `json:"account_id"`
+	ChargeID  string `json:"charge_id"`
+	AmountFen int64  `json:"amount_fen"`
+	Reason    string `json:"reason,omitempty"`
+}
+
+// PoolChanged is a data pool shared by cards of one account.
+type PoolChanged struct {
+	PoolID         string `json:"pool_id"`
+	AccountID      string `json:"account_id"`
+	QuotaBytes     uint64 `json:"quota_bytes"`
+	TimeZone       string `json:"time_zone,omitempty"`
+	CycleAnchorDay int    `json:"cycle_anchor_day,omitempty"`
+}
+
+// Renewal extends a card's validity to ValidUntil, or by Months from the
+// later of its current end and the renewal's time.
+type Renewal struct {
+	ICCID      string `json:"iccid"`
+	RenewalID  string `json:"renewal_id"`
+	ValidUntil int64  `json:"valid_until,omitempty"`
+	Months     int    `json:"months,omitempty"`
+}
+
+// ManualCommand is an operator's stop or resume request: who and why.
+type ManualCommand struct {
+	ICCID    string `json:"iccid"`
+	Operator string `json:"operator"`
+	Note     string `json:"note,omitempty"`
+}
 
 // PlanChanged is a plan (套餐) as of a change.
 type PlanChanged struct {
@@ -118,6 +187,28 @@ const (
 	EmitUsageAdjusted EmittedType = "usage.adjusted.v1"
 	// EmitInputRefused: an input event broke a rule and was not applied.
 	EmitInputRefused EmittedType = "input.refused.v1"
+	// EmitCancelled: the card is cancelled (销户), finally.
+	EmitCancelled EmittedType = "card.cancelled.v1"
+	// EmitRenewed: the card's validity was extended.
+	EmitRenewed EmittedType = "card.renewed.v1"
+	// EmitWarning: a card warning fired (Warning names it).
+	EmitWarning EmittedType = "card.warning.v1"
+	// EmitWarningResolved: a card warning's condition went away.
+	EmitWarningResolved EmittedType = "card.warning_resolved.v1"
+	// EmitCommandRefused: a manual stop or resume was refused (Code says why).
+	EmitCommandRefused EmittedType = "card.command_refused.v1"
+	// EmitCharged: money was taken from an account (Detail: the reason).
+	EmitCharged EmittedType = "account.charged.v1"
+	// EmitPaymentReceived: money was credited to an account.
+	EmitPaymentReceived EmittedType = "account.payment_received.v1"
+	// EmitArrearsEntered: the balance fell below the credit limit.
+	EmitArrearsEntered EmittedType = "account.arrears_entered.v1"
+	// EmitArrearsCleared: a payment brought the balance back to zero or above.
+	EmitArrearsCleared EmittedType = "account.arrears_cleared.v1"
+	// EmitAccountWarning: an account warning fired (low balance).
+	EmitAccountWarning EmittedType = "account.warning.v1"
+	// EmitAccountWarningResolved: an account warning's condition went away.
+	EmitAccountWarningResolved EmittedType = "account.warning_resolved.v1"
 )
 
 // Emitted is an event the fold emits. It is flat, so the fold fills it
@@ -135,5 +226,14 @@ type Emitted struct {
 	Overshoot uint64
 	Cycle     Cycle
 	Bytes     uint64 // a record's bytes (adjustments, conflicts)
-	Detail    string // refusals: why
+	Detail    string // refusals: why; charges: the reason
+	Code      string // command refusals: the typed reason, e.g. "in-arrears"
+	Warning   string // warnings: which, e.g. "usage_80", "expiry_7d", "forecast", "low_balance"
+	Amount    int64  // charges and payments, fen
+	Balance   int64  // the account's balance after, fen
+	Expected  int64  // forecast: when the quota is expected to run out
+	Operator  string // manual commands: who asked
+	Note      string // manual commands: why
+	Until     int64  // renewals, expiry: the validity end
+	Pool      string // pool stops: the pool
 }

@@ -215,17 +215,27 @@ func TestUnknownInputIsAnError(t *testing.T) {
 	}
 }
 
-// genLog makes a long random log of every input kind: plans, cards, usage
-// (with duplicates, conflicts, late records), and ticks over months.
+// genLog makes a long random log of every input kind: plans, accounts,
+// pools, cards with and without validity, payments and charges (some
+// repeated), renewals, manual commands, ticks small and large, and usage
+// with duplicates, conflicts and late records.
 func genLog(seed uint64, n int) []any {
-	r := rand.New(rand.NewPCG(seed, seed))
+	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	var log []any
 	now := unix("2026-01-01T00:00:00+08:00")
+	id := func() string { return fmt.Sprint("e", len(log)) }
 	log = append(log, Input{Type: TypeClockTicked, At: now})
 	for i := 0; i < 3; i++ {
-		log = append(log, Input{Type: TypePlanChanged, ID: fmt.Sprint("p", i), At: now,
+		log = append(log, Input{Type: TypePlanChanged, ID: id(), At: now,
 			Plan: &PlanChanged{PlanID: fmt.Sprint("plan", i), QuotaBytes: uint64(1+i) * 1e6, CycleAnchorDay: []int{1, 27, 31}[i],
-				TimeZone: []string{"", "UTC", "America/New_York"}[i]}})
+				TimeZone: []string{"", "UTC", "America/New_York"}[i], MonthlyFeeFen: int64(r.IntN(3) * 100),
+				OverageFenPerMB: int64(r.IntN(3) * 10), TermMonths: r.IntN(4)}})
+	}
+	accounts := []string{"acct0", "acct1", "acct2", "acct3"}
+	for _, a := range accounts {
+		log = append(log, Input{Type: TypeAccountChanged, ID: id(), At: now, Account: &AccountChanged{AccountID: a,
+			CreditLimitFen: int64(r.IntN(3) * 500), LowBalanceFen: int64(r.IntN(2) * 300), AutoResumeOnPayment: r.IntN(2) == 0}})
+		log = append(log, Input{Type: TypePoolChanged, ID: id(), At: now, Pool: &PoolChanged{PoolID: "pool-" + a, AccountID: a, QuotaBytes: uint64(r.IntN(4)+1) * 1e6}})
 	}
 	var cards []string
 	for len(log) < n {
@@ -234,13 +244,38 @@ func genLog(seed uint64, n int) []any {
 			prefix := fmt.Sprintf("8986%014d", r.IntN(1e9))
 			iccid := prefix + string(cdr.LuhnDigit(prefix))
 			cards = append(cards, iccid)
-			log = append(log, Input{Type: TypeCardProvisioned, ID: fmt.Sprint("c", len(log)), At: now,
-				Card: &CardProvisioned{ICCID: iccid, AccountID: fmt.Sprint("acct", r.IntN(5)), PlanID: fmt.Sprint("plan", r.IntN(3)), Carrier: "cmcc", AutoStopOverQuota: r.IntN(2) == 0}})
+			a := accounts[r.IntN(len(accounts))]
+			cp := &CardProvisioned{ICCID: iccid, AccountID: a, PlanID: fmt.Sprint("plan", r.IntN(3)), Carrier: "cmcc", AutoStopOverQuota: r.IntN(2) == 0}
+			if r.IntN(3) == 0 {
+				cp.PoolID = "pool-" + a
+			}
+			if r.IntN(3) == 0 {
+				cp.ValidUntil = now + int64(r.IntN(90*86400))
+			}
+			log = append(log, Input{Type: TypeCardProvisioned, ID: id(), At: now, Card: cp})
 		case k < 10:
 			now += int64(r.IntN(5 * 86400))
+			if r.IntN(20) == 0 {
+				now += 100 * 86400 // a long jump across several cycles
+			}
 			log = append(log, Input{Type: TypeClockTicked, At: now})
+		case k < 14:
+			log = append(log, Input{Type: TypePaymentReceived, ID: id(), At: now, Payment: &Payment{AccountID: accounts[r.IntN(4)],
+				PaymentID: fmt.Sprint("pay", r.IntN(200)), AmountFen: int64(r.IntN(3000) + 1)}})
+		case k < 16:
+			log = append(log, Input{Type: TypeChargeRequested, ID: id(), At: now, Charge: &Charge{AccountID: accounts[r.IntN(4)],
+				ChargeID: fmt.Sprint("ch", r.IntN(200)), AmountFen: int64(r.IntN(2000) + 1)}})
+		case k < 18:
+			log = append(log, Input{Type: TypeCardRenewed, ID: id(), At: now, Renewal: &Renewal{ICCID: cards[r.IntN(len(cards))],
+				RenewalID: id(), Months: r.IntN(3) + 1}})
+		case k < 21:
+			typ := []InputType{TypeStopRequested, TypeResumeRequested}[r.IntN(2)]
+			log = append(log, Input{Type: typ, ID: id(), At: now, Command: &ManualCommand{ICCID: cards[r.IntN(len(cards))], Operator: "op"}})
+		case k < 22:
+			a := accounts[r.IntN(len(accounts))]
+			log = append(log, Input{Type: TypePoolChanged, ID: id(), At: now, Pool: &PoolChanged{PoolID: "pool-" + a, AccountID: a, QuotaBytes: uint64(r.IntN(6)+1) * 1e6}})
 		default:
-			h := cdr.ChunkHeader{Carrier: "cmcc", BatchID: fmt.Sprint("b", len(log)), ReceivedAt: now}
+			h := cdr.ChunkHeader{Carrier: "cmcc", BatchID: id(), ReceivedAt: now}
 			var recs []cdr.Record
 			for j := r.IntN(20); j >= 0; j-- {
 				start := now - int64(r.IntN(40*86400))
@@ -278,15 +313,22 @@ func fold(t testing.TB, p *Partition, log []any) []Emitted {
 // Replaying the log from scratch, or from a snapshot taken mid-way, gives
 // the same state and the same emitted events.
 func TestReplayIsDeterministic(t *testing.T) {
-	log := genLog(7, 5000)
+	log := genLog(7, 20000)
 	a, b := NewPartition(), NewPartition()
 	outA := fold(t, a, log)
 	outB := fold(t, b, log)
 	if !reflect.DeepEqual(outA, outB) {
 		t.Fatal("two folds of one log emitted different events")
 	}
-	if len(outA) < 100 {
-		t.Fatalf("the generated log emitted only %d events: too tame to test anything", len(outA))
+	kinds := map[EmittedType]bool{}
+	for _, e := range outA {
+		kinds[e.Type] = true
+	}
+	for _, k := range []EmittedType{EmitStopped, EmitResumed, EmitStopCleared, EmitCancelled, EmitCharged, EmitArrearsEntered,
+		EmitWarning, EmitUsageAdjusted, EmitUsageConflict, EmitCommandRefused, EmitRenewed} {
+		if !kinds[k] {
+			t.Errorf("the generated log never emitted %s: too tame to test replay", k)
+		}
 	}
 	snapA, _ := a.MarshalSnapshot()
 	snapB, _ := b.MarshalSnapshot()

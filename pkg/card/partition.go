@@ -1,6 +1,14 @@
-// Package card is the pure domain core of cardmeter: the state of the cards
-// of one partition (a set of accounts) and the fold that applies the log's
-// events to it, in log order, returning the events it emits.
+// Package card is the pure domain core of cardmeter: the state of the
+// accounts, cards and pools of one partition and the fold that applies the
+// log's events to it, in log order, returning the events it emits. Every
+// rule of DOMAIN.md lives here, one file per rule:
+//
+//	usage.go    usage records: cycles, dedupe, late records, over-quota stop
+//	account.go  balances, charges, payments, arrears stop
+//	expiry.go   validity, expiry stop, keep-number fee, renewal, cancellation
+//	command.go  manual stop and resume
+//	warning.go  usage, expiry, balance and forecast warnings
+//	pool.go     data pools
 //
 // The fold reads no clock, does no I/O, draws no random numbers and starts
 // no goroutines: time comes in events, so replaying a log gives the same
@@ -17,10 +25,14 @@ import (
 
 // Partition is the folded state of the accounts and cards of one partition.
 type Partition struct {
-	now   int64 // the log's time: the latest clock tick applied
-	plans map[string]*plan
-	cards map[string]*Card
-	order []*Card // cards in provisioning order: the order ticks visit them
+	now      int64 // the log's time: the latest clock tick applied
+	plans    map[string]*plan
+	accounts map[string]*account
+	cards    map[string]*Card
+	pools    map[string]*pool
+	order    []*Card    // cards in provisioning order: the order ticks visit them
+	accOrder []*account // accounts in creation order
+	poolOrd  []*pool
 }
 
 type plan struct {
@@ -29,22 +41,50 @@ type plan struct {
 	anchor int
 }
 
+func (pl *plan) thresholds() []int {
+	if len(pl.WarningPct) == 0 {
+		return defaultWarningPct
+	}
+	return pl.WarningPct
+}
+
+var defaultWarningPct = []int{80, 90, 100}
+
 // Card is the state of one card. Its fields change only through the fold.
 type Card struct {
 	iccid, account, planID, carrier string
-	imsi, msisdn, pool              string
+	imsi, msisdn, poolID            string
 	autoStop                        bool
 	validFrom, validUntil           int64
+	expiredAt                       int64 // when the expiry stop was raised; 0 when valid
+	cancelled                       bool
 	cycle                           Cycle
 	usage                           uint64
 	overshoot                       uint64 // usage past quota when the over-quota stop fired
+	charged                         uint64 // overage MB already charged this cycle
 	reasons                         Reasons
-	seen                            map[uint64]seenRecord // record ids counted, by carrier+id hash
+	warned                          warnings // fired this cycle (or validity period)
+	seen                            map[uint64]seenRecord
+	closed                          [RetainedCycles]closedCycle // most recent first
+	lastCmd                         CommandOutcome
 }
 
 type seenRecord struct {
 	content    uint64 // cdr.Record.ContentHash of the first arrival
 	cycleStart int64  // the cycle it counted in
+}
+
+type closedCycle struct {
+	start   int64
+	usage   uint64
+	charged uint64 // overage MB charged for it
+}
+
+// CommandOutcome is how the fold decided a card's latest manual command.
+type CommandOutcome struct {
+	ID      string `json:"id"`
+	Applied bool   `json:"applied"`
+	Code    string `json:"code,omitempty"` // refusal code when not applied
 }
 
 // RetainedCycles is how many closed cycles a card remembers record ids for.
@@ -54,7 +94,7 @@ const RetainedCycles = 2
 
 // NewPartition returns empty state.
 func NewPartition() *Partition {
-	return &Partition{plans: map[string]*plan{}, cards: map[string]*Card{}}
+	return &Partition{plans: map[string]*plan{}, accounts: map[string]*account{}, cards: map[string]*Card{}, pools: map[string]*pool{}}
 }
 
 // Now is the log's time as this partition has seen it.
@@ -64,25 +104,62 @@ func (p *Partition) Now() int64 { return p.now }
 func (p *Partition) Cards() int { return len(p.cards) }
 
 // Apply folds one non-usage input event, appending what it emits to out.
-// It returns ErrUnknownInput for a type it does not know; an event that
-// breaks a rule is not applied and emits EmitInputRefused.
+// It returns ErrUnknownInput for a type it does not know, or for a known
+// type without its body; an event that breaks a rule is not applied and
+// emits EmitInputRefused or EmitCommandRefused.
 func (p *Partition) Apply(in *Input, out []Emitted) ([]Emitted, error) {
+	missing := func() ([]Emitted, error) {
+		return out, fmt.Errorf("%w: %s without its body", ErrUnknownInput, in.Type)
+	}
 	switch in.Type {
 	case TypePlanChanged:
 		if in.Plan == nil {
-			return out, fmt.Errorf("%w: %s without plan", ErrUnknownInput, in.Type)
+			return missing()
 		}
 		return p.applyPlan(in, out), nil
 	case TypeCardProvisioned:
 		if in.Card == nil {
-			return out, fmt.Errorf("%w: %s without card", ErrUnknownInput, in.Type)
+			return missing()
 		}
 		return p.applyProvision(in, out), nil
 	case TypeClockTicked:
 		return p.applyTick(in.At, out), nil
+	case TypeAccountChanged:
+		if in.Account == nil {
+			return missing()
+		}
+		return p.applyAccount(in, out), nil
+	case TypePaymentReceived:
+		if in.Payment == nil {
+			return missing()
+		}
+		return p.applyPayment(in, out), nil
+	case TypeChargeRequested:
+		if in.Charge == nil {
+			return missing()
+		}
+		return p.applyCharge(in, out), nil
+	case TypePoolChanged:
+		if in.Pool == nil {
+			return missing()
+		}
+		return p.applyPool(in, out), nil
+	case TypeCardRenewed:
+		if in.Renewal == nil {
+			return missing()
+		}
+		return p.applyRenewal(in, out), nil
+	case TypeStopRequested, TypeResumeRequested:
+		if in.Command == nil {
+			return missing()
+		}
+		return p.applyCommand(in, out), nil
 	}
 	return out, fmt.Errorf("%w: %q", ErrUnknownInput, in.Type)
 }
+
+// at is the time an input takes effect: its stamp, never before the log's.
+func (p *Partition) at(in *Input) int64 { return max(p.now, in.At) }
 
 func refused(in *Input, iccid, detail string) Emitted {
 	return Emitted{Type: EmitInputRefused, ICCID: iccid, At: in.At, Cause: "event:" + in.ID, Detail: detail}
@@ -104,6 +181,7 @@ func (p *Partition) applyPlan(in *Input, out []Emitted) []Emitted {
 
 func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	cp := in.Card
+	cause := "event:" + in.ID
 	pl, ok := p.plans[cp.PlanID]
 	if !ok {
 		return append(out, refused(in, cp.ICCID, "unknown plan "+strconv.Quote(cp.PlanID)))
@@ -112,60 +190,121 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	if exists && c.account != cp.AccountID {
 		return append(out, refused(in, cp.ICCID, "card belongs to account "+strconv.Quote(c.account)+"; moving a card between accounts is not supported"))
 	}
+	if exists && c.cancelled {
+		return append(out, refused(in, cp.ICCID, "card is cancelled"))
+	}
+	var pl0 *pool
+	if cp.PoolID != "" {
+		if pl0 = p.pools[cp.PoolID]; pl0 == nil || pl0.account != cp.AccountID {
+			return append(out, refused(in, cp.ICCID, "unknown pool "+strconv.Quote(cp.PoolID)+" for account "+strconv.Quote(cp.AccountID)))
+		}
+	}
+	now := p.at(in)
+	acct := p.account(cp.AccountID)
 	if !exists {
-		now := max(p.now, in.At)
 		c = &Card{iccid: cp.ICCID, account: cp.AccountID, seen: map[uint64]seenRecord{}}
 		c.cycle = CycleAt(now, pl.loc, pl.anchor)
 		p.cards[cp.ICCID] = c
 		p.order = append(p.order, c)
+		acct.cards = append(acct.cards, c)
 	}
-	c.planID, c.carrier, c.imsi, c.msisdn, c.pool = cp.PlanID, cp.Carrier, cp.IMSI, cp.MSISDN, cp.PoolID
+	c.planID, c.carrier, c.imsi, c.msisdn, c.poolID = cp.PlanID, cp.Carrier, cp.IMSI, cp.MSISDN, cp.PoolID
 	c.autoStop = cp.AutoStopOverQuota
-	c.validFrom, c.validUntil = cp.ValidFrom, cp.ValidUntil
-	out = append(out, c.emit(EmitProvisioned, in.At, "event:"+in.ID, pl))
+	c.validFrom = cp.ValidFrom
+	if c.validFrom == 0 && !exists {
+		c.validFrom = now
+	}
+	if cp.ValidUntil != 0 {
+		c.validUntil = cp.ValidUntil
+	} else if !exists && pl.TermMonths > 0 {
+		c.validUntil = time.Unix(c.validFrom, 0).In(pl.loc).AddDate(0, pl.TermMonths, 0).Unix()
+	}
+	out = append(out, c.emit(EmitProvisioned, now, cause, pl))
+	if !exists && pl.MonthlyFeeFen > 0 {
+		out = p.charge(acct, c, pl.MonthlyFeeFen, "monthly_fee", now, cause, out)
+	}
+	if acct.inArrears && !c.reasons.Has(ReasonArrears) {
+		out = c.raise(ReasonArrears, now, cause, pl, out)
+	}
 	// Turning the option off lifts a standing over-quota stop; turning it
 	// on stops a card already over quota.
 	if !c.autoStop && c.reasons.Has(ReasonOverQuota) {
-		out = c.clear(ReasonOverQuota, in.At, "event:"+in.ID, pl, out)
+		out = c.clear(ReasonOverQuota, now, cause, pl, out)
 	}
-	if c.autoStop && c.usage > pl.QuotaBytes && !c.reasons.Has(ReasonOverQuota) {
+	if c.poolID == "" && c.autoStop && c.usage > pl.QuotaBytes && !c.reasons.Has(ReasonOverQuota) {
 		c.overshoot = c.usage - pl.QuotaBytes
-		out = c.raise(ReasonOverQuota, in.At, "event:"+in.ID, pl, out)
+		out = c.raise(ReasonOverQuota, now, cause, pl, out)
 	}
-	return out
+	if c.reasons.Has(ReasonPool) && (pl0 == nil || !pl0.exhausted || !c.autoStop) {
+		out = c.clear(ReasonPool, now, cause, pl, out)
+	}
+	if pl0 != nil && pl0.exhausted && c.autoStop && !c.reasons.Has(ReasonPool) {
+		out = c.raise(ReasonPool, now, cause, pl, out)
+	}
+	return p.checkValidity(c, now, cause, out)
 }
 
-// applyTick moves the log's time forward and rolls every card whose cycle
-// has ended into the cycle holding the new time.
+// applyTick moves the log's time forward. Every card, in provisioning
+// order, passes each cycle boundary and validity deadline up to the new
+// time in turn, so a jump of months charges each month; then pools roll.
 func (p *Partition) applyTick(at int64, out []Emitted) []Emitted {
 	if at <= p.now {
 		return out // ticks never move time back; a repeated tick is a no-op
 	}
 	p.now = at
 	cause := "tick:" + strconv.FormatInt(at, 10)
+	for _, pl := range p.poolOrd {
+		out = p.rollPool(pl, at, cause, out)
+	}
 	for _, c := range p.order {
-		if c.cycle.End <= at {
-			out = p.rollover(c, at, cause, out)
+		if !c.cancelled {
+			out = p.advance(c, at, cause, out)
 		}
 	}
 	return out
 }
 
-// rollover closes the card's cycle and opens the one holding t: usage
-// resets, and the over-quota stop clears (自动超停 ends at cycle start).
+// advance brings a card to time t: deadlines and cycle boundaries in the
+// order they fall, then the warnings that look ahead.
+func (p *Partition) advance(c *Card, t int64, cause string, out []Emitted) []Emitted {
+	for !c.cancelled && c.cycle.End <= t {
+		boundary := c.cycle.End
+		out = p.checkValidity(c, boundary, cause, out)
+		if c.cancelled {
+			break
+		}
+		out = p.rollover(c, boundary, cause, out)
+	}
+	out = p.checkValidity(c, t, cause, out)
+	if !c.cancelled {
+		out = p.expiryWarnings(c, t, cause, out)
+	}
+	return out
+}
+
+// rollover closes the card's cycle and opens the one starting at t: usage
+// resets, the over-quota stop clears (自动超停 ends at cycle start),
+// warnings re-arm, and the month's fee is charged: the plan's monthly fee,
+// or the keep-number fee (停机保号费) while the card is expired.
 func (p *Partition) rollover(c *Card, t int64, cause string, out []Emitted) []Emitted {
 	pl := p.plans[c.planID]
 	out = append(out, c.emit(EmitCycleClosed, t, cause, pl))
+	copy(c.closed[1:], c.closed[:RetainedCycles-1])
+	c.closed[0] = closedCycle{start: c.cycle.Start, usage: c.usage, charged: c.charged}
 	c.cycle = CycleAt(t, pl.loc, pl.anchor)
-	c.usage, c.overshoot = 0, 0
+	c.usage, c.overshoot, c.charged = 0, 0, 0
 	if c.reasons.Has(ReasonOverQuota) {
 		out = c.clear(ReasonOverQuota, t, cause, pl, out)
 	}
-	// forget record ids of cycles older than the retention horizon
-	horizon := c.cycle.Start
-	for i := 0; i < RetainedCycles; i++ {
-		horizon = CycleAt(horizon-1, pl.loc, pl.anchor).Start
+	out = p.rearmCycleWarnings(c, t, cause, pl, out)
+	acct := p.accounts[c.account]
+	if c.expiredAt != 0 {
+		out = p.charge(acct, c, KeepNumberFeeFen, "keep_number_fee", t, cause, out)
+	} else if pl.MonthlyFeeFen > 0 {
+		out = p.charge(acct, c, pl.MonthlyFeeFen, "monthly_fee", t, cause, out)
 	}
+	// forget record ids of cycles older than the retention horizon
+	horizon := p.horizon(c, pl)
 	for k, s := range c.seen {
 		if s.cycleStart < horizon {
 			delete(c.seen, k)
@@ -174,9 +313,18 @@ func (p *Partition) rollover(c *Card, t int64, cause string, out []Emitted) []Em
 	return out
 }
 
+// horizon is the start of the oldest cycle whose record ids are retained.
+func (p *Partition) horizon(c *Card, pl *plan) int64 {
+	h := c.cycle.Start
+	for i := 0; i < RetainedCycles; i++ {
+		h = CycleAt(h-1, pl.loc, pl.anchor).Start
+	}
+	return h
+}
+
 func (c *Card) emit(t EmittedType, at int64, cause string, pl *plan) Emitted {
 	e := Emitted{Type: t, ICCID: c.iccid, AccountID: c.account, At: at, Cause: cause,
-		Reasons: c.reasons, Usage: c.usage, Overshoot: c.overshoot, Cycle: c.cycle}
+		Reasons: c.reasons, Usage: c.usage, Overshoot: c.overshoot, Cycle: c.cycle, Until: c.validUntil}
 	if pl != nil {
 		e.Quota = pl.QuotaBytes
 	}
@@ -184,6 +332,9 @@ func (c *Card) emit(t EmittedType, at int64, cause string, pl *plan) Emitted {
 }
 
 func (c *Card) raise(r Reason, at int64, cause string, pl *plan, out []Emitted) []Emitted {
+	if c.reasons.Has(r) {
+		return out
+	}
 	c.reasons = c.reasons.With(r)
 	e := c.emit(EmitStopped, at, cause, pl)
 	e.Reason = r
@@ -191,6 +342,9 @@ func (c *Card) raise(r Reason, at int64, cause string, pl *plan, out []Emitted) 
 }
 
 func (c *Card) clear(r Reason, at int64, cause string, pl *plan, out []Emitted) []Emitted {
+	if !c.reasons.Has(r) {
+		return out
+	}
 	c.reasons = c.reasons.Without(r)
 	t := EmitStopCleared
 	if c.reasons == 0 {

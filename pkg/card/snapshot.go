@@ -9,31 +9,64 @@ import (
 // snapshot is the serialized form of a Partition. Its JSON is stable: maps
 // are written as sorted lists, so equal states give equal bytes.
 type snapshot struct {
-	Version int            `json:"version"`
-	Now     int64          `json:"now"`
-	Plans   []PlanChanged  `json:"plans"`
-	Cards   []cardSnapshot `json:"cards"`
+	Version  int               `json:"version"`
+	Now      int64             `json:"now"`
+	Plans    []PlanChanged     `json:"plans"`
+	Accounts []accountSnapshot `json:"accounts"`
+	Pools    []poolSnapshot    `json:"pools,omitempty"`
+	Cards    []cardSnapshot    `json:"cards"`
+}
+
+type accountSnapshot struct {
+	AccountChanged
+	Balance   int64    `json:"balance"`
+	InArrears bool     `json:"in_arrears,omitempty"`
+	LowWarned bool     `json:"low_warned,omitempty"`
+	Payments  []string `json:"payments,omitempty"`
+	Charges   []string `json:"charges,omitempty"`
+}
+
+type poolSnapshot struct {
+	PoolChanged
+	Cycle     [2]int64 `json:"cycle"`
+	Usage     uint64   `json:"usage"`
+	Exhausted bool     `json:"exhausted,omitempty"`
 }
 
 type cardSnapshot struct {
-	ICCID      string      `json:"iccid"`
-	Account    string      `json:"account"`
-	Plan       string      `json:"plan"`
-	Carrier    string      `json:"carrier"`
-	IMSI       string      `json:"imsi,omitempty"`
-	MSISDN     string      `json:"msisdn,omitempty"`
-	Pool       string      `json:"pool,omitempty"`
-	AutoStop   bool        `json:"auto_stop,omitempty"`
-	ValidFrom  int64       `json:"valid_from,omitempty"`
-	ValidUntil int64       `json:"valid_until,omitempty"`
-	Cycle      [2]int64    `json:"cycle"`
-	Usage      uint64      `json:"usage"`
-	Overshoot  uint64      `json:"overshoot,omitempty"`
-	Reasons    Reasons     `json:"reasons,omitempty"`
-	Seen       [][3]uint64 `json:"seen,omitempty"` // id hash, content hash, cycle start
+	ICCID      string         `json:"iccid"`
+	Account    string         `json:"account"`
+	Plan       string         `json:"plan"`
+	Carrier    string         `json:"carrier"`
+	IMSI       string         `json:"imsi,omitempty"`
+	MSISDN     string         `json:"msisdn,omitempty"`
+	Pool       string         `json:"pool,omitempty"`
+	AutoStop   bool           `json:"auto_stop,omitempty"`
+	ValidFrom  int64          `json:"valid_from,omitempty"`
+	ValidUntil int64          `json:"valid_until,omitempty"`
+	ExpiredAt  int64          `json:"expired_at,omitempty"`
+	Cancelled  bool           `json:"cancelled,omitempty"`
+	Cycle      [2]int64       `json:"cycle"`
+	Usage      uint64         `json:"usage"`
+	Overshoot  uint64         `json:"overshoot,omitempty"`
+	Charged    uint64         `json:"charged,omitempty"`
+	Reasons    Reasons        `json:"reasons,omitempty"`
+	Warned     warnings       `json:"warned,omitempty"`
+	Closed     [][3]uint64    `json:"closed,omitempty"` // start, usage, charged
+	LastCmd    CommandOutcome `json:"last_cmd"`
+	Seen       [][3]uint64    `json:"seen,omitempty"` // id hash, content hash, cycle start
 }
 
-const snapshotVersion = 1
+const snapshotVersion = 2
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
 
 // MarshalSnapshot encodes the whole state.
 func (p *Partition) MarshalSnapshot() ([]byte, error) {
@@ -42,13 +75,27 @@ func (p *Partition) MarshalSnapshot() ([]byte, error) {
 		s.Plans = append(s.Plans, pl.PlanChanged)
 	}
 	sort.Slice(s.Plans, func(i, j int) bool { return s.Plans[i].PlanID < s.Plans[j].PlanID })
+	for _, a := range p.accOrder {
+		s.Accounts = append(s.Accounts, accountSnapshot{
+			AccountChanged: AccountChanged{AccountID: a.id, CreditLimitFen: a.creditLimit, LowBalanceFen: a.lowBalance, AutoResumeOnPayment: a.autoResume},
+			Balance:        a.balance, InArrears: a.inArrears, LowWarned: a.lowWarned,
+			Payments: sortedKeys(a.payments), Charges: sortedKeys(a.charges),
+		})
+	}
+	for _, po := range p.poolOrd {
+		s.Pools = append(s.Pools, poolSnapshot{PoolChanged: po.PoolChanged, Cycle: [2]int64{po.cycle.Start, po.cycle.End}, Usage: po.usage, Exhausted: po.exhausted})
+	}
 	s.Cards = make([]cardSnapshot, 0, len(p.order))
 	for _, c := range p.order {
 		cs := cardSnapshot{
 			ICCID: c.iccid, Account: c.account, Plan: c.planID, Carrier: c.carrier,
-			IMSI: c.imsi, MSISDN: c.msisdn, Pool: c.pool, AutoStop: c.autoStop,
-			ValidFrom: c.validFrom, ValidUntil: c.validUntil, Cycle: [2]int64{c.cycle.Start, c.cycle.End},
-			Usage: c.usage, Overshoot: c.overshoot, Reasons: c.reasons,
+			IMSI: c.imsi, MSISDN: c.msisdn, Pool: c.poolID, AutoStop: c.autoStop,
+			ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt, Cancelled: c.cancelled,
+			Cycle: [2]int64{c.cycle.Start, c.cycle.End}, Usage: c.usage, Overshoot: c.overshoot, Charged: c.charged,
+			Reasons: c.reasons, Warned: c.warned, LastCmd: c.lastCmd,
+		}
+		for _, cl := range c.closed {
+			cs.Closed = append(cs.Closed, [3]uint64{uint64(cl.start), cl.usage, cl.charged})
 		}
 		cs.Seen = make([][3]uint64, 0, len(c.seen))
 		for k, v := range c.seen {
@@ -58,6 +105,14 @@ func (p *Partition) MarshalSnapshot() ([]byte, error) {
 		s.Cards = append(s.Cards, cs)
 	}
 	return json.Marshal(&s)
+}
+
+func toSet(ids []string) map[string]bool {
+	m := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		m[id] = true
+	}
+	return m
 }
 
 // UnmarshalSnapshot restores state written by MarshalSnapshot.
@@ -77,22 +132,45 @@ func UnmarshalSnapshot(b []byte) (*Partition, error) {
 			return nil, fmt.Errorf("snapshot plan %q: %s", pc.PlanID, out[0].Detail)
 		}
 	}
+	for _, as := range s.Accounts {
+		a := p.account(as.AccountID)
+		a.creditLimit, a.lowBalance, a.autoResume = as.CreditLimitFen, as.LowBalanceFen, as.AutoResumeOnPayment
+		a.balance, a.inArrears, a.lowWarned = as.Balance, as.InArrears, as.LowWarned
+		a.payments, a.charges = toSet(as.Payments), toSet(as.Charges)
+	}
+	for _, ps := range s.Pools {
+		loc, err := Zone(ps.TimeZone)
+		if err != nil {
+			return nil, fmt.Errorf("snapshot pool %q: %w", ps.PoolID, err)
+		}
+		po := &pool{PoolChanged: ps.PoolChanged, account: ps.AccountID, loc: loc, anchor: max(ps.CycleAnchorDay, 1),
+			cycle: Cycle{ps.Cycle[0], ps.Cycle[1]}, usage: ps.Usage, exhausted: ps.Exhausted}
+		p.pools[po.PoolID] = po
+		p.poolOrd = append(p.poolOrd, po)
+	}
 	for _, cs := range s.Cards {
 		if _, ok := p.plans[cs.Plan]; !ok {
 			return nil, fmt.Errorf("snapshot card %s: unknown plan %q", cs.ICCID, cs.Plan)
 		}
 		c := &Card{
 			iccid: cs.ICCID, account: cs.Account, planID: cs.Plan, carrier: cs.Carrier,
-			imsi: cs.IMSI, msisdn: cs.MSISDN, pool: cs.Pool, autoStop: cs.AutoStop,
-			validFrom: cs.ValidFrom, validUntil: cs.ValidUntil, cycle: Cycle{cs.Cycle[0], cs.Cycle[1]},
-			usage: cs.Usage, overshoot: cs.Overshoot, reasons: cs.Reasons,
+			imsi: cs.IMSI, msisdn: cs.MSISDN, poolID: cs.Pool, autoStop: cs.AutoStop,
+			validFrom: cs.ValidFrom, validUntil: cs.ValidUntil, expiredAt: cs.ExpiredAt, cancelled: cs.Cancelled,
+			cycle: Cycle{cs.Cycle[0], cs.Cycle[1]}, usage: cs.Usage, overshoot: cs.Overshoot, charged: cs.Charged,
+			reasons: cs.Reasons, warned: cs.Warned, lastCmd: cs.LastCmd,
 			seen: make(map[uint64]seenRecord, len(cs.Seen)),
+		}
+		for i, cl := range cs.Closed {
+			if i < RetainedCycles {
+				c.closed[i] = closedCycle{start: int64(cl[0]), usage: cl[1], charged: cl[2]}
+			}
 		}
 		for _, e := range cs.Seen {
 			c.seen[e[0]] = seenRecord{content: e[1], cycleStart: int64(e[2])}
 		}
 		p.cards[c.iccid] = c
 		p.order = append(p.order, c)
+		p.account(c.account).cards = append(p.account(c.account).cards, c)
 	}
 	return p, nil
 }

@@ -27,6 +27,8 @@ const (
 	UnknownCard
 	// TooLate: the record is older than the cycles whose ids are retained.
 	TooLate
+	// CardCancelled: the card is cancelled; nothing counts for it any more.
+	CardCancelled
 )
 
 // Counts reports whether the record's bytes count as usage.
@@ -46,9 +48,15 @@ func (s UsageStatus) String() string {
 		return "unknown_card"
 	case TooLate:
 		return "too_late"
+	case CardCancelled:
+		return "card_cancelled"
 	}
 	return "unknown"
 }
+
+// MB is the unit of the overage price: 1 MB = 2^20 bytes, each MB begun
+// charged in full.
+const MB = 1 << 20
 
 // ApplyUsage folds a chunk of usage records in order. It appends one verdict
 // per record to verdicts[:0] and what the records cause to out. Records of a
@@ -63,6 +71,9 @@ func (p *Partition) ApplyUsage(h *cdr.ChunkHeader, recs []cdr.Record, verdicts [
 	return verdicts, out
 }
 
+// applyRecord applies DOMAIN.md "Usage records": a record counts in the
+// cycle its session started in, once per carrier and record id; interim
+// records of a long session each count.
 func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted) (Verdict, []Emitted) {
 	c, ok := p.cards[r.ICCID]
 	if !ok {
@@ -70,6 +81,10 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted
 	}
 	pl := p.plans[c.planID]
 	v := Verdict{AccountID: c.account, PlanID: c.planID}
+	if c.cancelled {
+		v.Status = CardCancelled
+		return v, out
+	}
 	key := cdr.IDHash(h.Carrier, r.RecordID)
 	content := r.ContentHash()
 	if s, dup := c.seen[key]; dup {
@@ -89,31 +104,81 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted
 	if cyc.Start > c.cycle.Start {
 		// A session in a later cycle than the card's: the record shows that
 		// time has passed the cycle's end before a tick said so.
-		out = p.rollover(c, r.Start, cause(h, r), out)
-	}
-	if cyc.Start < c.cycle.Start {
-		horizon := c.cycle.Start
-		for i := 0; i < RetainedCycles; i++ {
-			horizon = CycleAt(horizon-1, pl.loc, pl.anchor).Start
-		}
-		if cyc.Start < horizon {
-			v.Status = TooLate
+		out = p.advance(c, r.Start, cause(h, r), out)
+		if c.cancelled {
+			v.Status = CardCancelled
 			return v, out
 		}
-		c.seen[key] = seenRecord{content: content, cycleStart: cyc.Start}
-		v.Status, v.CycleStart = Late, cyc.Start
-		e := c.emit(EmitUsageAdjusted, h.ReceivedAt, cause(h, r), pl)
-		e.Cycle, e.Bytes = cyc, r.Bytes()
-		return v, append(out, e)
+	}
+	if cyc.Start < c.cycle.Start {
+		return p.applyLate(c, pl, h, r, key, content, cyc, v, out)
 	}
 	c.seen[key] = seenRecord{content: content, cycleStart: c.cycle.Start}
 	v.Status, v.CycleStart = Accepted, c.cycle.Start
 	c.usage += r.Bytes()
-	if c.autoStop && c.usage > pl.QuotaBytes && !c.reasons.Has(ReasonOverQuota) {
+	at := max(h.ReceivedAt, p.now)
+	if po := p.pools[c.poolID]; po != nil {
+		out = p.poolUsage(po, r, at, cause(h, r), out)
+	} else if c.autoStop && c.usage > pl.QuotaBytes && !c.reasons.Has(ReasonOverQuota) {
 		c.overshoot = c.usage - pl.QuotaBytes
-		out = c.raise(ReasonOverQuota, h.ReceivedAt, cause(h, r), pl, out)
+		out = c.raise(ReasonOverQuota, at, cause(h, r), pl, out)
+	}
+	if !c.autoStop && c.poolID == "" {
+		out = p.chargeOverage(c, pl, c.usage, &c.charged, "overage", at, cause(h, r), out)
+	}
+	return v, c.usageWarnings(at, cause(h, r), pl, out)
+}
+
+// applyLate counts a record of a closed cycle there: an adjustment event,
+// an overage charge for that cycle if one is due, and no stop now.
+func (p *Partition) applyLate(c *Card, pl *plan, h *cdr.ChunkHeader, r *cdr.Record, key, content uint64, cyc Cycle, v Verdict, out []Emitted) (Verdict, []Emitted) {
+	if cyc.Start < p.horizon(c, pl) {
+		v.Status = TooLate
+		return v, out
+	}
+	c.seen[key] = seenRecord{content: content, cycleStart: cyc.Start}
+	v.Status, v.CycleStart = Late, cyc.Start
+	e := c.emit(EmitUsageAdjusted, h.ReceivedAt, cause(h, r), pl)
+	e.Cycle, e.Bytes = cyc, r.Bytes()
+	out = append(out, e)
+	for i := range c.closed {
+		cl := &c.closed[i]
+		if cl.start == cyc.Start {
+			cl.usage += r.Bytes()
+			if !c.autoStop && c.poolID == "" {
+				out = p.chargeOverage(c, pl, cl.usage, &cl.charged, "overage_adjustment", max(h.ReceivedAt, p.now), cause(h, r), out)
+			}
+		}
 	}
 	return v, out
+}
+
+// chargeOverage rates usage past the quota at the plan's overage price,
+// per MB begun, charging what was not charged before (DOMAIN.md §2: a card
+// without the option keeps working and the extra usage is charged).
+func (p *Partition) chargeOverage(c *Card, pl *plan, usage uint64, charged *uint64, reason string, at int64, cause string, out []Emitted) []Emitted {
+	if pl.OverageFenPerMB == 0 || usage <= pl.QuotaBytes {
+		return out
+	}
+	mb := (usage - pl.QuotaBytes + MB - 1) / MB
+	if mb <= *charged {
+		return out
+	}
+	amount := int64(mb-*charged) * pl.OverageFenPerMB
+	*charged = mb
+	return p.charge(p.accounts[c.account], c, amount, reason, at, cause, out)
+}
+
+// poolUsage adds a record to its card's pool and applies the pool rule.
+func (p *Partition) poolUsage(po *pool, r *cdr.Record, at int64, cause string, out []Emitted) []Emitted {
+	if r.Start >= po.cycle.End {
+		out = p.rollPool(po, r.Start, cause, out)
+	}
+	if !po.cycle.Contains(r.Start) {
+		return out // a record of a closed pool cycle stops nothing now
+	}
+	po.usage += r.Bytes()
+	return p.poolRule(po, at, cause, out)
 }
 
 func cause(h *cdr.ChunkHeader, r *cdr.Record) string {

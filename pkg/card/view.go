@@ -1,5 +1,7 @@
 package card
 
+import "sort"
+
 // Status is a card's service state.
 type Status string
 
@@ -9,11 +11,22 @@ const (
 	Cancelled Status = "cancelled"
 )
 
+func (c *Card) status() Status {
+	switch {
+	case c.cancelled:
+		return Cancelled
+	case c.reasons != 0:
+		return Stopped
+	}
+	return InService
+}
+
 // View is a read-only copy of a card's state, as the API shows it.
 type View struct {
 	ICCID             string
 	AccountID         string
 	PlanID            string
+	PoolID            string
 	Carrier           string
 	Status            Status
 	Reasons           Reasons
@@ -24,6 +37,10 @@ type View struct {
 	AutoStopOverQuota bool
 	ValidFrom         int64
 	ValidUntil        int64
+	ExpiredAt         int64
+	Warnings          []string
+	LastCommand       CommandOutcome
+	Account           AccountView
 }
 
 // Card returns a view of a card, or false when the partition has none.
@@ -32,20 +49,46 @@ func (p *Partition) Card(iccid string) (View, bool) {
 	if !ok {
 		return View{}, false
 	}
+	pl := p.plans[c.planID]
 	v := View{
-		ICCID: c.iccid, AccountID: c.account, PlanID: c.planID, Carrier: c.carrier,
-		Status: InService, Reasons: c.reasons, Cycle: c.cycle, UsageBytes: c.usage,
-		AutoStopOverQuota: c.autoStop,
-		ValidFrom:         c.validFrom, ValidUntil: c.validUntil,
-	}
-	if c.reasons != 0 {
-		v.Status = Stopped
-	}
-	if pl := p.plans[c.planID]; pl != nil {
-		v.QuotaBytes = pl.QuotaBytes
+		ICCID: c.iccid, AccountID: c.account, PlanID: c.planID, PoolID: c.poolID, Carrier: c.carrier,
+		Status: c.status(), Reasons: c.reasons, Cycle: c.cycle, UsageBytes: c.usage, QuotaBytes: pl.QuotaBytes,
+		AutoStopOverQuota: c.autoStop, ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt,
+		Warnings: c.warned.names(pl), LastCommand: c.lastCmd,
 	}
 	if v.UsageBytes > v.QuotaBytes {
 		v.OvershootBytes = v.UsageBytes - v.QuotaBytes
 	}
+	v.Account, _ = p.Account(c.account)
 	return v, true
 }
+
+// Filter selects cards for ListCards; empty fields match everything.
+type Filter struct {
+	Status    Status
+	Reason    Reason
+	AccountID string
+}
+
+// ListCards returns up to limit ICCIDs after the cursor, in ICCID order,
+// of the cards that match f. (An ICCID order across partitions lets the
+// API merge pages.)
+func (p *Partition) ListCards(f Filter, after string, limit int) []View {
+	var out []View
+	for _, c := range p.order {
+		if c.iccid <= after || (f.AccountID != "" && c.account != f.AccountID) ||
+			(f.Status != "" && c.status() != f.Status) || (f.Reason != 0 && !c.reasons.Has(f.Reason)) {
+			continue
+		}
+		v, _ := p.Card(c.iccid)
+		v.Account = AccountView{}
+		out = append(out, v)
+	}
+	sortViews(out)
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out
+}
+
+func sortViews(v []View) { sort.Slice(v, func(i, j int) bool { return v[i].ICCID < v[j].ICCID }) }
