@@ -1,7 +1,5 @@
 package card
 
-
-
 // account is an enterprise's balance and options (DOMAIN.md "Plans and
 // accounts", §3 欠费停机).
 type account struct {
@@ -162,4 +160,3 @@ func (p *Partition) Account(id string) (AccountView, bool) {
 	}
 	return v, true
 }
-

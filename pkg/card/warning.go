@@ -31,7 +31,9 @@ func (w warnings) has(bit int) bool { return w&(1<<bit) != 0 }
 
 func usageWarning(pct int) string { return "usage_" + strconv.Itoa(pct) }
 
-func expiryWarning(i int) string { return "expiry_" + strconv.FormatInt(ExpiryWarningDays[i], 10) + "d" }
+func expiryWarning(i int) string {
+	return "expiry_" + strconv.FormatInt(ExpiryWarningDays[i], 10) + "d"
+}
 
 // names lists the active warnings.
 func (w warnings) names(pl *plan) []string {
