@@ -92,18 +92,23 @@ func (s *Server) putCard(w http.ResponseWriter, r *http.Request) error {
 
 // CardResponse is the read model of a card (GET /v1/cards/{iccid}).
 type CardResponse struct {
-	ICCID             string      `json:"iccid"`
-	AccountID         string      `json:"account_id"`
-	PlanID            string      `json:"plan_id"`
-	Carrier           string      `json:"carrier"`
-	Status            card.Status `json:"status"`
-	StopReasons       []string    `json:"stop_reasons"`
-	Cycle             CycleView   `json:"cycle"`
-	AutoStopOverQuota bool        `json:"auto_stop_over_quota"`
-	ValidFrom         string      `json:"valid_from,omitempty"`
-	ValidUntil        string      `json:"valid_until,omitempty"`
-	LogTime           string      `json:"log_time"`
-	Position          uint64      `json:"position"`
+	ICCID             string          `json:"iccid"`
+	AccountID         string          `json:"account_id"`
+	PlanID            string          `json:"plan_id"`
+	PoolID            string          `json:"pool_id,omitempty"`
+	Carrier           string          `json:"carrier"`
+	Status            card.Status     `json:"status"`
+	StopReasons       []string        `json:"stop_reasons"`
+	Cycle             CycleView       `json:"cycle"`
+	AutoStopOverQuota bool            `json:"auto_stop_over_quota"`
+	ValidFrom         string          `json:"valid_from,omitempty"`
+	ValidUntil        string          `json:"valid_until,omitempty"`
+	ExpiredAt         string          `json:"expired_at,omitempty"`
+	ActiveWarnings    []string        `json:"active_warnings"`
+	Account           *AccountSummary `json:"account,omitempty"`
+	LastCommand       *CommandView    `json:"last_command,omitempty"`
+	LogTime           string          `json:"log_time"`
+	Position          uint64          `json:"position"`
 }
 
 // CycleView is the card's current billing cycle.
@@ -115,6 +120,21 @@ type CycleView struct {
 	OvershootBytes uint64 `json:"overshoot_bytes"`
 }
 
+// AccountSummary is the balance part of a card read.
+type AccountSummary struct {
+	AccountID      string `json:"account_id"`
+	BalanceFen     int64  `json:"balance_fen"`
+	CreditLimitFen int64  `json:"credit_limit_fen"`
+	InArrears      bool   `json:"in_arrears"`
+}
+
+// CommandView is the outcome of the card's latest manual command.
+type CommandView struct {
+	ID      string `json:"id"`
+	Applied bool   `json:"applied"`
+	Code    string `json:"code,omitempty"`
+}
+
 func rfc3339(t int64) string {
 	if t == 0 {
 		return ""
@@ -122,42 +142,54 @@ func rfc3339(t int64) string {
 	return time.Unix(t, 0).UTC().Format(time.RFC3339)
 }
 
-func (s *Server) getCard(w http.ResponseWriter, r *http.Request) error {
-	iccid := r.PathValue("iccid")
-	entry, found := s.dir.Card(iccid)
-	if !found {
-		return problem(http.StatusNotFound, "not-found/card", "no such card", iccid)
+func cardResponse(v *card.View, now int64, applied uint64) CardResponse {
+	warnings := v.Warnings
+	if warnings == nil {
+		warnings = []string{}
 	}
-	var minPos uint64
-	if v := r.URL.Query().Get("min_position"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return invalid("min_position", "not a non-negative integer")
-		}
-		minPos = n
-	}
-	reply, err := s.query(r.Context(), broker.Partition(entry.AccountID, s.cfg.Partitions), projector.CardQuery{ICCID: iccid, MinPosition: minPos})
-	if err != nil {
-		return err
-	}
-	if reply.Timeout {
-		w.Header().Set("Retry-After", "1")
-		return problem(http.StatusServiceUnavailable, "unavailable/position", "position not reached", reply.Error)
-	}
-	if reply.Error != "" {
-		return problem(http.StatusInternalServerError, "internal/projector", "projector error", reply.Error)
-	}
-	if !reply.Found {
-		// the directory knows it, the projector not yet: provisioning is in flight
-		w.Header().Set("Retry-After", "1")
-		return problem(http.StatusNotFound, "not-found/card-pending", "card not yet projected", "retry, or pass ?min_position")
-	}
-	v := reply.Card
-	return ok(w, CardResponse{
-		ICCID: v.ICCID, AccountID: v.AccountID, PlanID: v.PlanID, Carrier: v.Carrier, Status: v.Status,
+	r := CardResponse{
+		ICCID: v.ICCID, AccountID: v.AccountID, PlanID: v.PlanID, PoolID: v.PoolID, Carrier: v.Carrier, Status: v.Status,
 		StopReasons: v.Reasons.Names(), AutoStopOverQuota: v.AutoStopOverQuota,
 		Cycle: CycleView{Start: rfc3339(v.Cycle.Start), End: rfc3339(v.Cycle.End), UsageBytes: v.UsageBytes,
 			QuotaBytes: v.QuotaBytes, OvershootBytes: v.OvershootBytes},
-		ValidFrom: rfc3339(v.ValidFrom), ValidUntil: rfc3339(v.ValidUntil), LogTime: rfc3339(reply.Now), Position: reply.Applied,
-	})
+		ValidFrom: rfc3339(v.ValidFrom), ValidUntil: rfc3339(v.ValidUntil), ExpiredAt: rfc3339(v.ExpiredAt),
+		ActiveWarnings: warnings, LogTime: rfc3339(now), Position: applied,
+	}
+	if v.Account.AccountID != "" {
+		r.Account = &AccountSummary{AccountID: v.Account.AccountID, BalanceFen: v.Account.BalanceFen,
+			CreditLimitFen: v.Account.CreditLimitFen, InArrears: v.Account.InArrears}
+	}
+	if v.LastCommand.ID != "" {
+		r.LastCommand = &CommandView{ID: v.LastCommand.ID, Applied: v.LastCommand.Applied, Code: v.LastCommand.Code}
+	}
+	return r
+}
+
+// readCard asks the card's projector for it, at or after minPos.
+func (s *Server) readCard(r *http.Request, iccid string, minPos uint64) (*projector.Reply, error) {
+	entry, found := s.dir.Card(iccid)
+	if !found {
+		return nil, problem(http.StatusNotFound, "not-found/card", "no such card", iccid)
+	}
+	reply, err := s.query(r.Context(), broker.Partition(entry.AccountID, s.cfg.Partitions), projector.Query{Kind: projector.QueryCard, ID: iccid, MinPosition: minPos})
+	if err != nil {
+		return nil, err
+	}
+	if !reply.Found {
+		// the directory knows it, the projector not yet: provisioning is in flight
+		return nil, &retryProblem{problem(http.StatusNotFound, "not-found/card-pending", "card not yet projected", "retry, or pass ?min_position")}
+	}
+	return reply, nil
+}
+
+func (s *Server) getCard(w http.ResponseWriter, r *http.Request) error {
+	minPos, err := minPosition(r)
+	if err != nil {
+		return err
+	}
+	reply, err := s.readCard(r, r.PathValue("iccid"), minPos)
+	if err != nil {
+		return err
+	}
+	return ok(w, cardResponse(reply.Card, reply.Now, reply.Applied))
 }

@@ -94,6 +94,16 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"GET /v1/plans/{plan_id}", s.getPlan},
 		{"PUT /v1/cards/{iccid}", s.putCard},
 		{"GET /v1/cards/{iccid}", s.getCard},
+		{"GET /v1/cards", s.listCards},
+		{"GET /v1/cards/{iccid}/events", s.getCardEvents},
+		{"POST /v1/cards/{iccid}/renewals", s.postRenewal},
+		{"POST /v1/cards/{iccid}/stop", s.command(card.TypeStopRequested)},
+		{"POST /v1/cards/{iccid}/resume", s.command(card.TypeResumeRequested)},
+		{"PUT /v1/accounts/{account_id}", s.putAccount},
+		{"GET /v1/accounts/{account_id}", s.getAccount},
+		{"POST /v1/accounts/{account_id}/payments", s.postPayment},
+		{"POST /v1/accounts/{account_id}/charges", s.postCharge},
+		{"PUT /v1/pools/{pool_id}", s.putPool},
 		{"POST /v1/usage", s.postUsage},
 		{"PUT /v1/clock", s.putClock},
 		{"GET /v1/clock", s.getClock},
@@ -162,9 +172,13 @@ func invalid(field, reason string) *Problem {
 
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var p *Problem
+	var rp *retryProblem
 	var ie *card.InvalidError
 	var mbe *http.MaxBytesError
 	switch {
+	case errors.As(err, &rp):
+		w.Header().Set("Retry-After", "1")
+		p = rp.Problem
 	case errors.As(err, &p):
 	case errors.As(err, &ie):
 		p = invalid(ie.Field, ie.Reason)
@@ -376,8 +390,9 @@ func (s *Server) getClock(w http.ResponseWriter, _ *http.Request) error {
 	return ok(w, map[string]any{"now": time.Unix(s.clock.Now(), 0).UTC().Format(time.RFC3339), "manual": s.clock.Manual()})
 }
 
-// query asks the projector owning the card's partition.
-func (s *Server) query(ctx context.Context, part int, q projector.CardQuery) (*projector.CardReply, error) {
+// query asks the projector owning a partition, and turns its failures into
+// problems: 503 when it does not answer or has not reached min_position.
+func (s *Server) query(ctx context.Context, part int, q projector.Query) (*projector.Reply, error) {
 	b, _ := json.Marshal(q)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadTimeout+2*time.Second)
 	defer cancel()
@@ -385,9 +400,30 @@ func (s *Server) query(ctx context.Context, part int, q projector.CardQuery) (*p
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errProjectorUnavailable, err)
 	}
-	var reply projector.CardReply
+	var reply projector.Reply
 	if err := json.Unmarshal(m.Data, &reply); err != nil {
 		return nil, err
 	}
+	if reply.Timeout {
+		return nil, &retryProblem{problem(http.StatusServiceUnavailable, "unavailable/position", "position not reached", reply.Error)}
+	}
+	if reply.Error != "" {
+		return nil, problem(http.StatusInternalServerError, "internal/projector", "projector error", reply.Error)
+	}
 	return &reply, nil
+}
+
+// retryProblem is a problem answered with Retry-After.
+type retryProblem struct{ *Problem }
+
+func minPosition(r *http.Request) (uint64, error) {
+	v := r.URL.Query().Get("min_position")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, invalid("min_position", "not a non-negative integer")
+	}
+	return n, nil
 }

@@ -229,7 +229,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	if len(stopped) != 1 {
 		t.Fatalf("stopped events for a: %d, want exactly 1 after the crash and replay", len(stopped))
 	}
-	if d := stopped[0].Data; d.Reason != "over_quota" || d.Cause != "record:cmcc/r3" || d.OvershootBytes != 50_000 {
+	if d := stopped[0].Data; d.Reason != "over_quota" || d.Cause != "record:cmcc/r3" || *d.OvershootBytes != 50_000 {
 		t.Fatalf("stopped event: %+v", d)
 	}
 

@@ -71,5 +71,6 @@ func (p *Partition) applyRenewal(in *Input, out []Emitted) []Emitted {
 		c.expiredAt = 0
 		out = c.clear(ReasonExpiry, now, cause, pl, out)
 	}
-	return p.resolveExpiryWarnings(c, now, cause, pl, out)
+	out = p.resolveExpiryWarnings(c, now, cause, pl, out)
+	return p.expiryWarnings(c, now, cause, out)
 }

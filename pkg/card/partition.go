@@ -241,7 +241,11 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	if pl0 != nil && pl0.exhausted && c.autoStop && !c.reasons.Has(ReasonPool) {
 		out = c.raise(ReasonPool, now, cause, pl, out)
 	}
-	return p.checkValidity(c, now, cause, out)
+	out = p.checkValidity(c, now, cause, out)
+	if !c.cancelled {
+		out = p.expiryWarnings(c, now, cause, out)
+	}
+	return out
 }
 
 // applyTick moves the log's time forward. Every card, in provisioning

@@ -33,13 +33,22 @@ type Data struct {
 	Cause          string    `json:"cause"`
 	Status         string    `json:"status,omitempty"`
 	Reason         string    `json:"reason,omitempty"`
-	StopReasons    []string  `json:"stop_reasons"`
-	UsageBytes     uint64    `json:"usage_bytes"`
-	QuotaBytes     uint64    `json:"quota_bytes"`
-	OvershootBytes uint64    `json:"overshoot_bytes"`
+	StopReasons    *[]string `json:"stop_reasons,omitempty"` // card events
+	UsageBytes     *uint64   `json:"usage_bytes,omitempty"`  // card events
+	QuotaBytes     *uint64   `json:"quota_bytes,omitempty"`
+	OvershootBytes *uint64   `json:"overshoot_bytes,omitempty"`
 	Cycle          *CycleRef `json:"cycle,omitempty"`
 	RecordBytes    uint64    `json:"record_bytes,omitempty"`
 	Detail         string    `json:"detail,omitempty"`
+	Warning        string    `json:"warning,omitempty"`
+	ExpectedAt     string    `json:"expected_at,omitempty"`
+	AmountFen      int64     `json:"amount_fen,omitempty"`
+	BalanceFen     *int64    `json:"balance_fen,omitempty"`
+	Operator       string    `json:"operator,omitempty"`
+	Note           string    `json:"note,omitempty"`
+	Code           string    `json:"code,omitempty"`
+	ValidUntil     string    `json:"valid_until,omitempty"`
+	PoolID         string    `json:"pool_id,omitempty"`
 }
 
 // CycleRef is a billing cycle in RFC 3339.
@@ -68,19 +77,34 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 	if subject == "" {
 		subject = e.AccountID
 	}
-	d := Data{
-		ICCID: e.ICCID, AccountID: e.AccountID, Cause: e.Cause,
-		StopReasons: e.Reasons.Names(), UsageBytes: e.Usage, QuotaBytes: e.Quota,
-		OvershootBytes: e.Overshoot, RecordBytes: e.Bytes, Detail: e.Detail,
+	d := Data{ICCID: e.ICCID, AccountID: e.AccountID, Cause: e.Cause, RecordBytes: e.Bytes, Detail: e.Detail}
+	if isCardEvent(e.Type) {
+		reasons := e.Reasons.Names()
+		usage, quota, over := e.Usage, e.Quota, e.Overshoot
+		d.StopReasons, d.UsageBytes, d.QuotaBytes, d.OvershootBytes = &reasons, &usage, &quota, &over
 	}
 	if e.Reason != 0 {
 		d.Reason = e.Reason.String()
 	}
-	if e.ICCID != "" {
+	if isCardEvent(e.Type) {
 		d.Status = string(card.InService)
 		if e.Reasons != 0 {
 			d.Status = string(card.Stopped)
 		}
+		if e.Type == card.EmitCancelled {
+			d.Status = string(card.Cancelled)
+		}
+	}
+	d.Warning, d.AmountFen, d.Operator, d.Note, d.Code, d.PoolID = e.Warning, e.Amount, e.Operator, e.Note, e.Code, e.Pool
+	if e.Expected != 0 {
+		d.ExpectedAt = Rfc3339(e.Expected)
+	}
+	if e.Until != 0 {
+		d.ValidUntil = Rfc3339(e.Until)
+	}
+	if strings.HasPrefix(string(e.Type), "account.") {
+		b := e.Balance
+		d.BalanceFen = &b
 	}
 	if e.Cycle.End != 0 {
 		d.Cycle = &CycleRef{Start: Rfc3339(e.Cycle.Start), End: Rfc3339(e.Cycle.End)}
@@ -89,6 +113,12 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 		SpecVersion: "1.0", ID: id, Source: Source, Type: "cardmeter." + string(e.Type),
 		Subject: subject, Time: Rfc3339(e.At), DataContentType: "application/json", Data: d,
 	}
+}
+
+// isCardEvent: the event is about a card's state (card.* and usage.*), and
+// carries its status, stop reasons and usage.
+func isCardEvent(t card.EmittedType) bool {
+	return strings.HasPrefix(string(t), "card.") || strings.HasPrefix(string(t), "usage.")
 }
 
 // Marshal encodes an envelope.

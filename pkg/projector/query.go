@@ -13,25 +13,43 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/card"
 )
 
-// CardQuery asks for a card's state over NATS request/reply.
-type CardQuery struct {
-	ICCID       string `json:"iccid"`
-	MinPosition uint64 `json:"min_position,omitempty"`
+// Query asks the projector that owns a partition for its state, over NATS
+// request/reply on broker.QuerySubject(partition).
+type Query struct {
+	Kind        QueryKind   `json:"kind"`
+	ID          string      `json:"id,omitempty"` // the card, account or pool
+	MinPosition uint64      `json:"min_position,omitempty"`
+	Filter      card.Filter `json:"filter,omitempty"` // cards
+	After       string      `json:"after,omitempty"`  // cards: the cursor (an ICCID)
+	Limit       int         `json:"limit,omitempty"`  // cards
 }
 
-// CardReply answers a CardQuery.
-type CardReply struct {
-	Found   bool      `json:"found"`
-	Card    card.View `json:"card"`
-	Now     int64     `json:"now"`     // the partition's log time
-	Applied uint64    `json:"applied"` // the partition's applied sequence
-	Error   string    `json:"error,omitempty"`
-	Timeout bool      `json:"timeout,omitempty"` // min_position was not reached in time
+// QueryKind names what a Query asks for.
+type QueryKind string
+
+const (
+	QueryCard    QueryKind = "card"
+	QueryAccount QueryKind = "account"
+	QueryCards   QueryKind = "cards"
+	QueryPool    QueryKind = "pool"
+)
+
+// Reply answers a Query.
+type Reply struct {
+	Found   bool              `json:"found"`
+	Card    *card.View        `json:"card,omitempty"`
+	Account *card.AccountView `json:"account,omitempty"`
+	Pool    *card.PoolView    `json:"pool,omitempty"`
+	Cards   []card.View       `json:"cards,omitempty"`
+	Now     int64             `json:"now"`     // the partition's log time
+	Applied uint64            `json:"applied"` // the partition's applied sequence
+	Error   string            `json:"error,omitempty"`
+	Timeout bool              `json:"timeout,omitempty"` // min_position was not reached in time
 }
 
 func (p *Projector) answer(ctx context.Context, stream jetstream.Stream, pt *partition, m *nats.Msg) {
-	var q CardQuery
-	var reply CardReply
+	var q Query
+	var reply Reply
 	if err := json.Unmarshal(m.Data, &q); err != nil {
 		reply.Error = "bad query: " + err.Error()
 	} else {
@@ -44,8 +62,22 @@ func (p *Projector) answer(ctx context.Context, stream jetstream.Stream, pt *par
 		}
 		pt.mu.Lock()
 		if pt.state != nil {
-			reply.Card, reply.Found = pt.state.Card(q.ICCID)
 			reply.Now = pt.state.Now()
+			switch q.Kind {
+			case QueryCard:
+				v, ok := pt.state.Card(q.ID)
+				reply.Card, reply.Found = &v, ok
+			case QueryAccount:
+				v, ok := pt.state.Account(q.ID)
+				reply.Account, reply.Found = &v, ok
+			case QueryPool:
+				v, ok := pt.state.Pool(q.ID)
+				reply.Pool, reply.Found = &v, ok
+			case QueryCards:
+				reply.Cards, reply.Found = pt.state.ListCards(q.Filter, q.After, max(1, min(q.Limit, 1000))), true
+			default:
+				reply.Error = "unknown query kind " + string(q.Kind)
+			}
 		}
 		reply.Applied = pt.applied
 		pt.mu.Unlock()

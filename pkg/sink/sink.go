@@ -176,7 +176,22 @@ func (s *Sink) insertUsage(ctx context.Context, msgs []jetstream.Msg) error {
 }
 
 const eventsInsert = `INSERT INTO card_events (event_id, stream_seq, type, iccid, account_id, time, reason, stop_reasons,
- status, cause, usage_bytes, quota_bytes, overshoot_bytes, cycle_start, cycle_end, record_bytes, detail)`
+ status, cause, usage_bytes, quota_bytes, overshoot_bytes, cycle_start, cycle_end, record_bytes, detail,
+ warning, amount_fen, balance_fen, operator, note, code, pool_id)`
+
+func deref(v *uint64) uint64 {
+	if v == nil {
+		return 0
+	}
+	return *v
+}
+
+func derefInt(v *int64) int64 {
+	if v == nil {
+		return 0
+	}
+	return *v
+}
 
 func (s *Sink) insertEvents(ctx context.Context, msgs []jetstream.Msg) error {
 	b, err := s.conn.PrepareBatch(ctx, eventsInsert)
@@ -201,13 +216,14 @@ func (s *Sink) insertEvents(ctx context.Context, msgs []jetstream.Msg) error {
 		} else {
 			cs, ce = time.Unix(0, 0), time.Unix(0, 0)
 		}
-		reasons := e.Data.StopReasons
-		if reasons == nil {
-			reasons = []string{}
+		d := &e.Data
+		reasons := []string{}
+		if d.StopReasons != nil {
+			reasons = *d.StopReasons
 		}
-		if err := b.Append(e.ID, meta.Sequence.Stream, e.Type, e.Data.ICCID, e.Data.AccountID, t, e.Data.Reason, reasons,
-			e.Data.Status, e.Data.Cause, e.Data.UsageBytes, e.Data.QuotaBytes, e.Data.OvershootBytes, cs, ce,
-			e.Data.RecordBytes, e.Data.Detail); err != nil {
+		if err := b.Append(e.ID, meta.Sequence.Stream, e.Type, d.ICCID, d.AccountID, t, d.Reason, reasons,
+			d.Status, d.Cause, deref(d.UsageBytes), deref(d.QuotaBytes), deref(d.OvershootBytes), cs, ce,
+			d.RecordBytes, d.Detail, d.Warning, d.AmountFen, derefInt(d.BalanceFen), d.Operator, d.Note, d.Code, d.PoolID); err != nil {
 			return err
 		}
 	}

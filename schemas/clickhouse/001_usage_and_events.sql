@@ -49,7 +49,14 @@ CREATE TABLE IF NOT EXISTS card_events
     cycle_start     DateTime,
     cycle_end       DateTime,
     record_bytes    UInt64,
-    detail          String
+    detail          String,   -- refusals: why; charges: the reason
+    warning         String,
+    amount_fen      Int64,    -- charges and payments
+    balance_fen     Int64,    -- account events: the balance after
+    operator        String,   -- manual commands: who asked
+    note            String,   -- manual commands: why
+    code            String,   -- refused commands: the typed reason
+    pool_id         String
 )
 ENGINE = ReplacingMergeTree(stream_seq)
 PARTITION BY toYYYYMM(time)

@@ -1,0 +1,75 @@
+package api
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/nats-io/nuid"
+
+	"github.com/cardmeter/cardmeter/pkg/card"
+)
+
+type commandBody struct {
+	Operator string `json:"operator"`
+	Note     string `json:"note"`
+}
+
+// command writes an operator's manual stop or resume to the log, waits for
+// the projector to decide it, and answers with the decision: 200 and the
+// card when applied, 409 with a typed problem when refused (the plan
+// expired, the account is in arrears, the card is over quota or
+// cancelled). An Idempotency-Key makes a retry the same command.
+func (s *Server) command(typ card.InputType) func(http.ResponseWriter, *http.Request) error {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		iccid := r.PathValue("iccid")
+		entry, found := s.dir.Card(iccid)
+		if !found {
+			return problem(http.StatusNotFound, "not-found/card", "no such card", iccid)
+		}
+		var b commandBody
+		if err := decodeBody(r, &b); err != nil {
+			return err
+		}
+		if strings.TrimSpace(b.Operator) == "" {
+			return invalid("operator", "required: who asks is recorded")
+		}
+		id := "cmd-" + nuid.Next()
+		if k := r.Header.Get("Idempotency-Key"); k != "" {
+			id = "cmd-" + contentID([]byte(iccid), []byte(typ), []byte(k))
+		}
+		pos, err := s.writeInput(r, entry.AccountID, card.Input{Type: typ, ID: id, Command: &card.ManualCommand{ICCID: iccid, Operator: b.Operator, Note: b.Note}})
+		if err != nil {
+			return err
+		}
+		reply, err := s.readCard(r, iccid, pos)
+		if err != nil {
+			return err
+		}
+		v := reply.Card
+		switch {
+		case v.LastCommand.ID != id:
+			// another command for the card was decided after ours
+			writeJSON(w, http.StatusAccepted, "application/json", map[string]any{"command_id": id, "position": pos,
+				"detail": "decided; a later command followed: see GET /v1/cards/{iccid}/events"})
+			return nil
+		case !v.LastCommand.Applied:
+			p := problem(http.StatusConflict, "refused/"+v.LastCommand.Code, "command refused", refusalDetail(v.LastCommand.Code))
+			return p
+		}
+		return ok(w, cardResponse(v, reply.Now, reply.Applied))
+	}
+}
+
+func refusalDetail(code string) string {
+	switch code {
+	case card.RefusedExpired:
+		return "the card's plan has expired: renew it first"
+	case card.RefusedInArrears:
+		return "the account is in arrears: a payment must bring the balance to zero first"
+	case card.RefusedOverQuota:
+		return "the card (or its pool) is over quota: it resumes at the next cycle"
+	case card.RefusedCancelled:
+		return "the card is cancelled"
+	}
+	return code
+}

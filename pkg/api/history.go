@@ -1,0 +1,120 @@
+package api
+
+import (
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/card"
+	"github.com/cardmeter/cardmeter/pkg/projector"
+)
+
+// maxHistory bounds the events one history read returns.
+const maxHistory = 10000
+
+// getCardEvents answers "why is this card stopped": the events emitted for
+// the card, oldest first, each naming its cause. They are read from the
+// EVENTS stream by subject, so the projector keeps no history in memory.
+func (s *Server) getCardEvents(w http.ResponseWriter, r *http.Request) error {
+	iccid := r.PathValue("iccid")
+	minPos, err := minPosition(r)
+	if err != nil {
+		return err
+	}
+	if _, err := s.readCard(r, iccid, minPos); err != nil {
+		return err // unknown, or min_position not applied (and so not published) yet
+	}
+	cons, err := s.js.OrderedConsumer(r.Context(), broker.StreamEvents, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{broker.EventSubject("*.*", iccid)}})
+	if err != nil {
+		return err
+	}
+	events := []json.RawMessage{}
+	for len(events) < maxHistory {
+		batch, err := cons.FetchNoWait(500)
+		if err != nil {
+			return err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			events = append(events, json.RawMessage(m.Data()))
+			n++
+		}
+		if err := batch.Error(); err != nil {
+			return err
+		}
+		if n == 0 {
+			break
+		}
+	}
+	return ok(w, map[string]any{"iccid": iccid, "events": events})
+}
+
+// CardListResponse is GET /v1/cards.
+type CardListResponse struct {
+	Cards      []CardResponse `json:"cards"`
+	NextCursor string         `json:"next_cursor,omitempty"`
+}
+
+// listCards pages through cards in ICCID order, filtered by status, stop
+// reason and account, asking every partition (or the account's) and
+// merging their pages.
+func (s *Server) listCards(w http.ResponseWriter, r *http.Request) error {
+	qv := r.URL.Query()
+	f := card.Filter{Status: card.Status(qv.Get("status")), AccountID: qv.Get("account_id")}
+	switch f.Status {
+	case "", card.InService, card.Stopped, card.Cancelled:
+	default:
+		return invalid("status", "one of in_service, stopped, cancelled")
+	}
+	if v := qv.Get("reason"); v != "" {
+		rs, ok := card.ParseReason(v)
+		if !ok {
+			return invalid("reason", "one of manual, over_quota, arrears, expiry, pool")
+		}
+		f.Reason = rs
+	}
+	limit := 100
+	if v := qv.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			return invalid("limit", "1 to 1000")
+		}
+		limit = n
+	}
+	parts := make([]int, 0, s.cfg.Partitions)
+	if f.AccountID != "" {
+		parts = append(parts, broker.Partition(f.AccountID, s.cfg.Partitions))
+	} else {
+		for p := 0; p < s.cfg.Partitions; p++ {
+			parts = append(parts, p)
+		}
+	}
+	var all []CardResponse
+	for _, p := range parts {
+		reply, err := s.query(r.Context(), p, projector.Query{Kind: projector.QueryCards, Filter: f, After: qv.Get("cursor"), Limit: limit})
+		if err != nil {
+			return err
+		}
+		for i := range reply.Cards {
+			all = append(all, cardResponse(&reply.Cards[i], reply.Now, reply.Applied))
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].ICCID < all[j].ICCID })
+	resp := CardListResponse{Cards: all}
+	if len(all) > limit {
+		resp.Cards = all[:limit]
+	}
+	if len(resp.Cards) == limit {
+		resp.NextCursor = resp.Cards[limit-1].ICCID
+	}
+	if resp.Cards == nil {
+		resp.Cards = []CardResponse{}
+	}
+	return ok(w, resp)
+}
+
