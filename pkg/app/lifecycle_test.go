@@ -34,8 +34,9 @@ func pos(m map[string]any) uint64 { return uint64(m["position"].(float64)) }
 // and cancellation; the right events at each step, refusals typed, and
 // the history says why.
 func TestCardLifecycleThroughTheAPI(t *testing.T) {
+	ch := testenv.ClickHouse(t)
 	p, err := Start(context.Background(), Config{DataDir: t.TempDir(), NATSPort: -1, HTTPAddr: "127.0.0.1:0", Partitions: 2,
-		ManualClock: true, ClockStart: time.Date(2025, 12, 31, 16, 0, 0, 0, time.UTC), ClickHouse: testenv.ClickHouse(t),
+		ManualClock: true, ClockStart: time.Date(2025, 12, 31, 16, 0, 0, 0, time.UTC), ClickHouse: ch,
 		Sink: sinkConfigForTests()}, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -168,6 +169,23 @@ func TestCardLifecycleThroughTheAPI(t *testing.T) {
 	if n := len(seen()); n < len(hist.Events) {
 		t.Fatalf("%d events on the stream, %d in the history", n, len(hist.Events))
 	}
+	// the sink took every kind of event into ClickHouse
+	conn := testenv.ClickHouseConn(t, ch)
+	testenv.Eventually(t, 20*time.Second, func() error {
+		var n uint64
+		if err := conn.QueryRow(context.Background(), "SELECT count() FROM card_events WHERE iccid = ?", card).Scan(&n); err != nil {
+			return err
+		}
+		var charged int64
+		if err := conn.QueryRow(context.Background(), "SELECT sum(amount_fen) FROM card_events WHERE type = 'cardmeter.account.charged.v1' AND account_id = 'acme'").Scan(&charged); err != nil {
+			return err
+		}
+		// events with the card's ICCID: its own, plus charges of its fees
+		if int(n) < len(hist.Events) || charged != 1000*3+300+500*4 {
+			return fmt.Errorf("ClickHouse has %d events of the card (history %d), %d fen charged", n, len(hist.Events), charged)
+		}
+		return nil
+	})
 	var acct map[string]any
 	if code := c.do("GET", "/v1/accounts/acme", "", nil, &acct); code != 200 || acct["cards"].(map[string]any)["cancelled"].(float64) != 1 {
 		t.Fatalf("account: %d %v", code, acct)
