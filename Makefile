@@ -29,6 +29,7 @@ test: deps ## run every test with the race detector against real JetStream and C
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for t in FuzzCSVReader FuzzNDJSONReader FuzzDecodeChunk; do \
 	  $(GO) test ./pkg/cdr -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
+	$(GO) test ./pkg/card -run '^$$' -fuzz '^FuzzFold$$' -fuzztime $${FUZZTIME:-30s}
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
