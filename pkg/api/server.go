@@ -5,6 +5,7 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -33,11 +34,27 @@ import (
 // Config configures the API.
 type Config struct {
 	Partitions   int
-	MaxBodyBytes int64 // default 64 MiB
-	ChunkRecords int   // records per log message at most; default 4096
-	Limits       cdr.Limits
+	ChunkRecords int // records per log message at most; default 4096
+	Batch        BatchLimits
+	Limits       cdr.Limits    // per-record validation bounds
 	ReadTimeout  time.Duration // max wait for ?min_position; default 5 s
+	// Tokens are the bearer tokens; nil runs the API open (loopback only).
+	Tokens *Tokens
+	// PublishTimeout bounds how long a write waits for JetStream before
+	// answering 503; default 10 s.
+	PublishTimeout time.Duration
 }
+
+// BatchLimits bound one usage batch. Each refusal names its limit.
+type BatchLimits struct {
+	MaxBodyBytes         int64 // the body as sent; default 64 MiB (413 limit/body-size)
+	MaxDecompressedBytes int64 // a gzip body inflated; default 512 MiB (413 limit/decompressed-size)
+	MaxRecords           int   // records in one batch; default 1,000,000 (413 limit/records)
+	MaxLineBytes         int   // one line; default 64 KiB (400 limit/line-length)
+}
+
+// DefaultBatchLimits are used for zero fields.
+var DefaultBatchLimits = BatchLimits{MaxBodyBytes: 64 << 20, MaxDecompressedBytes: 512 << 20, MaxRecords: 1_000_000, MaxLineBytes: 64 << 10}
 
 // Server is the HTTP API. Create it with New; it is an http.Handler.
 type Server struct {
@@ -51,6 +68,9 @@ type Server struct {
 	ready   func() error
 	metrics *metrics
 	routes  []string
+
+	batches  jetstream.KeyValue // first answers of usage batches
+	resolved jetstream.KeyValue // re-submitted rejections
 }
 
 type metrics struct {
@@ -64,8 +84,20 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	if cfg.Partitions == 0 {
 		cfg.Partitions = broker.DefaultTopology.Partitions
 	}
-	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = 64 << 20
+	if cfg.Batch.MaxBodyBytes == 0 {
+		cfg.Batch.MaxBodyBytes = DefaultBatchLimits.MaxBodyBytes
+	}
+	if cfg.Batch.MaxDecompressedBytes == 0 {
+		cfg.Batch.MaxDecompressedBytes = DefaultBatchLimits.MaxDecompressedBytes
+	}
+	if cfg.Batch.MaxRecords == 0 {
+		cfg.Batch.MaxRecords = DefaultBatchLimits.MaxRecords
+	}
+	if cfg.Batch.MaxLineBytes == 0 {
+		cfg.Batch.MaxLineBytes = DefaultBatchLimits.MaxLineBytes
+	}
+	if cfg.PublishTimeout == 0 {
+		cfg.PublishTimeout = 10 * time.Second
 	}
 	if cfg.ChunkRecords == 0 {
 		cfg.ChunkRecords = 4096
@@ -86,33 +118,47 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	}
 	reg.MustRegister(m.records, m.requests, m.latency)
 	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m}
+	if js != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var err error
+		if s.batches, err = js.KeyValue(ctx, broker.BucketBatches); err != nil {
+			log.Warn("no batch answer bucket: retried batches will not replay their first answer", zap.Error(err))
+		}
+		if s.resolved, err = js.KeyValue(ctx, broker.BucketResolved); err != nil {
+			log.Warn("no resubmission bucket", zap.Error(err))
+		}
+		cancel()
+	}
 	routes := []struct {
 		pattern string
+		scope   string
 		h       func(http.ResponseWriter, *http.Request) error
 	}{
-		{"PUT /v1/plans/{plan_id}", s.putPlan},
-		{"GET /v1/plans/{plan_id}", s.getPlan},
-		{"PUT /v1/cards/{iccid}", s.putCard},
-		{"GET /v1/cards/{iccid}", s.getCard},
-		{"GET /v1/cards", s.listCards},
-		{"GET /v1/cards/{iccid}/events", s.getCardEvents},
-		{"POST /v1/cards/{iccid}/renewals", s.postRenewal},
-		{"POST /v1/cards/{iccid}/stop", s.command(card.TypeStopRequested)},
-		{"POST /v1/cards/{iccid}/resume", s.command(card.TypeResumeRequested)},
-		{"PUT /v1/accounts/{account_id}", s.putAccount},
-		{"GET /v1/accounts/{account_id}", s.getAccount},
-		{"POST /v1/accounts/{account_id}/payments", s.postPayment},
-		{"POST /v1/accounts/{account_id}/charges", s.postCharge},
-		{"PUT /v1/pools/{pool_id}", s.putPool},
-		{"POST /v1/usage", s.postUsage},
-		{"PUT /v1/clock", s.putClock},
-		{"GET /v1/clock", s.getClock},
-		{"GET /healthz", s.healthz},
-		{"GET /readyz", s.readyz},
-		{"GET /openapi.yaml", s.openapi},
+		{"PUT /v1/plans/{plan_id}", ScopeBilling, s.putPlan},
+		{"GET /v1/plans/{plan_id}", ScopeRead, s.getPlan},
+		{"PUT /v1/cards/{iccid}", ScopeBilling, s.putCard},
+		{"GET /v1/cards/{iccid}", ScopeRead, s.getCard},
+		{"GET /v1/cards", ScopeRead, s.listCards},
+		{"GET /v1/cards/{iccid}/events", ScopeRead, s.getCardEvents},
+		{"POST /v1/cards/{iccid}/renewals", ScopeBilling, s.postRenewal},
+		{"POST /v1/cards/{iccid}/stop", ScopeOperator, s.command(card.TypeStopRequested)},
+		{"POST /v1/cards/{iccid}/resume", ScopeOperator, s.command(card.TypeResumeRequested)},
+		{"PUT /v1/accounts/{account_id}", ScopeBilling, s.putAccount},
+		{"GET /v1/accounts/{account_id}", ScopeRead, s.getAccount},
+		{"POST /v1/accounts/{account_id}/payments", ScopeBilling, s.postPayment},
+		{"POST /v1/accounts/{account_id}/charges", ScopeBilling, s.postCharge},
+		{"PUT /v1/pools/{pool_id}", ScopeBilling, s.putPool},
+		{"POST /v1/usage", scopeUsage, s.postUsage},
+		{"GET /v1/rejections", ScopeRead, s.listRejections},
+		{"POST /v1/rejections/resubmit", scopeUsage, s.resubmit},
+		{"PUT /v1/clock", ScopeAdmin, s.putClock},
+		{"GET /v1/clock", ScopeRead, s.getClock},
+		{"GET /healthz", "", s.healthz},
+		{"GET /readyz", "", s.readyz},
+		{"GET /openapi.yaml", "", s.openapi},
 	}
 	for _, r := range routes {
-		s.mux.Handle(r.pattern, s.wrap(r.pattern, r.h))
+		s.mux.Handle(r.pattern, s.wrap(r.pattern, r.scope, r.h))
 		s.routes = append(s.routes, r.pattern)
 	}
 	var gatherer prometheus.Gatherer = prometheus.DefaultGatherer
@@ -122,6 +168,12 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	s.routes = append(s.routes, "GET /metrics")
 	return s
+}
+
+// principal is the request's authenticated principal; nil when open.
+func principal(r *http.Request) *Principal {
+	p, _ := r.Context().Value(principalKey{}).(*Principal)
+	return p
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
@@ -134,11 +186,18 @@ type statusWriter struct {
 
 func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
 
-func (s *Server) wrap(route string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
+func (s *Server) wrap(route, scope string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, code: 200}
-		if err := h(sw, r); err != nil {
+		p, err := s.authorize(r, scope)
+		if err == nil {
+			if p != nil {
+				r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
+			}
+			err = h(sw, r)
+		}
+		if err != nil {
 			s.writeError(sw, r, err)
 		}
 		s.metrics.requests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
@@ -173,9 +232,13 @@ func invalid(field, reason string) *Problem {
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var p *Problem
 	var rp *retryProblem
+	var ap *authProblem
 	var ie *card.InvalidError
 	var mbe *http.MaxBytesError
 	switch {
+	case errors.As(err, &ap):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cardmeter"`)
+		p = ap.Problem
 	case errors.As(err, &rp):
 		w.Header().Set("Retry-After", "1")
 		p = rp.Problem
@@ -199,11 +262,22 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, ctype string, v any) {
+	writeRaw(w, status, ctype, encodeJSON(v))
+}
+
+// encodeJSON is the API's JSON: indented, newline-terminated.
+func encodeJSON(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // every answer type encodes
+	return b.Bytes()
+}
+
+func writeRaw(w http.ResponseWriter, status int, ctype string, body []byte) {
 	w.Header().Set("Content-Type", ctype)
 	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v) // the client may have gone
+	_, _ = w.Write(body) // the client may have gone
 }
 
 func ok(w http.ResponseWriter, v any) error {

@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -18,93 +19,131 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
+	"github.com/cardmeter/cardmeter/pkg/projector"
 )
 
 // BatchResult answers POST /v1/usage.
 type BatchResult struct {
 	BatchID    string             `json:"batch_id"`
+	Carrier    string             `json:"carrier"`
 	Received   int                `json:"received"`
 	Accepted   int                `json:"accepted"`
 	Duplicates int                `json:"duplicates"`
 	Rejected   []*cdr.RecordError `json:"rejected"`
 	Position   uint64             `json:"position"`
+	// Projected is what the projector made of the accepted records, when
+	// the request asked to wait for it (?wait=true): record ids it had
+	// counted before are duplicates there.
+	Projected *projector.ChunkVerdicts `json:"projected,omitempty"`
 }
 
-// Rejection is what the REJECTED stream keeps of a refused record.
-type Rejection struct {
-	Carrier    string           `json:"carrier"`
-	BatchID    string           `json:"batch_id"`
-	ReceivedAt int64            `json:"received_at"`
-	Error      *cdr.RecordError `json:"error"`
-	Record     *cdr.Record      `json:"record,omitempty"`
+// errDecompressedTooLarge ends a gzip body past its limit.
+var errDecompressedTooLarge = errors.New("decompressed body too large")
+
+// capReader fails, rather than truncates, past n bytes.
+type capReader struct {
+	r io.Reader
+	n int64
 }
 
-// maxDecompressed bounds a gzip body once inflated.
-const maxDecompressed = 1 << 30
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.n <= 0 {
+		return 0, errDecompressedTooLarge
+	}
+	if int64(len(p)) > c.n {
+		p = p[:c.n]
+	}
+	n, err := c.r.Read(p)
+	c.n -= int64(n)
+	return n, err
+}
 
 func (s *Server) reader(r *http.Request, body []byte) (cdr.Reader, error) {
 	var in io.Reader = bytes.NewReader(body)
-	if r.Header.Get("Content-Encoding") == "gzip" {
+	switch enc := r.Header.Get("Content-Encoding"); enc {
+	case "", "identity":
+	case "gzip":
 		zr, err := gzip.NewReader(in)
 		if err != nil {
 			return nil, problem(http.StatusBadRequest, "invalid/gzip", "malformed gzip body", err.Error())
 		}
-		in = io.LimitReader(zr, maxDecompressed)
+		in = &capReader{r: zr, n: s.cfg.Batch.MaxDecompressedBytes}
+	default:
+		return nil, problem(http.StatusUnsupportedMediaType, "unsupported/content-encoding", "unsupported content encoding",
+			"send gzip or no Content-Encoding, not "+strconv.Quote(enc))
 	}
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	var rd cdr.Reader
+	var err error
 	switch ct {
 	case "text/csv":
-		cr, err := cdr.NewCSVReader(in, 64<<10)
-		if err != nil {
-			return nil, problem(http.StatusBadRequest, "invalid/csv-header", "bad CSV header", err.Error())
-		}
-		return cr, nil
+		rd, err = cdr.NewCSVReader(in, s.cfg.Batch.MaxLineBytes)
 	case "application/x-ndjson", "application/jsonl":
-		return cdr.NewNDJSONReader(in, 64<<10), nil
+		rd = cdr.NewNDJSONReader(in, s.cfg.Batch.MaxLineBytes)
+	case "application/json":
+		rd, err = cdr.NewJSONArrayReader(in, s.cfg.Batch.MaxLineBytes)
+	default:
+		return nil, problem(http.StatusUnsupportedMediaType, "unsupported/content-type", "unsupported content type",
+			"send text/csv (with a header row), application/x-ndjson or application/json (an array), not "+strconv.Quote(ct))
 	}
-	return nil, problem(http.StatusUnsupportedMediaType, "unsupported/content-type", "unsupported content type",
-		"send text/csv (with a header row) or application/x-ndjson, not "+strconv.Quote(ct))
+	if err != nil {
+		return nil, s.batchProblem(err)
+	}
+	return rd, nil
+}
+
+// batchProblem names the limit or fault that ended a batch.
+func (s *Server) batchProblem(err error) error {
+	if errors.Is(err, errDecompressedTooLarge) {
+		return problem(http.StatusRequestEntityTooLarge, "limit/decompressed-size", "decompressed body too large",
+			fmt.Sprintf("the gzip body inflates past the limit of %d bytes", s.cfg.Batch.MaxDecompressedBytes))
+	}
+	var be *cdr.BatchError
+	if errors.As(err, &be) {
+		if be.LineTooLong {
+			return problem(http.StatusBadRequest, "limit/line-length", "line too long",
+				be.Reason+fmt.Sprintf(" (limit %d bytes)", s.cfg.Batch.MaxLineBytes))
+		}
+		return problem(http.StatusBadRequest, "invalid/body", "unreadable batch", be.Reason)
+	}
+	return err
 }
 
 // postUsage validates a batch, publishes its valid records in per-partition
-// chunks and answers once JetStream acknowledged every chunk. Rejected
-// records are listed in the answer and kept in the REJECTED stream.
+// chunks and its rejected records to the REJECTED stream, and answers once
+// JetStream acknowledged all of them.
 //
 // Answers: 200 when every record was accepted; 422 (problem+json with the
 // same counts and an errors array) when some or all were rejected: the
-// accepted ones of that batch are stored all the same; 503 with Retry-After
-// when the log did not store them (nothing of the batch may be assumed
-// stored; a retry with the same body or Idempotency-Key adds nothing twice).
+// accepted ones of that batch are stored all the same; 400/413 when the
+// batch as a whole is unreadable or over a limit (nothing stored); 503 with
+// Retry-After when the log did not store it (a retry with the same body or
+// Idempotency-Key adds nothing twice). A retried batch gets the first answer
+// again (header Idempotent-Replayed: true) for a day.
 func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
-	carrier := r.URL.Query().Get("carrier")
-	if carrier == "" {
-		carrier = "default"
-	}
-	if err := checkID("carrier", carrier); err != nil {
-		return err
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	carrier, err := s.carrierOf(r, principal(r))
 	if err != nil {
 		return err
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.Batch.MaxBodyBytes))
+	if err != nil {
+		return err
+	}
+	key := contentID([]byte(carrier), []byte(r.Header.Get("Content-Type")), []byte(r.Header.Get("Content-Encoding")), body)
+	if k := r.Header.Get("Idempotency-Key"); k != "" {
+		key = contentID([]byte(carrier), []byte("key"), []byte(k))
+	}
+	if s.replay(w, r, key) {
+		return nil
 	}
 	rd, err := s.reader(r, body)
 	if err != nil {
 		return err
 	}
-	key := r.Header.Get("Idempotency-Key")
-	if key == "" {
-		key = contentID([]byte(carrier), []byte(r.Header.Get("Content-Type")), body)
-	} else {
-		key = contentID([]byte(carrier), []byte(key))
-	}
-	res := &BatchResult{BatchID: key, Rejected: []*cdr.RecordError{}}
 	now := s.clock.Now()
+	res := &BatchResult{BatchID: key, Carrier: carrier, Rejected: []*cdr.RecordError{}}
 	byPart := make([][]cdr.Record, s.cfg.Partitions)
 	var rejected []Rejection
-	reject := func(e *cdr.RecordError, rec *cdr.Record) {
-		res.Rejected = append(res.Rejected, e)
-		rejected = append(rejected, Rejection{Carrier: carrier, BatchID: key, ReceivedAt: now, Error: e, Record: rec})
-	}
 	for {
 		var rec cdr.Record
 		err := rd.Next(&rec)
@@ -114,59 +153,125 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 		var re *cdr.RecordError
 		if errors.As(err, &re) {
 			res.Received++
-			reject(re, nil)
+			res.Rejected = append(res.Rejected, re)
+			rejected = append(rejected, Rejection{Error: re})
 			continue
 		}
 		if err != nil {
-			return problem(http.StatusBadRequest, "invalid/body", "unreadable batch", err.Error())
+			return s.batchProblem(err)
 		}
-		idx := res.Received
-		res.Received++
-		if fe := rec.Validate(now, s.cfg.Limits); fe != nil {
-			reject(&cdr.RecordError{Index: idx, Line: rd.Line(), RecordID: rec.RecordID, Field: fe.Field, Reason: fe.Reason}, &rec)
-			continue
+		if res.Received++; res.Received > s.cfg.Batch.MaxRecords {
+			return problem(http.StatusRequestEntityTooLarge, "limit/records", "too many records",
+				fmt.Sprintf("a batch holds at most %d records: split it", s.cfg.Batch.MaxRecords))
 		}
-		c, found := s.dir.Resolve(rec.ICCID, rec.IMSI, rec.MSISDN)
-		if !found {
-			field := "iccid"
-			if rec.ICCID == "" {
-				field = map[bool]string{true: "imsi", false: "msisdn"}[rec.IMSI != ""]
-			}
-			reject(&cdr.RecordError{Index: idx, Line: rd.Line(), RecordID: rec.RecordID, Field: field, Reason: "unknown card: provision it first"}, &rec)
-			continue
+		if re := s.route(&rec, now, res.Received-1, rd.Line(), byPart); re != nil {
+			res.Rejected = append(res.Rejected, re)
+			rc := rec
+			rejected = append(rejected, Rejection{Error: re, Record: toRecordJSON(&rc)})
 		}
-		rec.ICCID = c.ICCID
-		p := broker.Partition(c.AccountID, s.cfg.Partitions)
-		byPart[p] = append(byPart[p], rec)
 	}
-	pos, dups, err := s.publishChunks(r.Context(), carrier, key, now, byPart)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
+	defer cancel()
+	acks, err := s.publishChunks(ctx, carrier, key, now, byPart, rejected)
 	if err != nil {
 		return err
 	}
-	res.Position, res.Duplicates = pos, dups
-	res.Accepted = res.Received - len(res.Rejected) - dups
-	if len(rejected) > 0 {
-		s.keepRejected(r.Context(), carrier, key, rejected)
+	res.Position, res.Duplicates = acks.position, acks.duplicates
+	res.Accepted = res.Received - len(res.Rejected) - acks.duplicates
+	if r.URL.Query().Get("wait") == "true" {
+		res.Projected = s.projected(r.Context(), acks.seqs)
 	}
 	s.metrics.records.WithLabelValues("accepted").Add(float64(res.Accepted))
 	s.metrics.records.WithLabelValues("rejected").Add(float64(len(res.Rejected)))
-	s.metrics.records.WithLabelValues("duplicate_chunk").Add(float64(dups))
+	s.metrics.records.WithLabelValues("duplicate_chunk").Add(float64(acks.duplicates))
+	status, answer := http.StatusOK, any(res)
+	ctype := "application/json"
 	if len(res.Rejected) > 0 {
 		p := problem(http.StatusUnprocessableEntity, "invalid/records", "records rejected",
 			fmt.Sprintf("%d of %d records rejected; the %d accepted are stored", len(res.Rejected), res.Received, res.Accepted))
 		p.Errors, p.BatchResult = res.Rejected, res
-		return p
+		status, answer, ctype = p.Status, p, "application/problem+json"
 	}
-	return ok(w, res)
+	body = encodeJSON(answer)
+	s.remember(key, status, ctype, body)
+	writeRaw(w, status, ctype, body)
+	return nil
 }
 
-// publishChunks publishes each partition's records in chunks and waits for
-// every ack. The message id of a chunk is derived from the batch key, the
-// partition and the chunk's index, so a retried batch is stored once.
-func (s *Server) publishChunks(ctx context.Context, carrier, key string, now int64, byPart [][]cdr.Record) (pos uint64, dups int, err error) {
+// route validates a record and files it under its card's partition; it
+// returns the rejection when the record is not valid or its card unknown.
+func (s *Server) route(rec *cdr.Record, now int64, idx, line int, byPart [][]cdr.Record) *cdr.RecordError {
+	if fe := rec.Validate(now, s.cfg.Limits); fe != nil {
+		return &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: fe.Field, Reason: fe.Reason}
+	}
+	c, found := s.dir.Resolve(rec.ICCID, rec.IMSI, rec.MSISDN)
+	if !found {
+		field := "iccid"
+		if rec.ICCID == "" {
+			field = map[bool]string{true: "imsi", false: "msisdn"}[rec.IMSI != ""]
+		}
+		return &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: field, Reason: "unknown card: provision it first"}
+	}
+	rec.ICCID = c.ICCID
+	p := broker.Partition(c.AccountID, s.cfg.Partitions)
+	byPart[p] = append(byPart[p], *rec)
+	return nil
+}
+
+type storedAnswer struct {
+	Status int    `json:"status"`
+	Type   string `json:"content_type"`
+	Body   []byte `json:"body"`
+}
+
+// replay answers a retried batch with its first answer.
+func (s *Server) replay(w http.ResponseWriter, r *http.Request, key string) bool {
+	if s.batches == nil {
+		return false
+	}
+	e, err := s.batches.Get(r.Context(), key)
+	if err != nil {
+		return false
+	}
+	var a storedAnswer
+	if json.Unmarshal(e.Value(), &a) != nil {
+		return false
+	}
+	w.Header().Set("Idempotent-Replayed", "true")
+	writeRaw(w, a.Status, a.Type, a.Body)
+	return true
+}
+
+// remember keeps a batch's answer for its retries. Best effort: without
+// it a retry still adds nothing (the chunks' message ids and the
+// projector's record dedupe see to that), it only reads differently.
+func (s *Server) remember(key string, status int, ctype string, body []byte) {
+	if s.batches == nil {
+		return
+	}
+	b, _ := json.Marshal(storedAnswer{Status: status, Type: ctype, Body: body})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.batches.Put(ctx, key, b); err != nil {
+		s.log.Warn("keeping the batch answer failed", zap.String("batch_id", key), zap.Error(err))
+	}
+}
+
+type chunkAcks struct {
+	position   uint64
+	duplicates int
+	seqs       map[int][]uint64 // partition -> chunk positions
+}
+
+// publishChunks publishes each partition's records in chunks, and the
+// rejected records, and waits for every ack. A chunk's message id is
+// derived from the batch key, the partition and the chunk's index, so a
+// retried batch is stored once.
+func (s *Server) publishChunks(ctx context.Context, carrier, key string, now int64, byPart [][]cdr.Record, rejected []Rejection) (chunkAcks, error) {
+	acks := chunkAcks{seqs: map[int][]uint64{}}
 	type pending struct {
-		fut jetstream.PubAckFuture
-		n   int
+		fut  jetstream.PubAckFuture
+		n, p int
 	}
 	var futs []pending
 	for p, recs := range byPart {
@@ -177,36 +282,60 @@ func (s *Server) publishChunks(ctx context.Context, carrier, key string, now int
 			m.Header.Set(jetstream.MsgIDHeader, "u-"+key+"-"+strconv.Itoa(p)+"-"+strconv.Itoa(i))
 			f, err := s.js.PublishMsgAsync(m)
 			if err != nil {
-				return 0, 0, fmt.Errorf("%w: %v", errUnavailable, err)
+				return acks, fmt.Errorf("%w: %v", errUnavailable, err)
 			}
-			futs = append(futs, pending{f, n})
+			futs = append(futs, pending{f, n, p})
 			recs = recs[n:]
 		}
+	}
+	if len(rejected) > 0 {
+		b, _ := json.Marshal(RejectedBatch{Carrier: carrier, BatchID: key, ReceivedAt: now, Rejections: rejected})
+		m := nats.NewMsg(broker.RejectedSubject(carrier))
+		m.Data = b
+		m.Header.Set(jetstream.MsgIDHeader, "rej-"+key)
+		f, err := s.js.PublishMsgAsync(m)
+		if err != nil {
+			return acks, fmt.Errorf("%w: %v", errUnavailable, err)
+		}
+		futs = append(futs, pending{f, 0, -1})
 	}
 	for _, f := range futs {
 		select {
 		case ack := <-f.fut.Ok():
-			pos = max(pos, ack.Sequence)
+			if f.p < 0 {
+				continue
+			}
+			acks.position = max(acks.position, ack.Sequence)
+			acks.seqs[f.p] = append(acks.seqs[f.p], ack.Sequence)
 			if ack.Duplicate {
-				dups += f.n
+				acks.duplicates += f.n
 			}
 		case err := <-f.fut.Err():
-			return 0, 0, fmt.Errorf("%w: %v", errUnavailable, err)
+			return acks, fmt.Errorf("%w: %v", errUnavailable, err)
 		case <-ctx.Done():
-			return 0, 0, fmt.Errorf("%w: %v", errUnavailable, ctx.Err())
+			return acks, fmt.Errorf("%w: %v", errUnavailable, ctx.Err())
 		}
 	}
-	return pos, dups, nil
+	return acks, nil
 }
 
-// keepRejected stores refused records for audit. It is best effort after
-// the answer is decided: the caller is told about every rejection anyway.
-func (s *Server) keepRejected(ctx context.Context, carrier, key string, rs []Rejection) {
-	for i, rj := range rs {
-		b, _ := json.Marshal(rj)
-		if _, err := s.publish(ctx, broker.RejectedSubject(carrier), "rej-"+key+"-"+strconv.Itoa(i), b); err != nil {
-			s.log.Warn("keeping rejected record failed", zap.String("carrier", carrier), zap.Error(err))
-			return
+// projected waits for the projector to fold a batch's chunks and sums its
+// verdicts. It returns nil when a partition does not answer in time or no
+// longer keeps a chunk's verdicts.
+func (s *Server) projected(ctx context.Context, seqs map[int][]uint64) *projector.ChunkVerdicts {
+	total := &projector.ChunkVerdicts{}
+	for p, ss := range seqs {
+		var top uint64
+		for _, q := range ss {
+			top = max(top, q)
+		}
+		reply, err := s.query(ctx, p, projector.Query{Kind: projector.QueryChunks, Seqs: ss, MinPosition: top})
+		if err != nil || !reply.Found {
+			return nil
+		}
+		for _, v := range reply.Chunks {
+			total.Sum(v)
 		}
 	}
+	return total
 }

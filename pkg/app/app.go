@@ -54,6 +54,14 @@ type Config struct {
 	ClickHouse   sink.ClickHouseConfig
 	Sink         sink.Config
 	Projector    projector.Config
+	API          api.Config // partitions are set from Partitions
+	// TokensFile and Tokens (inline, ';' between lines) configure bearer
+	// tokens; with neither, the API runs open and only on loopback.
+	TokensFile string
+	Tokens     string
+	// HTTP timeouts against slow clients.
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
 
 	finishFlags func()
 }
@@ -92,7 +100,7 @@ func has(roles []string, r string) bool {
 }
 
 // Start starts the configured roles and returns once they run.
-func Start(ctx context.Context, cfg Config, log *zap.Logger) (p *Pipeline, err error) {
+func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err error) {
 	if len(cfg.Roles) == 0 {
 		cfg.Roles = AllRoles
 	}
@@ -100,7 +108,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (p *Pipeline, err e
 		cfg.Partitions = broker.DefaultTopology.Partitions
 	}
 	cfg.Projector.Partitions = cfg.Partitions
-	p = &Pipeline{cfg: cfg, log: log, stopped: make(chan struct{})}
+	p := &Pipeline{cfg: cfg, log: log, stopped: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			p.Stop()
@@ -171,14 +179,25 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (p *Pipeline, err e
 		if err != nil {
 			return nil, err
 		}
-		srv := api.New(api.Config{Partitions: cfg.Partitions}, p.NC, p.JS, dir, p.Clock, reg, p.ready, log.Named("api"))
+		apiCfg := cfg.API
+		apiCfg.Partitions = cfg.Partitions
+		if apiCfg.Tokens, err = loadTokens(cfg); err != nil {
+			return nil, err
+		}
+		if apiCfg.Tokens == nil && !loopback(cfg.HTTPAddr) {
+			return nil, fmt.Errorf("api: no tokens configured (--tokens-file or CARDMETER_TOKENS): an open API may listen on loopback only, not %s", cfg.HTTPAddr)
+		}
+		srv := api.New(apiCfg, p.NC, p.JS, dir, p.Clock, reg, p.ready, log.Named("api"))
 		ln, err := net.Listen("tcp", cfg.HTTPAddr)
 		if err != nil {
 			return nil, fmt.Errorf("api: %w", err)
 		}
 		p.URL = "http://" + ln.Addr().String()
-		p.httpSrv = &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 5 * time.Minute,
-			WriteTimeout: 5 * time.Minute, IdleTimeout: 2 * time.Minute}
+		if apiCfg.Tokens == nil {
+			log.Warn("NO TOKENS CONFIGURED: the API is open to anyone who can reach it; it listens on loopback only", zap.String("url", p.URL))
+		}
+		p.httpSrv = &http.Server{Handler: srv, ReadHeaderTimeout: orDefault(cfg.ReadHeaderTimeout, 10*time.Second),
+			ReadTimeout: orDefault(cfg.ReadTimeout, 2*time.Minute), WriteTimeout: 5 * time.Minute, IdleTimeout: 2 * time.Minute}
 		p.goRun("api", func() error {
 			if err := p.httpSrv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 				return err
@@ -292,6 +311,40 @@ func (p *Pipeline) Stop() {
 		p.embedded.Shutdown()
 		p.embedded.WaitForShutdown()
 	}
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// loopback reports whether a listen address is on the loopback interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func loadTokens(cfg Config) (*api.Tokens, error) {
+	switch {
+	case cfg.TokensFile != "":
+		return api.LoadTokens(cfg.TokensFile)
+	case cfg.Tokens != "":
+		t, err := api.ParseTokens(cfg.Tokens)
+		if err != nil {
+			return nil, fmt.Errorf("CARDMETER_TOKENS: %w", err)
+		}
+		return t, nil
+	}
+	return nil, nil
 }
 
 func unixOrZero(t time.Time) int64 {

@@ -13,6 +13,9 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/cardmeter/cardmeter/pkg/api"
+	"github.com/cardmeter/cardmeter/pkg/cdr"
 )
 
 // env returns the environment variable CARDMETER_<NAME> or def.
@@ -68,6 +71,16 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.IntVar(&cfg.Sink.BatchRows, "sink-batch-rows", envInt("sink-batch-rows", 20000), "rows per ClickHouse insert at most")
 	fs.DurationVar(&cfg.Sink.FlushInterval, "sink-flush-interval", envDur("sink-flush-interval", time.Second), "longest wait before a partial block is inserted")
 	fs.DurationVar(&cfg.Projector.SnapshotInterval, "snapshot-interval", envDur("snapshot-interval", 10*time.Second), "projector snapshot interval")
+	fs.StringVar(&cfg.TokensFile, "tokens-file", env("tokens-file", ""), "bearer tokens, one per line: <name> <token> <scope>[,<scope>...]")
+	cfg.Tokens = env("tokens", "") // inline tokens, ';' between lines; never a flag (it would show in ps)
+	fs.Int64Var(&cfg.API.Batch.MaxBodyBytes, "max-body-bytes", int64(envInt("max-body-bytes", int(api.DefaultBatchLimits.MaxBodyBytes))), "largest usage batch body")
+	fs.Int64Var(&cfg.API.Batch.MaxDecompressedBytes, "max-decompressed-bytes", int64(envInt("max-decompressed-bytes", int(api.DefaultBatchLimits.MaxDecompressedBytes))), "largest gzip batch once inflated")
+	fs.IntVar(&cfg.API.Batch.MaxRecords, "max-records", envInt("max-records", api.DefaultBatchLimits.MaxRecords), "most records in one batch")
+	fs.IntVar(&cfg.API.Batch.MaxLineBytes, "max-line-bytes", envInt("max-line-bytes", api.DefaultBatchLimits.MaxLineBytes), "longest line (or JSON array element)")
+	fs.DurationVar(&cfg.API.Limits.MaxFutureSkew, "max-future-skew", envDur("max-future-skew", cdr.DefaultLimits.MaxFutureSkew), "how far past its receive time a record may end")
+	cfg.API.Limits.MaxBytes, cfg.API.Limits.MaxFieldLen = cdr.DefaultLimits.MaxBytes, cdr.DefaultLimits.MaxFieldLen
+	fs.DurationVar(&cfg.ReadHeaderTimeout, "http-header-timeout", envDur("http-header-timeout", 10*time.Second), "time a client has to send its request headers")
+	fs.DurationVar(&cfg.ReadTimeout, "http-read-timeout", envDur("http-read-timeout", 2*time.Minute), "time a client has to send a whole request")
 	*logLevel = env("log-level", "info")
 	fs.StringVar(logLevel, "log-level", *logLevel, "debug, info, warn or error")
 	cfg.finishFlags = func() { cfg.ManualClock = clockMode == "manual" }
@@ -119,7 +132,6 @@ func Main(name string, roles []string, args []string) int {
 		return 1
 	}
 	if p.URL != "" {
-		log.Warn("no token configuration: the API is open; keep it on loopback", zap.String("url", p.URL))
 		fmt.Fprintf(os.Stderr, "\ncardmeter %s: API at %s (clock: %s; NATS: %s)\n\n", name, p.URL,
 			map[bool]string{true: "manual", false: "real"}[cfg.ManualClock], p.NC.ConnectedUrl())
 	}

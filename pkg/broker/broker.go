@@ -25,7 +25,9 @@ const (
 	StreamAccepted = "ACCEPTED" // usage the projector counted, for the sink
 	StreamRejected = "REJECTED" // records refused at ingest, kept for audit
 	BucketSnapshot = "snapshots"
-	BucketDir      = "directory" // cards and plans, for routing and validation at ingest
+	BucketDir      = "directory"   // cards and plans, for routing and validation at ingest
+	BucketBatches  = "batches"     // the first answer to each usage batch, for idempotent retries
+	BucketResolved = "resubmitted" // rejected records that were re-submitted, by rejection id
 )
 
 // Subjects of partition p in METER.
@@ -121,6 +123,10 @@ type Topology struct {
 	EventsMaxAge    time.Duration // how long downstream services can lag
 }
 
+// BatchAnswerTTL is how long the answer to a usage batch is kept for a
+// retry with the same Idempotency-Key (or body) to get it again.
+const BatchAnswerTTL = 24 * time.Hour
+
 // DefaultTopology is used by the all-in-one and tests.
 var DefaultTopology = Topology{Partitions: 8, Replicas: 1, DuplicateWindow: 30 * time.Minute, EventsMaxAge: 30 * 24 * time.Hour}
 
@@ -150,6 +156,14 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: BucketSnapshot,
 		Description: "projector snapshots, one per partition", Storage: jetstream.FileStorage, Replicas: t.Replicas}); err != nil {
 		return fmt.Errorf("object store %s: %w", BucketSnapshot, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketBatches,
+		Description: "first answers of usage batches", Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: BatchAnswerTTL}); err != nil {
+		return fmt.Errorf("kv %s: %w", BucketBatches, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketResolved,
+		Description: "re-submitted rejections", Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: 90 * 24 * time.Hour}); err != nil {
+		return fmt.Errorf("kv %s: %w", BucketResolved, err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketDir,
 		Description: "card and plan directory for ingest routing", Storage: jetstream.FileStorage, Replicas: t.Replicas}); err != nil {

@@ -75,3 +75,15 @@ func FuzzDecodeChunk(f *testing.F) {
 		}
 	})
 }
+
+func FuzzJSONArrayReader(f *testing.F) {
+	f.Add([]byte(`[{"record_id":"r1","iccid":"89860012345678901231","start_time":"2026-01-10T08:00:00Z","end_time":"2026-01-10T08:10:00Z","bytes_up":1,"bytes_down":2},
+ {"record_id":"r2","bytes_up":-1}]`))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		r, err := NewJSONArrayReader(bytes.NewReader(in), 4096)
+		if err != nil {
+			return
+		}
+		fuzzReader(t, r)
+	})
+}

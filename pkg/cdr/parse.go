@@ -29,9 +29,16 @@ func (e *RecordError) Error() string {
 
 // BatchError is a fault of the whole input (a bad header, a line over the
 // limit, a broken stream): nothing after it can be read.
-type BatchError struct{ Reason string }
+type BatchError struct {
+	Reason      string
+	LineTooLong bool  // a line (or JSON array element) is over the limit
+	Err         error // the underlying read error, if any
+}
 
 func (e *BatchError) Error() string { return e.Reason }
+
+// Unwrap returns the read error behind the fault.
+func (e *BatchError) Unwrap() error { return e.Err }
 
 // Reader yields the records of a batch one by one. Next fills rec and
 // returns nil, or a *RecordError for a record that is rejected (reading can
@@ -153,10 +160,10 @@ func NewCSVReader(in io.Reader, maxLine int) (*CSVReader, error) {
 	r.FieldsPerRecord = -1
 	header, err := r.Read()
 	if err == io.EOF {
-		return nil, &BatchError{"empty body: expected a CSV header row"}
+		return nil, &BatchError{Reason: "empty body: expected a CSV header row"}
 	}
 	if err != nil {
-		return nil, &BatchError{"CSV header: " + err.Error()}
+		return nil, &BatchError{Reason: "CSV header: " + err.Error(), Err: err}
 	}
 	cols := make([]int, len(header))
 	seen := make([]bool, nFields)
@@ -169,13 +176,13 @@ func NewCSVReader(in io.Reader, maxLine int) (*CSVReader, error) {
 			continue
 		}
 		if seen[f] {
-			return nil, &BatchError{"CSV header: column " + strconv.Quote(h) + " appears twice"}
+			return nil, &BatchError{Reason: "CSV header: column " + strconv.Quote(h) + " appears twice"}
 		}
 		seen[f] = true
 		cols[i] = f
 	}
 	if len(unknown) > 0 {
-		return nil, &BatchError{"CSV header: unknown column(s) " + strings.Join(unknown, ", ") + "; known: " + strings.Join(Fields, ", ")}
+		return nil, &BatchError{Reason: "CSV header: unknown column(s) " + strings.Join(unknown, ", ") + "; known: " + strings.Join(Fields, ", ")}
 	}
 	var missing []string
 	for _, f := range []int{fRecordID, fStart, fEnd, fBytesUp, fBytesDown} {
@@ -187,7 +194,7 @@ func NewCSVReader(in io.Reader, maxLine int) (*CSVReader, error) {
 		missing = append(missing, "iccid (or imsi or msisdn)")
 	}
 	if len(missing) > 0 {
-		return nil, &BatchError{"CSV header: missing column(s) " + strings.Join(missing, ", ")}
+		return nil, &BatchError{Reason: "CSV header: missing column(s) " + strings.Join(missing, ", ")}
 	}
 	return &CSVReader{r: r, cols: cols, maxLine: maxLine}, nil
 }
@@ -210,7 +217,7 @@ func (c *CSVReader) Next(rec *Record) error {
 			c.index++
 			return &RecordError{Index: idx, Line: pe.StartLine, Field: "", Reason: "malformed CSV: " + pe.Err.Error()}
 		}
-		return &BatchError{"reading body: " + err.Error()}
+		return &BatchError{Reason: "reading body: " + err.Error(), Err: err}
 	}
 	line, _ := c.r.FieldPos(0)
 	c.line = line
@@ -224,7 +231,7 @@ func (c *CSVReader) Next(rec *Record) error {
 			n += len(v) + 1
 		}
 		if n > c.maxLine {
-			return &BatchError{fmt.Sprintf("line %d is longer than the limit of %d bytes", line, c.maxLine)}
+			return &BatchError{Reason: fmt.Sprintf("line %d is longer than the limit of %d bytes", line, c.maxLine), LineTooLong: true}
 		}
 	}
 	// record_id first, so that every later error can name the record.
@@ -286,9 +293,9 @@ func (n *NDJSONReader) Next(rec *Record) error {
 		if !n.s.Scan() {
 			if err := n.s.Err(); err != nil {
 				if errors.Is(err, bufio.ErrTooLong) {
-					return &BatchError{fmt.Sprintf("line %d is longer than the limit", n.line+1)}
+					return &BatchError{Reason: fmt.Sprintf("line %d is longer than the limit", n.line+1), LineTooLong: true}
 				}
-				return &BatchError{"reading body: " + err.Error()}
+				return &BatchError{Reason: "reading body: " + err.Error(), Err: err}
 			}
 			return io.EOF
 		}

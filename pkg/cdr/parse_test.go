@@ -139,3 +139,35 @@ func TestChunkRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestJSONArrayReader(t *testing.T) {
+	in := `[
+  {"record_id":"r1","iccid":"89860012345678901231","start_time":"2026-01-10T08:00:00Z","end_time":"2026-01-10T08:10:00Z","bytes_up":1,"bytes_down":2},
+  {"record_id":"r2","iccid":"89860012345678901231","start_time":"2026-01-10T08:00:00Z","end_time":"2026-01-10T08:10:00Z","bytes_up":-1,"bytes_down":2},
+
+  {"record_id":"r3","colour":"red"}
+]`
+	r, err := NewJSONArrayReader(strings.NewReader(in), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, errs, berr := readAll(t, r)
+	if berr != nil {
+		t.Fatal(berr)
+	}
+	if len(recs) != 1 || recs[0].BytesDown != 2 {
+		t.Fatalf("records %+v", recs)
+	}
+	if len(errs) != 2 || errs[0].Line != 3 || errs[0].Field != "bytes_up" || errs[1].Line != 5 || errs[1].Field != "colour" {
+		t.Fatalf("errors %+v", errs)
+	}
+	for in, want := range map[string]string{"": "empty body", `{"a":1}`: "not a JSON array", `[{"record_id":"x"}`: "not closed", `[] []`: "after the JSON array"} {
+		r, err := NewJSONArrayReader(strings.NewReader(in), 0)
+		if err == nil {
+			_, _, err = readAll(t, r)
+		}
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", in, err, want)
+		}
+	}
+}

@@ -85,6 +85,69 @@ type partition struct {
 	progress chan struct{} // closed and replaced when applied moves
 	ready    bool
 	halted   error
+	chunks   map[uint64]*ChunkVerdicts // recent usage chunks' verdicts, by sequence
+	chunkQ   []uint64                  // their order, for eviction
+}
+
+// ChunkVerdicts counts what the fold made of the records of one usage chunk.
+type ChunkVerdicts struct {
+	Accepted      int `json:"accepted"`
+	Late          int `json:"late"`
+	Duplicate     int `json:"duplicate"`
+	Conflict      int `json:"conflict"`
+	UnknownCard   int `json:"unknown_card"`
+	TooLate       int `json:"too_late"`
+	CardCancelled int `json:"card_cancelled"`
+}
+
+// Add counts one verdict.
+func (c *ChunkVerdicts) Add(s card.UsageStatus) {
+	switch s {
+	case card.Accepted:
+		c.Accepted++
+	case card.Late:
+		c.Late++
+	case card.Duplicate:
+		c.Duplicate++
+	case card.Conflict:
+		c.Conflict++
+	case card.UnknownCard:
+		c.UnknownCard++
+	case card.TooLate:
+		c.TooLate++
+	case card.CardCancelled:
+		c.CardCancelled++
+	}
+}
+
+// Sum adds another chunk's counts.
+func (c *ChunkVerdicts) Sum(o *ChunkVerdicts) {
+	c.Accepted += o.Accepted
+	c.Late += o.Late
+	c.Duplicate += o.Duplicate
+	c.Conflict += o.Conflict
+	c.UnknownCard += o.UnknownCard
+	c.TooLate += o.TooLate
+	c.CardCancelled += o.CardCancelled
+}
+
+// keptChunkVerdicts is how many recent chunks' verdicts a partition keeps
+// for batch answers (POST /v1/usage?wait=true) to read.
+const keptChunkVerdicts = 50000
+
+// rememberChunk keeps a chunk's verdicts; callers hold mu.
+func (pt *partition) rememberChunk(seq uint64, v *ChunkVerdicts) {
+	if pt.chunks == nil {
+		pt.chunks = map[uint64]*ChunkVerdicts{}
+	}
+	if _, ok := pt.chunks[seq]; !ok {
+		pt.chunkQ = append(pt.chunkQ, seq)
+	}
+	pt.chunks[seq] = v
+	if len(pt.chunkQ) > keptChunkVerdicts {
+		delete(pt.chunks, pt.chunkQ[0])
+		pt.chunkQ = pt.chunkQ[1:]
+	}
 }
 
 // Run folds every owned partition until ctx ends, then flushes and
@@ -328,9 +391,12 @@ func (r *runner) fold(m jetstream.Msg) error {
 		if err == nil {
 			r.verdicts, r.events = r.pt.state.ApplyUsage(&h, r.recs, r.verdicts, r.events)
 			r.accepted = event.Accepted{Partition: r.pt.id, Seq: seq, Carrier: h.Carrier, ReceivedAt: h.ReceivedAt}
+			counts := &ChunkVerdicts{}
 			for i := range r.recs {
 				r.accepted.AppendRow(i, &r.recs[i], &r.verdicts[i])
+				counts.Add(r.verdicts[i].Status)
 			}
+			r.pt.rememberChunk(seq, counts)
 		}
 	default:
 		var in card.Input

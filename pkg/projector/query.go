@@ -22,6 +22,7 @@ type Query struct {
 	Filter      card.Filter `json:"filter,omitempty"` // cards
 	After       string      `json:"after,omitempty"`  // cards: the cursor (an ICCID)
 	Limit       int         `json:"limit,omitempty"`  // cards
+	Seqs        []uint64    `json:"seqs,omitempty"`   // chunks: usage chunks' log positions
 }
 
 // QueryKind names what a Query asks for.
@@ -32,6 +33,8 @@ const (
 	QueryAccount QueryKind = "account"
 	QueryCards   QueryKind = "cards"
 	QueryPool    QueryKind = "pool"
+	// QueryChunks asks for the verdicts of usage chunks (by position).
+	QueryChunks QueryKind = "chunks"
 )
 
 // Reply answers a Query.
@@ -41,6 +44,8 @@ type Reply struct {
 	Account *card.AccountView `json:"account,omitempty"`
 	Pool    *card.PoolView    `json:"pool,omitempty"`
 	Cards   []card.View       `json:"cards,omitempty"`
+	// Chunks: the verdicts of each asked chunk the partition still keeps.
+	Chunks map[uint64]*ChunkVerdicts `json:"chunks,omitempty"`
 	Now     int64             `json:"now"`     // the partition's log time
 	Applied uint64            `json:"applied"` // the partition's applied sequence
 	Error   string            `json:"error,omitempty"`
@@ -75,6 +80,14 @@ func (p *Projector) answer(ctx context.Context, stream jetstream.Stream, pt *par
 				reply.Pool, reply.Found = &v, ok
 			case QueryCards:
 				reply.Cards, reply.Found = pt.state.ListCards(q.Filter, q.After, max(1, min(q.Limit, 1000))), true
+			case QueryChunks:
+				reply.Chunks = map[uint64]*ChunkVerdicts{}
+				for _, seq := range q.Seqs {
+					if v, ok := pt.chunks[seq]; ok {
+						reply.Chunks[seq] = v
+					}
+				}
+				reply.Found = len(reply.Chunks) == len(q.Seqs)
 			default:
 				reply.Error = "unknown query kind " + string(q.Kind)
 			}

@@ -1,0 +1,186 @@
+package api
+
+import (
+	"bufio"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+)
+
+// Scopes (API.md "Auth").
+const (
+	ScopeBilling  = "billing"
+	ScopeOperator = "operator"
+	ScopeRead     = "read"
+	ScopeAdmin    = "admin" // every scope
+	scopeUsage    = "usage:" // usage:<carrier>
+)
+
+// Principal is who a token speaks for.
+type Principal struct {
+	Name   string
+	Scopes []string
+}
+
+// Has reports whether the principal holds scope (admin holds every scope).
+func (p *Principal) Has(scope string) bool {
+	for _, s := range p.Scopes {
+		if s == scope || s == ScopeAdmin {
+			return true
+		}
+	}
+	return false
+}
+
+// Carriers lists the carriers the principal may push usage for.
+func (p *Principal) Carriers() []string {
+	var out []string
+	for _, s := range p.Scopes {
+		if c, ok := strings.CutPrefix(s, scopeUsage); ok {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// Tokens holds the bearer tokens. Only their SHA-256 digests are kept, and
+// a lookup compares against every entry in constant time, so neither the
+// tokens nor their lengths leak through timing.
+type Tokens struct {
+	entries []tokenEntry
+}
+
+type tokenEntry struct {
+	digest [32]byte
+	p      Principal
+}
+
+// ParseTokens reads token lines: "<name> <token> <scope>[,<scope>...]".
+// Blank lines and lines starting with # are skipped; ';' also ends a line,
+// so the same text fits in one environment variable.
+func ParseTokens(text string) (*Tokens, error) {
+	t := &Tokens{}
+	text = strings.ReplaceAll(text, ";", "\n")
+	sc := bufio.NewScanner(strings.NewReader(text))
+	n := 0
+	for sc.Scan() {
+		n++
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			return nil, fmt.Errorf("token line %d: want \"<name> <token> <scope>[,<scope>...]\"", n)
+		}
+		if len(f[1]) < 16 {
+			return nil, fmt.Errorf("token line %d (%s): a token needs at least 16 characters", n, f[0])
+		}
+		var scopes []string
+		for _, s := range strings.Split(f[2], ",") {
+			switch {
+			case s == ScopeBilling, s == ScopeOperator, s == ScopeRead, s == ScopeAdmin:
+			case strings.HasPrefix(s, scopeUsage) && idPattern.MatchString(strings.TrimPrefix(s, scopeUsage)):
+			default:
+				return nil, fmt.Errorf("token line %d (%s): unknown scope %q (usage:<carrier>, billing, operator, read, admin)", n, f[0], s)
+			}
+			scopes = append(scopes, s)
+		}
+		t.entries = append(t.entries, tokenEntry{digest: sha256.Sum256([]byte(f[1])), p: Principal{Name: f[0], Scopes: scopes}})
+	}
+	if len(t.entries) == 0 {
+		return nil, fmt.Errorf("no tokens")
+	}
+	return t, nil
+}
+
+// LoadTokens reads tokens from a file.
+func LoadTokens(path string) (*Tokens, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	t, err := ParseTokens(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return t, nil
+}
+
+// Lookup finds the principal of a token.
+func (t *Tokens) Lookup(token string) (*Principal, bool) {
+	d := sha256.Sum256([]byte(token))
+	var found *Principal
+	for i := range t.entries {
+		if subtle.ConstantTimeCompare(d[:], t.entries[i].digest[:]) == 1 {
+			found = &t.entries[i].p
+		}
+	}
+	return found, found != nil
+}
+
+type principalKey struct{}
+
+// authorize checks the request's bearer token for scope ("" for none; a
+// scope ending in ':' is any usage:<carrier>). With no tokens configured
+// every request passes, as the open all-in-one on loopback.
+func (s *Server) authorize(r *http.Request, scope string) (*Principal, error) {
+	if s.cfg.Tokens == nil || scope == "" {
+		return nil, nil
+	}
+	h := r.Header.Get("Authorization")
+	tok, ok := strings.CutPrefix(h, "Bearer ")
+	if !ok || tok == "" {
+		return nil, &authProblem{problem(http.StatusUnauthorized, "auth/missing-token", "authentication required", "send Authorization: Bearer <token>")}
+	}
+	p, ok := s.cfg.Tokens.Lookup(tok)
+	if !ok {
+		return nil, &authProblem{problem(http.StatusUnauthorized, "auth/invalid-token", "invalid token", "the token is not known")}
+	}
+	if scope == scopeUsage {
+		if len(p.Carriers()) == 0 && !p.Has(ScopeAdmin) {
+			return nil, problem(http.StatusForbidden, "auth/forbidden", "forbidden", "the token has no usage:<carrier> scope")
+		}
+		return p, nil
+	}
+	if !p.Has(scope) {
+		return nil, problem(http.StatusForbidden, "auth/forbidden", "forbidden", "the token lacks the "+scope+" scope")
+	}
+	return p, nil
+}
+
+// authProblem is a 401, answered with WWW-Authenticate.
+type authProblem struct{ *Problem }
+
+// carrierOf says which carrier a usage request speaks for: the token's
+// usage:<carrier> scope; ?carrier= picks one when the token has several
+// (and must name one of them). Without tokens, ?carrier= or "default".
+func (s *Server) carrierOf(r *http.Request, p *Principal) (string, error) {
+	asked := r.URL.Query().Get("carrier")
+	if p == nil {
+		if asked == "" {
+			asked = "default"
+		}
+		return asked, checkID("carrier", asked)
+	}
+	carriers := p.Carriers()
+	switch {
+	case asked == "" && len(carriers) == 1:
+		return carriers[0], nil
+	case asked == "":
+		return "", invalid("carrier", "the token may push for several carriers: name one with ?carrier=")
+	}
+	for _, c := range carriers {
+		if c == asked {
+			return c, nil
+		}
+	}
+	if p.Has(ScopeAdmin) {
+		return asked, checkID("carrier", asked)
+	}
+	return "", problem(http.StatusForbidden, "auth/forbidden-carrier", "forbidden",
+		"the token may not push usage for carrier "+asked+": the carrier comes from the token")
+}

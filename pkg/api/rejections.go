@@ -1,0 +1,266 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/cdr"
+)
+
+// RejectedBatch is one message of the REJECTED stream: the records of one
+// batch that ingest refused, with why, kept for audit and re-submission.
+type RejectedBatch struct {
+	Carrier    string      `json:"carrier"`
+	BatchID    string      `json:"batch_id"`
+	ReceivedAt int64       `json:"received_at"`
+	Rejections []Rejection `json:"rejections"`
+}
+
+// Rejection is one refused record. Record is absent when the line could not
+// be parsed at all: such a record must be fixed at its source and sent again.
+type Rejection struct {
+	Error  *cdr.RecordError `json:"error"`
+	Record *RecordJSON      `json:"record,omitempty"`
+}
+
+// RecordJSON is a usage record with the API's field names.
+type RecordJSON struct {
+	RecordID  string `json:"record_id"`
+	ICCID     string `json:"iccid,omitempty"`
+	IMSI      string `json:"imsi,omitempty"`
+	MSISDN    string `json:"msisdn,omitempty"`
+	StartTime string `json:"start_time"`
+	EndTime   string `json:"end_time"`
+	BytesUp   uint64 `json:"bytes_up"`
+	BytesDown uint64 `json:"bytes_down"`
+	Sequence  uint32 `json:"sequence,omitempty"`
+	SessionID string `json:"session_id,omitempty"`
+	APN       string `json:"apn,omitempty"`
+	RAT       string `json:"rat,omitempty"`
+	IMEI      string `json:"imei,omitempty"`
+	CellID    string `json:"cell_id,omitempty"`
+}
+
+func toRecordJSON(r *cdr.Record) *RecordJSON {
+	return &RecordJSON{RecordID: r.RecordID, ICCID: r.ICCID, IMSI: r.IMSI, MSISDN: r.MSISDN,
+		StartTime: rfc3339(r.Start), EndTime: rfc3339(r.End), BytesUp: r.BytesUp, BytesDown: r.BytesDown,
+		Sequence: r.Sequence, SessionID: r.SessionID, APN: r.APN, RAT: r.RAT, IMEI: r.IMEI, CellID: r.CellID}
+}
+
+func (j *RecordJSON) record() cdr.Record {
+	parse := func(s string) int64 {
+		t, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			return 0
+		}
+		return t.Unix()
+	}
+	return cdr.Record{RecordID: j.RecordID, ICCID: j.ICCID, IMSI: j.IMSI, MSISDN: j.MSISDN, Start: parse(j.StartTime),
+		End: parse(j.EndTime), BytesUp: j.BytesUp, BytesDown: j.BytesDown, Sequence: j.Sequence, SessionID: j.SessionID,
+		APN: j.APN, RAT: j.RAT, IMEI: j.IMEI, CellID: j.CellID}
+}
+
+// RejectionView is one entry of GET /v1/rejections.
+type RejectionView struct {
+	ID          string           `json:"id"` // <stream position>.<index>
+	Carrier     string           `json:"carrier"`
+	BatchID     string           `json:"batch_id"`
+	ReceivedAt  string           `json:"received_at"`
+	Error       *cdr.RecordError `json:"error"`
+	Record      *RecordJSON      `json:"record,omitempty"`
+	Resubmitted string           `json:"resubmitted,omitempty"` // the re-submission's batch id
+}
+
+// readRejections reads the REJECTED stream for carrier ("" for all) from
+// time since, calling f for each entry until f returns false.
+func (s *Server) readRejections(ctx context.Context, carrier string, since time.Time, f func(RejectionView) bool) error {
+	filter := broker.RejectedSubject("*")
+	if carrier != "" {
+		filter = broker.RejectedSubject(carrier)
+	}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}}
+	if !since.IsZero() {
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	}
+	cons, err := s.js.OrderedConsumer(ctx, broker.StreamRejected, cfg)
+	if err != nil {
+		return err
+	}
+	for {
+		batch, err := cons.FetchNoWait(200)
+		if err != nil {
+			return err
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			meta, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			var rb RejectedBatch
+			if err := json.Unmarshal(m.Data(), &rb); err != nil {
+				continue // not ours to read; the stream keeps it
+			}
+			for i, rj := range rb.Rejections {
+				v := RejectionView{ID: fmt.Sprintf("%d.%d", meta.Sequence.Stream, i), Carrier: rb.Carrier, BatchID: rb.BatchID,
+					ReceivedAt: rfc3339(rb.ReceivedAt), Error: rj.Error, Record: rj.Record}
+				if s.resolved != nil {
+					if e, err := s.resolved.Get(ctx, v.ID); err == nil {
+						v.Resubmitted = string(e.Value())
+					}
+				}
+				if !f(v) {
+					return nil
+				}
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return err
+		}
+		if n == 0 {
+			return nil
+		}
+	}
+}
+
+// listRejections answers GET /v1/rejections?carrier=&since=&pending=true&limit=.
+func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	carrier := q.Get("carrier")
+	if carrier != "" {
+		if err := checkID("carrier", carrier); err != nil {
+			return err
+		}
+	}
+	var since time.Time
+	if v := q.Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return invalid("since", "not an RFC 3339 time with offset")
+		}
+		since = t
+	}
+	limit := 1000
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			return invalid("limit", "1 to 10000")
+		}
+		limit = n
+	}
+	pending := q.Get("pending") == "true"
+	out := []RejectionView{}
+	err := s.readRejections(r.Context(), carrier, since, func(v RejectionView) bool {
+		if !pending || v.Resubmitted == "" {
+			out = append(out, v)
+		}
+		return len(out) < limit
+	})
+	if err != nil {
+		return err
+	}
+	return ok(w, map[string]any{"rejections": out})
+}
+
+type resubmitBody struct {
+	IDs []string `json:"ids"`
+	All bool     `json:"all"`
+}
+
+// ResubmitResult answers POST /v1/rejections/resubmit.
+type ResubmitResult struct {
+	BatchID          string             `json:"batch_id"`
+	Accepted         int                `json:"accepted"`
+	Duplicates       int                `json:"duplicates"`
+	StillRejected    []*cdr.RecordError `json:"still_rejected"`
+	NotResubmittable []string           `json:"not_resubmittable"` // unparsed lines, already re-submitted, or unknown ids
+	Position         uint64             `json:"position"`
+}
+
+// resubmit re-validates rejected records of the caller's carrier (the
+// listed ids, or all pending ones) after their cause is fixed, for example
+// the card was provisioned, and publishes the ones now valid. Each is
+// marked re-submitted; a record id that counted before still counts once.
+func (s *Server) resubmit(w http.ResponseWriter, r *http.Request) error {
+	carrier, err := s.carrierOf(r, principal(r))
+	if err != nil {
+		return err
+	}
+	var b resubmitBody
+	if err := decodeBody(r, &b); err != nil {
+		return err
+	}
+	if !b.All && len(b.IDs) == 0 {
+		return invalid("ids", "name the rejections to re-submit, or send {\"all\": true}")
+	}
+	want := map[string]bool{}
+	for _, id := range b.IDs {
+		want[id] = true
+	}
+	var picked []RejectionView
+	err = s.readRejections(r.Context(), carrier, time.Time{}, func(v RejectionView) bool {
+		if b.All || want[v.ID] {
+			picked = append(picked, v)
+			delete(want, v.ID)
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	res := ResubmitResult{StillRejected: []*cdr.RecordError{}, NotResubmittable: []string{}}
+	for id := range want {
+		res.NotResubmittable = append(res.NotResubmittable, id)
+	}
+	ids := make([]string, 0, len(picked))
+	for _, v := range picked {
+		ids = append(ids, v.ID)
+	}
+	sort.Strings(ids)
+	res.BatchID = "resubmit-" + contentID([]byte(carrier), []byte(strings.Join(ids, ",")))
+	now := s.clock.Now()
+	byPart := make([][]cdr.Record, s.cfg.Partitions)
+	var valid []string
+	for i, v := range picked {
+		if v.Record == nil || v.Resubmitted != "" {
+			if !b.All {
+				res.NotResubmittable = append(res.NotResubmittable, v.ID)
+			}
+			continue
+		}
+		rec := v.Record.record()
+		if re := s.route(&rec, now, i, v.Error.Line, byPart); re != nil {
+			re.Reason = v.ID + ": " + re.Reason
+			res.StillRejected = append(res.StillRejected, re)
+			continue
+		}
+		valid = append(valid, v.ID)
+	}
+	sort.Strings(res.NotResubmittable)
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
+	defer cancel()
+	acks, err := s.publishChunks(ctx, carrier, res.BatchID, now, byPart, nil)
+	if err != nil {
+		return err
+	}
+	res.Position, res.Duplicates = acks.position, acks.duplicates
+	res.Accepted = len(valid) - acks.duplicates
+	if s.resolved != nil {
+		for _, id := range valid {
+			if _, err := s.resolved.Put(r.Context(), id, []byte(res.BatchID)); err != nil {
+				return fmt.Errorf("%w: %v", errUnavailable, err)
+			}
+		}
+	}
+	return ok(w, res)
+}
