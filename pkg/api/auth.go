@@ -15,7 +15,7 @@ const (
 	ScopeBilling  = "billing"
 	ScopeOperator = "operator"
 	ScopeRead     = "read"
-	ScopeAdmin    = "admin" // every scope
+	ScopeAdmin    = "admin"  // every scope
 	scopeUsage    = "usage:" // usage:<carrier>
 )
 

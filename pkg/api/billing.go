@@ -219,4 +219,3 @@ func (s *Server) postRenewal(w http.ResponseWriter, r *http.Request) error {
 	}
 	return ok(w, map[string]any{"iccid": iccid, "renewal_id": b.RenewalID, "valid_until": rfc3339(until), "months": b.Months, "position": pos})
 }
-

@@ -117,4 +117,3 @@ func (s *Server) listCards(w http.ResponseWriter, r *http.Request) error {
 	}
 	return ok(w, resp)
 }
-

@@ -45,11 +45,11 @@ type Reply struct {
 	Pool    *card.PoolView    `json:"pool,omitempty"`
 	Cards   []card.View       `json:"cards,omitempty"`
 	// Chunks: the verdicts of each asked chunk the partition still keeps.
-	Chunks map[uint64]*ChunkVerdicts `json:"chunks,omitempty"`
-	Now     int64             `json:"now"`     // the partition's log time
-	Applied uint64            `json:"applied"` // the partition's applied sequence
-	Error   string            `json:"error,omitempty"`
-	Timeout bool              `json:"timeout,omitempty"` // min_position was not reached in time
+	Chunks  map[uint64]*ChunkVerdicts `json:"chunks,omitempty"`
+	Now     int64                     `json:"now"`     // the partition's log time
+	Applied uint64                    `json:"applied"` // the partition's applied sequence
+	Error   string                    `json:"error,omitempty"`
+	Timeout bool                      `json:"timeout,omitempty"` // min_position was not reached in time
 }
 
 func (p *Projector) answer(ctx context.Context, stream jetstream.Stream, pt *partition, m *nats.Msg) {
