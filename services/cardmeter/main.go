@@ -1,5 +1,6 @@
-// Command cardmeter is the all-in-one: `cardmeter run` starts the ingest
-// API, projector, clock and sink in one process on an embedded JetStream.
+// Command cardmeter is the all-in-one and the client: `cardmeter run`
+// starts the ingest API, projector, clock and sink in one process on an
+// embedded JetStream; `cardmeter push` sends usage files to an API.
 package main
 
 import (
@@ -7,12 +8,15 @@ import (
 	"os"
 
 	"github.com/cardmeter/cardmeter/pkg/app"
+	"github.com/cardmeter/cardmeter/pkg/cli"
 )
 
 const usage = `usage: cardmeter <command> [flags]
 
 commands:
-  run     start the whole pipeline in one process (flags: cardmeter run -h)
+  run          start the whole pipeline in one process (flags: cardmeter run -h)
+  push         stream usage files (CSV, NDJSON, plain or gzip) to the API
+  rejections   list rejected records, or re-submit them once fixed
 `
 
 func main() {
@@ -23,6 +27,10 @@ func main() {
 	switch os.Args[1] {
 	case "run":
 		os.Exit(app.Main("cardmeter", app.AllRoles, os.Args[2:]))
+	case "push":
+		os.Exit(cli.Push(os.Args[2:], os.Stdout, os.Stderr))
+	case "rejections":
+		os.Exit(cli.Rejections(os.Args[2:], os.Stdout, os.Stderr))
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 	default:

@@ -1,0 +1,149 @@
+// Package cli holds the client commands of the cardmeter binary: push,
+// and rejections list/resubmit. Each returns the process's exit code.
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cardmeter/cardmeter/pkg/push"
+)
+
+// Exit codes of push.
+const (
+	ExitOK       = 0
+	ExitFailed   = 1
+	ExitUsage    = 2
+	ExitRejected = 3 // pushed, but some records were rejected
+)
+
+func getenv(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+// Push is `cardmeter push [flags] FILE...`.
+func Push(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("push", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg push.Config
+	fs.StringVar(&cfg.URL, "url", getenv("CARDMETER_URL", "http://127.0.0.1:8080"), "the API's base URL (CARDMETER_URL)")
+	fs.StringVar(&cfg.Carrier, "carrier", os.Getenv("CARDMETER_CARRIER"), "the carrier, when the token may push for several (open API: the carrier to push as)")
+	fs.IntVar(&cfg.BatchRecords, "batch-records", 10000, "records per batch")
+	fs.StringVar(&cfg.Format, "format", "", "csv or ndjson (default: from the file name, .csv/.ndjson/.jsonl, optionally .gz)")
+	fs.StringVar(&cfg.StateDir, "state-dir", "", "where resume state is kept (default: beside each file, FILE.push-state)")
+	fs.BoolVar(&cfg.Wait, "wait", true, "wait for the projector's verdicts, to report record-level duplicates")
+	noProgress := fs.Bool("no-progress", false, "no progress bar")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: cardmeter push [flags] FILE...\n\nStreams CSV or NDJSON files (plain or gzip) to the API in batches; an\ninterrupted push resumes where it stopped. The token is read from CARDMETER_TOKEN.\nExit: 0 all accepted, 3 pushed with rejected records, 1 failed, 2 usage.\n\nflags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return ExitUsage
+	}
+	if fs.NArg() == 0 {
+		fs.Usage()
+		return ExitUsage
+	}
+	cfg.Token = os.Getenv("CARDMETER_TOKEN")
+	if !*noProgress {
+		cfg.Progress = stderr
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	sum, err := push.Run(ctx, cfg, fs.Args())
+	sum.Print(stdout)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			fmt.Fprintln(stderr, "interrupted: run the same command again to resume")
+		} else {
+			fmt.Fprintln(stderr, "push failed:", err)
+		}
+		return ExitFailed
+	}
+	if sum.Rejected > 0 {
+		return ExitRejected
+	}
+	return ExitOK
+}
+
+// Rejections is `cardmeter rejections list|resubmit`.
+func Rejections(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || (args[0] != "list" && args[0] != "resubmit") {
+		fmt.Fprintln(stderr, "usage: cardmeter rejections list [--carrier C] [--pending] [--since T]\n       cardmeter rejections resubmit (--all | ID...)")
+		return ExitUsage
+	}
+	fs := flag.NewFlagSet("rejections "+args[0], flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", getenv("CARDMETER_URL", "http://127.0.0.1:8080"), "the API's base URL (CARDMETER_URL)")
+	carrier := fs.String("carrier", os.Getenv("CARDMETER_CARRIER"), "the carrier")
+	pending := fs.Bool("pending", false, "list: only those not re-submitted")
+	since := fs.String("since", "", "list: from this RFC 3339 time")
+	all := fs.Bool("all", false, "resubmit: every pending rejection of the carrier")
+	if err := fs.Parse(args[1:]); err != nil {
+		return ExitUsage
+	}
+	c := &http.Client{Timeout: time.Minute}
+	do := func(method, path string, body any) int {
+		var rd io.Reader
+		if body != nil {
+			b, _ := json.Marshal(body)
+			rd = bytes.NewReader(b)
+		}
+		req, err := http.NewRequest(method, strings.TrimSuffix(*url, "/")+path, rd)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return ExitFailed
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if t := os.Getenv("CARDMETER_TOKEN"); t != "" {
+			req.Header.Set("Authorization", "Bearer "+t)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return ExitFailed
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(stdout, resp.Body)
+		if resp.StatusCode != 200 {
+			return ExitFailed
+		}
+		return ExitOK
+	}
+	if args[0] == "list" {
+		q := []string{}
+		if *carrier != "" {
+			q = append(q, "carrier="+*carrier)
+		}
+		if *pending {
+			q = append(q, "pending=true")
+		}
+		if *since != "" {
+			q = append(q, "since="+*since)
+		}
+		return do("GET", "/v1/rejections?"+strings.Join(q, "&"), nil)
+	}
+	if !*all && fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "name rejection ids, or --all")
+		return ExitUsage
+	}
+	path := "/v1/rejections/resubmit"
+	if *carrier != "" {
+		path += "?carrier=" + *carrier
+	}
+	return do("POST", path, map[string]any{"ids": fs.Args(), "all": *all})
+}
