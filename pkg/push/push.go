@@ -484,7 +484,9 @@ func (s *Summary) Print(w io.Writer) {
 	for k := range s.Reasons {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return s.Reasons[keys[i]] > s.Reasons[keys[j]] || (s.Reasons[keys[i]] == s.Reasons[keys[j]] && keys[i] < keys[j]) })
+	sort.Slice(keys, func(i, j int) bool {
+		return s.Reasons[keys[i]] > s.Reasons[keys[j]] || (s.Reasons[keys[i]] == s.Reasons[keys[j]] && keys[i] < keys[j])
+	})
 	for _, k := range keys {
 		fmt.Fprintf(w, "    %6d  %s\n", s.Reasons[k], k)
 	}
