@@ -330,3 +330,18 @@ func TestOpenAPIOnlyOnLoopback(t *testing.T) {
 		t.Fatalf("open API on 0.0.0.0: %v", err)
 	}
 }
+
+// When JetStream does not store a batch, ingest answers 503 with
+// Retry-After rather than accept what it cannot keep.
+func TestLogDownAnswers503(t *testing.T) {
+	p, c := securedPipeline(t, func(cfg *Config) {
+		cfg.Roles = []string{RoleAPI, RoleProjector, RoleClock}
+		cfg.API.PublishTimeout = time.Second
+	})
+	p.embedded.Shutdown()
+	p.embedded.WaitForShutdown()
+	r := c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(row("d1", iccid(1), "", 1)))
+	if r.code != 503 || r.header.Get("Retry-After") == "" || r.body["type"] != "cardmeter:unavailable/log" {
+		t.Fatalf("with the log down: %d %s", r.code, r.raw)
+	}
+}

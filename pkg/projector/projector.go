@@ -364,6 +364,10 @@ func (r *runner) shutdown() error {
 	if r.p.cfg.CrashOnStop {
 		return nil
 	}
+	if !r.p.nc.IsConnected() {
+		r.log.Warn("no final snapshot: not connected to NATS; the next start replays from the last one")
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if r.unsnapped > 0 {
