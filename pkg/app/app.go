@@ -144,18 +144,10 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if has(cfg.Roles, RoleSink) {
-		conn, err := sink.Open(ctx, cfg.ClickHouse)
-		if err != nil {
-			return nil, err
-		}
-		if err := sink.Migrate(ctx, conn); err != nil {
-			return nil, fmt.Errorf("clickhouse schema: %w", err)
-		}
-		p.Sink = sink.New(p.JS, conn, cfg.Sink, log.Named("sink"))
-		p.goRun("sink", func() error {
-			defer conn.Close()
-			return p.Sink.Run(runCtx)
-		})
+		sc := cfg.Sink
+		sc.Partitions = cfg.Partitions
+		p.Sink = sink.New(p.JS, cfg.ClickHouse, sc, reg, log.Named("sink"))
+		p.goRun("sink", func() error { return p.Sink.Run(runCtx) })
 	}
 	if has(cfg.Roles, RoleProjector) {
 		p.Projector = projector.New(p.NC, p.JS, cfg.Projector, log.Named("projector"))

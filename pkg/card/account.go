@@ -87,7 +87,7 @@ func (p *Partition) charge(a *account, c *Card, amount int64, reason string, at 
 	e := a.emit(EmitCharged, at, cause)
 	e.Amount, e.Detail = amount, reason
 	if c != nil {
-		e.ICCID = c.iccid
+		e.ICCID, e.PlanID = c.iccid, c.planID
 	}
 	out = append(out, e)
 	return p.settle(a, at, cause, out)

@@ -236,4 +236,5 @@ type Emitted struct {
 	Note      string // manual commands: why
 	Until     int64  // renewals, expiry: the validity end
 	Pool      string // pool stops: the pool
+	PlanID    string // card events and a card's charges: the card's plan
 }

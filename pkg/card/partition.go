@@ -327,7 +327,7 @@ func (p *Partition) horizon(c *Card, pl *plan) int64 {
 }
 
 func (c *Card) emit(t EmittedType, at int64, cause string, pl *plan) Emitted {
-	e := Emitted{Type: t, ICCID: c.iccid, AccountID: c.account, At: at, Cause: cause,
+	e := Emitted{Type: t, ICCID: c.iccid, AccountID: c.account, At: at, Cause: cause, PlanID: c.planID,
 		Reasons: c.reasons, Usage: c.usage, Overshoot: c.overshoot, Cycle: c.cycle, Until: c.validUntil}
 	if pl != nil {
 		e.Quota = pl.QuotaBytes

@@ -30,6 +30,7 @@ type Envelope struct {
 type Data struct {
 	ICCID          string    `json:"iccid,omitempty"`
 	AccountID      string    `json:"account_id,omitempty"`
+	PlanID         string    `json:"plan_id,omitempty"`
 	Cause          string    `json:"cause"`
 	Status         string    `json:"status,omitempty"`
 	Reason         string    `json:"reason,omitempty"`
@@ -77,7 +78,7 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 	if subject == "" {
 		subject = e.AccountID
 	}
-	d := Data{ICCID: e.ICCID, AccountID: e.AccountID, Cause: e.Cause, RecordBytes: e.Bytes, Detail: e.Detail}
+	d := Data{ICCID: e.ICCID, AccountID: e.AccountID, PlanID: e.PlanID, Cause: e.Cause, RecordBytes: e.Bytes, Detail: e.Detail}
 	if isCardEvent(e.Type) {
 		reasons := e.Reasons.Names()
 		usage, quota, over := e.Usage, e.Quota, e.Overshoot

@@ -6,7 +6,9 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"path"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +35,7 @@ func Open(ctx context.Context, cfg ClickHouseConfig) (driver.Conn, error) {
 		Addr:        []string{cfg.Addr},
 		Auth:        clickhouse.Auth{Username: cfg.User, Password: cfg.Password},
 		DialTimeout: 5 * time.Second,
+		ReadTimeout: 2 * time.Minute,
 		Compression: &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
 	}
 	boot, err := clickhouse.Open(opts)
@@ -52,26 +55,91 @@ func Open(ctx context.Context, cfg ClickHouseConfig) (driver.Conn, error) {
 	return conn, nil
 }
 
-// Migrate applies the DDL files of schemas/clickhouse in name order. Every
-// statement is idempotent (IF NOT EXISTS).
-func Migrate(ctx context.Context, conn driver.Conn) error {
+// Migration is one numbered DDL file of schemas/clickhouse.
+type Migration struct {
+	Version uint32
+	Name    string
+	SQL     string
+}
+
+// Migrations lists the DDL files in version order.
+func Migrations() ([]Migration, error) {
 	names, err := fs.Glob(schemas.ClickHouse, "clickhouse/*.sql")
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	var out []Migration
+	for _, name := range names {
+		base := path.Base(name)
+		num, _, ok := strings.Cut(base, "_")
+		v, err := strconv.ParseUint(num, 10, 32)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("migration %s: the name must start with its number and '_'", base)
+		}
+		b, err := fs.ReadFile(schemas.ClickHouse, name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Migration{Version: uint32(v), Name: base, SQL: string(b)})
+	}
+	return out, nil
+}
+
+// Migrate applies, in order, the migrations not yet recorded in the
+// schema_migrations table, and records each once applied. Statements are
+// idempotent (IF NOT EXISTS), so a crash halfway through a file is mended
+// by running it again.
+func Migrate(ctx context.Context, conn driver.Conn) error {
+	if err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations
+		(version UInt32, name String, applied_at DateTime) ENGINE = MergeTree() ORDER BY version`); err != nil {
+		return fmt.Errorf("schema_migrations: %w", err)
+	}
+	applied := map[uint32]bool{}
+	rows, err := conn.Query(ctx, "SELECT version FROM schema_migrations")
 	if err != nil {
 		return err
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		b, err := fs.ReadFile(schemas.ClickHouse, name)
-		if err != nil {
+	for rows.Next() {
+		var v uint32
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
 			return err
 		}
-		for _, stmt := range Statements(string(b)) {
+		applied[v] = true
+	}
+	rows.Close()
+	ms, err := Migrations()
+	if err != nil {
+		return err
+	}
+	for _, m := range ms {
+		if applied[m.Version] {
+			continue
+		}
+		for _, stmt := range Statements(m.SQL) {
 			if err := conn.Exec(ctx, stmt); err != nil {
-				return fmt.Errorf("%s: %w", name, err)
+				return fmt.Errorf("%s: %w", m.Name, err)
 			}
+		}
+		if err := record(ctx, conn, m); err != nil {
+			return fmt.Errorf("%s: recording: %w", m.Name, err)
 		}
 	}
 	return nil
+}
+
+// record notes a migration as applied. (An INSERT goes as a block: on
+// 18.16 an INSERT with bound VALUES through Exec waits for data forever.)
+func record(ctx context.Context, conn driver.Conn, m Migration) error {
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO schema_migrations (version, name, applied_at)")
+	if err != nil {
+		return err
+	}
+	if err := b.Append(m.Version, m.Name, time.Now()); err != nil {
+		return err
+	}
+	return b.Send()
 }
 
 // Statements splits a DDL file into statements: comment lines are dropped

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
@@ -18,37 +20,79 @@ import (
 
 // Config configures the sink.
 type Config struct {
+	Partitions    int           // partitions in the deployment
+	Owned         []int         // the partitions this instance writes; nil: all. The owner of partition 0 also writes EVENTS.
 	BatchRows     int           // rows in one insert at most; default 20000
 	FlushInterval time.Duration // a block waits at most this long; default 1 s
-	Consumer      string        // durable consumer name prefix; default "sink"
+	AckWait       time.Duration // JetStream redelivers what is not acked within this; default 30 s
+	Consumer      string        // durable consumer name prefix; default "sink-" + the database
+	// AfterInsert, when set, runs between a block's insert and its ack; an
+	// error ends Run there without the ack, as a crash would (tests).
+	AfterInsert func(stream string) error
 }
 
-// Sink consumes ACCEPTED and EVENTS and inserts them into ClickHouse.
+// Sink consumes ACCEPTED and EVENTS and inserts them into ClickHouse:
+// one writer per partition, in blocks, acking after the insert.
+//
+// Exactly once in effect: every row carries its log position. At start
+// and after a failed insert, each writer reads the highest position
+// ClickHouse holds; before inserting a block that reaches back to it, it
+// reads which of the block's rows ClickHouse already has and leaves them
+// out. So a crash between insert and ack (or a half-done insert) inserts
+// nothing twice when JetStream delivers the block again.
 type Sink struct {
 	cfg  Config
 	js   jetstream.JetStream
-	conn driver.Conn
+	ch   ClickHouseConfig
 	log  *zap.Logger
+	conn driver.Conn
 
 	mu      sync.Mutex
 	lastErr error
+
+	inserted *prometheus.CounterVec
+	skipped  *prometheus.CounterVec
+	failures prometheus.Counter
+	up       prometheus.Gauge
+	pending  *prometheus.GaugeVec
 }
 
-// New returns a sink; it does nothing until Run.
-func New(js jetstream.JetStream, conn driver.Conn, cfg Config, log *zap.Logger) *Sink {
+// New returns a sink; it connects and works in Run.
+func New(js jetstream.JetStream, ch ClickHouseConfig, cfg Config, reg prometheus.Registerer, log *zap.Logger) *Sink {
+	if cfg.Partitions == 0 {
+		cfg.Partitions = broker.DefaultTopology.Partitions
+	}
+	if cfg.Owned == nil {
+		for i := 0; i < cfg.Partitions; i++ {
+			cfg.Owned = append(cfg.Owned, i)
+		}
+	}
 	if cfg.BatchRows == 0 {
 		cfg.BatchRows = 20000
 	}
 	if cfg.FlushInterval == 0 {
 		cfg.FlushInterval = time.Second
 	}
-	if cfg.Consumer == "" {
-		cfg.Consumer = "sink"
+	if cfg.AckWait == 0 {
+		cfg.AckWait = 30 * time.Second
 	}
-	return &Sink{cfg: cfg, js: js, conn: conn, log: log}
+	if cfg.Consumer == "" {
+		cfg.Consumer = "sink-" + ch.Database
+	}
+	s := &Sink{cfg: cfg, js: js, ch: ch, log: log, lastErr: errors.New("connecting to ClickHouse"),
+		inserted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_sink_rows_inserted_total", Help: "Rows inserted into ClickHouse, by table."}, []string{"table"}),
+		skipped:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_sink_rows_skipped_total", Help: "Redelivered rows ClickHouse already held, by table."}, []string{"table"}),
+		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_sink_insert_failures_total", Help: "Failed ClickHouse inserts (retried)."}),
+		up:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "cardmeter_sink_clickhouse_up", Help: "1 while the last ClickHouse operation succeeded."}),
+		pending:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cardmeter_sink_pending_messages", Help: "Messages waiting for the sink, by consumer."}, []string{"consumer"}),
+	}
+	if reg != nil {
+		reg.MustRegister(s.inserted, s.skipped, s.failures, s.up, s.pending)
+	}
+	return s
 }
 
-// Healthy returns the last insert error, or nil once an insert succeeded.
+// Healthy returns why the sink cannot write now, or nil.
 func (s *Sink) Healthy() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -59,24 +103,61 @@ func (s *Sink) setErr(err error) {
 	s.mu.Lock()
 	s.lastErr = err
 	s.mu.Unlock()
+	if err == nil {
+		s.up.Set(1)
+	} else {
+		s.up.Set(0)
+	}
+}
+
+// connect opens ClickHouse and applies the schema, retrying with backoff
+// until it answers: the backlog waits in JetStream meanwhile.
+func (s *Sink) connect(ctx context.Context) error {
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(0), backoff.WithMaxInterval(10*time.Second)), ctx)
+	return backoff.RetryNotify(func() error {
+		conn, err := Open(ctx, s.ch)
+		if err != nil {
+			return err
+		}
+		if err := Migrate(ctx, conn); err != nil {
+			conn.Close()
+			return err
+		}
+		s.conn = conn
+		return nil
+	}, bo, func(err error, d time.Duration) {
+		s.setErr(err)
+		s.log.Warn("clickhouse not ready; retrying", zap.Error(err), zap.Duration("in", d))
+	})
 }
 
 // Run consumes until ctx ends.
 func (s *Sink) Run(ctx context.Context) error {
-	loops := []struct {
-		stream, name string
-		filter       string
-		insert       func(context.Context, []jetstream.Msg) error
-	}{
-		{broker.StreamAccepted, s.cfg.Consumer + "-usage", "accepted.>", s.insertUsage},
-		{broker.StreamEvents, s.cfg.Consumer + "-events", "cardmeter.events.>", s.insertEvents},
+	if err := s.connect(ctx); err != nil {
+		return nil // ctx ended
 	}
+	defer s.conn.Close()
+	s.setErr(nil)
+	type loop struct {
+		name, stream, filter string
+		w                    writer
+	}
+	var loops []loop
+	for _, p := range s.cfg.Owned {
+		loops = append(loops, loop{fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, p), broker.StreamAccepted,
+			broker.AcceptedSubject(p), &usageWriter{s: s, partition: uint16(p)}})
+		if p == 0 {
+			loops = append(loops, loop{s.cfg.Consumer + "-events", broker.StreamEvents, "cardmeter.events.>", &eventsWriter{s: s}})
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, len(loops))
 	for _, l := range loops {
 		cons, err := s.js.CreateOrUpdateConsumer(ctx, l.stream, jetstream.ConsumerConfig{
 			Durable: l.name, FilterSubject: l.filter, AckPolicy: jetstream.AckAllPolicy,
-			AckWait: 30 * time.Second, MaxAckPending: -1, MaxRequestBatch: 0,
+			AckWait: s.cfg.AckWait, MaxAckPending: -1,
 		})
 		if err != nil {
 			return fmt.Errorf("sink: consumer %s: %w", l.name, err)
@@ -84,8 +165,9 @@ func (s *Sink) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := s.loop(ctx, cons, l.insert, s.log.With(zap.String("consumer", l.name))); err != nil {
+			if err := s.loop(ctx, cons, l.name, l.stream, l.w); err != nil {
 				errs <- err
+				cancel() // as a crash: the others stop too
 			}
 		}()
 	}
@@ -94,34 +176,50 @@ func (s *Sink) Run(ctx context.Context) error {
 	return <-errs
 }
 
-func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, insert func(context.Context, []jetstream.Msg) error, log *zap.Logger) error {
-	var msgs []jetstream.Msg
+// writer turns a block of messages into one insert.
+type writer interface {
+	// rows counts the rows a message holds (to size blocks).
+	rows(m jetstream.Msg) (int, error)
+	// insert inserts the block, leaving out rows ClickHouse already holds
+	// when check is set; it returns the rows inserted and skipped.
+	insert(ctx context.Context, msgs []jetstream.Msg, check bool) (int, int, error)
+	table() string
+}
+
+func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, name, stream string, w writer) error {
+	log := s.log.With(zap.String("consumer", name))
+	check := true // at start, the block may reach back into what ClickHouse holds
 	for ctx.Err() == nil {
-		msgs = msgs[:0]
-		batch, err := cons.Fetch(s.cfg.BatchRows/10+1, jetstream.FetchMaxWait(s.cfg.FlushInterval))
+		msgs, err := s.fill(ctx, cons, w)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			log.Warn("fetch", zap.Error(err))
-			time.Sleep(200 * time.Millisecond)
-			continue
-		}
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
+			return err
 		}
 		if len(msgs) == 0 {
 			continue
 		}
-		// Insert, then ack. A crash between the two re-delivers the block;
-		// the tables' keys collapse the repeated rows (ReplacingMergeTree).
-		// The insert runs on a context of its own, so a graceful stop
-		// finishes the block in hand rather than abandon it.
+		if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
+			s.pending.WithLabelValues(name).Set(float64(meta.NumPending))
+		}
+		// Insert, then ack. A crash between the two (or a half-done
+		// insert) re-delivers the block; the check before the next insert
+		// leaves out what ClickHouse already has, so nothing is inserted
+		// twice. The insert runs on its own context, so a graceful stop
+		// finishes the block in hand.
+		var ins, skip int
 		bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(0), backoff.WithMaxInterval(10*time.Second)), ctx)
 		err = backoff.RetryNotify(func() error {
 			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 			defer cancel()
-			return insert(ictx, msgs)
+			var err error
+			ins, skip, err = w.insert(ictx, msgs, check)
+			if err != nil {
+				check = true // it may have half happened
+				var perm *backoff.PermanentError
+				if !errors.As(err, &perm) {
+					s.failures.Inc()
+				}
+			}
+			return err
 		}, bo, func(err error, d time.Duration) {
 			s.setErr(err)
 			log.Warn("clickhouse insert failed; retrying", zap.Error(err), zap.Duration("in", d))
@@ -130,13 +228,26 @@ func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, insert func(co
 			}
 		})
 		if err != nil {
-			// stopping with the block not inserted: hand it back at once
 			for _, m := range msgs {
-				_ = m.Nak()
+				_ = m.Nak() // stopping with the block not inserted: hand it back at once
 			}
-			return nil
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
 		}
+		check = false
 		s.setErr(nil)
+		s.inserted.WithLabelValues(w.table()).Add(float64(ins))
+		s.skipped.WithLabelValues(w.table()).Add(float64(skip))
+		if skip > 0 {
+			log.Info("left out rows ClickHouse already held", zap.Int("rows", skip))
+		}
+		if s.cfg.AfterInsert != nil {
+			if err := s.cfg.AfterInsert(stream); err != nil {
+				return err
+			}
+		}
 		if err := msgs[len(msgs)-1].Ack(); err != nil {
 			log.Warn("ack", zap.Error(err))
 		}
@@ -144,88 +255,186 @@ func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, insert func(co
 	return nil
 }
 
-const usageInsert = `INSERT INTO usage_records (stream_seq, idx, partition, carrier, record_id, iccid, account_id, plan_id,
- start_time, end_time, bytes_up, bytes_down, sequence, session_id, apn, rat, imei, cell_id, cycle_start, late,
- received_at, arrival_delay_s)`
-
-func (s *Sink) insertUsage(ctx context.Context, msgs []jetstream.Msg) error {
-	b, err := s.conn.PrepareBatch(ctx, usageInsert)
-	if err != nil {
-		return err
+// fill fetches messages until the block holds BatchRows rows or the flush
+// interval has passed since its first message.
+func (s *Sink) fill(ctx context.Context, cons jetstream.Consumer, w writer) ([]jetstream.Msg, error) {
+	var msgs []jetstream.Msg
+	rows := 0
+	deadline := time.Now().Add(s.cfg.FlushInterval)
+	for rows < s.cfg.BatchRows && ctx.Err() == nil {
+		wait := time.Until(deadline)
+		if len(msgs) == 0 {
+			wait = s.cfg.FlushInterval
+		} else if wait <= 0 {
+			break
+		}
+		batch, err := cons.Fetch(min(1000, s.cfg.BatchRows-rows), jetstream.FetchMaxWait(max(wait, 10*time.Millisecond)))
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			s.log.Warn("fetch", zap.Error(err))
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		got := 0
+		for m := range batch.Messages() {
+			n, err := w.rows(m)
+			if err != nil {
+				// not a message this sink can read: it would stall the
+				// partition; stop and say so, as the projector does
+				return nil, fmt.Errorf("sink: %s: %w", m.Subject(), err)
+			}
+			msgs = append(msgs, m)
+			rows += n
+			got++
+		}
+		if got == 0 && len(msgs) > 0 {
+			break
+		}
 	}
-	defer b.Abort() //nolint:errcheck // no-op after Send
+	return msgs, nil
+}
+
+// ---- usage
+
+type usageWriter struct {
+	s         *Sink
+	partition uint16
+}
+
+func (u *usageWriter) table() string { return "usage_records" }
+
+func (u *usageWriter) rows(m jetstream.Msg) (int, error) {
+	a, err := event.UnmarshalAccepted(m.Data())
+	if err != nil {
+		return 0, err
+	}
+	return len(a.Rows), nil
+}
+
+func (u *usageWriter) insert(ctx context.Context, msgs []jetstream.Msg, check bool) (int, int, error) {
+	block := make([]*event.Accepted, 0, len(msgs))
 	for _, m := range msgs {
 		a, err := event.UnmarshalAccepted(m.Data())
 		if err != nil {
-			return backoff.Permanent(fmt.Errorf("decoding %s: %w", m.Subject(), err))
+			return 0, 0, backoff.Permanent(err)
 		}
-		recv := time.Unix(a.ReceivedAt, 0)
-		for _, r := range a.Rows {
-			late := uint8(0)
-			if r.Late {
-				late = 1
-			}
-			if err := b.Append(a.Seq, uint32(r.Index), uint16(a.Partition), a.Carrier, r.RecordID, r.ICCID, r.AccountID, r.PlanID,
-				time.Unix(r.Start, 0), time.Unix(r.End, 0), r.BytesUp, r.BytesDown, r.Sequence, r.SessionID, r.APN, r.RAT, r.IMEI, r.CellID,
-				time.Unix(r.CycleStart, 0), late, recv, a.ReceivedAt-r.End); err != nil {
-				return err
-			}
+		block = append(block, a)
+	}
+	var skip map[rowKey]bool
+	if check {
+		var err error
+		if skip, err = u.s.existing(ctx, "usage_records", u.partition, block[0].Seq, block[len(block)-1].Seq); err != nil {
+			return 0, 0, err
 		}
 	}
-	return b.Send()
-}
-
-const eventsInsert = `INSERT INTO card_events (event_id, stream_seq, type, iccid, account_id, time, reason, stop_reasons,
- status, cause, usage_bytes, quota_bytes, overshoot_bytes, cycle_start, cycle_end, record_bytes, detail,
- warning, amount_fen, balance_fen, operator, note, code, pool_id)`
-
-func deref(v *uint64) uint64 {
-	if v == nil {
-		return 0
-	}
-	return *v
-}
-
-func derefInt(v *int64) int64 {
-	if v == nil {
-		return 0
-	}
-	return *v
-}
-
-func (s *Sink) insertEvents(ctx context.Context, msgs []jetstream.Msg) error {
-	b, err := s.conn.PrepareBatch(ctx, eventsInsert)
+	b, err := u.s.conn.PrepareBatch(ctx, usageInsert)
 	if err != nil {
-		return err
+		return 0, 0, err
 	}
 	defer b.Abort() //nolint:errcheck // no-op after Send
-	for _, m := range msgs {
-		var e event.Envelope
-		if err := json.Unmarshal(m.Data(), &e); err != nil {
-			return backoff.Permanent(fmt.Errorf("decoding %s: %w", m.Subject(), err))
-		}
-		meta, err := m.Metadata()
+	n := 0
+	for _, a := range block {
+		k, err := appendUsage(b, a, skip)
 		if err != nil {
-			return backoff.Permanent(err)
+			return 0, 0, err
 		}
-		t, _ := time.Parse(time.RFC3339, e.Time)
-		var cs, ce time.Time
-		if e.Data.Cycle != nil {
-			cs, _ = time.Parse(time.RFC3339, e.Data.Cycle.Start)
-			ce, _ = time.Parse(time.RFC3339, e.Data.Cycle.End)
-		} else {
-			cs, ce = time.Unix(0, 0), time.Unix(0, 0)
+		n += k
+	}
+	if n == 0 {
+		return 0, len(skip), nil
+	}
+	return n, len(skip), b.Send()
+}
+
+// existing reads the keys of a partition's rows with positions in
+// [from, to] that ClickHouse holds.
+func (s *Sink) existing(ctx context.Context, table string, partition uint16, from, to uint64) (map[rowKey]bool, error) {
+	rows, err := s.conn.Query(ctx, "SELECT src_seq, idx FROM "+table+" WHERE partition = ? AND src_seq >= ? AND src_seq <= ?", partition, from, to)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[rowKey]bool{}
+	for rows.Next() {
+		var k rowKey
+		if err := rows.Scan(&k.seq, &k.idx); err != nil {
+			return nil, err
 		}
-		d := &e.Data
-		reasons := []string{}
-		if d.StopReasons != nil {
-			reasons = *d.StopReasons
+		k.partition = partition
+		out[k] = true
+	}
+	return out, rows.Err()
+}
+
+// ---- events
+
+type eventsWriter struct{ s *Sink }
+
+func (e *eventsWriter) table() string { return "card_events" }
+
+func (e *eventsWriter) rows(m jetstream.Msg) (int, error) {
+	var env event.Envelope
+	if err := json.Unmarshal(m.Data(), &env); err != nil {
+		return 0, err
+	}
+	if _, err := eventKey(env.ID); err != nil {
+		return 0, err
+	}
+	return 1, nil
+}
+
+func (e *eventsWriter) insert(ctx context.Context, msgs []jetstream.Msg, check bool) (int, int, error) {
+	envs := make([]event.Envelope, len(msgs))
+	keys := make([]rowKey, len(msgs))
+	span := map[uint16][2]uint64{} // partition -> min, max position in the block
+	for i, m := range msgs {
+		if err := json.Unmarshal(m.Data(), &envs[i]); err != nil {
+			return 0, 0, backoff.Permanent(err)
 		}
-		if err := b.Append(e.ID, meta.Sequence.Stream, e.Type, d.ICCID, d.AccountID, t, d.Reason, reasons,
-			d.Status, d.Cause, deref(d.UsageBytes), deref(d.QuotaBytes), deref(d.OvershootBytes), cs, ce,
-			d.RecordBytes, d.Detail, d.Warning, d.AmountFen, derefInt(d.BalanceFen), d.Operator, d.Note, d.Code, d.PoolID); err != nil {
-			return err
+		k, err := eventKey(envs[i].ID)
+		if err != nil {
+			return 0, 0, backoff.Permanent(err)
+		}
+		keys[i] = k
+		sp, ok := span[k.partition]
+		if !ok {
+			sp = [2]uint64{k.seq, k.seq}
+		}
+		span[k.partition] = [2]uint64{min(sp[0], k.seq), max(sp[1], k.seq)}
+	}
+	skip := map[rowKey]bool{}
+	if check {
+		for p, sp := range span {
+			have, err := e.s.existing(ctx, "card_events", p, sp[0], sp[1])
+			if err != nil {
+				return 0, 0, err
+			}
+			for k := range have {
+				skip[k] = true
+			}
 		}
 	}
-	return b.Send()
+	b, err := e.s.conn.PrepareBatch(ctx, eventsInsert)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer b.Abort() //nolint:errcheck // no-op after Send
+	n, skipped := 0, 0
+	for i := range envs {
+		if skip[keys[i]] {
+			skipped++
+			continue
+		}
+		if err := appendEvent(b, keys[i], &envs[i]); err != nil {
+			return 0, 0, err
+		}
+		n++
+	}
+	if n == 0 {
+		return 0, skipped, nil
+	}
+	return n, skipped, b.Send()
 }
+

@@ -1,11 +1,12 @@
 -- Usage the projector counted (after dedupe), one row per record, with the
--- cycle it counts in. The ORDER BY key holds the record's identity, so a row
--- inserted twice collapses on merge (ReplacingMergeTree) and FINAL reads it once.
+-- cycle it counts in. (partition, src_seq, idx) is the record's log
+-- position: the METER sequence of its chunk and its index there. The sink
+-- inserts each position once; a rebuild from the log writes the same rows.
 CREATE TABLE IF NOT EXISTS usage_records
 (
-    stream_seq      UInt64,   -- METER position of the input chunk
-    idx             UInt32,   -- the record's index in its chunk
     partition       UInt16,
+    src_seq         UInt64,
+    idx             UInt32,
     carrier         String,
     record_id       String,
     iccid           String,
@@ -26,18 +27,23 @@ CREATE TABLE IF NOT EXISTS usage_records
     received_at     DateTime,
     arrival_delay_s Int64
 )
-ENGINE = ReplacingMergeTree(stream_seq)
+ENGINE = ReplacingMergeTree(src_seq)
 PARTITION BY toYYYYMM(start_time)
 ORDER BY (account_id, iccid, start_time, carrier, record_id);
 
--- Every event the projector emitted, keyed by its deterministic id.
+-- Every event the projector emitted. (partition, src_seq, idx) is the
+-- position of the input that caused it and its index among that input's
+-- events, as in its id "<partition>-<src_seq>-<idx>".
 CREATE TABLE IF NOT EXISTS card_events
 (
+    partition       UInt16,
+    src_seq         UInt64,
+    idx             UInt32,
     event_id        String,
-    stream_seq      UInt64,   -- EVENTS position
     type            String,
     iccid           String,
     account_id      String,
+    plan_id         String,
     time            DateTime,
     reason          String,
     stop_reasons    Array(String),
@@ -49,8 +55,10 @@ CREATE TABLE IF NOT EXISTS card_events
     cycle_start     DateTime,
     cycle_end       DateTime,
     record_bytes    UInt64,
-    detail          String,   -- refusals: why; charges: the reason
+    detail          String,   -- refusals: why; charges: the reason; payments: the payment id
     warning         String,
+    expected_at     DateTime, -- forecast warnings
+    valid_until     DateTime,
     amount_fen      Int64,    -- charges and payments
     balance_fen     Int64,    -- account events: the balance after
     operator        String,   -- manual commands: who asked
@@ -58,6 +66,6 @@ CREATE TABLE IF NOT EXISTS card_events
     code            String,   -- refused commands: the typed reason
     pool_id         String
 )
-ENGINE = ReplacingMergeTree(stream_seq)
+ENGINE = ReplacingMergeTree(src_seq)
 PARTITION BY toYYYYMM(time)
 ORDER BY (type, iccid, time, event_id);
