@@ -152,16 +152,21 @@ func (s *Sink) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var wg sync.WaitGroup
-	errs := make(chan error, len(loops))
-	for _, l := range loops {
+	conss := make([]jetstream.Consumer, len(loops))
+	for i, l := range loops {
 		cons, err := s.js.CreateOrUpdateConsumer(ctx, l.stream, jetstream.ConsumerConfig{
-			Durable: l.name, FilterSubject: l.filter, AckPolicy: jetstream.AckAllPolicy,
-			AckWait: s.cfg.AckWait, MaxAckPending: -1,
+			Durable: l.name, FilterSubject: l.filter, AckPolicy: jetstream.AckExplicitPolicy,
+			AckWait: s.cfg.AckWait, MaxAckPending: 100000,
 		})
 		if err != nil {
 			return fmt.Errorf("sink: consumer %s: %w", l.name, err)
 		}
+		conss[i] = cons
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(loops))
+	for i, l := range loops {
+		cons := conss[i]
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -205,6 +210,13 @@ func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, name, stream s
 		// leaves out what ClickHouse already has, so nothing is inserted
 		// twice. The insert runs on its own context, so a graceful stop
 		// finishes the block in hand.
+		// A message delivered before went to a sink that may have inserted
+		// it and died before its ack: check what ClickHouse holds.
+		for _, m := range msgs {
+			if meta, err := m.Metadata(); err == nil && meta.NumDelivered > 1 {
+				check = true
+			}
+		}
 		var ins, skip int
 		bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(0), backoff.WithMaxInterval(10*time.Second)), ctx)
 		err = backoff.RetryNotify(func() error {
@@ -248,8 +260,14 @@ func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, name, stream s
 				return err
 			}
 		}
-		if err := msgs[len(msgs)-1].Ack(); err != nil {
-			log.Warn("ack", zap.Error(err))
+		// Each message is acked on its own: with a cumulative ack, a later
+		// message would also ack an earlier one that a dead sink held and
+		// never inserted. A lost ack only re-delivers, which the check mends.
+		for _, m := range msgs {
+			if err := m.Ack(); err != nil {
+				log.Warn("ack", zap.Error(err))
+				break
+			}
 		}
 	}
 	return nil
@@ -437,4 +455,3 @@ func (e *eventsWriter) insert(ctx context.Context, msgs []jetstream.Msg, check b
 	}
 	return n, skipped, b.Send()
 }
-

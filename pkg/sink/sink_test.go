@@ -1,0 +1,194 @@
+package sink_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/event"
+	. "github.com/cardmeter/cardmeter/pkg/sink"
+	"github.com/cardmeter/cardmeter/pkg/testenv"
+)
+
+// publishAccepted writes n accepted chunks of rows records to partition p,
+// as the projector would.
+func publishAccepted(t *testing.T, js jetstream.JetStream, p, n, rows int, firstSeq uint64) {
+	for i := 0; i < n; i++ {
+		a := event.Accepted{Partition: p, Seq: firstSeq + uint64(i), Carrier: "cmcc", ReceivedAt: 1773140000}
+		for j := 0; j < rows; j++ {
+			a.Rows = append(a.Rows, event.AcceptedRow{Index: j, RecordID: fmt.Sprintf("r-%d-%d", a.Seq, j), ICCID: "89860000000000000019",
+				AccountID: "a", PlanID: "p", Start: 1773130000 + int64(j), End: 1773130060 + int64(j), BytesUp: 1, BytesDown: 2, CycleStart: 1772294400})
+		}
+		b, _ := a.Marshal()
+		m := nats.NewMsg(broker.AcceptedSubject(p))
+		m.Data = b
+		m.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("acc-%d-%d", p, a.Seq))
+		if _, err := js.PublishMsg(context.Background(), m); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func count(t *testing.T, s *Sink, ch ClickHouseConfig, q string) uint64 {
+	conn := testenv.ClickHouseConn(t, ch)
+	var n uint64
+	if err := conn.QueryRow(context.Background(), q).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// The sink is killed between an insert and its ack; JetStream delivers the
+// block again to the next sink, which finds what ClickHouse already holds
+// and inserts nothing twice.
+func TestCrashBetweenInsertAndAck(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ch := testenv.ClickHouse(t)
+	publishAccepted(t, js, 0, 30, 100, 10)
+	publishAccepted(t, js, 1, 30, 100, 10)
+	crashed := errors.New("killed between insert and ack")
+	var once sync.Once
+	cfg := Config{Partitions: 2, BatchRows: 1000, FlushInterval: 200 * time.Millisecond, AckWait: time.Second,
+		AfterInsert: func(stream string) error {
+			err := error(nil)
+			if stream == broker.StreamAccepted {
+				once.Do(func() { err = crashed })
+			}
+			return err
+		}}
+	s1 := New(js, ch, cfg, nil, testenv.Logger(t))
+	if err := s1.Run(context.Background()); !errors.Is(err, crashed) {
+		t.Fatalf("first sink: %v", err)
+	}
+	// the first block is in ClickHouse, unacked
+	if n := count(t, s1, ch, "SELECT count() FROM usage_records"); n == 0 {
+		t.Fatal("the crashed sink inserted nothing: the test shows nothing")
+	}
+	cfg.AfterInsert = nil
+	s2 := New(js, ch, cfg, nil, testenv.Logger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s2.Run(ctx) }()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := count(t, s2, ch, "SELECT count() FROM usage_records"); n != 6000 {
+			return fmt.Errorf("%d rows, want 6000", n)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, s2, ch, "SELECT uniqExact(partition, src_seq, idx) FROM usage_records"); n != 6000 {
+		t.Fatalf("%d distinct positions in 6000 rows: a row was inserted twice", n)
+	}
+	// and the rollups, fed by the inserts, are not inflated either
+	if n := count(t, s2, ch, "SELECT sum(records) FROM usage_daily_card"); n != 6000 {
+		t.Fatalf("the daily rollup counts %d records, want 6000", n)
+	}
+}
+
+// proxy is a TCP relay to ClickHouse that a test can cut and restore, to
+// play an unreachable ClickHouse.
+type proxy struct {
+	addr, target string
+	mu           sync.Mutex
+	ln           net.Listener
+	conns        []net.Conn
+}
+
+func startProxy(t *testing.T, target string) *proxy {
+	p := &proxy{target: target}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.addr = ln.Addr().String()
+	p.serve(ln)
+	t.Cleanup(p.down)
+	return p
+}
+
+func (p *proxy) serve(ln net.Listener) {
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, u)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(u, c); u.Close() }()
+			go func() { _, _ = io.Copy(c, u); c.Close() }()
+		}
+	}()
+}
+
+func (p *proxy) down() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *proxy) up(t *testing.T) {
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.serve(ln)
+}
+
+// ClickHouse goes away: the sink backs off, says so in its health, keeps
+// the backlog in JetStream, and catches up when ClickHouse returns.
+func TestClickHouseOutage(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ch := testenv.ClickHouse(t)
+	px := startProxy(t, ch.Addr)
+	viaProxy := ch
+	viaProxy.Addr = px.addr
+	s := New(js, viaProxy, Config{Partitions: 1, FlushInterval: 100 * time.Millisecond}, nil, testenv.Logger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = s.Run(ctx) }()
+	testenv.Eventually(t, 20*time.Second, s.Healthy)
+	px.down()
+	publishAccepted(t, js, 0, 5, 10, 1)
+	testenv.Eventually(t, 20*time.Second, func() error {
+		if s.Healthy() == nil {
+			return errors.New("healthy while ClickHouse is unreachable")
+		}
+		return nil
+	})
+	px.up(t)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := count(t, s, ch, "SELECT count() FROM usage_records"); n != 50 {
+			return fmt.Errorf("%d rows after ClickHouse returned, want 50", n)
+		}
+		return s.Healthy()
+	})
+}
