@@ -9,6 +9,12 @@ import "embed"
 //go:embed clickhouse/*.sql
 var ClickHouse embed.FS
 
+// Queries holds the analysts' queries, one .sql file each, with their
+// positional parameters described in a comment at the top.
+//
+//go:embed clickhouse/queries/*.sql
+var Queries embed.FS
+
 // OpenAPI is the HTTP API's specification, served at /openapi.yaml.
 //
 //go:embed openapi.yaml
