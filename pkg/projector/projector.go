@@ -20,8 +20,6 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
-	"github.com/cardmeter/cardmeter/pkg/cdr"
-	"github.com/cardmeter/cardmeter/pkg/event"
 )
 
 // Config configures a projector.
@@ -234,11 +232,8 @@ type runner struct {
 	last        uint64 // last sequence folded (published or not)
 	unsnapped   int
 	lastSnap    time.Time
-	events      []card.Emitted
+	folder      *Folder
 	pending     []*nats.Msg // messages to publish before the next applied mark
-	verdicts    []card.Verdict
-	recs        []cdr.Record
-	accepted    event.Accepted
 	appliedSnap uint64
 }
 
@@ -267,6 +262,7 @@ func (r *runner) restore(ctx context.Context) error {
 	r.pt.mu.Lock()
 	r.pt.state, r.pt.applied, r.pt.ready = state, seq, true
 	r.pt.mu.Unlock()
+	r.folder = &Folder{Partition: r.pt.id, State: state}
 	r.last, r.appliedSnap, r.lastSnap = seq, seq, time.Now()
 	r.log.Info("partition restored", zap.Uint64("seq", seq), zap.Int("cards", state.Cards()))
 	return nil
@@ -386,36 +382,17 @@ func (r *runner) fold(m jetstream.Msg) error {
 	if seq <= r.last {
 		return nil // a redelivery of what is folded already
 	}
-	before := len(r.events)
 	r.pt.mu.Lock()
-	switch {
-	case strings.HasSuffix(m.Subject(), ".usage"):
-		var h cdr.ChunkHeader
-		r.recs, err = cdr.DecodeChunk(m.Data(), &h, r.recs)
-		if err == nil {
-			r.verdicts, r.events = r.pt.state.ApplyUsage(&h, r.recs, r.verdicts, r.events)
-			r.accepted = event.Accepted{Partition: r.pt.id, Seq: seq, Carrier: h.Carrier, ReceivedAt: h.ReceivedAt}
-			counts := &ChunkVerdicts{}
-			for i := range r.recs {
-				r.accepted.AppendRow(i, &r.recs[i], &r.verdicts[i])
-				counts.Add(r.verdicts[i].Status)
-			}
-			r.pt.rememberChunk(seq, counts)
-		}
-	default:
-		var in card.Input
-		if err = json.Unmarshal(m.Data(), &in); err == nil {
-			r.events, err = r.pt.state.Apply(&in, r.events)
-		}
+	out, err := r.folder.Fold(m.Subject(), seq, m.Data())
+	if err == nil && out.Verdicts != nil {
+		r.pt.rememberChunk(seq, out.Verdicts)
 	}
 	r.pt.mu.Unlock()
 	if err != nil {
-		// The log holds something this build cannot fold. Skipping it would
-		// fold another history than the log's: stop and say where.
-		return fmt.Errorf("seq %d on %s: %w", seq, m.Subject(), err)
+		return err
 	}
-	for i := before; i < len(r.events); i++ {
-		env := event.FromEmitted(&r.events[i], fmt.Sprintf("%d-%d-%d", r.pt.id, seq, i-before))
+	for i := range out.Events {
+		env := &out.Events[i]
 		b, err := env.Marshal()
 		if err != nil {
 			return err
@@ -425,9 +402,8 @@ func (r *runner) fold(m jetstream.Msg) error {
 		msg.Header.Set(jetstream.MsgIDHeader, env.ID)
 		r.pending = append(r.pending, msg)
 	}
-	r.events = r.events[:0]
-	if len(r.accepted.Rows) > 0 && r.accepted.Seq == seq {
-		b, err := r.accepted.Marshal()
+	if out.Accepted != nil {
+		b, err := out.Accepted.Marshal()
 		if err != nil {
 			return err
 		}
@@ -435,7 +411,6 @@ func (r *runner) fold(m jetstream.Msg) error {
 		msg.Data = b
 		msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("acc-%d-%d", r.pt.id, seq))
 		r.pending = append(r.pending, msg)
-		r.accepted.Rows = r.accepted.Rows[:0]
 	}
 	r.last = seq
 	r.unsnapped++

@@ -34,12 +34,14 @@ type Config struct {
 // Sink consumes ACCEPTED and EVENTS and inserts them into ClickHouse:
 // one writer per partition, in blocks, acking after the insert.
 //
-// Exactly once in effect: every row carries its log position. At start
-// and after a failed insert, each writer reads the highest position
-// ClickHouse holds; before inserting a block that reaches back to it, it
-// reads which of the block's rows ClickHouse already has and leaves them
-// out. So a crash between insert and ack (or a half-done insert) inserts
-// nothing twice when JetStream delivers the block again.
+// Exactly once in effect: every row carries its log position. At start,
+// after a failed insert and when JetStream delivers a message again, each
+// writer reads the highest position ClickHouse holds; before inserting a
+// block that reaches back to it, it reads which of the block's rows
+// ClickHouse already has and leaves them out. So a crash between insert and
+// ack (or a half-done insert) inserts nothing twice when JetStream delivers
+// the block again, and a sink starting on a rebuilt database skips what
+// the rebuild wrote.
 type Sink struct {
 	cfg  Config
 	js   jetstream.JetStream
@@ -159,6 +161,9 @@ func (s *Sink) Run(ctx context.Context) error {
 			AckWait: s.cfg.AckWait, MaxAckPending: 100000,
 		})
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil // stopped while starting
+			}
 			return fmt.Errorf("sink: consumer %s: %w", l.name, err)
 		}
 		conss[i] = cons
@@ -185,15 +190,16 @@ func (s *Sink) Run(ctx context.Context) error {
 type writer interface {
 	// rows counts the rows a message holds (to size blocks).
 	rows(m jetstream.Msg) (int, error)
-	// insert inserts the block, leaving out rows ClickHouse already holds
-	// when check is set; it returns the rows inserted and skipped.
-	insert(ctx context.Context, msgs []jetstream.Msg, check bool) (int, int, error)
+	// insert inserts the block, leaving out rows ClickHouse already holds;
+	// with reload it first reads the highest position ClickHouse holds.
+	// It returns the rows inserted and skipped.
+	insert(ctx context.Context, msgs []jetstream.Msg, reload bool) (int, int, error)
 	table() string
 }
 
 func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, name, stream string, w writer) error {
 	log := s.log.With(zap.String("consumer", name))
-	check := true // at start, the block may reach back into what ClickHouse holds
+	check := true // at start, the block may reach back into what ClickHouse holds: read how far
 	for ctx.Err() == nil {
 		msgs, err := s.fill(ctx, cons, w)
 		if err != nil {
@@ -286,7 +292,13 @@ func (s *Sink) fill(ctx context.Context, cons jetstream.Consumer, w writer) ([]j
 		} else if wait <= 0 {
 			break
 		}
-		batch, err := cons.Fetch(min(1000, s.cfg.BatchRows-rows), jetstream.FetchMaxWait(max(wait, 10*time.Millisecond)))
+		// ask for as many messages as should fill the block, going by the
+		// rows per message seen so far (one at first)
+		want := 1
+		if len(msgs) > 0 {
+			want = max(1, (s.cfg.BatchRows-rows)/max(1, rows/len(msgs)))
+		}
+		batch, err := cons.Fetch(min(1000, want), jetstream.FetchMaxWait(max(wait, 10*time.Millisecond)))
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -319,6 +331,7 @@ func (s *Sink) fill(ctx context.Context, cons jetstream.Consumer, w writer) ([]j
 type usageWriter struct {
 	s         *Sink
 	partition uint16
+	held      uint64 // the highest position ClickHouse held when last read
 }
 
 func (u *usageWriter) table() string { return "usage_records" }
@@ -331,19 +344,37 @@ func (u *usageWriter) rows(m jetstream.Msg) (int, error) {
 	return len(a.Rows), nil
 }
 
-func (u *usageWriter) insert(ctx context.Context, msgs []jetstream.Msg, check bool) (int, int, error) {
-	block := make([]*event.Accepted, 0, len(msgs))
+// blockMsg is one decoded message of a block.
+type blockMsg struct {
+	accepted *event.Accepted
+	env      *event.Envelope
+}
+
+func (u *usageWriter) insert(ctx context.Context, msgs []jetstream.Msg, reload bool) (int, int, error) {
+	block := make([]blockMsg, 0, len(msgs))
 	for _, m := range msgs {
 		a, err := event.UnmarshalAccepted(m.Data())
 		if err != nil {
 			return 0, 0, backoff.Permanent(err)
 		}
-		block = append(block, a)
+		block = append(block, blockMsg{accepted: a})
 	}
+	return u.insertBlock(ctx, block, reload)
+}
+
+func (u *usageWriter) insertBlock(ctx context.Context, block []blockMsg, reload bool) (int, int, error) {
+	if reload {
+		held, err := u.s.held(ctx, "usage_records")
+		if err != nil {
+			return 0, 0, err
+		}
+		u.held = held[u.partition]
+	}
+	first, last := block[0].accepted.Seq, block[len(block)-1].accepted.Seq
 	var skip map[rowKey]bool
-	if check {
+	if first <= u.held {
 		var err error
-		if skip, err = u.s.existing(ctx, "usage_records", u.partition, block[0].Seq, block[len(block)-1].Seq); err != nil {
+		if skip, err = u.s.existing(ctx, "usage_records", u.partition, first, min(last, u.held)); err != nil {
 			return 0, 0, err
 		}
 	}
@@ -353,8 +384,8 @@ func (u *usageWriter) insert(ctx context.Context, msgs []jetstream.Msg, check bo
 	}
 	defer b.Abort() //nolint:errcheck // no-op after Send
 	n := 0
-	for _, a := range block {
-		k, err := appendUsage(b, a, skip)
+	for _, bm := range block {
+		k, err := appendUsage(b, bm.accepted, skip)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -364,6 +395,25 @@ func (u *usageWriter) insert(ctx context.Context, msgs []jetstream.Msg, check bo
 		return 0, len(skip), nil
 	}
 	return n, len(skip), b.Send()
+}
+
+// held reads the highest position ClickHouse holds per partition.
+func (s *Sink) held(ctx context.Context, table string) (map[uint16]uint64, error) {
+	rows, err := s.conn.Query(ctx, "SELECT partition, max(src_seq) FROM "+table+" GROUP BY partition")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[uint16]uint64{}
+	for rows.Next() {
+		var p uint16
+		var seq uint64
+		if err := rows.Scan(&p, &seq); err != nil {
+			return nil, err
+		}
+		out[p] = seq
+	}
+	return out, rows.Err()
 }
 
 // existing reads the keys of a partition's rows with positions in
@@ -388,7 +438,10 @@ func (s *Sink) existing(ctx context.Context, table string, partition uint16, fro
 
 // ---- events
 
-type eventsWriter struct{ s *Sink }
+type eventsWriter struct {
+	s    *Sink
+	held map[uint16]uint64 // the highest position ClickHouse held, by partition
+}
 
 func (e *eventsWriter) table() string { return "card_events" }
 
@@ -403,15 +456,29 @@ func (e *eventsWriter) rows(m jetstream.Msg) (int, error) {
 	return 1, nil
 }
 
-func (e *eventsWriter) insert(ctx context.Context, msgs []jetstream.Msg, check bool) (int, int, error) {
-	envs := make([]event.Envelope, len(msgs))
-	keys := make([]rowKey, len(msgs))
-	span := map[uint16][2]uint64{} // partition -> min, max position in the block
+func (e *eventsWriter) insert(ctx context.Context, msgs []jetstream.Msg, reload bool) (int, int, error) {
+	block := make([]blockMsg, len(msgs))
 	for i, m := range msgs {
-		if err := json.Unmarshal(m.Data(), &envs[i]); err != nil {
+		block[i].env = &event.Envelope{}
+		if err := json.Unmarshal(m.Data(), block[i].env); err != nil {
 			return 0, 0, backoff.Permanent(err)
 		}
-		k, err := eventKey(envs[i].ID)
+	}
+	return e.insertBlock(ctx, block, reload)
+}
+
+func (e *eventsWriter) insertBlock(ctx context.Context, block []blockMsg, reload bool) (int, int, error) {
+	if reload || e.held == nil {
+		held, err := e.s.held(ctx, "card_events")
+		if err != nil {
+			return 0, 0, err
+		}
+		e.held = held
+	}
+	keys := make([]rowKey, len(block))
+	span := map[uint16][2]uint64{} // partition -> min, max position in the block
+	for i, bm := range block {
+		k, err := eventKey(bm.env.ID)
 		if err != nil {
 			return 0, 0, backoff.Permanent(err)
 		}
@@ -423,15 +490,16 @@ func (e *eventsWriter) insert(ctx context.Context, msgs []jetstream.Msg, check b
 		span[k.partition] = [2]uint64{min(sp[0], k.seq), max(sp[1], k.seq)}
 	}
 	skip := map[rowKey]bool{}
-	if check {
-		for p, sp := range span {
-			have, err := e.s.existing(ctx, "card_events", p, sp[0], sp[1])
-			if err != nil {
-				return 0, 0, err
-			}
-			for k := range have {
-				skip[k] = true
-			}
+	for p, sp := range span {
+		if sp[0] > e.held[p] {
+			continue
+		}
+		have, err := e.s.existing(ctx, "card_events", p, sp[0], min(sp[1], e.held[p]))
+		if err != nil {
+			return 0, 0, err
+		}
+		for k := range have {
+			skip[k] = true
 		}
 	}
 	b, err := e.s.conn.PrepareBatch(ctx, eventsInsert)
@@ -440,12 +508,12 @@ func (e *eventsWriter) insert(ctx context.Context, msgs []jetstream.Msg, check b
 	}
 	defer b.Abort() //nolint:errcheck // no-op after Send
 	n, skipped := 0, 0
-	for i := range envs {
+	for i, bm := range block {
 		if skip[keys[i]] {
 			skipped++
 			continue
 		}
-		if err := appendEvent(b, keys[i], &envs[i]); err != nil {
+		if err := appendEvent(b, keys[i], bm.env); err != nil {
 			return 0, 0, err
 		}
 		n++

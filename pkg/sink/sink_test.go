@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/event"
@@ -25,7 +27,7 @@ func publishAccepted(t *testing.T, js jetstream.JetStream, p, n, rows int, first
 	for i := 0; i < n; i++ {
 		a := event.Accepted{Partition: p, Seq: firstSeq + uint64(i), Carrier: "cmcc", ReceivedAt: 1773140000}
 		for j := 0; j < rows; j++ {
-			a.Rows = append(a.Rows, event.AcceptedRow{Index: j, RecordID: fmt.Sprintf("r-%d-%d", a.Seq, j), ICCID: "89860000000000000019",
+			a.Rows = append(a.Rows, event.AcceptedRow{Index: j, RecordID: fmt.Sprintf("r-%d-%d-%d", p, a.Seq, j), ICCID: fmt.Sprint("card-", p),
 				AccountID: "a", PlanID: "p", Start: 1773130000 + int64(j), End: 1773130060 + int64(j), BytesUp: 1, BytesDown: 2, CycleStart: 1772294400})
 		}
 		b, _ := a.Marshal()
@@ -38,8 +40,37 @@ func publishAccepted(t *testing.T, js jetstream.JetStream, p, n, rows int, first
 	}
 }
 
-func count(t *testing.T, s *Sink, ch ClickHouseConfig, q string) uint64 {
-	conn := testenv.ClickHouseConn(t, ch)
+// metric sums a counter's samples in a registry.
+func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+var (
+	connMu sync.Mutex
+	conns  = map[string]driver.Conn{}
+)
+
+// count runs a count query on one connection per database.
+func count(t *testing.T, _ *Sink, ch ClickHouseConfig, q string) uint64 {
+	connMu.Lock()
+	conn, ok := conns[ch.Database]
+	if !ok {
+		conn = testenv.ClickHouseConn(t, ch)
+		conns[ch.Database] = conn
+	}
+	connMu.Unlock()
 	var n uint64
 	if err := conn.QueryRow(context.Background(), q).Scan(&n); err != nil {
 		t.Fatal(err)
@@ -74,13 +105,23 @@ func TestCrashBetweenInsertAndAck(t *testing.T) {
 		t.Fatal("the crashed sink inserted nothing: the test shows nothing")
 	}
 	cfg.AfterInsert = nil
-	s2 := New(js, ch, cfg, nil, testenv.Logger(t))
+	reg := prometheus.NewRegistry()
+	s2 := New(js, ch, cfg, reg, testenv.Logger(t))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s2.Run(ctx) }()
 	testenv.Eventually(t, 30*time.Second, func() error {
+		select {
+		case err := <-done:
+			t.Fatalf("the second sink stopped: %v", err)
+		default:
+		}
 		if n := count(t, s2, ch, "SELECT count() FROM usage_records"); n != 6000 {
 			return fmt.Errorf("%d rows, want 6000", n)
+		}
+		// the crashed block came again, and was found in ClickHouse
+		if skipped := metric(t, reg, "cardmeter_sink_rows_skipped_total"); skipped == 0 {
+			return errors.New("the sink has not yet seen the crashed block again")
 		}
 		return nil
 	})
