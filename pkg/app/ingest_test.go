@@ -345,3 +345,7 @@ func TestLogDownAnswers503(t *testing.T) {
 		t.Fatalf("with the log down: %d %s", r.code, r.raw)
 	}
 }
+
+// BatchDefaults are the API's default batch limits (the secured pipeline
+// of these tests uses small ones).
+func BatchDefaults() api.BatchLimits { return api.DefaultBatchLimits }

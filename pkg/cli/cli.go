@@ -17,7 +17,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/schollz/progressbar/v3"
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/push"
+	"github.com/cardmeter/cardmeter/pkg/sink"
 )
 
 // Exit codes of push.
@@ -146,4 +152,66 @@ func Rejections(args []string, stdout, stderr io.Writer) int {
 		path += "?carrier=" + *carrier
 	}
 	return do("POST", path, map[string]any{"ids": fs.Args(), "all": *all})
+}
+
+// Rebuild is `cardmeter rebuild --clickhouse-db NAME`: it writes the
+// analytics tables of a database anew from the log, with progress, while
+// the pipeline keeps running.
+func Rebuild(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("rebuild", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	natsURL := fs.String("nats-url", getenv("CARDMETER_NATS_URL", "nats://127.0.0.1:4222"), "NATS with the log (the all-in-one's embedded server listens on 4222)")
+	partitions := fs.Int("partitions", 8, "partitions of the deployment")
+	var ch sink.ClickHouseConfig
+	fs.StringVar(&ch.Addr, "clickhouse-addr", getenv("CARDMETER_CLICKHOUSE_ADDR", "127.0.0.1:19000"), "ClickHouse native address")
+	fs.StringVar(&ch.Database, "clickhouse-db", "", "the database to write (required); it should hold no rows")
+	fs.StringVar(&ch.User, "clickhouse-user", getenv("CARDMETER_CLICKHOUSE_USER", "default"), "ClickHouse user")
+	batch := fs.Int("batch-rows", 50000, "rows per insert")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: cardmeter rebuild --clickhouse-db NAME [flags]\n\nReplays the log through the fold and writes the analytics tables of NAME\nanew (for a new table, a lost disk, a schema change). Then point the sink at\nNAME (--clickhouse-db): it goes on from where the rebuild stopped.\n\nflags:")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return ExitUsage
+	}
+	if ch.Database == "" {
+		fs.Usage()
+		return ExitUsage
+	}
+	ch.Password = os.Getenv("CARDMETER_CLICKHOUSE_PASSWORD")
+	log := zap.NewNop()
+	nc, err := broker.Connect(*natsURL, "cardmeter-rebuild", log)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitFailed
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitFailed
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var bar *progressbar.ProgressBar
+	start := time.Now()
+	st, err := sink.Rebuild(ctx, js, ch, *partitions, *batch, func(done, total uint64) {
+		if bar == nil {
+			bar = progressbar.NewOptions64(int64(total), progressbar.OptionSetWriter(stderr), progressbar.OptionSetDescription("log messages"),
+				progressbar.OptionShowCount(), progressbar.OptionShowIts(), progressbar.OptionSetPredictTime(true), progressbar.OptionThrottle(200*time.Millisecond))
+		}
+		_ = bar.Set64(int64(done))
+	}, log)
+	if bar != nil {
+		_ = bar.Finish()
+		fmt.Fprintln(stderr)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "rebuild failed:", err)
+		return ExitFailed
+	}
+	fmt.Fprintf(stdout, "rebuilt %s up to log position %d in %s: %d messages, %d usage rows, %d events\n",
+		ch.Database, st.UpTo, time.Since(start).Round(time.Millisecond), st.Messages, st.UsageRows, st.EventRows)
+	fmt.Fprintf(stdout, "now run the sink with --clickhouse-db %s: it goes on from position %d\n", ch.Database, st.UpTo)
+	return ExitOK
 }

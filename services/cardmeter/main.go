@@ -17,6 +17,7 @@ commands:
   run          start the whole pipeline in one process (flags: cardmeter run -h)
   push         stream usage files (CSV, NDJSON, plain or gzip) to the API
   rejections   list rejected records, or re-submit them once fixed
+  rebuild      rebuild the ClickHouse tables from the log
 `
 
 func main() {
@@ -31,6 +32,8 @@ func main() {
 		os.Exit(cli.Push(os.Args[2:], os.Stdout, os.Stderr))
 	case "rejections":
 		os.Exit(cli.Rejections(os.Args[2:], os.Stdout, os.Stderr))
+	case "rebuild":
+		os.Exit(cli.Rebuild(os.Args[2:], os.Stdout, os.Stderr))
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 	default:
