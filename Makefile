@@ -31,6 +31,11 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	  $(GO) test ./pkg/cdr -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./pkg/card -run '^$$' -fuzz '^FuzzFold$$' -fuzztime $${FUZZTIME:-30s}
 
+bench: deps ## the benchmarks: Go micro-benchmarks, replay and memory, then the load harness (BENCH_ARGS='--cards 1000000')
+	$(GO) test -run '^$$' -bench . -benchmem ./pkg/card
+	$(GO) run ./services/bench -replay -cards $${BENCH_CARDS:-1000000} -records $${BENCH_RECORDS:-10000000}
+	$(GO) run ./services/bench $(BENCH_ARGS)
+
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
@@ -45,4 +50,4 @@ clean: ## remove the local data folder (JetStream files, ClickHouse data) and bi
 	-@bash deploy/local/clickhouse.sh stop
 	rm -rf $(DATA) bin
 
-.PHONY: help deps build run run-manual test fuzz lint compose-check clickhouse-stop clean
+.PHONY: help deps build run run-manual test bench fuzz lint compose-check clickhouse-stop clean

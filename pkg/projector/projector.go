@@ -83,6 +83,7 @@ type partition struct {
 	progress chan struct{} // closed and replaced when applied moves
 	ready    bool
 	halted   error
+	pending  uint64                    // log messages of the partition not yet delivered, as of the last one
 	chunks   map[uint64]*ChunkVerdicts // recent usage chunks' verdicts, by sequence
 	chunkQ   []uint64                  // their order, for eviction
 }
@@ -212,6 +213,19 @@ func (p *Projector) Applied(part int) uint64 {
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	return pt.applied
+}
+
+// Lag is how many log messages the partitions have not yet folded: those
+// waiting in JetStream as of the last delivered one, plus those delivered
+// and not yet folded.
+func (p *Projector) Lag() uint64 {
+	var n uint64
+	for _, pt := range p.parts {
+		pt.mu.Lock()
+		n += pt.pending
+		pt.mu.Unlock()
+	}
+	return n
 }
 
 // snapshotHeader precedes the state in a snapshot object.
@@ -383,6 +397,7 @@ func (r *runner) fold(m jetstream.Msg) error {
 		return nil // a redelivery of what is folded already
 	}
 	r.pt.mu.Lock()
+	r.pt.pending = meta.NumPending
 	out, err := r.folder.Fold(m.Subject(), seq, m.Data())
 	if err == nil && out.Verdicts != nil {
 		r.pt.rememberChunk(seq, out.Verdicts)

@@ -1,0 +1,49 @@
+// Command bench is the load harness behind `make bench` (see pkg/bench).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cardmeter/cardmeter/pkg/bench"
+)
+
+func main() {
+	var cfg bench.Config
+	flag.StringVar(&cfg.DataDir, "data-dir", ".data/bench", "embedded JetStream files (removed first)")
+	flag.StringVar(&cfg.ClickHouse.Addr, "clickhouse-addr", "127.0.0.1:19000", "ClickHouse native address")
+	flag.StringVar(&cfg.ClickHouse.Database, "clickhouse-db", "cardmeter_bench", "ClickHouse database (dropped first)")
+	flag.IntVar(&cfg.Cards, "cards", 100000, "fleet size")
+	flag.IntVar(&cfg.Accounts, "accounts", 1000, "accounts")
+	flag.IntVar(&cfg.IngestRecords, "ingest-records", 1000000, "records per format for the ingest figure")
+	flag.IntVar(&cfg.BatchRecords, "batch-records", 10000, "records per HTTP batch")
+	flag.IntVar(&cfg.Workers, "workers", 4, "concurrent HTTP clients")
+	flag.IntVar(&cfg.BaselineMsgs, "baseline-msgs", 200000, "messages of the baseline (one fsync each: about 6,000/s here)")
+	flag.DurationVar(&cfg.E2E, "e2e", time.Minute, "how long the end-to-end ingest is sustained")
+	flag.IntVar(&cfg.StopSamples, "stop-samples", 200, "stop latency samples")
+	flag.IntVar(&cfg.StopLoad, "stop-load", 10000, "background CDRs/s during the stop latency run")
+	replay := flag.Bool("replay", false, "measure only the replay from scratch and the projector's memory per card (no servers)")
+	records := flag.Int("records", 10000000, "with -replay: records to fold")
+	flag.Parse()
+	cfg.Log = os.Stderr
+	if *replay {
+		r := bench.Replay(cfg.Cards, *records, 8, os.Stderr)
+		fmt.Printf("| replay from scratch: %d cards, %d records, 8 partitions | %.1f s (%.0f records/s) |\n", r.Cards, r.Records, r.Seconds, r.RecordsPerSec)
+		fmt.Printf("| projector memory per card at %d cards (heap in use / cards, records' ids included) | %.0f bytes |\n", r.Cards, r.BytesPerCard)
+		return
+	}
+	_ = os.RemoveAll(cfg.DataDir)
+	if err := bench.DropDatabase(context.Background(), cfg.ClickHouse); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	rep, err := bench.Run(context.Background(), cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+	rep.Print(os.Stdout, cfg)
+}
