@@ -13,7 +13,7 @@ import (
 func BenchmarkApplyUsage(b *testing.B) {
 	p := NewPartition()
 	now := unix("2026-03-01T00:00:00+08:00")
-	p.Apply(&Input{Type: TypeClockTicked, At: now}, nil)                                                                 //nolint:errcheck
+	p.Apply(&Input{Type: TypeClockTicked, At: now}, nil)                                                                //nolint:errcheck
 	p.Apply(&Input{Type: TypePlanChanged, ID: "p", At: now, Plan: &PlanChanged{PlanID: "p", QuotaBytes: 1 << 40}}, nil) //nolint:errcheck
 	const cards = 100000
 	iccids := make([]string, cards)
