@@ -124,9 +124,9 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted
 		out = c.raise(ReasonOverQuota, at, cause(h, r), pl, out)
 	}
 	if !c.autoStop && c.poolID == "" {
-		out = p.chargeOverage(c, pl, c.usage, &c.charged, "overage", at, cause(h, r), out)
+		out = p.chargeOverage(c, pl, c.usage, &c.charged, "overage", at, h, r, out)
 	}
-	return v, c.usageWarnings(at, cause(h, r), pl, out)
+	return v, c.usageWarnings(at, h, r, pl, out)
 }
 
 // applyLate counts a record of a closed cycle there: an adjustment event,
@@ -146,7 +146,7 @@ func (p *Partition) applyLate(c *Card, pl *plan, h *cdr.ChunkHeader, r *cdr.Reco
 		if cl.start == cyc.Start {
 			cl.usage += r.Bytes()
 			if !c.autoStop && c.poolID == "" {
-				out = p.chargeOverage(c, pl, cl.usage, &cl.charged, "overage_adjustment", max(h.ReceivedAt, p.now), cause(h, r), out)
+				out = p.chargeOverage(c, pl, cl.usage, &cl.charged, "overage_adjustment", max(h.ReceivedAt, p.now), h, r, out)
 			}
 		}
 	}
@@ -155,8 +155,10 @@ func (p *Partition) applyLate(c *Card, pl *plan, h *cdr.ChunkHeader, r *cdr.Reco
 
 // chargeOverage rates usage past the quota at the plan's overage price,
 // per MB begun, charging what was not charged before (DOMAIN.md §2: a card
-// without the option keeps working and the extra usage is charged).
-func (p *Partition) chargeOverage(c *Card, pl *plan, usage uint64, charged *uint64, reason string, at int64, cause string, out []Emitted) []Emitted {
+// without the option keeps working and the extra usage is charged). The
+// cause names record r of chunk h; it is built only when a charge is due,
+// as this runs for every record.
+func (p *Partition) chargeOverage(c *Card, pl *plan, usage uint64, charged *uint64, reason string, at int64, h *cdr.ChunkHeader, r *cdr.Record, out []Emitted) []Emitted {
 	if pl.OverageFenPerMB == 0 || usage <= pl.QuotaBytes {
 		return out
 	}
@@ -166,7 +168,7 @@ func (p *Partition) chargeOverage(c *Card, pl *plan, usage uint64, charged *uint
 	}
 	amount := int64(mb-*charged) * pl.OverageFenPerMB
 	*charged = mb
-	return p.charge(p.accounts[c.account], c, amount, reason, at, cause, out)
+	return p.charge(p.accounts[c.account], c, amount, reason, at, cause(h, r), out)
 }
 
 // poolUsage adds a record to its card's pool and applies the pool rule.

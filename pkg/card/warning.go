@@ -3,6 +3,8 @@ package card
 import (
 	"math/bits"
 	"strconv"
+
+	"github.com/cardmeter/cardmeter/pkg/cdr"
 )
 
 // Warning names (DOMAIN.md "Early warnings").
@@ -78,8 +80,10 @@ func atLeastPct(usage, quota uint64, pct int) bool {
 }
 
 // usageWarnings fires each usage threshold the card's cycle usage crossed,
-// once per cycle, and the forecast from the cycle's rate of use so far.
-func (c *Card) usageWarnings(at int64, cause string, pl *plan, out []Emitted) []Emitted {
+// once per cycle, and the forecast from the cycle's rate of use so far. It
+// runs for every record, so the cause (record r of chunk h) is built only
+// when a warning fires.
+func (c *Card) usageWarnings(at int64, h *cdr.ChunkHeader, r *cdr.Record, pl *plan, out []Emitted) []Emitted {
 	if pl.QuotaBytes == 0 || c.poolID != "" {
 		return out
 	}
@@ -87,7 +91,7 @@ func (c *Card) usageWarnings(at int64, cause string, pl *plan, out []Emitted) []
 		if i >= bitForecast || c.warned.has(i) || !atLeastPct(c.usage, pl.QuotaBytes, pct) {
 			continue
 		}
-		out = append(out, c.warn(i, usageWarning(pct), at, cause, pl))
+		out = append(out, c.warn(i, usageWarning(pct), at, cause(h, r), pl))
 	}
 	if c.warned.has(bitForecast) || c.usage == 0 || c.usage >= pl.QuotaBytes {
 		return out
@@ -106,7 +110,7 @@ func (c *Card) usageWarnings(at int64, cause string, pl *plan, out []Emitted) []
 	if secs >= uint64(c.cycle.End-c.cycle.Start) {
 		return out
 	}
-	e := c.warn(bitForecast, WarnForecast, at, cause, pl)
+	e := c.warn(bitForecast, WarnForecast, at, cause(h, r), pl)
 	e.Expected = c.cycle.Start + int64(secs)
 	return append(out, e)
 }
