@@ -29,4 +29,3 @@ func TestComposeFileIsValid(t *testing.T) {
 		}
 	}
 }
-
