@@ -1,6 +1,7 @@
 package card
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -54,10 +55,13 @@ type cardSnapshot struct {
 	Warned     warnings       `json:"warned,omitempty"`
 	Closed     [][3]uint64    `json:"closed,omitempty"` // start, usage, charged
 	LastCmd    CommandOutcome `json:"last_cmd"`
-	Seen       [][3]uint64    `json:"seen,omitempty"` // id hash, content hash, cycle start
+	// Seen holds the remembered record ids, 24 bytes each (id hash,
+	// content hash, cycle start; little-endian), sorted by id hash: a
+	// compact blob, as there are many per card.
+	Seen []byte `json:"seen,omitempty"`
 }
 
-const snapshotVersion = 2
+const snapshotVersion = 3
 
 func sortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
@@ -97,11 +101,7 @@ func (p *Partition) MarshalSnapshot() ([]byte, error) {
 		for _, cl := range c.closed {
 			cs.Closed = append(cs.Closed, [3]uint64{uint64(cl.start), cl.usage, cl.charged})
 		}
-		cs.Seen = make([][3]uint64, 0, len(c.seen))
-		for k, v := range c.seen {
-			cs.Seen = append(cs.Seen, [3]uint64{k, v.content, uint64(v.cycleStart)})
-		}
-		sort.Slice(cs.Seen, func(i, j int) bool { return cs.Seen[i][0] < cs.Seen[j][0] })
+		cs.Seen = encodeSeen(c.seen)
 		s.Cards = append(s.Cards, cs)
 	}
 	return json.Marshal(&s)
@@ -158,19 +158,48 @@ func UnmarshalSnapshot(b []byte) (*Partition, error) {
 			validFrom: cs.ValidFrom, validUntil: cs.ValidUntil, expiredAt: cs.ExpiredAt, cancelled: cs.Cancelled,
 			cycle: Cycle{cs.Cycle[0], cs.Cycle[1]}, usage: cs.Usage, overshoot: cs.Overshoot, charged: cs.Charged,
 			reasons: cs.Reasons, warned: cs.Warned, lastCmd: cs.LastCmd,
-			seen: make(map[uint64]seenRecord, len(cs.Seen)),
+			seen: make(map[uint64]seenRecord, len(cs.Seen)/24),
 		}
 		for i, cl := range cs.Closed {
 			if i < RetainedCycles {
 				c.closed[i] = closedCycle{start: int64(cl[0]), usage: cl[1], charged: cl[2]}
 			}
 		}
-		for _, e := range cs.Seen {
-			c.seen[e[0]] = seenRecord{content: e[1], cycleStart: int64(e[2])}
+		if err := decodeSeen(cs.Seen, c.seen); err != nil {
+			return nil, fmt.Errorf("snapshot card %s: %w", cs.ICCID, err)
 		}
 		p.cards[c.iccid] = c
 		p.order = append(p.order, c)
 		p.account(c.account).cards = append(p.account(c.account).cards, c)
 	}
 	return p, nil
+}
+
+func encodeSeen(seen map[uint64]seenRecord) []byte {
+	if len(seen) == 0 {
+		return nil
+	}
+	keys := make([]uint64, 0, len(seen))
+	for k := range seen {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
+	b := make([]byte, 0, 24*len(keys))
+	for _, k := range keys {
+		v := seen[k]
+		b = binary.LittleEndian.AppendUint64(b, k)
+		b = binary.LittleEndian.AppendUint64(b, v.content)
+		b = binary.LittleEndian.AppendUint64(b, uint64(v.cycleStart))
+	}
+	return b
+}
+
+func decodeSeen(b []byte, into map[uint64]seenRecord) error {
+	if len(b)%24 != 0 {
+		return fmt.Errorf("record id set of %d bytes is not a multiple of 24", len(b))
+	}
+	for ; len(b) > 0; b = b[24:] {
+		into[binary.LittleEndian.Uint64(b)] = seenRecord{content: binary.LittleEndian.Uint64(b[8:]), cycleStart: int64(binary.LittleEndian.Uint64(b[16:]))}
+	}
+	return nil
 }

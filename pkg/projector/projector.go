@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -44,10 +45,10 @@ func (c *Config) defaults() {
 		}
 	}
 	if c.SnapshotEvery == 0 {
-		c.SnapshotEvery = 20000
+		c.SnapshotEvery = 50000
 	}
 	if c.SnapshotInterval == 0 {
-		c.SnapshotInterval = 10 * time.Second
+		c.SnapshotInterval = 30 * time.Second
 	}
 	if c.MaxQueryWait == 0 {
 		c.MaxQueryWait = 5 * time.Second
@@ -249,6 +250,8 @@ type runner struct {
 	folder      *Folder
 	pending     []*nats.Msg // messages to publish before the next applied mark
 	appliedSnap uint64
+	putting     sync.WaitGroup // a snapshot being written
+	busy        atomic.Bool    // set while a snapshot is being written
 }
 
 func (r *runner) restore(ctx context.Context) error {
@@ -374,6 +377,7 @@ func (r *runner) shutdown() error {
 	if r.p.cfg.CrashOnStop {
 		return nil
 	}
+	r.putting.Wait()
 	if !r.p.nc.IsConnected() {
 		r.log.Warn("no final snapshot: not connected to NATS; the next start replays from the last one")
 		return nil
@@ -382,6 +386,7 @@ func (r *runner) shutdown() error {
 	defer cancel()
 	if r.unsnapped > 0 {
 		r.snapshot(ctx)
+		r.putting.Wait()
 	}
 	return nil
 }
@@ -479,10 +484,16 @@ func (r *runner) flush(ctx context.Context) error {
 	return nil
 }
 
-// snapshot stores the state with the applied sequence. A crash before the
-// put keeps the older snapshot: the restart folds more messages again, which
-// the fold and the event ids make harmless.
+// snapshot stores the state with the applied sequence. The state is
+// encoded here, in the fold's goroutine (the fold pauses for that), and
+// written to the object store in the background, so folding goes on while
+// JetStream stores it. A crash before the write completes keeps the older
+// snapshot: the restart folds more messages again, which the fold and the
+// event ids make harmless.
 func (r *runner) snapshot(ctx context.Context) {
+	if r.busy.Load() {
+		return // the previous one is still being written; try again later
+	}
 	r.pt.mu.Lock()
 	seq := r.pt.applied
 	if seq != r.last {
@@ -500,11 +511,17 @@ func (r *runner) snapshot(ctx context.Context) {
 	head, _ := json.Marshal(snapshotHeader{Seq: seq, Partitions: r.p.cfg.Partitions})
 	buf := make([]byte, 0, len(head)+1+len(body))
 	buf = append(append(append(buf, head...), '\n'), body...)
-	start := time.Now()
-	if _, err := r.snaps.PutBytes(ctx, snapshotName(r.pt.id), buf); err != nil {
-		r.log.Warn("writing snapshot", zap.Error(err))
-		return
-	}
-	r.unsnapped, r.lastSnap, r.appliedSnap = 0, time.Now(), seq
-	r.log.Info("snapshot written", zap.Uint64("seq", seq), zap.Int("bytes", len(buf)), zap.Duration("took", time.Since(start)))
+	r.unsnapped, r.lastSnap = 0, time.Now()
+	r.busy.Store(true)
+	r.putting.Add(1)
+	go func() {
+		defer r.putting.Done()
+		defer r.busy.Store(false)
+		start := time.Now()
+		if _, err := r.snaps.PutBytes(context.WithoutCancel(ctx), snapshotName(r.pt.id), buf); err != nil {
+			r.log.Warn("writing snapshot", zap.Error(err))
+			return
+		}
+		r.log.Info("snapshot written", zap.Uint64("seq", seq), zap.Int("bytes", len(buf)), zap.Duration("took", time.Since(start)))
+	}()
 }
