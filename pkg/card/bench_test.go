@@ -51,7 +51,7 @@ func BenchmarkApplyUsage(b *testing.B) {
 func BenchmarkSnapshot(b *testing.B) {
 	p := NewPartition()
 	now := unix("2026-03-01T00:00:00+08:00")
-	p.Apply(&Input{Type: TypeClockTicked, At: now}, nil)                                                                 //nolint:errcheck
+	p.Apply(&Input{Type: TypeClockTicked, At: now}, nil)                                                                //nolint:errcheck
 	p.Apply(&Input{Type: TypePlanChanged, ID: "p", At: now, Plan: &PlanChanged{PlanID: "p", QuotaBytes: 1 << 40}}, nil) //nolint:errcheck
 	var recs []cdr.Record
 	for i := 0; i < 12500; i++ {
