@@ -157,22 +157,7 @@ func ValidateICCID(s string) string {
 	return ""
 }
 
-func luhnValid(s string) bool {
-	sum := 0
-	double := false
-	for i := len(s) - 1; i >= 0; i-- {
-		d := int(s[i] - '0')
-		if double {
-			d *= 2
-			if d > 9 {
-				d -= 9
-			}
-		}
-		sum += d
-		double = !double
-	}
-	return sum%10 == 0
-}
+func luhnValid(s string) bool { return LuhnDigit(s[:len(s)-1]) == s[len(s)-1] }
 
 // LuhnDigit returns the check digit that makes prefix+digit Luhn-valid. Test
 // helpers and fleet generators use it to make valid ICCIDs.
