@@ -64,3 +64,29 @@ func TestCycleBoundaryAcrossTimeZones(t *testing.T) {
 		t.Fatalf("Shanghai February starts at %s UTC", time.Unix(c.Start, 0).UTC())
 	}
 }
+
+// A remembered record keeps its cycle start exactly, in every zone (offsets
+// are multiples of 15 minutes), and enough of its content hash.
+func TestSeenRecordPacking(t *testing.T) {
+	for _, zone := range []string{"Asia/Shanghai", "Asia/Kathmandu", "Asia/Kolkata", "America/St_Johns", "Pacific/Chatham"} {
+		loc, err := Zone(zone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, at := range []int64{unixT("2026-01-15T12:00:00Z"), unixT("2099-07-31T23:59:00Z")} {
+			c := CycleAt(at, loc, 27)
+			s := packSeen(0xDEADBEEFCAFEF00D, c.Start)
+			if s.cycleStart() != c.Start || !s.sameContent(0xDEADBEEFCAFEF00D) || s.sameContent(0xDEADBEEFCAFEF00D^1<<50) {
+				t.Fatalf("%s %d: packed %x unpacks to %d", zone, c.Start, uint64(s), s.cycleStart())
+			}
+		}
+	}
+}
+
+func unixT(s string) int64 {
+	v, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		panic(err)
+	}
+	return v.Unix()
+}

@@ -31,6 +31,7 @@ type Partition struct {
 	cards    map[string]*Card
 	pools    map[string]*pool
 	order    []*Card    // cards in provisioning order: the order ticks visit them
+	strs     map[string]string // interned carrier, plan and account names: one copy for many cards
 	accOrder []*account // accounts in creation order
 	poolOrd  []*pool
 }
@@ -64,15 +65,30 @@ type Card struct {
 	charged                         uint64 // overage MB already charged this cycle
 	reasons                         Reasons
 	warned                          warnings // fired this cycle (or validity period)
-	seen                            map[uint64]seenRecord
+	seen                            map[uint64]seenRecord // record ids counted: carrier+id hash -> content and cycle
 	closed                          [RetainedCycles]closedCycle // most recent first
 	lastCmd                         CommandOutcome
 }
 
-type seenRecord struct {
-	content    uint64 // cdr.Record.ContentHash of the first arrival
-	cycleStart int64  // the cycle it counted in
+// seenRecord packs, in 8 bytes (a card remembers many), the top 40 bits of
+// the content hash of a record id's first arrival (cdr.Record.ContentHash)
+// and the start of the cycle it counted in, in 15-minute units (every time
+// zone's offset is a multiple of 15 minutes; 24 bits reach the year 2449).
+type seenRecord uint64
+
+const seenCycleBits = 24
+
+func packSeen(content uint64, cycleStart int64) seenRecord {
+	return seenRecord(content&^(1<<seenCycleBits-1) | uint64(cycleStart/900)&(1<<seenCycleBits-1))
 }
+
+// sameContent reports whether a record's content hash matches.
+func (s seenRecord) sameContent(content uint64) bool {
+	return uint64(s)>>seenCycleBits == content>>seenCycleBits
+}
+
+// cycleStart is the start of the cycle the record counted in.
+func (s seenRecord) cycleStart() int64 { return int64(uint64(s)&(1<<seenCycleBits-1)) * 900 }
 
 type closedCycle struct {
 	start   int64
@@ -94,7 +110,17 @@ const RetainedCycles = 2
 
 // NewPartition returns empty state.
 func NewPartition() *Partition {
-	return &Partition{plans: map[string]*plan{}, accounts: map[string]*account{}, cards: map[string]*Card{}, pools: map[string]*pool{}}
+	return &Partition{plans: map[string]*plan{}, accounts: map[string]*account{}, cards: map[string]*Card{}, pools: map[string]*pool{},
+		strs: map[string]string{}}
+}
+
+// intern returns one shared copy of a short, often repeated string.
+func (p *Partition) intern(s string) string {
+	if v, ok := p.strs[s]; ok {
+		return v
+	}
+	p.strs[s] = s
+	return s
 }
 
 // Now is the log's time as this partition has seen it.
@@ -202,13 +228,13 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	now := p.at(in)
 	acct := p.account(cp.AccountID)
 	if !exists {
-		c = &Card{iccid: cp.ICCID, account: cp.AccountID, seen: map[uint64]seenRecord{}}
+		c = &Card{iccid: cp.ICCID, account: acct.id, seen: map[uint64]seenRecord{}}
 		c.cycle = CycleAt(now, pl.loc, pl.anchor)
 		p.cards[cp.ICCID] = c
 		p.order = append(p.order, c)
 		acct.cards = append(acct.cards, c)
 	}
-	c.planID, c.carrier, c.imsi, c.msisdn, c.poolID = cp.PlanID, cp.Carrier, cp.IMSI, cp.MSISDN, cp.PoolID
+	c.planID, c.carrier, c.imsi, c.msisdn, c.poolID = pl.PlanID, p.intern(cp.Carrier), cp.IMSI, cp.MSISDN, p.intern(cp.PoolID)
 	c.autoStop = cp.AutoStopOverQuota
 	c.validFrom = cp.ValidFrom
 	if c.validFrom == 0 && !exists {
@@ -310,7 +336,7 @@ func (p *Partition) rollover(c *Card, t int64, cause string, out []Emitted) []Em
 	// forget record ids of cycles older than the retention horizon
 	horizon := p.horizon(c, pl)
 	for k, s := range c.seen {
-		if s.cycleStart < horizon {
+		if s.cycleStart() < horizon {
 			delete(c.seen, k)
 		}
 	}

@@ -55,13 +55,13 @@ type cardSnapshot struct {
 	Warned     warnings       `json:"warned,omitempty"`
 	Closed     [][3]uint64    `json:"closed,omitempty"` // start, usage, charged
 	LastCmd    CommandOutcome `json:"last_cmd"`
-	// Seen holds the remembered record ids, 24 bytes each (id hash,
-	// content hash, cycle start; little-endian), sorted by id hash: a
-	// compact blob, as there are many per card.
+	// Seen holds the remembered record ids, 16 bytes each (id hash, packed
+	// content hash and cycle; little-endian), sorted by id hash: a compact
+	// blob, as there are many per card.
 	Seen []byte `json:"seen,omitempty"`
 }
 
-const snapshotVersion = 3
+const snapshotVersion = 4
 
 func sortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
@@ -153,12 +153,12 @@ func UnmarshalSnapshot(b []byte) (*Partition, error) {
 			return nil, fmt.Errorf("snapshot card %s: unknown plan %q", cs.ICCID, cs.Plan)
 		}
 		c := &Card{
-			iccid: cs.ICCID, account: cs.Account, planID: cs.Plan, carrier: cs.Carrier,
-			imsi: cs.IMSI, msisdn: cs.MSISDN, poolID: cs.Pool, autoStop: cs.AutoStop,
+			iccid: cs.ICCID, account: p.account(cs.Account).id, planID: p.plans[cs.Plan].PlanID, carrier: p.intern(cs.Carrier),
+			imsi: cs.IMSI, msisdn: cs.MSISDN, poolID: p.intern(cs.Pool), autoStop: cs.AutoStop,
 			validFrom: cs.ValidFrom, validUntil: cs.ValidUntil, expiredAt: cs.ExpiredAt, cancelled: cs.Cancelled,
 			cycle: Cycle{cs.Cycle[0], cs.Cycle[1]}, usage: cs.Usage, overshoot: cs.Overshoot, charged: cs.Charged,
 			reasons: cs.Reasons, warned: cs.Warned, lastCmd: cs.LastCmd,
-			seen: make(map[uint64]seenRecord, len(cs.Seen)/24),
+			seen: make(map[uint64]seenRecord, len(cs.Seen)/16),
 		}
 		for i, cl := range cs.Closed {
 			if i < RetainedCycles {
@@ -184,22 +184,20 @@ func encodeSeen(seen map[uint64]seenRecord) []byte {
 		keys = append(keys, k)
 	}
 	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
-	b := make([]byte, 0, 24*len(keys))
+	b := make([]byte, 0, 16*len(keys))
 	for _, k := range keys {
-		v := seen[k]
 		b = binary.LittleEndian.AppendUint64(b, k)
-		b = binary.LittleEndian.AppendUint64(b, v.content)
-		b = binary.LittleEndian.AppendUint64(b, uint64(v.cycleStart))
+		b = binary.LittleEndian.AppendUint64(b, uint64(seen[k]))
 	}
 	return b
 }
 
 func decodeSeen(b []byte, into map[uint64]seenRecord) error {
-	if len(b)%24 != 0 {
-		return fmt.Errorf("record id set of %d bytes is not a multiple of 24", len(b))
+	if len(b)%16 != 0 {
+		return fmt.Errorf("record id set of %d bytes is not a multiple of 16", len(b))
 	}
-	for ; len(b) > 0; b = b[24:] {
-		into[binary.LittleEndian.Uint64(b)] = seenRecord{content: binary.LittleEndian.Uint64(b[8:]), cycleStart: int64(binary.LittleEndian.Uint64(b[16:]))}
+	for ; len(b) > 0; b = b[16:] {
+		into[binary.LittleEndian.Uint64(b)] = seenRecord(binary.LittleEndian.Uint64(b[8:]))
 	}
 	return nil
 }

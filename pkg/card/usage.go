@@ -88,7 +88,7 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted
 	key := cdr.IDHash(h.Carrier, r.RecordID)
 	content := r.ContentHash()
 	if s, dup := c.seen[key]; dup {
-		if s.content == content {
+		if s.sameContent(content) {
 			v.Status = Duplicate
 			return v, out
 		}
@@ -113,7 +113,7 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted
 	if cyc.Start < c.cycle.Start {
 		return p.applyLate(c, pl, h, r, key, content, cyc, v, out)
 	}
-	c.seen[key] = seenRecord{content: content, cycleStart: c.cycle.Start}
+	c.seen[key] = packSeen(content, c.cycle.Start)
 	v.Status, v.CycleStart = Accepted, c.cycle.Start
 	c.usage += r.Bytes()
 	at := max(h.ReceivedAt, p.now)
@@ -136,7 +136,7 @@ func (p *Partition) applyLate(c *Card, pl *plan, h *cdr.ChunkHeader, r *cdr.Reco
 		v.Status = TooLate
 		return v, out
 	}
-	c.seen[key] = seenRecord{content: content, cycleStart: cyc.Start}
+	c.seen[key] = packSeen(content, cyc.Start)
 	v.Status, v.CycleStart = Late, cyc.Start
 	e := c.emit(EmitUsageAdjusted, h.ReceivedAt, cause(h, r), pl)
 	e.Cycle, e.Bytes = cyc, r.Bytes()
