@@ -30,9 +30,9 @@ type Partition struct {
 	accounts map[string]*account
 	cards    map[string]*Card
 	pools    map[string]*pool
-	order    []*Card    // cards in provisioning order: the order ticks visit them
+	order    []*Card           // cards in provisioning order: the order ticks visit them
 	strs     map[string]string // interned carrier, plan and account names: one copy for many cards
-	accOrder []*account // accounts in creation order
+	accOrder []*account        // accounts in creation order
 	poolOrd  []*pool
 }
 
@@ -64,8 +64,8 @@ type Card struct {
 	overshoot                       uint64 // usage past quota when the over-quota stop fired
 	charged                         uint64 // overage MB already charged this cycle
 	reasons                         Reasons
-	warned                          warnings // fired this cycle (or validity period)
-	seen                            map[uint64]seenRecord // record ids counted: carrier+id hash -> content and cycle
+	warned                          warnings                    // fired this cycle (or validity period)
+	seen                            map[uint64]seenRecord       // record ids counted: carrier+id hash -> content and cycle
 	closed                          [RetainedCycles]closedCycle // most recent first
 	lastCmd                         CommandOutcome
 }
