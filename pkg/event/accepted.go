@@ -1,7 +1,8 @@
 package event
 
 import (
-	"encoding/json"
+	"encoding/binary"
+	"errors"
 
 	"github.com/cardmeter/cardmeter/pkg/card"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
@@ -52,12 +53,139 @@ func (a *Accepted) AppendRow(i int, r *cdr.Record, v *card.Verdict) {
 	})
 }
 
+// The message is binary, as it is on the hot path twice (the projector
+// writes it, the sink reads it; JSON here cost the sink a third of the
+// pipeline's CPU):
+//
+//	version byte (1), uvarint partition, uvarint seq, string carrier,
+//	varint received_at, uvarint rows, then per row: uvarint index,
+//	9 strings (record_id iccid account_id plan_id session_id apn rat imei
+//	cell_id), varint start, varint end-start, uvarint up, uvarint down,
+//	uvarint sequence, varint cycle_start, byte late.
+//
+// Strings are a uvarint length and the bytes.
+const acceptedVersion = 1
+
+// ErrCorruptAccepted is returned for bytes that are not an accepted message.
+var ErrCorruptAccepted = errors.New("corrupt accepted-usage message")
+
+func appendStr(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
 // Marshal encodes the message.
-func (a *Accepted) Marshal() ([]byte, error) { return json.Marshal(a) }
+func (a *Accepted) Marshal() ([]byte, error) {
+	b := make([]byte, 0, 64+len(a.Rows)*96)
+	b = append(b, acceptedVersion)
+	b = binary.AppendUvarint(b, uint64(a.Partition))
+	b = binary.AppendUvarint(b, a.Seq)
+	b = appendStr(b, a.Carrier)
+	b = binary.AppendVarint(b, a.ReceivedAt)
+	b = binary.AppendUvarint(b, uint64(len(a.Rows)))
+	for i := range a.Rows {
+		r := &a.Rows[i]
+		b = binary.AppendUvarint(b, uint64(r.Index))
+		for _, s := range [...]string{r.RecordID, r.ICCID, r.AccountID, r.PlanID, r.SessionID, r.APN, r.RAT, r.IMEI, r.CellID} {
+			b = appendStr(b, s)
+		}
+		b = binary.AppendVarint(b, r.Start)
+		b = binary.AppendVarint(b, r.End-r.Start)
+		b = binary.AppendUvarint(b, r.BytesUp)
+		b = binary.AppendUvarint(b, r.BytesDown)
+		b = binary.AppendUvarint(b, uint64(r.Sequence))
+		b = binary.AppendVarint(b, r.CycleStart)
+		late := byte(0)
+		if r.Late {
+			late = 1
+		}
+		b = append(b, late)
+	}
+	return b, nil
+}
+
+type reader struct {
+	b   []byte
+	err error
+}
+
+func (r *reader) uvarint() uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 {
+		r.err = ErrCorruptAccepted
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) varint() int64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 {
+		r.err = ErrCorruptAccepted
+		return 0
+	}
+	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) str() string {
+	n := r.uvarint()
+	if r.err != nil || n > uint64(len(r.b)) {
+		r.err = ErrCorruptAccepted
+		return ""
+	}
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}
+
+func (r *reader) byte1() byte {
+	if r.err != nil || len(r.b) == 0 {
+		r.err = ErrCorruptAccepted
+		return 0
+	}
+	c := r.b[0]
+	r.b = r.b[1:]
+	return c
+}
 
 // UnmarshalAccepted decodes the message.
 func UnmarshalAccepted(b []byte) (*Accepted, error) {
-	var a Accepted
-	err := json.Unmarshal(b, &a)
-	return &a, err
+	if len(b) == 0 || b[0] != acceptedVersion {
+		return nil, ErrCorruptAccepted
+	}
+	r := &reader{b: b[1:]}
+	a := &Accepted{Partition: int(r.uvarint()), Seq: r.uvarint(), Carrier: r.str(), ReceivedAt: r.varint()}
+	n := r.uvarint()
+	if r.err == nil && n > uint64(len(r.b)/16) {
+		return nil, ErrCorruptAccepted
+	}
+	a.Rows = make([]AcceptedRow, 0, n)
+	for i := uint64(0); i < n && r.err == nil; i++ {
+		var row AcceptedRow
+		row.Index = int(r.uvarint())
+		row.RecordID, row.ICCID, row.AccountID, row.PlanID = r.str(), r.str(), r.str(), r.str()
+		row.SessionID, row.APN, row.RAT, row.IMEI, row.CellID = r.str(), r.str(), r.str(), r.str(), r.str()
+		row.Start = r.varint()
+		row.End = row.Start + r.varint()
+		row.BytesUp, row.BytesDown = r.uvarint(), r.uvarint()
+		row.Sequence = uint32(r.uvarint())
+		row.CycleStart = r.varint()
+		row.Late = r.byte1() == 1
+		a.Rows = append(a.Rows, row)
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	if len(r.b) != 0 {
+		return nil, ErrCorruptAccepted
+	}
+	return a, nil
 }

@@ -331,7 +331,8 @@ func (s *Sink) fill(ctx context.Context, cons jetstream.Consumer, w writer) ([]j
 type usageWriter struct {
 	s         *Sink
 	partition uint16
-	held      uint64 // the highest position ClickHouse held when last read
+	held      uint64                     // the highest position ClickHouse held when last read
+	decoded   map[uint64]*event.Accepted // messages rows() decoded, by stream sequence, for insert
 }
 
 func (u *usageWriter) table() string { return "usage_records" }
@@ -340,6 +341,12 @@ func (u *usageWriter) rows(m jetstream.Msg) (int, error) {
 	a, err := event.UnmarshalAccepted(m.Data())
 	if err != nil {
 		return 0, err
+	}
+	if meta, err := m.Metadata(); err == nil {
+		if u.decoded == nil {
+			u.decoded = map[uint64]*event.Accepted{}
+		}
+		u.decoded[meta.Sequence.Stream] = a
 	}
 	return len(a.Rows), nil
 }
@@ -353,9 +360,16 @@ type blockMsg struct {
 func (u *usageWriter) insert(ctx context.Context, msgs []jetstream.Msg, reload bool) (int, int, error) {
 	block := make([]blockMsg, 0, len(msgs))
 	for _, m := range msgs {
-		a, err := event.UnmarshalAccepted(m.Data())
-		if err != nil {
-			return 0, 0, backoff.Permanent(err)
+		var a *event.Accepted
+		if meta, err := m.Metadata(); err == nil {
+			a = u.decoded[meta.Sequence.Stream]
+			delete(u.decoded, meta.Sequence.Stream) // a retry decodes again
+		}
+		if a == nil {
+			var err error
+			if a, err = event.UnmarshalAccepted(m.Data()); err != nil {
+				return 0, 0, backoff.Permanent(err)
+			}
 		}
 		block = append(block, blockMsg{accepted: a})
 	}

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"runtime/pprof"
+	"strings"
 	"time"
 
 	"github.com/cardmeter/cardmeter/pkg/bench"
@@ -25,10 +27,25 @@ func main() {
 	flag.DurationVar(&cfg.E2E, "e2e", time.Minute, "how long the end-to-end ingest is sustained")
 	flag.IntVar(&cfg.StopSamples, "stop-samples", 200, "stop latency samples")
 	flag.IntVar(&cfg.StopLoad, "stop-load", 10000, "background CDRs/s during the stop latency run")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (pipeline included) to this file")
+	formats := flag.String("formats", "csv,ndjson", "ingest formats, in the order measured")
 	replay := flag.Bool("replay", false, "measure only the replay from scratch and the projector's memory per card (no servers)")
 	records := flag.Int("records", 10000000, "with -replay: records to fold")
 	flag.Parse()
 	cfg.Log = os.Stderr
+	cfg.Formats = strings.Split(*formats, ",")
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	if *replay {
 		r := bench.Replay(cfg.Cards, *records, 8, os.Stderr)
 		fmt.Printf("| replay from scratch: %d cards, %d records, 8 partitions | %.1f s (%.0f records/s) |\n", r.Cards, r.Records, r.Seconds, r.RecordsPerSec)
@@ -42,6 +59,7 @@ func main() {
 	}
 	rep, err := bench.Run(context.Background(), cfg)
 	if err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
