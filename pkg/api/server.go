@@ -65,7 +65,7 @@ type Server struct {
 	clock   *clock.Clock
 	log     *zap.Logger
 	mux     *http.ServeMux
-	ready   func() error
+	ready   func() (Readiness, error)
 	metrics *metrics
 	routes  []string
 
@@ -79,8 +79,15 @@ type metrics struct {
 	latency  *prometheus.HistogramVec
 }
 
+// Readiness is what /readyz reports besides ready or not: how far behind
+// the pipeline's consumers are.
+type Readiness struct {
+	ProjectorLag *uint64 `json:"projector_lag_messages,omitempty"`
+	SinkPending  *uint64 `json:"sink_pending_messages,omitempty"`
+}
+
 // New wires the API. ready reports the pipeline's readiness for /readyz.
-func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk *clock.Clock, reg prometheus.Registerer, ready func() error, log *zap.Logger) *Server {
+func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk *clock.Clock, reg prometheus.Registerer, ready func() (Readiness, error), log *zap.Logger) *Server {
 	if cfg.Partitions == 0 {
 		cfg.Partitions = broker.DefaultTopology.Partitions
 	}
@@ -342,12 +349,17 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) error {
 	if s.nc.Status() != nats.CONNECTED {
 		return problem(http.StatusServiceUnavailable, "unavailable/nats", "not ready", "not connected to NATS")
 	}
+	var rd Readiness
 	if s.ready != nil {
-		if err := s.ready(); err != nil {
+		var err error
+		if rd, err = s.ready(); err != nil {
 			return problem(http.StatusServiceUnavailable, "unavailable/pipeline", "not ready", err.Error())
 		}
 	}
-	return ok(w, map[string]string{"status": "ready"})
+	return ok(w, struct {
+		Status string `json:"status"`
+		Readiness
+	}{"ready", rd})
 }
 
 func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) error {

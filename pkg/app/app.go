@@ -151,6 +151,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	}
 	if has(cfg.Roles, RoleProjector) {
 		p.Projector = projector.New(p.NC, p.JS, cfg.Projector, log.Named("projector"))
+		pr := p.Projector
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "cardmeter_projector_lag_messages",
+			Help: "Log messages the projector's partitions have not folded yet."}, func() float64 { return float64(pr.Lag()) }))
 		p.goRun("projector", func() error { return p.Projector.Run(runCtx) })
 	}
 	if has(cfg.Roles, RoleAPI) || has(cfg.Roles, RoleClock) {
@@ -210,7 +213,7 @@ func (p *Pipeline) serveHealth(addr string, reg *prometheus.Registry) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		err := p.ready()
+		_, err := p.ready()
 		if err == nil && p.NC.Status() != nats.CONNECTED {
 			err = errors.New("not connected to NATS")
 		}
@@ -252,18 +255,23 @@ func (p *Pipeline) goRun(name string, f func() error) {
 }
 
 // ready is the pipeline's readiness for /readyz.
-func (p *Pipeline) ready() error {
+func (p *Pipeline) ready() (api.Readiness, error) {
+	var rd api.Readiness
 	if p.Projector != nil {
 		if err := p.Projector.Ready(); err != nil {
-			return err
+			return rd, err
 		}
+		lag := p.Projector.Lag()
+		rd.ProjectorLag = &lag
 	}
 	if p.Sink != nil {
 		if err := p.Sink.Healthy(); err != nil {
-			return fmt.Errorf("sink: %w", err)
+			return rd, fmt.Errorf("sink: %w", err)
 		}
+		pending := p.Sink.Pending()
+		rd.SinkPending = &pending
 	}
-	return nil
+	return rd, nil
 }
 
 // Err is the first error a service stopped with, if any.

@@ -270,6 +270,14 @@ func TestPipelineEndToEnd(t *testing.T) {
 	if r := ofType(seen(), "cardmeter.card.resumed.v1", a); len(r) != 1 || r[0].Data.Reason != "over_quota" {
 		t.Fatalf("resumed events: %+v", r)
 	}
+	// /readyz reports the consumers' backlog; /metrics the projector's lag
+	var rd map[string]any
+	if code := c.do("GET", "/readyz", "", nil, &rd); code != 200 || rd["status"] != "ready" {
+		t.Fatalf("readyz: %d %v", code, rd)
+	}
+	if _, ok := rd["sink_pending_messages"]; !ok {
+		t.Fatalf("readyz says nothing of the sink's backlog: %v", rd)
+	}
 	// the clock never moves back
 	b3, _ := json.Marshal(map[string]string{"now": "2026-01-01T00:00:00+08:00"})
 	if code := c.do("PUT", "/v1/clock", "application/json", b3, nil); code != 409 {

@@ -57,6 +57,11 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	if got := c.card(iccid(102), res.Position); got.Status != "stopped" {
 		t.Fatalf("card over quota: %+v", got)
 	}
+	// readiness reports how far behind the consumers are
+	var rd map[string]any
+	if code := c.do("GET", "/readyz", "", nil, &rd); code != 200 || rd["status"] != "ready" {
+		t.Fatalf("readyz: %d %v", code, rd)
+	}
 	conn := testenv.ClickHouseConn(t, ch)
 	testenv.Eventually(t, 20*time.Second, func() error {
 		var n uint64

@@ -49,8 +49,9 @@ type Sink struct {
 	log  *zap.Logger
 	conn driver.Conn
 
-	mu      sync.Mutex
-	lastErr error
+	mu        sync.Mutex
+	lastErr   error
+	pendingBy map[string]uint64 // messages waiting, by consumer
 
 	inserted *prometheus.CounterVec
 	skipped  *prometheus.CounterVec
@@ -92,6 +93,17 @@ func New(js jetstream.JetStream, ch ClickHouseConfig, cfg Config, reg prometheus
 		reg.MustRegister(s.inserted, s.skipped, s.failures, s.up, s.pending)
 	}
 	return s
+}
+
+// Pending is how many messages wait for the sink, as of the last block.
+func (s *Sink) Pending() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var n uint64
+	for _, v := range s.pendingBy {
+		n += v
+	}
+	return n
 }
 
 // Healthy returns why the sink cannot write now, or nil.
@@ -210,6 +222,12 @@ func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, name, stream s
 		}
 		if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
 			s.pending.WithLabelValues(name).Set(float64(meta.NumPending))
+			s.mu.Lock()
+			if s.pendingBy == nil {
+				s.pendingBy = map[string]uint64{}
+			}
+			s.pendingBy[name] = meta.NumPending
+			s.mu.Unlock()
 		}
 		// Insert, then ack. A crash between the two (or a half-done
 		// insert) re-delivers the block; the check before the next insert
