@@ -27,7 +27,7 @@ test: deps ## run every test with the race detector against real JetStream and C
 	$(GO) test -race -count=1 -timeout 20m ./...
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
-	@for t in FuzzCSVReader FuzzNDJSONReader FuzzDecodeChunk; do \
+	@for t in FuzzCSVReader FuzzNDJSONReader FuzzJSONArrayReader FuzzFastJSONAgrees FuzzDecodeChunk; do \
 	  $(GO) test ./pkg/cdr -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./pkg/card -run '^$$' -fuzz '^FuzzFold$$' -fuzztime $${FUZZTIME:-30s}
 

@@ -87,3 +87,25 @@ func FuzzJSONArrayReader(f *testing.F) {
 		fuzzReader(t, r)
 	})
 }
+
+// FuzzFastJSONAgrees holds the fast NDJSON path to the encoding/json one:
+// whatever line the fast path accepts, the slow path accepts too, with the
+// same record.
+func FuzzFastJSONAgrees(f *testing.F) {
+	f.Add([]byte(`{"record_id":"r1","iccid":"89860012345678901231","start_time":"2026-01-10T08:00:00Z","end_time":"2026-01-10T08:10:00Z","bytes_up":1,"bytes_down":2,"sequence":3,"apn":"cmiot"}`))
+	f.Add([]byte(`{"record_id":"r1","bytes_up":01,"bytes_down":2}`))
+	f.Add([]byte(`{ "bytes_down" : 0 , "bytes_up":18446744073709551615, "record_id":"" } `))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		var fast Record
+		if !decodeFast(in, &fast) {
+			return
+		}
+		var slow Record
+		if err := decodeJSONRecordSlow(in, &slow, 0, 1); err != nil {
+			t.Fatalf("fast accepted what encoding/json refuses (%v): %q", err, in)
+		}
+		if fast != slow {
+			t.Fatalf("fast %+v, slow %+v: %q", fast, slow, in)
+		}
+	})
+}

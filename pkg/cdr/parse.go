@@ -312,6 +312,15 @@ func (n *NDJSONReader) Next(rec *Record) error {
 }
 
 func decodeJSONRecord(b []byte, rec *Record, idx, line int) error {
+	if decodeFast(b, rec) {
+		return nil
+	}
+	*rec = Record{}
+	return decodeJSONRecordSlow(b, rec, idx, line)
+}
+
+// decodeJSONRecordSlow decodes with encoding/json and names every fault.
+func decodeJSONRecordSlow(b []byte, rec *Record, idx, line int) error {
 	var j jsonRecord
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
