@@ -221,7 +221,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	if got.Cycle.UsageBytes != 1_052_000 || got.Cycle.OvershootBytes != 52_000 || got.Cycle.QuotaBytes != 1_000_000 {
 		t.Fatalf("usage after a projector crash: %+v (want 1052000 counted once)", got.Cycle)
 	}
-	if got := c.card(b, 0); got.Status != "in_service" || got.Cycle.UsageBytes != 30 {
+	if got := c.card(b, res3.Position); got.Status != "in_service" || got.Cycle.UsageBytes != 30 {
 		t.Fatalf("card b: %+v", got)
 	}
 
