@@ -31,10 +31,11 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	  $(GO) test ./pkg/cdr -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./pkg/card -run '^$$' -fuzz '^FuzzFold$$' -fuzztime $${FUZZTIME:-30s}
 
-bench: deps ## the benchmarks: Go micro-benchmarks, replay and memory, then the load harness (BENCH_ARGS='--cards 1000000')
+bench: deps ## the benchmarks: micro-benchmarks, replay and memory, then the load harness (report in .data/bench-report.md)
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/card
 	$(GO) run ./services/bench -replay -cards $${BENCH_CARDS:-1000000} -records $${BENCH_RECORDS:-10000000}
-	$(GO) run ./services/bench $(BENCH_ARGS)
+	@mkdir -p $(DATA)
+	$(GO) run ./services/bench $(BENCH_ARGS) | tee $(DATA)/bench-report.md
 
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
