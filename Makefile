@@ -24,7 +24,11 @@ run-manual: deps ## the same with a manual clock (PUT /v1/clock moves time)
 
 test: deps ## run every test with the race detector against real JetStream and ClickHouse
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 20m ./...
+	@mkdir -p $(DATA)
+	@$(GO) test -race -count=1 -timeout 20m -v ./... 2>&1 | tee $(DATA)/test.log \
+	  | grep -E '^(--- FAIL|FAIL|ok |panic:|\s+[a-z_]+_test\.go:[0-9]+:)'; st=$${PIPESTATUS[0]}; \
+	  echo "$$(grep -c '^--- PASS' $(DATA)/test.log) passed, $$(grep -c '^--- FAIL' $(DATA)/test.log) failed"; \
+	  exit $$st
 
 fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	@for t in FuzzCSVReader FuzzNDJSONReader FuzzJSONArrayReader FuzzFastJSONAgrees FuzzDecodeChunk; do \
