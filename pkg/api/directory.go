@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -161,5 +160,3 @@ func (d *Directory) PutPlan(ctx context.Context, p card.PlanChanged) error {
 	d.mu.Unlock()
 	return nil
 }
-
-var errNotFound = errors.New("not found")

@@ -6,6 +6,7 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/card"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
+	"github.com/cardmeter/cardmeter/pkg/wire"
 )
 
 // Accepted is the usage of one input chunk that the projector counted (in
@@ -63,16 +64,11 @@ func (a *Accepted) AppendRow(i int, r *cdr.Record, v *card.Verdict) {
 //	cell_id), varint start, varint end-start, uvarint up, uvarint down,
 //	uvarint sequence, varint cycle_start, byte late.
 //
-// Strings are a uvarint length and the bytes.
+// Strings are a uvarint length and the bytes (package wire).
 const acceptedVersion = 1
 
 // ErrCorruptAccepted is returned for bytes that are not an accepted message.
 var ErrCorruptAccepted = errors.New("corrupt accepted-usage message")
-
-func appendStr(b []byte, s string) []byte {
-	b = binary.AppendUvarint(b, uint64(len(s)))
-	return append(b, s...)
-}
 
 // Marshal encodes the message.
 func (a *Accepted) Marshal() ([]byte, error) {
@@ -80,14 +76,14 @@ func (a *Accepted) Marshal() ([]byte, error) {
 	b = append(b, acceptedVersion)
 	b = binary.AppendUvarint(b, uint64(a.Partition))
 	b = binary.AppendUvarint(b, a.Seq)
-	b = appendStr(b, a.Carrier)
+	b = wire.AppendString(b, a.Carrier)
 	b = binary.AppendVarint(b, a.ReceivedAt)
 	b = binary.AppendUvarint(b, uint64(len(a.Rows)))
 	for i := range a.Rows {
 		r := &a.Rows[i]
 		b = binary.AppendUvarint(b, uint64(r.Index))
 		for _, s := range [...]string{r.RecordID, r.ICCID, r.AccountID, r.PlanID, r.SessionID, r.APN, r.RAT, r.IMEI, r.CellID} {
-			b = appendStr(b, s)
+			b = wire.AppendString(b, s)
 		}
 		b = binary.AppendVarint(b, r.Start)
 		b = binary.AppendVarint(b, r.End-r.Start)
@@ -104,87 +100,32 @@ func (a *Accepted) Marshal() ([]byte, error) {
 	return b, nil
 }
 
-type reader struct {
-	b   []byte
-	err error
-}
-
-func (r *reader) uvarint() uint64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 {
-		r.err = ErrCorruptAccepted
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) varint() int64 {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Varint(r.b)
-	if n <= 0 {
-		r.err = ErrCorruptAccepted
-		return 0
-	}
-	r.b = r.b[n:]
-	return v
-}
-
-func (r *reader) str() string {
-	n := r.uvarint()
-	if r.err != nil || n > uint64(len(r.b)) {
-		r.err = ErrCorruptAccepted
-		return ""
-	}
-	s := string(r.b[:n])
-	r.b = r.b[n:]
-	return s
-}
-
-func (r *reader) byte1() byte {
-	if r.err != nil || len(r.b) == 0 {
-		r.err = ErrCorruptAccepted
-		return 0
-	}
-	c := r.b[0]
-	r.b = r.b[1:]
-	return c
-}
-
 // UnmarshalAccepted decodes the message.
 func UnmarshalAccepted(b []byte) (*Accepted, error) {
 	if len(b) == 0 || b[0] != acceptedVersion {
 		return nil, ErrCorruptAccepted
 	}
-	r := &reader{b: b[1:]}
-	a := &Accepted{Partition: int(r.uvarint()), Seq: r.uvarint(), Carrier: r.str(), ReceivedAt: r.varint()}
-	n := r.uvarint()
-	if r.err == nil && n > uint64(len(r.b)/16) {
+	r := &wire.Reader{B: b[1:]}
+	a := &Accepted{Partition: int(r.Uvarint()), Seq: r.Uvarint(), Carrier: r.String(), ReceivedAt: r.Varint()}
+	n := r.Uvarint()
+	if r.Err == nil && n > uint64(len(r.B)/16) {
 		return nil, ErrCorruptAccepted
 	}
 	a.Rows = make([]AcceptedRow, 0, n)
-	for i := uint64(0); i < n && r.err == nil; i++ {
+	for i := uint64(0); i < n && r.Err == nil; i++ {
 		var row AcceptedRow
-		row.Index = int(r.uvarint())
-		row.RecordID, row.ICCID, row.AccountID, row.PlanID = r.str(), r.str(), r.str(), r.str()
-		row.SessionID, row.APN, row.RAT, row.IMEI, row.CellID = r.str(), r.str(), r.str(), r.str(), r.str()
-		row.Start = r.varint()
-		row.End = row.Start + r.varint()
-		row.BytesUp, row.BytesDown = r.uvarint(), r.uvarint()
-		row.Sequence = uint32(r.uvarint())
-		row.CycleStart = r.varint()
-		row.Late = r.byte1() == 1
+		row.Index = int(r.Uvarint())
+		row.RecordID, row.ICCID, row.AccountID, row.PlanID = r.String(), r.String(), r.String(), r.String()
+		row.SessionID, row.APN, row.RAT, row.IMEI, row.CellID = r.String(), r.String(), r.String(), r.String(), r.String()
+		row.Start = r.Varint()
+		row.End = row.Start + r.Varint()
+		row.BytesUp, row.BytesDown = r.Uvarint(), r.Uvarint()
+		row.Sequence = uint32(r.Uvarint())
+		row.CycleStart = r.Varint()
+		row.Late = r.Byte() == 1
 		a.Rows = append(a.Rows, row)
 	}
-	if r.err != nil {
-		return nil, r.err
-	}
-	if len(r.b) != 0 {
+	if r.Err != nil || len(r.B) != 0 {
 		return nil, ErrCorruptAccepted
 	}
 	return a, nil

@@ -244,14 +244,13 @@ type runner struct {
 	snaps  jetstream.ObjectStore
 	log    *zap.Logger
 
-	last        uint64 // last sequence folded (published or not)
-	unsnapped   int
-	lastSnap    time.Time
-	folder      *Folder
-	pending     []*nats.Msg // messages to publish before the next applied mark
-	appliedSnap uint64
-	putting     sync.WaitGroup // a snapshot being written
-	busy        atomic.Bool    // set while a snapshot is being written
+	last      uint64 // last sequence folded (published or not)
+	unsnapped int
+	lastSnap  time.Time
+	folder    *Folder
+	pending   []*nats.Msg    // messages to publish before the next applied mark
+	putting   sync.WaitGroup // a snapshot being written
+	busy      atomic.Bool    // set while a snapshot is being written
 }
 
 func (r *runner) restore(ctx context.Context) error {
@@ -280,7 +279,7 @@ func (r *runner) restore(ctx context.Context) error {
 	r.pt.state, r.pt.applied, r.pt.ready = state, seq, true
 	r.pt.mu.Unlock()
 	r.folder = &Folder{Partition: r.pt.id, State: state}
-	r.last, r.appliedSnap, r.lastSnap = seq, seq, time.Now()
+	r.last, r.lastSnap = seq, time.Now()
 	r.log.Info("partition restored", zap.Uint64("seq", seq), zap.Int("cards", state.Cards()))
 	return nil
 }
