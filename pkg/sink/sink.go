@@ -200,12 +200,12 @@ func (s *Sink) Run(ctx context.Context) error {
 
 // writer turns a block of messages into one insert.
 type writer interface {
-	// rows counts the rows a message holds (to size blocks).
-	rows(m jetstream.Msg) (int, error)
-	// insert inserts the block, leaving out rows ClickHouse already holds;
-	// with reload it first reads the highest position ClickHouse holds.
-	// It returns the rows inserted and skipped.
-	insert(ctx context.Context, msgs []jetstream.Msg, reload bool) (int, int, error)
+	// decode reads a message, and counts the rows it holds (to size blocks).
+	decode(m jetstream.Msg) (blockMsg, int, error)
+	// insertBlock inserts the block, leaving out rows ClickHouse already
+	// holds; with reload it first reads the highest position ClickHouse
+	// holds. It returns the rows inserted and skipped.
+	insertBlock(ctx context.Context, block []blockMsg, reload bool) (int, int, error)
 	table() string
 }
 
@@ -213,7 +213,7 @@ func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, name, stream s
 	log := s.log.With(zap.String("consumer", name))
 	check := true // at start, the block may reach back into what ClickHouse holds: read how far
 	for ctx.Err() == nil {
-		msgs, err := s.fill(ctx, cons, w)
+		msgs, block, err := s.fill(ctx, cons, w)
 		if err != nil {
 			return err
 		}
@@ -247,7 +247,7 @@ func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, name, stream s
 			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 			defer cancel()
 			var err error
-			ins, skip, err = w.insert(ictx, msgs, check)
+			ins, skip, err = w.insertBlock(ictx, block, check)
 			if err != nil {
 				check = true // it may have half happened
 				var perm *backoff.PermanentError
@@ -299,8 +299,9 @@ func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, name, stream s
 
 // fill fetches messages until the block holds BatchRows rows or the flush
 // interval has passed since its first message.
-func (s *Sink) fill(ctx context.Context, cons jetstream.Consumer, w writer) ([]jetstream.Msg, error) {
+func (s *Sink) fill(ctx context.Context, cons jetstream.Consumer, w writer) ([]jetstream.Msg, []blockMsg, error) {
 	var msgs []jetstream.Msg
+	var block []blockMsg
 	rows := 0
 	deadline := time.Now().Add(s.cfg.FlushInterval)
 	for rows < s.cfg.BatchRows && ctx.Err() == nil {
@@ -327,13 +328,14 @@ func (s *Sink) fill(ctx context.Context, cons jetstream.Consumer, w writer) ([]j
 		}
 		got := 0
 		for m := range batch.Messages() {
-			n, err := w.rows(m)
+			bm, n, err := w.decode(m)
 			if err != nil {
 				// not a message this sink can read: it would stall the
 				// partition; stop and say so, as the projector does
-				return nil, fmt.Errorf("sink: %s: %w", m.Subject(), err)
+				return nil, nil, fmt.Errorf("sink: %s: %w", m.Subject(), err)
 			}
 			msgs = append(msgs, m)
+			block = append(block, bm)
 			rows += n
 			got++
 		}
@@ -341,7 +343,7 @@ func (s *Sink) fill(ctx context.Context, cons jetstream.Consumer, w writer) ([]j
 			break
 		}
 	}
-	return msgs, nil
+	return msgs, block, nil
 }
 
 // ---- usage
@@ -349,25 +351,10 @@ func (s *Sink) fill(ctx context.Context, cons jetstream.Consumer, w writer) ([]j
 type usageWriter struct {
 	s         *Sink
 	partition uint16
-	held      uint64                     // the highest position ClickHouse held when last read
-	decoded   map[uint64]*event.Accepted // messages rows() decoded, by stream sequence, for insert
+	held      uint64 // the highest position ClickHouse held when last read
 }
 
 func (u *usageWriter) table() string { return "usage_records" }
-
-func (u *usageWriter) rows(m jetstream.Msg) (int, error) {
-	a, err := event.UnmarshalAccepted(m.Data())
-	if err != nil {
-		return 0, err
-	}
-	if meta, err := m.Metadata(); err == nil {
-		if u.decoded == nil {
-			u.decoded = map[uint64]*event.Accepted{}
-		}
-		u.decoded[meta.Sequence.Stream] = a
-	}
-	return len(a.Rows), nil
-}
 
 // blockMsg is one decoded message of a block.
 type blockMsg struct {
@@ -375,23 +362,12 @@ type blockMsg struct {
 	env      *event.Envelope
 }
 
-func (u *usageWriter) insert(ctx context.Context, msgs []jetstream.Msg, reload bool) (int, int, error) {
-	block := make([]blockMsg, 0, len(msgs))
-	for _, m := range msgs {
-		var a *event.Accepted
-		if meta, err := m.Metadata(); err == nil {
-			a = u.decoded[meta.Sequence.Stream]
-			delete(u.decoded, meta.Sequence.Stream) // a retry decodes again
-		}
-		if a == nil {
-			var err error
-			if a, err = event.UnmarshalAccepted(m.Data()); err != nil {
-				return 0, 0, backoff.Permanent(err)
-			}
-		}
-		block = append(block, blockMsg{accepted: a})
+func (u *usageWriter) decode(m jetstream.Msg) (blockMsg, int, error) {
+	a, err := event.UnmarshalAccepted(m.Data())
+	if err != nil {
+		return blockMsg{}, 0, err
 	}
-	return u.insertBlock(ctx, block, reload)
+	return blockMsg{accepted: a}, len(a.Rows), nil
 }
 
 func (u *usageWriter) insertBlock(ctx context.Context, block []blockMsg, reload bool) (int, int, error) {
@@ -477,26 +453,15 @@ type eventsWriter struct {
 
 func (e *eventsWriter) table() string { return "card_events" }
 
-func (e *eventsWriter) rows(m jetstream.Msg) (int, error) {
-	var env event.Envelope
-	if err := json.Unmarshal(m.Data(), &env); err != nil {
-		return 0, err
+func (e *eventsWriter) decode(m jetstream.Msg) (blockMsg, int, error) {
+	env := &event.Envelope{}
+	if err := json.Unmarshal(m.Data(), env); err != nil {
+		return blockMsg{}, 0, err
 	}
 	if _, err := eventKey(env.ID); err != nil {
-		return 0, err
+		return blockMsg{}, 0, err
 	}
-	return 1, nil
-}
-
-func (e *eventsWriter) insert(ctx context.Context, msgs []jetstream.Msg, reload bool) (int, int, error) {
-	block := make([]blockMsg, len(msgs))
-	for i, m := range msgs {
-		block[i].env = &event.Envelope{}
-		if err := json.Unmarshal(m.Data(), block[i].env); err != nil {
-			return 0, 0, backoff.Permanent(err)
-		}
-	}
-	return e.insertBlock(ctx, block, reload)
+	return blockMsg{env: env}, 1, nil
 }
 
 func (e *eventsWriter) insertBlock(ctx context.Context, block []blockMsg, reload bool) (int, int, error) {
