@@ -32,7 +32,7 @@ type Directory struct {
 	log *zap.Logger
 
 	mu       sync.RWMutex
-	cards    map[string]CardEntry
+	cards    map[string]*CardEntry // an entry is never changed: a newer one replaces it
 	byIMSI   map[string]string
 	byMSISDN map[string]string
 	plans    map[string]card.PlanChanged
@@ -40,8 +40,8 @@ type Directory struct {
 
 // NewDirectory loads the bucket and starts watching it until ctx ends.
 func NewDirectory(ctx context.Context, kv jetstream.KeyValue, log *zap.Logger) (*Directory, error) {
-	d := &Directory{kv: kv, log: log, cards: map[string]CardEntry{}, byIMSI: map[string]string{},
-		byMSISDN: map[string]string{}, plans: map[string]card.PlanChanged{}}
+	d := &Directory{kv: kv, log: log}
+	d.init()
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("directory: watching: %w", err)
@@ -72,6 +72,10 @@ func NewDirectory(ctx context.Context, kv jetstream.KeyValue, log *zap.Logger) (
 	return d, nil
 }
 
+func (d *Directory) init() {
+	d.cards, d.byIMSI, d.byMSISDN, d.plans = map[string]*CardEntry{}, map[string]string{}, map[string]string{}, map[string]card.PlanChanged{}
+}
+
 func (d *Directory) apply(e jetstream.KeyValueEntry) {
 	if e.Operation() != jetstream.KeyValuePut {
 		return
@@ -98,7 +102,7 @@ func (d *Directory) apply(e jetstream.KeyValueEntry) {
 }
 
 func (d *Directory) putCardLocked(c CardEntry) {
-	d.cards[c.ICCID] = c
+	d.cards[c.ICCID] = &c
 	if c.IMSI != "" {
 		d.byIMSI[c.IMSI] = c.ICCID
 	}
@@ -111,12 +115,15 @@ func (d *Directory) putCardLocked(c CardEntry) {
 func (d *Directory) Card(iccid string) (CardEntry, bool) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
-	c, ok := d.cards[iccid]
-	return c, ok
+	if c, ok := d.cards[iccid]; ok {
+		return *c, true
+	}
+	return CardEntry{}, false
 }
 
-// Resolve finds a card by ICCID, else IMSI, else MSISDN.
-func (d *Directory) Resolve(iccid, imsi, msisdn string) (CardEntry, bool) {
+// Resolve finds a card by ICCID, else IMSI, else MSISDN. The entry it
+// returns is shared: read it, never change it.
+func (d *Directory) Resolve(iccid, imsi, msisdn string) (*CardEntry, bool) {
 	d.mu.RLock()
 	defer d.mu.RUnlock()
 	if iccid == "" && imsi != "" {

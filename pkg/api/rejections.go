@@ -229,7 +229,7 @@ func (s *Server) resubmit(w http.ResponseWriter, r *http.Request) error {
 	sort.Strings(ids)
 	res.BatchID = "resubmit-" + contentID([]byte(carrier), []byte(strings.Join(ids, ",")))
 	now := s.clock.Now()
-	byPart := make([][]cdr.Record, s.cfg.Partitions)
+	ch := s.newChunker(cdr.ChunkHeader{Carrier: carrier, BatchID: res.BatchID, ReceivedAt: now})
 	var valid []string
 	for i, v := range picked {
 		if v.Record == nil || v.Resubmitted != "" {
@@ -239,17 +239,19 @@ func (s *Server) resubmit(w http.ResponseWriter, r *http.Request) error {
 			continue
 		}
 		rec := v.Record.record()
-		if re := s.route(&rec, now, i, v.Error.Line, byPart); re != nil {
+		p, re := s.route(&rec, now, i, v.Error.Line)
+		if re != nil {
 			re.Reason = v.ID + ": " + re.Reason
 			res.StillRejected = append(res.StillRejected, re)
 			continue
 		}
+		ch.add(p, &rec)
 		valid = append(valid, v.ID)
 	}
 	sort.Strings(res.NotResubmittable)
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
 	defer cancel()
-	acks, err := s.publishChunks(ctx, carrier, res.BatchID, now, byPart, nil)
+	acks, err := s.publishChunks(ctx, carrier, res.BatchID, now, ch.finish(), nil)
 	if err != nil {
 		return err
 	}

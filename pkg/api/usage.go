@@ -142,10 +142,10 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 	}
 	now := s.clock.Now()
 	res := &BatchResult{BatchID: key, Carrier: carrier, Rejected: []*cdr.RecordError{}}
-	byPart := make([][]cdr.Record, s.cfg.Partitions)
+	ch := s.newChunker(cdr.ChunkHeader{Carrier: carrier, BatchID: key, ReceivedAt: now})
 	var rejected []Rejection
+	var rec cdr.Record
 	for {
-		var rec cdr.Record
 		err := rd.Next(&rec)
 		if err == io.EOF {
 			break
@@ -164,15 +164,18 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 			return problem(http.StatusRequestEntityTooLarge, "limit/records", "too many records",
 				fmt.Sprintf("a batch holds at most %d records: split it", s.cfg.Batch.MaxRecords))
 		}
-		if re := s.route(&rec, now, res.Received-1, rd.Line(), byPart); re != nil {
+		p, re := s.route(&rec, now, res.Received-1, rd.Line())
+		if re != nil {
 			res.Rejected = append(res.Rejected, re)
 			rc := rec
 			rejected = append(rejected, Rejection{Error: re, Record: toRecordJSON(&rc)})
+			continue
 		}
+		ch.add(p, &rec)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
 	defer cancel()
-	acks, err := s.publishChunks(ctx, carrier, key, now, byPart, rejected)
+	acks, err := s.publishChunks(ctx, carrier, key, now, ch.finish(), rejected)
 	if err != nil {
 		return err
 	}
@@ -198,11 +201,12 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// route validates a record and files it under its card's partition; it
-// returns the rejection when the record is not valid or its card unknown.
-func (s *Server) route(rec *cdr.Record, now int64, idx, line int, byPart [][]cdr.Record) *cdr.RecordError {
+// route validates a record, names its card by ICCID and returns its
+// partition, or the rejection when the record is not valid or its card
+// unknown.
+func (s *Server) route(rec *cdr.Record, now int64, idx, line int) (int, *cdr.RecordError) {
 	if fe := rec.Validate(now, s.cfg.Limits); fe != nil {
-		return &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: fe.Field, Reason: fe.Reason}
+		return 0, &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: fe.Field, Reason: fe.Reason}
 	}
 	c, found := s.dir.Resolve(rec.ICCID, rec.IMSI, rec.MSISDN)
 	if !found {
@@ -210,12 +214,10 @@ func (s *Server) route(rec *cdr.Record, now int64, idx, line int, byPart [][]cdr
 		if rec.ICCID == "" {
 			field = map[bool]string{true: "imsi", false: "msisdn"}[rec.IMSI != ""]
 		}
-		return &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: field, Reason: "unknown card: provision it first"}
+		return 0, &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: field, Reason: "unknown card: provision it first"}
 	}
 	rec.ICCID = c.ICCID
-	p := broker.Partition(c.AccountID, s.cfg.Partitions)
-	byPart[p] = append(byPart[p], *rec)
-	return nil
+	return broker.Partition(c.AccountID, s.cfg.Partitions), nil
 }
 
 type storedAnswer struct {
@@ -263,30 +265,69 @@ type chunkAcks struct {
 	seqs       map[int][]uint64 // partition -> chunk positions
 }
 
-// publishChunks publishes each partition's records in chunks, and the
-// rejected records, and waits for every ack. A chunk's message id is
-// derived from the batch key, the partition and the chunk's index, so a
-// retried batch is stored once.
-func (s *Server) publishChunks(ctx context.Context, carrier, key string, now int64, byPart [][]cdr.Record, rejected []Rejection) (chunkAcks, error) {
+// chunk is one encoded log message of a batch.
+type chunk struct {
+	partition, records int
+	data               []byte
+}
+
+// chunker encodes a batch's records into their partitions' chunks as they
+// are read, so that a batch is never held as records; a full chunk is set
+// aside as a message.
+type chunker struct {
+	header cdr.ChunkHeader
+	max    int
+	parts  []cdr.ChunkBuilder
+	chunks []chunk
+}
+
+func (s *Server) newChunker(h cdr.ChunkHeader) *chunker {
+	return &chunker{header: h, max: s.cfg.ChunkRecords, parts: make([]cdr.ChunkBuilder, s.cfg.Partitions)}
+}
+
+func (c *chunker) add(p int, rec *cdr.Record) {
+	if c.parts[p].Add(rec); c.parts[p].Len() == c.max {
+		c.seal(p)
+	}
+}
+
+func (c *chunker) seal(p int) {
+	c.chunks = append(c.chunks, chunk{partition: p, records: c.parts[p].Len(), data: c.parts[p].Bytes(c.header)})
+	c.parts[p].Reset()
+}
+
+// finish seals the partly filled chunks and returns every chunk.
+func (c *chunker) finish() []chunk {
+	for p := range c.parts {
+		if c.parts[p].Len() > 0 {
+			c.seal(p)
+		}
+	}
+	return c.chunks
+}
+
+// publishChunks publishes the chunks and the rejected records and waits
+// for every ack. A chunk's message id is derived from the batch key, the
+// partition and the chunk's index within it, so a retried batch is stored
+// once.
+func (s *Server) publishChunks(ctx context.Context, carrier, key string, now int64, chunks []chunk, rejected []Rejection) (chunkAcks, error) {
 	acks := chunkAcks{seqs: map[int][]uint64{}}
 	type pending struct {
 		fut  jetstream.PubAckFuture
 		n, p int
 	}
 	var futs []pending
-	for p, recs := range byPart {
-		for i := 0; len(recs) > 0; i++ {
-			n := min(len(recs), s.cfg.ChunkRecords)
-			m := nats.NewMsg(broker.UsageSubject(p))
-			m.Data = cdr.AppendChunk(nil, cdr.ChunkHeader{Carrier: carrier, BatchID: key, ReceivedAt: now}, recs[:n])
-			m.Header.Set(jetstream.MsgIDHeader, "u-"+key+"-"+strconv.Itoa(p)+"-"+strconv.Itoa(i))
-			f, err := s.js.PublishMsgAsync(m)
-			if err != nil {
-				return acks, fmt.Errorf("%w: %v", errUnavailable, err)
-			}
-			futs = append(futs, pending{f, n, p})
-			recs = recs[n:]
+	index := make([]int, s.cfg.Partitions) // chunks published per partition
+	for _, c := range chunks {
+		m := nats.NewMsg(broker.UsageSubject(c.partition))
+		m.Data = c.data
+		m.Header.Set(jetstream.MsgIDHeader, "u-"+key+"-"+strconv.Itoa(c.partition)+"-"+strconv.Itoa(index[c.partition]))
+		index[c.partition]++
+		f, err := s.js.PublishMsgAsync(m)
+		if err != nil {
+			return acks, fmt.Errorf("%w: %v", errUnavailable, err)
 		}
+		futs = append(futs, pending{f, c.records, c.partition})
 	}
 	if len(rejected) > 0 {
 		b, _ := json.Marshal(RejectedBatch{Carrier: carrier, BatchID: key, ReceivedAt: now, Rejections: rejected})

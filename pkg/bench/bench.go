@@ -45,6 +45,17 @@ type Config struct {
 	StopLoad      int           // background CDRs/s during the stop latency run
 	Log           io.Writer     // progress lines
 	Formats       []string      // the order the ingest formats are measured in; default csv, ndjson
+	// Phase, when set, is called as each measured phase starts ("ingest-csv",
+	// "ingest-ndjson", "e2e", "stop") and the function it returns as it
+	// ends: the command uses it for a CPU profile per phase.
+	Phase func(name string) (end func())
+}
+
+func (c *Config) phase(name string) func() {
+	if c.Phase == nil {
+		return func() {}
+	}
+	return c.Phase(name)
 }
 
 // Report holds the figures.
@@ -131,7 +142,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	for i, format := range formats {
 		bodies := makeBodies(fl, cfg, format, cfg.IngestRecords, now, uint64(60+i)) // new record ids for each
 		cfg.logf("ingest %s: %d records in batches of %d, %d workers", format, cfg.IngestRecords, cfg.BatchRecords, cfg.Workers)
+		end := cfg.phase("ingest-" + format)
 		rate, err := ingest(ctx, p.URL, format, bodies, cfg.Workers, nil)
+		end()
 		if err != nil {
 			return nil, err
 		}
@@ -142,10 +155,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			rep.IngestNDJSON = rate
 		}
 	}
-	if err := e2e(ctx, p, fl, cfg, now, rep); err != nil {
+	end := cfg.phase("e2e")
+	err = e2e(ctx, p, fl, cfg, now, rep)
+	end()
+	if err != nil {
 		return nil, err
 	}
-	if err := stopLatency(ctx, p, fl, cfg, now, rep); err != nil {
+	end = cfg.phase("stop")
+	err = stopLatency(ctx, p, fl, cfg, now, rep)
+	end()
+	if err != nil {
 		return nil, err
 	}
 	return rep, nil

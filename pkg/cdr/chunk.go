@@ -27,23 +27,58 @@ type ChunkHeader struct {
 
 // AppendChunk appends the encoding of a chunk to dst.
 func AppendChunk(dst []byte, h ChunkHeader, recs []Record) []byte {
+	dst = appendChunkHeader(dst, h, len(recs))
+	for i := range recs {
+		dst = appendRecord(dst, &recs[i])
+	}
+	return dst
+}
+
+func appendChunkHeader(dst []byte, h ChunkHeader, n int) []byte {
 	dst = append(dst, chunkVersion)
 	dst = wire.AppendString(dst, h.Carrier)
 	dst = wire.AppendString(dst, h.BatchID)
 	dst = binary.AppendVarint(dst, h.ReceivedAt)
-	dst = binary.AppendUvarint(dst, uint64(len(recs)))
-	for i := range recs {
-		r := &recs[i]
-		for _, s := range [...]string{r.RecordID, r.ICCID, r.IMSI, r.MSISDN, r.SessionID, r.APN, r.RAT, r.IMEI, r.CellID} {
-			dst = wire.AppendString(dst, s)
-		}
-		dst = binary.AppendVarint(dst, r.Start)
-		dst = binary.AppendVarint(dst, r.End-r.Start)
-		dst = binary.AppendUvarint(dst, r.BytesUp)
-		dst = binary.AppendUvarint(dst, r.BytesDown)
-		dst = binary.AppendUvarint(dst, uint64(r.Sequence))
+	return binary.AppendUvarint(dst, uint64(n))
+}
+
+func appendRecord(dst []byte, r *Record) []byte {
+	for _, s := range [...]string{r.RecordID, r.ICCID, r.IMSI, r.MSISDN, r.SessionID, r.APN, r.RAT, r.IMEI, r.CellID} {
+		dst = wire.AppendString(dst, s)
 	}
-	return dst
+	dst = binary.AppendVarint(dst, r.Start)
+	dst = binary.AppendVarint(dst, r.End-r.Start)
+	dst = binary.AppendUvarint(dst, r.BytesUp)
+	dst = binary.AppendUvarint(dst, r.BytesDown)
+	return binary.AppendUvarint(dst, uint64(r.Sequence))
+}
+
+// ChunkBuilder encodes records one at a time, as they are read, so that a
+// batch is never held as a slice of records: Bytes gives the same chunk
+// AppendChunk would. The zero value is ready; Reset empties it for reuse.
+type ChunkBuilder struct {
+	body []byte
+	n    int
+}
+
+// Add encodes a record.
+func (c *ChunkBuilder) Add(r *Record) {
+	c.body = appendRecord(c.body, r)
+	c.n++
+}
+
+// Len is how many records the builder holds.
+func (c *ChunkBuilder) Len() int { return c.n }
+
+// Bytes returns a new slice holding the chunk of the records added.
+func (c *ChunkBuilder) Bytes(h ChunkHeader) []byte {
+	dst := make([]byte, 0, 16+len(h.Carrier)+len(h.BatchID)+len(c.body))
+	return append(appendChunkHeader(dst, h, c.n), c.body...)
+}
+
+// Reset empties the builder, keeping its memory.
+func (c *ChunkBuilder) Reset() {
+	c.body, c.n = c.body[:0], 0
 }
 
 // ErrCorruptChunk is returned for bytes that are not a valid chunk. Only
@@ -52,10 +87,22 @@ var ErrCorruptChunk = errors.New("corrupt usage chunk")
 
 // DecodeChunk decodes a chunk, appending its records to recs[:0].
 func DecodeChunk(b []byte, h *ChunkHeader, recs []Record) ([]Record, error) {
+	return decodeChunk(b, h, recs, false)
+}
+
+// DecodeChunkView is DecodeChunk without copies of the strings: the header's
+// and the records' strings share b's memory, so b must not change while
+// they are in use, and any string kept keeps all of b alive. For a reader
+// that folds a message and drops it.
+func DecodeChunkView(b []byte, h *ChunkHeader, recs []Record) ([]Record, error) {
+	return decodeChunk(b, h, recs, true)
+}
+
+func decodeChunk(b []byte, h *ChunkHeader, recs []Record, alias bool) ([]Record, error) {
 	if len(b) == 0 || b[0] != chunkVersion {
 		return recs[:0], fmt.Errorf("%w: unknown version", ErrCorruptChunk)
 	}
-	d := wire.Reader{B: b[1:]}
+	d := wire.Reader{B: b[1:], Alias: alias}
 	h.Carrier = d.String()
 	h.BatchID = d.String()
 	h.ReceivedAt = d.Varint()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"testing"
 )
 
@@ -66,6 +67,11 @@ func FuzzDecodeChunk(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var h ChunkHeader
 		recs, err := DecodeChunk(in, &h, nil)
+		var hv ChunkHeader
+		view, verr := DecodeChunkView(in, &hv, nil)
+		if (err == nil) != (verr == nil) || h != hv || !slices.Equal(recs, view) {
+			t.Fatalf("copy (%v) and view (%v) differ", err, verr)
+		}
 		if err != nil {
 			return
 		}

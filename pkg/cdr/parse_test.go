@@ -1,6 +1,7 @@
 package cdr
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"strings"
@@ -137,6 +138,33 @@ func TestChunkRoundTrip(t *testing.T) {
 		if _, err := DecodeChunk(b[:i], &h2, nil); err == nil {
 			t.Fatalf("a chunk cut at %d bytes decoded", i)
 		}
+		if _, err := DecodeChunkView(b[:i], &h2, nil); err == nil {
+			t.Fatalf("a chunk cut at %d bytes decoded as a view", i)
+		}
+	}
+	// the builder encodes the same bytes, record by record, and again after
+	// a reset
+	var cb ChunkBuilder
+	for round := 0; round < 2; round++ {
+		cb.Reset()
+		for i := range recs {
+			cb.Add(&recs[i])
+		}
+		if cb.Len() != 2 || !bytes.Equal(cb.Bytes(h), b) {
+			t.Fatalf("round %d: the builder's chunk differs:\n%x\n%x", round, cb.Bytes(h), b)
+		}
+	}
+	// a view reads the same, sharing the chunk's bytes
+	var h3 ChunkHeader
+	view, err := DecodeChunkView(b, &h3, nil)
+	if err != nil || h3 != h || view[0] != recs[0] || view[1] != recs[1] {
+		t.Fatalf("view: %+v %+v %v", h3, view, err)
+	}
+	for i := range b {
+		b[i] = 0
+	}
+	if view[0].APN == "cmiot" || got[0].APN != "cmiot" {
+		t.Fatalf("after the chunk changed: view %q, copy %q", view[0].APN, got[0].APN)
 	}
 }
 

@@ -101,11 +101,18 @@ func (a *Accepted) Marshal() ([]byte, error) {
 }
 
 // UnmarshalAccepted decodes the message.
-func UnmarshalAccepted(b []byte) (*Accepted, error) {
+func UnmarshalAccepted(b []byte) (*Accepted, error) { return unmarshalAccepted(b, false) }
+
+// UnmarshalAcceptedView decodes the message without copying its strings:
+// they share b's memory, so b must not change while the result is in use
+// (the sink reads a message, inserts it and drops both).
+func UnmarshalAcceptedView(b []byte) (*Accepted, error) { return unmarshalAccepted(b, true) }
+
+func unmarshalAccepted(b []byte, alias bool) (*Accepted, error) {
 	if len(b) == 0 || b[0] != acceptedVersion {
 		return nil, ErrCorruptAccepted
 	}
-	r := &wire.Reader{B: b[1:]}
+	r := &wire.Reader{B: b[1:], Alias: alias}
 	a := &Accepted{Partition: int(r.Uvarint()), Seq: r.Uvarint(), Carrier: r.String(), ReceivedAt: r.Varint()}
 	n := r.Uvarint()
 	if r.Err == nil && n > uint64(len(r.B)/16) {

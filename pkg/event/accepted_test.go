@@ -23,6 +23,36 @@ func TestAcceptedRoundTrip(t *testing.T) {
 		if _, err := UnmarshalAccepted(b[:i]); err == nil {
 			t.Fatalf("a message cut at %d bytes decoded", i)
 		}
+		if _, err := UnmarshalAcceptedView(b[:i]); err == nil {
+			t.Fatalf("a message cut at %d bytes decoded as a view", i)
+		}
+	}
+	view, err := UnmarshalAcceptedView(b)
+	if err != nil || !reflect.DeepEqual(view, a) {
+		t.Fatalf("view: %+v %v", view, err)
+	}
+	// a view shares the message's bytes; a copy does not
+	copied, _ := UnmarshalAccepted(b)
+	for i := range b {
+		b[i] = 'x'
+	}
+	if view.Rows[0].APN == "cmiot" || copied.Rows[0].APN != "cmiot" {
+		t.Fatalf("view %q, copy %q after the message changed", view.Rows[0].APN, copied.Rows[0].APN)
+	}
+}
+
+// The view allocates only the message and its rows, not a string per field.
+func TestAcceptedViewAllocations(t *testing.T) {
+	a := &Accepted{Carrier: "cmcc"}
+	for i := 0; i < 100; i++ {
+		a.Rows = append(a.Rows, AcceptedRow{Index: i, RecordID: "r", ICCID: "89860000000000000019", AccountID: "a", PlanID: "p", APN: "cmiot"})
+	}
+	b, _ := a.Marshal()
+	if n := testing.AllocsPerRun(20, func() { _, _ = UnmarshalAcceptedView(b) }); n > 2 {
+		t.Fatalf("%.0f allocations for a 100-row view, want at most 2", n)
+	}
+	if n := testing.AllocsPerRun(20, func() { _, _ = UnmarshalAccepted(b) }); n < 100 {
+		t.Fatalf("%.0f allocations for a 100-row copy: the test no longer tells the two apart", n)
 	}
 }
 
@@ -31,6 +61,10 @@ func FuzzUnmarshalAccepted(f *testing.F) {
 	f.Add(b)
 	f.Fuzz(func(t *testing.T, in []byte) {
 		a, err := UnmarshalAccepted(in)
+		v, verr := UnmarshalAcceptedView(in)
+		if (err == nil) != (verr == nil) || (err == nil && !reflect.DeepEqual(a, v)) {
+			t.Fatalf("copy %+v (%v) and view %+v (%v) differ", a, err, v, verr)
+		}
 		if err != nil {
 			return
 		}

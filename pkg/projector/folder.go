@@ -39,12 +39,15 @@ func (f *Folder) Fold(subject string, seq uint64, data []byte) (Output, error) {
 	var err error
 	f.emitted = f.emitted[:0]
 	if strings.HasSuffix(subject, ".usage") {
+		// the records share data's bytes (no copy per field): the fold
+		// keeps no record string, and the output is published and dropped
 		var h cdr.ChunkHeader
-		if f.recs, err = cdr.DecodeChunk(data, &h, f.recs); err != nil {
+		if f.recs, err = cdr.DecodeChunkView(data, &h, f.recs); err != nil {
 			return out, fmt.Errorf("seq %d on %s: %w", seq, subject, err)
 		}
 		f.verdicts, f.emitted = f.State.ApplyUsage(&h, f.recs, f.verdicts, f.emitted)
-		acc := &event.Accepted{Partition: f.Partition, Seq: seq, Carrier: h.Carrier, ReceivedAt: h.ReceivedAt}
+		acc := &event.Accepted{Partition: f.Partition, Seq: seq, Carrier: h.Carrier, ReceivedAt: h.ReceivedAt,
+			Rows: make([]event.AcceptedRow, 0, len(f.recs))}
 		out.Verdicts = &ChunkVerdicts{}
 		for i := range f.recs {
 			acc.AppendRow(i, &f.recs[i], &f.verdicts[i])

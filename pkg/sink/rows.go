@@ -22,11 +22,39 @@ const usageInsert = `INSERT INTO usage_records (partition, src_seq, idx, carrier
  start_time, end_time, bytes_up, bytes_down, sequence, session_id, apn, rat, imei, cell_id, cycle_start, late,
  received_at, arrival_delay_s)`
 
-// appendUsage adds the rows of an accepted chunk whose keys skip does not hold.
-func appendUsage(b driver.Batch, a *event.Accepted, skip map[rowKey]bool) (int, error) {
-	recv := time.Unix(a.ReceivedAt, 0)
+// usageColumns gathers a block's usage rows column by column, to hand each
+// column to the driver as one slice: appending row by row converted every
+// value through an interface and was the sink's largest cost.
+type usageColumns struct {
+	partition                                        []uint16
+	srcSeq                                           []uint64
+	idx, sequence                                    []uint32
+	carrier, recordID, iccid, accountID, planID      []string
+	sessionID, apn, rat, imei, cellID                []string
+	start, end, cycleStart, receivedAt, arrivalDelay []int64
+	bytesUp, bytesDown                               []uint64
+	late                                             []uint8
+}
+
+func newUsageColumns(rows int) *usageColumns {
+	str := func() []string { return make([]string, 0, rows) }
+	i64 := func() []int64 { return make([]int64, 0, rows) }
+	return &usageColumns{
+		partition: make([]uint16, 0, rows), srcSeq: make([]uint64, 0, rows),
+		idx: make([]uint32, 0, rows), sequence: make([]uint32, 0, rows),
+		carrier: str(), recordID: str(), iccid: str(), accountID: str(), planID: str(),
+		sessionID: str(), apn: str(), rat: str(), imei: str(), cellID: str(),
+		start: i64(), end: i64(), cycleStart: i64(), receivedAt: i64(), arrivalDelay: i64(),
+		bytesUp: make([]uint64, 0, rows), bytesDown: make([]uint64, 0, rows), late: make([]uint8, 0, rows),
+	}
+}
+
+// add appends the rows of an accepted chunk whose keys skip does not hold
+// and returns how many it appended.
+func (c *usageColumns) add(a *event.Accepted, skip map[rowKey]bool) int {
 	n := 0
-	for _, r := range a.Rows {
+	for i := range a.Rows {
+		r := &a.Rows[i]
 		if skip[rowKey{uint16(a.Partition), a.Seq, uint32(r.Index)}] {
 			continue
 		}
@@ -34,14 +62,44 @@ func appendUsage(b driver.Batch, a *event.Accepted, skip map[rowKey]bool) (int, 
 		if r.Late {
 			late = 1
 		}
-		if err := b.Append(uint16(a.Partition), a.Seq, uint32(r.Index), a.Carrier, r.RecordID, r.ICCID, r.AccountID, r.PlanID,
-			time.Unix(r.Start, 0), time.Unix(r.End, 0), r.BytesUp, r.BytesDown, r.Sequence, r.SessionID, r.APN, r.RAT, r.IMEI, r.CellID,
-			time.Unix(r.CycleStart, 0), late, recv, a.ReceivedAt-r.End); err != nil {
-			return n, err
-		}
+		c.partition = append(c.partition, uint16(a.Partition))
+		c.srcSeq = append(c.srcSeq, a.Seq)
+		c.idx = append(c.idx, uint32(r.Index))
+		c.carrier = append(c.carrier, a.Carrier)
+		c.recordID = append(c.recordID, r.RecordID)
+		c.iccid = append(c.iccid, r.ICCID)
+		c.accountID = append(c.accountID, r.AccountID)
+		c.planID = append(c.planID, r.PlanID)
+		c.start = append(c.start, r.Start)
+		c.end = append(c.end, r.End)
+		c.bytesUp = append(c.bytesUp, r.BytesUp)
+		c.bytesDown = append(c.bytesDown, r.BytesDown)
+		c.sequence = append(c.sequence, r.Sequence)
+		c.sessionID = append(c.sessionID, r.SessionID)
+		c.apn = append(c.apn, r.APN)
+		c.rat = append(c.rat, r.RAT)
+		c.imei = append(c.imei, r.IMEI)
+		c.cellID = append(c.cellID, r.CellID)
+		c.cycleStart = append(c.cycleStart, r.CycleStart)
+		c.late = append(c.late, late)
+		c.receivedAt = append(c.receivedAt, a.ReceivedAt)
+		c.arrivalDelay = append(c.arrivalDelay, a.ReceivedAt-r.End)
 		n++
 	}
-	return n, nil
+	return n
+}
+
+// appendTo hands the columns to a batch of usageInsert, in its column order.
+func (c *usageColumns) appendTo(b driver.Batch) error {
+	cols := []any{c.partition, c.srcSeq, c.idx, c.carrier, c.recordID, c.iccid, c.accountID, c.planID,
+		c.start, c.end, c.bytesUp, c.bytesDown, c.sequence, c.sessionID, c.apn, c.rat, c.imei, c.cellID,
+		c.cycleStart, c.late, c.receivedAt, c.arrivalDelay}
+	for i, col := range cols {
+		if err := b.Column(i).Append(col); err != nil {
+			return fmt.Errorf("usage_records column %d: %w", i, err)
+		}
+	}
+	return nil
 }
 
 const eventsInsert = `INSERT INTO card_events (partition, src_seq, idx, event_id, type, iccid, account_id, plan_id, time,

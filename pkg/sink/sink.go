@@ -363,7 +363,9 @@ type blockMsg struct {
 }
 
 func (u *usageWriter) decode(m jetstream.Msg) (blockMsg, int, error) {
-	a, err := event.UnmarshalAccepted(m.Data())
+	// a view: the message's bytes stay as they are until the block is
+	// inserted and dropped, and the rows' strings need no copies
+	a, err := event.UnmarshalAcceptedView(m.Data())
 	if err != nil {
 		return blockMsg{}, 0, err
 	}
@@ -391,16 +393,20 @@ func (u *usageWriter) insertBlock(ctx context.Context, block []blockMsg, reload 
 		return 0, 0, err
 	}
 	defer b.Abort() //nolint:errcheck // no-op after Send
+	rows := 0
+	for _, bm := range block {
+		rows += len(bm.accepted.Rows)
+	}
+	cols := newUsageColumns(rows)
 	n := 0
 	for _, bm := range block {
-		k, err := appendUsage(b, bm.accepted, skip)
-		if err != nil {
-			return 0, 0, err
-		}
-		n += k
+		n += cols.add(bm.accepted, skip)
 	}
 	if n == 0 {
 		return 0, len(skip), nil
+	}
+	if err := cols.appendTo(b); err != nil {
+		return 0, 0, err
 	}
 	return n, len(skip), b.Send()
 }

@@ -6,6 +6,7 @@ package wire
 import (
 	"encoding/binary"
 	"errors"
+	"unsafe"
 )
 
 // ErrCorrupt is the error of a Reader that met bytes it could not read.
@@ -24,6 +25,11 @@ func AppendString(b []byte, s string) []byte {
 type Reader struct {
 	B   []byte
 	Err error
+	// Alias makes String return strings that share B's memory instead of
+	// copies: no allocation per string, but B must never change after, and
+	// every string read keeps all of B alive. For a message that is read,
+	// used and dropped as a whole.
+	Alias bool
 }
 
 // Uvarint reads an unsigned varint.
@@ -64,7 +70,14 @@ func (r *Reader) String() string {
 		r.Err = ErrCorrupt
 		return ""
 	}
-	s := string(r.B[:n])
+	var s string
+	switch {
+	case n == 0:
+	case r.Alias:
+		s = unsafe.String(&r.B[0], int(n))
+	default:
+		s = string(r.B[:n])
+	}
 	r.B = r.B[n:]
 	return s
 }

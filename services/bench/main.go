@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -28,6 +29,7 @@ func main() {
 	flag.IntVar(&cfg.StopSamples, "stop-samples", 200, "stop latency samples")
 	flag.IntVar(&cfg.StopLoad, "stop-load", 10000, "background CDRs/s during the stop latency run")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (pipeline included) to this file")
+	profileDir := flag.String("profile-dir", "", "write a CPU profile of each measured phase (pipeline included) to DIR/<phase>.prof")
 	formats := flag.String("formats", "csv,ndjson", "ingest formats, in the order measured")
 	replay := flag.Bool("replay", false, "measure only the replay from scratch and the projector's memory per card (no servers)")
 	records := flag.Int("records", 10000000, "with -replay: records to fold")
@@ -45,6 +47,27 @@ func main() {
 			os.Exit(1)
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if *profileDir != "" {
+		if *cpuprofile != "" {
+			fmt.Fprintln(os.Stderr, "bench: -cpuprofile and -profile-dir exclude each other")
+			os.Exit(2)
+		}
+		if err := os.MkdirAll(*profileDir, 0o755); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		cfg.Phase = func(name string) func() {
+			f, err := os.Create(filepath.Join(*profileDir, name+".prof"))
+			if err == nil {
+				err = pprof.StartCPUProfile(f)
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "bench: profile:", err)
+				return func() {}
+			}
+			return func() { pprof.StopCPUProfile(); f.Close() }
+		}
 	}
 	if *replay {
 		r := bench.Replay(cfg.Cards, *records, 8, os.Stderr)
