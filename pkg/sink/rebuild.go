@@ -88,7 +88,7 @@ func (s *Sink) rebuildPartition(ctx context.Context, js jetstream.JetStream, p i
 		return 0, 0, 0, err
 	}
 	folder := &projector.Folder{Partition: p, State: card.NewPartition()}
-	uw := &usageWriter{s: s, partition: uint16(p)}
+	uw := &usageWriter{s: s}
 	ew := &eventsWriter{s: s}
 	var usage, events []blockMsg
 	rows := 0

@@ -233,3 +233,31 @@ func TestClickHouseOutage(t *testing.T) {
 		return s.Healthy()
 	})
 }
+
+// A sink instance writes the usage of the partitions it owns, in one
+// stream of large inserts, and leaves the others to their owner.
+func TestOwnedPartitions(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ch := testenv.ClickHouse(t)
+	for p := 0; p < 4; p++ {
+		publishAccepted(t, js, p, 5, 10, 1)
+	}
+	s := New(js, ch, Config{Partitions: 4, Owned: []int{1, 3}, FlushInterval: 200 * time.Millisecond}, nil, testenv.Logger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	testenv.Eventually(t, 30*time.Second, s.Healthy) // connected, schema applied
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := count(t, s, ch, "SELECT count() FROM usage_records"); n != 100 {
+			return fmt.Errorf("%d rows, want 100 (partitions 1 and 3)", n)
+		}
+		return nil
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, s, ch, "SELECT countIf(partition NOT IN (1, 3)) FROM usage_records"); n != 0 {
+		t.Fatalf("%d rows of partitions the instance does not own", n)
+	}
+}
