@@ -29,6 +29,7 @@ type Partition struct {
 	plans    map[string]*plan
 	accounts map[string]*account
 	cards    map[string]*Card
+	byNumber map[uint64]*Card // the cards whose ICCID packs into 64 bits (every valid one): the usage fold's lookup
 	pools    map[string]*pool
 	order    []*Card           // cards in provisioning order: the order ticks visit them
 	strs     map[string]string // interned carrier, plan and account names: one copy for many cards
@@ -65,7 +66,7 @@ type Card struct {
 	charged                         uint64 // overage MB already charged this cycle
 	reasons                         Reasons
 	warned                          warnings                    // fired this cycle (or validity period)
-	seen                            map[uint64]seenRecord       // record ids counted: carrier+id hash -> content and cycle
+	seen                            idSet                       // record ids counted: carrier+id hash -> content and cycle
 	closed                          [RetainedCycles]closedCycle // most recent first
 	lastCmd                         CommandOutcome
 }
@@ -111,7 +112,50 @@ const RetainedCycles = 2
 // NewPartition returns empty state.
 func NewPartition() *Partition {
 	return &Partition{plans: map[string]*plan{}, accounts: map[string]*account{}, cards: map[string]*Card{}, pools: map[string]*pool{},
-		strs: map[string]string{}}
+		byNumber: map[uint64]*Card{}, strs: map[string]string{}}
+}
+
+// addCard files a new card.
+func (p *Partition) addCard(c *Card) {
+	p.cards[c.iccid] = c
+	if n, ok := packICCID(c.iccid); ok {
+		p.byNumber[n] = c
+	}
+	p.order = append(p.order, c)
+	p.account(c.account).cards = append(p.account(c.account).cards, c)
+}
+
+// card finds a card by ICCID. A map keyed by the packed number finds it
+// without reading the key's bytes elsewhere in memory, as a string key
+// makes a lookup do: it is the first step of folding every record.
+func (p *Partition) card(iccid string) (*Card, bool) {
+	if n, ok := packICCID(iccid); ok {
+		c, found := p.byNumber[n]
+		return c, found
+	}
+	c, found := p.cards[iccid]
+	return c, found
+}
+
+// packICCID packs an ICCID of 19 or 20 digits that starts with 89 into a
+// number: the digits after 89 (at most 18, below 2^60) and the length in
+// the top bit. Distinct such ICCIDs pack to distinct numbers.
+func packICCID(s string) (uint64, bool) {
+	if (len(s) != 19 && len(s) != 20) || s[0] != '8' || s[1] != '9' {
+		return 0, false
+	}
+	var n uint64
+	for i := 2; i < len(s); i++ {
+		d := s[i] - '0'
+		if d > 9 {
+			return 0, false
+		}
+		n = n*10 + uint64(d)
+	}
+	if len(s) == 20 {
+		n |= 1 << 63
+	}
+	return n, true
 }
 
 // intern returns one shared copy of a short, often repeated string.
@@ -228,11 +272,9 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	now := p.at(in)
 	acct := p.account(cp.AccountID)
 	if !exists {
-		c = &Card{iccid: cp.ICCID, account: acct.id, seen: map[uint64]seenRecord{}}
+		c = &Card{iccid: cp.ICCID, account: acct.id}
 		c.cycle = CycleAt(now, pl.loc, pl.anchor)
-		p.cards[cp.ICCID] = c
-		p.order = append(p.order, c)
-		acct.cards = append(acct.cards, c)
+		p.addCard(c)
 	}
 	c.planID, c.carrier, c.imsi, c.msisdn, c.poolID = pl.PlanID, p.intern(cp.Carrier), cp.IMSI, cp.MSISDN, p.intern(cp.PoolID)
 	c.autoStop = cp.AutoStopOverQuota
@@ -335,11 +377,7 @@ func (p *Partition) rollover(c *Card, t int64, cause string, out []Emitted) []Em
 	}
 	// forget record ids of cycles older than the retention horizon
 	horizon := p.horizon(c, pl)
-	for k, s := range c.seen {
-		if s.cycleStart() < horizon {
-			delete(c.seen, k)
-		}
-	}
+	c.seen.keep(func(s seenRecord) bool { return s.cycleStart() >= horizon })
 	return out
 }
 

@@ -101,7 +101,7 @@ func (p *Partition) MarshalSnapshot() ([]byte, error) {
 		for _, cl := range c.closed {
 			cs.Closed = append(cs.Closed, [3]uint64{uint64(cl.start), cl.usage, cl.charged})
 		}
-		cs.Seen = encodeSeen(c.seen)
+		cs.Seen = encodeSeen(&c.seen)
 		s.Cards = append(s.Cards, cs)
 	}
 	return json.Marshal(&s)
@@ -158,46 +158,43 @@ func UnmarshalSnapshot(b []byte) (*Partition, error) {
 			validFrom: cs.ValidFrom, validUntil: cs.ValidUntil, expiredAt: cs.ExpiredAt, cancelled: cs.Cancelled,
 			cycle: Cycle{cs.Cycle[0], cs.Cycle[1]}, usage: cs.Usage, overshoot: cs.Overshoot, charged: cs.Charged,
 			reasons: cs.Reasons, warned: cs.Warned, lastCmd: cs.LastCmd,
-			seen: make(map[uint64]seenRecord, len(cs.Seen)/16),
 		}
 		for i, cl := range cs.Closed {
 			if i < RetainedCycles {
 				c.closed[i] = closedCycle{start: int64(cl[0]), usage: cl[1], charged: cl[2]}
 			}
 		}
-		if err := decodeSeen(cs.Seen, c.seen); err != nil {
+		if err := decodeSeen(cs.Seen, &c.seen); err != nil {
 			return nil, fmt.Errorf("snapshot card %s: %w", cs.ICCID, err)
 		}
-		p.cards[c.iccid] = c
-		p.order = append(p.order, c)
-		p.account(c.account).cards = append(p.account(c.account).cards, c)
+		p.addCard(c)
 	}
 	return p, nil
 }
 
-func encodeSeen(seen map[uint64]seenRecord) []byte {
-	if len(seen) == 0 {
+// encodeSeen writes the id set as (key, value) pairs in key order, so that
+// a state has one encoding whatever the table's history.
+func encodeSeen(seen *idSet) []byte {
+	if seen.len() == 0 {
 		return nil
 	}
-	keys := make([]uint64, 0, len(seen))
-	for k := range seen {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i] < keys[j] })
-	b := make([]byte, 0, 16*len(keys))
-	for _, k := range keys {
-		b = binary.LittleEndian.AppendUint64(b, k)
-		b = binary.LittleEndian.AppendUint64(b, uint64(seen[k]))
+	pairs := make([][2]uint64, 0, seen.len())
+	seen.each(func(k uint64, v seenRecord) { pairs = append(pairs, [2]uint64{k, uint64(v)}) })
+	sort.Slice(pairs, func(i, j int) bool { return pairs[i][0] < pairs[j][0] })
+	b := make([]byte, 0, 16*len(pairs))
+	for _, kv := range pairs {
+		b = binary.LittleEndian.AppendUint64(b, kv[0])
+		b = binary.LittleEndian.AppendUint64(b, kv[1])
 	}
 	return b
 }
 
-func decodeSeen(b []byte, into map[uint64]seenRecord) error {
+func decodeSeen(b []byte, into *idSet) error {
 	if len(b)%16 != 0 {
 		return fmt.Errorf("record id set of %d bytes is not a multiple of 16", len(b))
 	}
 	for ; len(b) > 0; b = b[16:] {
-		into[binary.LittleEndian.Uint64(b)] = seenRecord(binary.LittleEndian.Uint64(b[8:]))
+		into.put(binary.LittleEndian.Uint64(b), seenRecord(binary.LittleEndian.Uint64(b[8:])))
 	}
 	return nil
 }

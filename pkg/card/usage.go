@@ -75,7 +75,7 @@ func (p *Partition) ApplyUsage(h *cdr.ChunkHeader, recs []cdr.Record, verdicts [
 // cycle its session started in, once per carrier and record id; interim
 // records of a long session each count.
 func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted) (Verdict, []Emitted) {
-	c, ok := p.cards[r.ICCID]
+	c, ok := p.card(r.ICCID)
 	if !ok {
 		return Verdict{Status: UnknownCard}, out
 	}
@@ -87,7 +87,7 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted
 	}
 	key := cdr.IDHash(h.Carrier, r.RecordID)
 	content := r.ContentHash()
-	if s, dup := c.seen[key]; dup {
+	if s, dup := c.seen.get(key); dup {
 		if s.sameContent(content) {
 			v.Status = Duplicate
 			return v, out
@@ -113,7 +113,7 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted
 	if cyc.Start < c.cycle.Start {
 		return p.applyLate(c, pl, h, r, key, content, cyc, v, out)
 	}
-	c.seen[key] = packSeen(content, c.cycle.Start)
+	c.seen.put(key, packSeen(content, c.cycle.Start))
 	v.Status, v.CycleStart = Accepted, c.cycle.Start
 	c.usage += r.Bytes()
 	at := max(h.ReceivedAt, p.now)
@@ -136,7 +136,7 @@ func (p *Partition) applyLate(c *Card, pl *plan, h *cdr.ChunkHeader, r *cdr.Reco
 		v.Status = TooLate
 		return v, out
 	}
-	c.seen[key] = packSeen(content, cyc.Start)
+	c.seen.put(key, packSeen(content, cyc.Start))
 	v.Status, v.CycleStart = Late, cyc.Start
 	e := c.emit(EmitUsageAdjusted, h.ReceivedAt, cause(h, r), pl)
 	e.Cycle, e.Bytes = cyc, r.Bytes()
