@@ -13,8 +13,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,6 +51,9 @@ type Config struct {
 	// "ingest-ndjson", "e2e", "stop") and the function it returns as it
 	// ends: the command uses it for a CPU profile per phase.
 	Phase func(name string) (end func())
+	// Settled, when set, is called once the fleet is loaded and settled,
+	// before the first figure (the command writes a heap profile there).
+	Settled func()
 }
 
 func (c *Config) phase(name string) func() {
@@ -65,13 +70,15 @@ type Report struct {
 	IngestNDJSON       float64
 	E2ERate            float64 // records/s ingested and in ClickHouse
 	E2ESeconds         float64
-	Lag                []LagSample
-	SinkRowsPerSec     float64
-	StopP50, StopP99   time.Duration
-	StopMax            time.Duration
-	SendP50, SendP99   time.Duration // from sending the request (an upper bound)
-	SendMax            time.Duration
-	StopSamples        int
+	// CPU per record of the end-to-end run, until ClickHouse had them all
+	E2ECPUSelf, E2ECPUClickHouse time.Duration
+	Lag                          []LagSample
+	SinkRowsPerSec               float64
+	StopP50, StopP99             time.Duration
+	StopMax                      time.Duration
+	SendP50, SendP99             time.Duration // from sending the request (an upper bound)
+	SendMax                      time.Duration
+	StopSamples                  int
 }
 
 // LagSample is the backlog at one moment of the end-to-end run.
@@ -95,6 +102,12 @@ func (c *Config) logf(format string, args ...any) {
 // Run runs every figure in turn.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep := &Report{}
+	start := time.Now()
+	cfg.logf("fleet: %d cards over %d accounts, written to the log before the pipeline starts", cfg.Cards, cfg.Accounts)
+	fl, err := provision(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
 	p, err := app.Start(ctx, app.Config{DataDir: cfg.DataDir, NATSPort: -1, HTTPAddr: "127.0.0.1:0", Partitions: 8,
 		ManualClock: true, ClockStart: time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC), ClickHouse: cfg.ClickHouse,
 		Sink: sink.Config{}}, zap.NewNop()) // the sink as deployed: blocks of up to 200,000 rows or 1 s
@@ -102,21 +115,22 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer p.Stop()
-
-	cfg.logf("baseline: %d messages of 200 bytes, one per record, async publish", cfg.BaselineMsgs)
-	if rep.BaselineMsgsPerSec, err = baseline(ctx, p.JS, cfg.BaselineMsgs); err != nil {
-		return nil, err
+	// the projector folds the fleet from the log, ingest loaded it from
+	// the directory at start
+	if err := waitFor(ctx, 10*time.Minute, func() bool {
+		resp, err := http.Get(p.URL + "/v1/cards/" + fl.iccids[len(fl.iccids)-1])
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}); err != nil {
+		return nil, fmt.Errorf("the pipeline did not load the fleet: %w", err)
 	}
-	cfg.logf("  %.0f msgs/s", rep.BaselineMsgsPerSec)
+	cfg.logf("  fleet loaded in %s", time.Since(start).Round(time.Second))
 
-	cfg.logf("fleet: %d cards over %d accounts", cfg.Cards, cfg.Accounts)
-	fl, err := provision(ctx, p, cfg)
-	if err != nil {
-		return nil, err
-	}
-
-	// let the projector and the sink digest the provisioning first, so
-	// that the first format measured does not share the machine with it
+	// let the projector and the sink digest the provisioning first (a
+	// provisioned event per card), so that what follows has the machine
 	conn, err := sink.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return nil, err
@@ -127,6 +141,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return n
 	}, p.Projector.Lag)
 	conn.Close()
+	cfg.logf("  fleet settled in %s", time.Since(start).Round(time.Second))
+	if cfg.Settled != nil {
+		cfg.Settled()
+	}
+
+	cfg.logf("baseline: %d messages of 200 bytes, one per record, async publish", cfg.BaselineMsgs)
+	if rep.BaselineMsgsPerSec, err = baseline(ctx, p.JS, cfg.BaselineMsgs); err != nil {
+		return nil, err
+	}
+	cfg.logf("  %.0f msgs/s", rep.BaselineMsgsPerSec)
+
 	now := time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC)
 	formats := cfg.Formats
 	if len(formats) == 0 {
@@ -143,12 +168,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		bodies := makeBodies(fl, cfg, format, cfg.IngestRecords, now, uint64(60+i)) // new record ids for each
 		cfg.logf("ingest %s: %d records in batches of %d, %d workers", format, cfg.IngestRecords, cfg.BatchRecords, cfg.Workers)
 		end := cfg.phase("ingest-" + format)
+		cpu0 := sampleCPU()
 		rate, err := ingest(ctx, p.URL, format, bodies, cfg.Workers, nil)
+		self, ch := cpu0.perRecord(sampleCPU(), int64(cfg.IngestRecords))
 		end()
 		if err != nil {
 			return nil, err
 		}
-		cfg.logf("  %.0f records/s", rate)
+		cfg.logf("  %.0f records/s (CPU per record during the phase: %s in this process, %s in ClickHouse)", rate, self, ch)
 		if format == "csv" {
 			rep.IngestCSV = rate
 		} else {
@@ -208,9 +235,34 @@ func iccidOf(i int) string {
 	return p + string(cdr.LuhnDigit(p))
 }
 
-// provision writes the plan and the fleet's provisioning events straight to
-// the log and the directory, as the API would, in bulk.
-func provision(ctx context.Context, p *app.Pipeline, cfg Config) (*fleet, error) {
+// provision writes the plans and the fleet's provisioning events to the
+// log and the directory, as the API would, before the pipeline starts: on
+// an embedded server of its own over the same files that acknowledges
+// without waiting for each fsync (a million cards one fsync at a time take
+// minutes here), then shut down cleanly, which writes everything to disk.
+// The pipeline then starts on these files with fsync before every ack.
+func provision(ctx context.Context, cfg Config) (*fleet, error) {
+	srv, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Port: -1, NoSync: true}, zap.NewNop())
+	if err != nil {
+		return nil, err
+	}
+	defer srv.WaitForShutdown()
+	defer srv.Shutdown()
+	nc, err := broker.Connect(srv.ClientURL(), "bench-provision", zap.NewNop())
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		return nil, err
+	}
+	topo := broker.DefaultTopology
+	topo.Partitions = 8
+	if err := broker.Ensure(ctx, js, topo); err != nil {
+		return nil, err
+	}
+	dirSubject := "$KV." + broker.BucketDir + "."
 	fl := &fleet{}
 	for i := 0; i < cfg.Accounts; i++ {
 		fl.accounts = append(fl.accounts, fmt.Sprint("acct", i))
@@ -221,63 +273,39 @@ func provision(ctx context.Context, p *app.Pipeline, cfg Config) (*fleet, error)
 	for _, pl := range []card.PlanChanged{plan, tiny} {
 		b, _ := jsonMarshal(card.Input{Type: card.TypePlanChanged, ID: "plan-" + pl.PlanID, At: at, Plan: &pl})
 		for part := 0; part < 8; part++ {
-			if err := publishAsync(p.JS, broker.BillingSubject(part), b); err != nil {
+			if err := publishAsync(js, broker.BillingSubject(part), b); err != nil {
 				return nil, err
 			}
 		}
 		pb, _ := jsonMarshal(pl)
-		kv, err := p.JS.KeyValue(ctx, broker.BucketDir)
-		if err != nil {
+		if err := publishAsync(js, dirSubject+"plan."+pl.PlanID, pb); err != nil {
 			return nil, err
 		}
-		if _, err := kv.Put(ctx, "plan."+pl.PlanID, pb); err != nil {
-			return nil, err
-		}
-	}
-	kv, err := p.JS.KeyValue(ctx, broker.BucketDir)
-	if err != nil {
-		return nil, err
 	}
 	fl.iccids = make([]string, cfg.Cards)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for w := 0; w < 16; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := w; i < cfg.Cards; i += 16 {
-				iccid := iccidOf(i)
-				fl.iccids[i] = iccid
-				acct := fl.accounts[i%len(fl.accounts)]
-				cp := card.CardProvisioned{ICCID: iccid, AccountID: acct, PlanID: "bench", Carrier: "cmcc", AutoStopOverQuota: true}
-				b, _ := jsonMarshal(card.Input{Type: card.TypeCardProvisioned, ID: "card-" + iccid, At: at, Card: &cp})
-				if err := publishAsync(p.JS, broker.BillingSubject(broker.Partition(acct, 8)), b); err != nil {
-					errs <- err
-					return
-				}
-				eb, _ := jsonMarshal(map[string]string{"iccid": iccid, "account_id": acct, "plan_id": "bench", "carrier": "cmcc"})
-				if _, err := kv.Put(ctx, "card."+iccid, eb); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}(w)
-	}
-	wg.Wait()
-	close(errs)
-	if err := <-errs; err != nil {
-		return nil, err
-	}
-	<-p.JS.PublishAsyncComplete()
-	// wait until ingest's directory knows every card
-	return fl, waitFor(ctx, 5*time.Minute, func() bool {
-		resp, err := http.Get(p.URL + "/v1/cards/" + fl.iccids[len(fl.iccids)-1])
-		if err != nil {
-			return false
+	for i := 0; i < cfg.Cards; i++ {
+		iccid := iccidOf(i)
+		fl.iccids[i] = iccid
+		acct := fl.accounts[i%len(fl.accounts)]
+		cp := card.CardProvisioned{ICCID: iccid, AccountID: acct, PlanID: "bench", Carrier: "cmcc", AutoStopOverQuota: true}
+		b, _ := jsonMarshal(card.Input{Type: card.TypeCardProvisioned, ID: "card-" + iccid, At: at, Card: &cp})
+		if err := publishAsync(js, broker.BillingSubject(broker.Partition(acct, 8)), b); err != nil {
+			return nil, err
 		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+		eb, _ := jsonMarshal(map[string]string{"iccid": iccid, "account_id": acct, "plan_id": "bench", "carrier": "cmcc"})
+		if err := publishAsync(js, dirSubject+"card."+iccid, eb); err != nil {
+			return nil, err
+		}
+		if (i+1)%200000 == 0 {
+			cfg.logf("  %d cards written", i+1)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(10 * time.Minute):
+		return nil, errors.New("provisioning: acks did not come")
+	}
+	return fl, nil
 }
 
 func waitFor(ctx context.Context, d time.Duration, f func() bool) error {
@@ -292,15 +320,26 @@ func waitFor(ctx context.Context, d time.Duration, f func() bool) error {
 }
 
 // makeBodies makes n records in batches: sizes like real CDRs, 2% re-sent
-// records and 3% late ones (a few days old).
+// records and 3% late ones (a few days old). It formats with appends and
+// caches the time strings, since it runs on the machine it measures.
 func makeBodies(fl *fleet, cfg Config, format string, n int, now time.Time, seed uint64) [][]byte {
 	r := rand.New(rand.NewPCG(seed, 7))
+	times := map[int64]string{}
+	rfc3339 := func(t time.Time) string {
+		s, ok := times[t.Unix()]
+		if !ok {
+			s = t.Format(time.RFC3339)
+			times[t.Unix()] = s
+		}
+		return s
+	}
+	prefix := "s" + strconv.FormatUint(seed, 10) + "-"
 	var out [][]byte
-	var buf bytes.Buffer
+	var buf []byte
 	start := func() {
-		buf = bytes.Buffer{}
+		buf = make([]byte, 0, cfg.BatchRecords*160)
 		if format == "csv" {
-			buf.WriteString("record_id,iccid,start_time,end_time,bytes_up,bytes_down,apn,rat\n")
+			buf = append(buf, "record_id,iccid,start_time,end_time,bytes_up,bytes_down,apn,rat\n"...)
 		}
 	}
 	start()
@@ -319,21 +358,45 @@ func makeBodies(fl *fleet, cfg Config, format string, n int, now time.Time, seed
 		if en.After(now) {
 			en = now
 		}
-		up, down := 200+id%5000, 1000+id%50000
-		s, e := st.Format(time.RFC3339), en.Format(time.RFC3339)
+		up, down := int64(200+id%5000), int64(1000+id%50000)
 		if format == "csv" {
-			fmt.Fprintf(&buf, "s%d-%d,%s,%s,%s,%d,%d,cmiot,NB-IoT\n", seed, id, iccid, s, e, up, down)
+			buf = append(buf, prefix...)
+			buf = strconv.AppendInt(buf, int64(id), 10)
+			buf = append(buf, ',')
+			buf = append(buf, iccid...)
+			buf = append(buf, ',')
+			buf = append(buf, rfc3339(st)...)
+			buf = append(buf, ',')
+			buf = append(buf, rfc3339(en)...)
+			buf = append(buf, ',')
+			buf = strconv.AppendInt(buf, up, 10)
+			buf = append(buf, ',')
+			buf = strconv.AppendInt(buf, down, 10)
+			buf = append(buf, ",cmiot,NB-IoT\n"...)
 		} else {
-			fmt.Fprintf(&buf, `{"record_id":"s%d-%d","iccid":"%s","start_time":"%s","end_time":"%s","bytes_up":%d,"bytes_down":%d,"apn":"cmiot","rat":"NB-IoT"}`+"\n", seed, id, iccid, s, e, up, down)
+			buf = append(buf, `{"record_id":"`...)
+			buf = append(buf, prefix...)
+			buf = strconv.AppendInt(buf, int64(id), 10)
+			buf = append(buf, `","iccid":"`...)
+			buf = append(buf, iccid...)
+			buf = append(buf, `","start_time":"`...)
+			buf = append(buf, rfc3339(st)...)
+			buf = append(buf, `","end_time":"`...)
+			buf = append(buf, rfc3339(en)...)
+			buf = append(buf, `","bytes_up":`...)
+			buf = strconv.AppendInt(buf, up, 10)
+			buf = append(buf, `,"bytes_down":`...)
+			buf = strconv.AppendInt(buf, down, 10)
+			buf = append(buf, `,"apn":"cmiot","rat":"NB-IoT"}`+"\n"...)
 		}
 		if inBatch++; inBatch == cfg.BatchRecords {
-			out = append(out, bytes.Clone(buf.Bytes()))
+			out = append(out, buf)
 			start()
 			inBatch = 0
 		}
 	}
 	if inBatch > 0 {
-		out = append(out, bytes.Clone(buf.Bytes()))
+		out = append(out, buf)
 	}
 	return out
 }
@@ -400,6 +463,7 @@ func e2e(ctx context.Context, p *app.Pipeline, fl *fleet, cfg Config, now time.T
 	behind := func() uint64 { return p.Projector.Lag() }
 	// let the ingest figure's records settle first
 	before := settle(rows, behind)
+	cpu0 := sampleCPU()
 	cfg.logf("end to end: ingest for %s, then until ClickHouse has every record", cfg.E2E)
 	start := time.Now()
 	stopSampling := make(chan struct{})
@@ -440,7 +504,9 @@ func e2e(ctx context.Context, p *app.Pipeline, fl *fleet, cfg Config, now time.T
 	rep.E2ERate = float64(inCH) / elapsed.Seconds()
 	rep.E2ESeconds = elapsed.Seconds()
 	rep.SinkRowsPerSec = float64(inCH) / (ingested.Seconds() + time.Since(sinkStart).Seconds() - 3)
+	rep.E2ECPUSelf, rep.E2ECPUClickHouse = cpu0.perRecord(sampleCPU(), total)
 	cfg.logf("  %d records posted, %d rows in ClickHouse in %.1f s: %.0f records/s end to end", total, inCH, elapsed.Seconds(), rep.E2ERate)
+	cfg.logf("  CPU per record posted: %s in this process (pipeline and load generator), %s in ClickHouse", rep.E2ECPUSelf, rep.E2ECPUClickHouse)
 	return nil
 }
 
@@ -554,6 +620,7 @@ func (r *Report) Print(w io.Writer, cfg Config) {
 	fmt.Fprintf(w, "| durable ingest over HTTP, NDJSON | %.0f CDRs/s | %s |\n", r.IngestNDJSON, ratio(r.IngestNDJSON))
 	fmt.Fprintf(w, "| end to end (ingest → projected → in ClickHouse), %.0f s | %.0f CDRs/s | %s |\n", r.E2ESeconds, r.E2ERate, ratio(r.E2ERate))
 	fmt.Fprintf(w, "| sink insert rate | %.0f rows/s | %s |\n", r.SinkRowsPerSec, ratio(r.SinkRowsPerSec))
+	fmt.Fprintf(w, "| CPU per record end to end: this process (pipeline and load generator) / ClickHouse | %s / %s | |\n", r.E2ECPUSelf, r.E2ECPUClickHouse)
 	fmt.Fprintf(w, "| stop latency from the 2xx to the stopped event, %d samples under %d CDRs/s | p50 %s, p99 %s, max %s | |\n", r.StopSamples, cfg.StopLoad,
 		r.StopP50.Round(time.Microsecond), r.StopP99.Round(time.Microsecond), r.StopMax.Round(time.Microsecond))
 	fmt.Fprintf(w, "| the same from sending the request | p50 %s, p99 %s, max %s | |\n\n",

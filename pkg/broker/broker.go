@@ -68,6 +68,11 @@ type EmbeddedConfig struct {
 	StoreDir string // where JetStream keeps its files
 	Host     string // default 127.0.0.1
 	Port     int    // -1 picks a free port; 0 means 4222
+	// NoSync acknowledges writes before the disk has them (they reach it
+	// within the server's sync interval and at shutdown). Only for loading
+	// fixtures that can be made again, such as the benchmark's fleet; the
+	// pipeline never runs so.
+	NoSync bool
 }
 
 // StartEmbedded starts a JetStream server in this process. It syncs every
@@ -83,7 +88,7 @@ func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, error) 
 		Port:       cfg.Port,
 		JetStream:  true,
 		StoreDir:   cfg.StoreDir,
-		SyncAlways: true,
+		SyncAlways: !cfg.NoSync,
 		NoSigs:     true,
 		MaxPayload: 8 << 20,
 	}
@@ -96,7 +101,7 @@ func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, error) 
 		s.Shutdown()
 		return nil, errors.New("embedded nats: not ready after 30 s")
 	}
-	log.Info("embedded jetstream started", zap.String("url", s.ClientURL()), zap.String("store_dir", cfg.StoreDir), zap.Bool("sync_always", true))
+	log.Info("embedded jetstream started", zap.String("url", s.ClientURL()), zap.String("store_dir", cfg.StoreDir), zap.Bool("sync_always", !cfg.NoSync))
 	return s, nil
 }
 

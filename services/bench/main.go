@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/pprof"
 	"strings"
 	"time"
@@ -29,6 +30,7 @@ func main() {
 	flag.IntVar(&cfg.StopSamples, "stop-samples", 200, "stop latency samples")
 	flag.IntVar(&cfg.StopLoad, "stop-load", 10000, "background CDRs/s during the stop latency run")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (pipeline included) to this file")
+	heapProfile := flag.String("heapprofile", "", "write a heap profile of the process (pipeline included) once the fleet is loaded to this file")
 	profileDir := flag.String("profile-dir", "", "write a CPU profile of each measured phase (pipeline included) to DIR/<phase>.prof")
 	formats := flag.String("formats", "csv,ndjson", "ingest formats, in the order measured")
 	replay := flag.Bool("replay", false, "measure only the replay from scratch and the projector's memory per card (no servers)")
@@ -67,6 +69,19 @@ func main() {
 				return func() {}
 			}
 			return func() { pprof.StopCPUProfile(); f.Close() }
+		}
+	}
+	if *heapProfile != "" {
+		cfg.Settled = func() {
+			runtime.GC()
+			f, err := os.Create(*heapProfile)
+			if err == nil {
+				err = pprof.WriteHeapProfile(f)
+				f.Close()
+			}
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "bench: heap profile:", err)
+			}
 		}
 	}
 	if *replay {
