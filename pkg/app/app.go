@@ -62,6 +62,9 @@ type Config struct {
 	// HTTP timeouts against slow clients.
 	ReadHeaderTimeout time.Duration
 	ReadTimeout       time.Duration
+	// GCPercent is the garbage collector's target (Main applies it to the
+	// process); see DefaultGCPercent.
+	GCPercent int
 
 	finishFlags func()
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -68,6 +69,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.StringVar(&cfg.ClickHouse.Database, "clickhouse-db", env("clickhouse-db", "cardmeter"), "ClickHouse database")
 	fs.StringVar(&cfg.ClickHouse.User, "clickhouse-user", env("clickhouse-user", "default"), "ClickHouse user")
 	fs.StringVar(&cfg.ClickHouse.Password, "clickhouse-password", env("clickhouse-password", ""), "ClickHouse password")
+	fs.IntVar(&cfg.GCPercent, "gc-percent", envInt("gc-percent", DefaultGCPercent), "garbage collection target: the heap grows by this percent of live memory between collections (GOGC, when set, wins)")
 	fs.IntVar(&cfg.Sink.BatchRows, "sink-batch-rows", envInt("sink-batch-rows", 200000), "rows per ClickHouse insert at most")
 	fs.DurationVar(&cfg.Sink.FlushInterval, "sink-flush-interval", envDur("sink-flush-interval", time.Second), "longest wait before a partial block is inserted")
 	fs.DurationVar(&cfg.Projector.SnapshotInterval, "snapshot-interval", envDur("snapshot-interval", 10*time.Second), "projector snapshot interval")
@@ -90,6 +92,28 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 func (c *Config) Finish() {
 	if c.finishFlags != nil {
 		c.finishFlags()
+	}
+}
+
+// DefaultGCPercent is the collector's target for the services. Their heap
+// is mostly long-lived state (cards, the directory) while the hot path
+// allocates short-lived buffers at a high rate: the collector's work is
+// proportional to the bytes allocated divided by the target, so 400
+// instead of Go's 100 cut the pipeline's CPU per record by about a fifth
+// in the benchmark, for a peak heap of up to five times the live one.
+// Cap memory with GOMEMLIMIT where that matters.
+const DefaultGCPercent = 400
+
+// TuneGC sets the garbage collector's target, unless GOGC is set in the
+// environment.
+func TuneGC(percent int, log *zap.Logger) {
+	if v, ok := os.LookupEnv("GOGC"); ok {
+		log.Info("garbage collection target from GOGC", zap.String("GOGC", v))
+		return
+	}
+	if percent > 0 {
+		debug.SetGCPercent(percent)
+		log.Info("garbage collection target", zap.Int("percent", percent))
 	}
 }
 
@@ -124,6 +148,7 @@ func Main(name string, roles []string, args []string) int {
 		return 2
 	}
 	defer log.Sync() //nolint:errcheck // best effort at exit
+	TuneGC(cfg.GCPercent, log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	p, err := Start(ctx, cfg, log)

@@ -12,6 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/app"
 	"github.com/cardmeter/cardmeter/pkg/bench"
 )
 
@@ -29,14 +32,16 @@ func main() {
 	flag.DurationVar(&cfg.E2E, "e2e", time.Minute, "how long the end-to-end ingest is sustained")
 	flag.IntVar(&cfg.StopSamples, "stop-samples", 200, "stop latency samples")
 	flag.IntVar(&cfg.StopLoad, "stop-load", 10000, "background CDRs/s during the stop latency run")
+	gcPercent := flag.Int("gc-percent", app.DefaultGCPercent, "garbage collection target, as the services set it (GOGC, when set, wins)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (pipeline included) to this file")
-	heapProfile := flag.String("heapprofile", "", "write a heap profile of the process (pipeline included) once the fleet is loaded to this file")
+	heapProfile := flag.String("heapprofile", "", "write heap profiles of the process (pipeline included) to FILE.settled once the fleet is loaded and FILE.end after the last figure")
 	profileDir := flag.String("profile-dir", "", "write a CPU profile of each measured phase (pipeline included) to DIR/<phase>.prof")
 	formats := flag.String("formats", "csv,ndjson", "ingest formats, in the order measured")
 	replay := flag.Bool("replay", false, "measure only the replay from scratch and the projector's memory per card (no servers)")
 	records := flag.Int("records", 10000000, "with -replay: records to fold")
 	flag.Parse()
 	cfg.Log = os.Stderr
+	app.TuneGC(*gcPercent, zap.NewNop())
 	cfg.Formats = strings.Split(*formats, ",")
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -71,19 +76,21 @@ func main() {
 			return func() { pprof.StopCPUProfile(); f.Close() }
 		}
 	}
-	if *heapProfile != "" {
-		cfg.Settled = func() {
-			runtime.GC()
-			f, err := os.Create(*heapProfile)
-			if err == nil {
-				err = pprof.WriteHeapProfile(f)
-				f.Close()
-			}
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "bench: heap profile:", err)
-			}
+	writeHeap := func(suffix string) {
+		if *heapProfile == "" {
+			return
+		}
+		runtime.GC()
+		f, err := os.Create(*heapProfile + "." + suffix)
+		if err == nil {
+			err = pprof.WriteHeapProfile(f)
+			f.Close()
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench: heap profile:", err)
 		}
 	}
+	cfg.Settled = func() { writeHeap("settled") }
 	if *replay {
 		r := bench.Replay(cfg.Cards, *records, 8, os.Stderr)
 		fmt.Printf("| replay from scratch: %d cards, %d records, 8 partitions | %.1f s (%.0f records/s) |\n", r.Cards, r.Records, r.Seconds, r.RecordsPerSec)
@@ -101,5 +108,6 @@ func main() {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
+	writeHeap("end")
 	rep.Print(os.Stdout, cfg)
 }
