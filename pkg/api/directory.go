@@ -10,7 +10,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
+	"github.com/cardmeter/cardmeter/pkg/cdr"
 )
 
 // CardEntry is what ingest knows of a card: enough to route its records.
@@ -33,6 +35,7 @@ type Directory struct {
 
 	mu       sync.RWMutex
 	cards    map[string]*CardEntry // an entry is never changed: a newer one replaces it
+	routes   map[uint64]route      // by packed ICCID (every valid one): what routing a record needs
 	byIMSI   map[string]string
 	byMSISDN map[string]string
 	plans    map[string]card.PlanChanged
@@ -72,7 +75,14 @@ func NewDirectory(ctx context.Context, kv jetstream.KeyValue, log *zap.Logger) (
 	return d, nil
 }
 
+// route is what ingest needs of a card to route its records, held in the
+// map slot itself: finding it reads no other memory.
+type route struct {
+	accountHash uint32 // broker.AccountHash of its account
+}
+
 func (d *Directory) init() {
+	d.routes = map[uint64]route{}
 	d.cards, d.byIMSI, d.byMSISDN, d.plans = map[string]*CardEntry{}, map[string]string{}, map[string]string{}, map[string]card.PlanChanged{}
 }
 
@@ -103,6 +113,9 @@ func (d *Directory) apply(e jetstream.KeyValueEntry) {
 
 func (d *Directory) putCardLocked(c CardEntry) {
 	d.cards[c.ICCID] = &c
+	if n, ok := cdr.PackICCID(c.ICCID); ok {
+		d.routes[n] = route{accountHash: broker.AccountHash(c.AccountID)}
+	}
 	if c.IMSI != "" {
 		d.byIMSI[c.IMSI] = c.ICCID
 	}
@@ -134,6 +147,22 @@ func (d *Directory) Resolve(iccid, imsi, msisdn string) (*CardEntry, bool) {
 	}
 	c, ok := d.cards[iccid]
 	return c, ok
+}
+
+// Route finds a card as Resolve does and returns its ICCID and the hash of
+// its account (broker.AccountHash), for routing a record to its partition.
+func (d *Directory) Route(iccid, imsi, msisdn string) (string, uint32, bool) {
+	if n, ok := cdr.PackICCID(iccid); ok {
+		d.mu.RLock()
+		r, found := d.routes[n]
+		d.mu.RUnlock()
+		return iccid, r.accountHash, found
+	}
+	c, found := d.Resolve(iccid, imsi, msisdn)
+	if !found {
+		return "", 0, false
+	}
+	return c.ICCID, broker.AccountHash(c.AccountID), true
 }
 
 // Plan returns a plan.

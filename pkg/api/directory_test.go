@@ -2,9 +2,13 @@ package api
 
 import (
 	"fmt"
+	"runtime"
+	"strings"
 	"testing"
 
 	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
 )
 
 func newTestDirectory(cards int) (*Directory, []string) {
@@ -30,10 +34,21 @@ func TestDirectoryResolve(t *testing.T) {
 		got, ok := d.Resolve(c.iccid, c.imsi, c.msisdn)
 		if !ok || got.ICCID != c.want || got.AccountID == "" {
 			t.Errorf("Resolve(%q, %q, %q) = %+v, %v; want %s", c.iccid, c.imsi, c.msisdn, got, ok, c.want)
+			continue
+		}
+		iccid, h, ok := d.Route(c.iccid, c.imsi, c.msisdn)
+		if !ok || iccid != c.want || h != broker.AccountHash(got.AccountID) {
+			t.Errorf("Route(%q, %q, %q) = %s, %d, %v; want %s of account %s", c.iccid, c.imsi, c.msisdn, iccid, h, ok, c.want, got.AccountID)
 		}
 	}
 	if _, ok := d.Resolve("89860000000000000999", "", ""); ok {
 		t.Error("an unknown ICCID resolved")
+	}
+	if _, _, ok := d.Route("89860000000000000999", "", ""); ok {
+		t.Error("an unknown ICCID routed")
+	}
+	if _, _, ok := d.Route("card-7", "", ""); ok {
+		t.Error("an ICCID that does not pack routed")
 	}
 	if _, ok := d.Resolve("", "460999999999999", ""); ok {
 		t.Error("an unknown IMSI resolved")
@@ -45,18 +60,39 @@ func TestDirectoryResolve(t *testing.T) {
 	}
 }
 
-// BenchmarkResolve looks up cards of a 1M-card fleet in random order, as
-// ingest does for every record.
-func BenchmarkResolve(b *testing.B) {
-	d, iccids := newTestDirectory(1000000)
-	order := make([]int, 1<<16)
-	for i := range order {
-		order[i] = int(uint64(i) * 2654435761 % uint64(len(iccids)))
+// BenchmarkRoute routes records of a 1M-card fleet in random order, as
+// ingest does for every record; BenchmarkResolve finds their entries.
+func BenchmarkRoute(b *testing.B) {
+	d, iccids, order := benchDirectory()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, _, ok := d.Route(iccids[order[i&(len(order)-1)]], "", ""); !ok {
+			b.Fatal("not found")
+		}
 	}
+}
+
+func BenchmarkResolve(b *testing.B) {
+	d, iccids, order := benchDirectory()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, ok := d.Resolve(iccids[order[i&(len(order)-1)]], "", ""); !ok {
 			b.Fatal("not found")
 		}
 	}
+}
+
+func benchDirectory() (*Directory, []string, []int) {
+	d, iccids := newTestDirectory(1000000)
+	order := make([]int, 1<<16)
+	for i := range order {
+		order[i] = int(uint64(i) * 2654435761 % uint64(len(iccids)))
+	}
+	// look up copies, as ingest looks up the ICCIDs it parsed
+	lookups := make([]string, len(iccids))
+	for i, s := range iccids {
+		lookups[i] = strings.Clone(s)
+	}
+	runtime.GC() // not the setup's garbage in the timed loop
+	return d, lookups, order
 }

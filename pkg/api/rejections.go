@@ -229,7 +229,7 @@ func (s *Server) resubmit(w http.ResponseWriter, r *http.Request) error {
 	sort.Strings(ids)
 	res.BatchID = "resubmit-" + contentID([]byte(carrier), []byte(strings.Join(ids, ",")))
 	now := s.clock.Now()
-	ch := s.newChunker(cdr.ChunkHeader{Carrier: carrier, BatchID: res.BatchID, ReceivedAt: now})
+	ch := s.newChunker(cdr.ChunkHeader{Carrier: carrier, BatchID: res.BatchID, ReceivedAt: now}, 256*len(picked))
 	var valid []string
 	for i, v := range picked {
 		if v.Record == nil || v.Resubmitted != "" {

@@ -37,6 +37,18 @@ type BatchResult struct {
 	Projected *projector.ChunkVerdicts `json:"projected,omitempty"`
 }
 
+// readBody reads a request's body up to max bytes, into a buffer of the
+// declared length when there is one (io.ReadAll doubles its way there).
+func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	in := http.MaxBytesReader(w, r.Body, max)
+	if r.ContentLength <= 0 || r.ContentLength > max {
+		return io.ReadAll(in)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, r.ContentLength+bytes.MinRead)) // room to read EOF without growing
+	_, err := buf.ReadFrom(in)
+	return buf.Bytes(), err
+}
+
 // errDecompressedTooLarge ends a gzip body past its limit.
 var errDecompressedTooLarge = errors.New("decompressed body too large")
 
@@ -125,7 +137,7 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.Batch.MaxBodyBytes))
+	body, err := readBody(w, r, s.cfg.Batch.MaxBodyBytes)
 	if err != nil {
 		return err
 	}
@@ -142,7 +154,7 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 	}
 	now := s.clock.Now()
 	res := &BatchResult{BatchID: key, Carrier: carrier, Rejected: []*cdr.RecordError{}}
-	ch := s.newChunker(cdr.ChunkHeader{Carrier: carrier, BatchID: key, ReceivedAt: now})
+	ch := s.newChunker(cdr.ChunkHeader{Carrier: carrier, BatchID: key, ReceivedAt: now}, len(body))
 	var rejected []Rejection
 	var rec cdr.Record
 	for {
@@ -208,7 +220,7 @@ func (s *Server) route(rec *cdr.Record, now int64, idx, line int) (int, *cdr.Rec
 	if fe := rec.Validate(now, s.cfg.Limits); fe != nil {
 		return 0, &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: fe.Field, Reason: fe.Reason}
 	}
-	c, found := s.dir.Resolve(rec.ICCID, rec.IMSI, rec.MSISDN)
+	iccid, acct, found := s.dir.Route(rec.ICCID, rec.IMSI, rec.MSISDN)
 	if !found {
 		field := "iccid"
 		if rec.ICCID == "" {
@@ -216,8 +228,8 @@ func (s *Server) route(rec *cdr.Record, now int64, idx, line int) (int, *cdr.Rec
 		}
 		return 0, &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: field, Reason: "unknown card: provision it first"}
 	}
-	rec.ICCID = c.ICCID
-	return broker.Partition(c.AccountID, s.cfg.Partitions), nil
+	rec.ICCID = iccid
+	return broker.PartitionOfHash(acct, s.cfg.Partitions), nil
 }
 
 type storedAnswer struct {
@@ -279,14 +291,22 @@ type chunker struct {
 	max    int
 	parts  []cdr.ChunkBuilder
 	chunks []chunk
+	grow   int // bytes a partition's empty chunk makes room for
 }
 
-func (s *Server) newChunker(h cdr.ChunkHeader) *chunker {
-	return &chunker{header: h, max: s.cfg.ChunkRecords, parts: make([]cdr.ChunkBuilder, s.cfg.Partitions)}
+// newChunker sizes each partition's chunk for its share of sizeHint bytes
+// of input (the body), which the encoding does not exceed by much.
+func (s *Server) newChunker(h cdr.ChunkHeader, sizeHint int) *chunker {
+	return &chunker{header: h, max: s.cfg.ChunkRecords, parts: make([]cdr.ChunkBuilder, s.cfg.Partitions),
+		grow: min(sizeHint/s.cfg.Partitions+sizeHint/(8*s.cfg.Partitions), 4<<20)}
 }
 
 func (c *chunker) add(p int, rec *cdr.Record) {
-	if c.parts[p].Add(rec); c.parts[p].Len() == c.max {
+	b := &c.parts[p]
+	if b.Len() == 0 {
+		b.Grow(c.grow)
+	}
+	if b.Add(rec); b.Len() == c.max {
 		c.seal(p)
 	}
 }

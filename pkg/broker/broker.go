@@ -55,13 +55,22 @@ func EventSubject(kind, subject string) string { return "cardmeter.events." + ki
 // The hash is 32-bit FNV-1a of the account id: the mapping is part of the
 // log's layout and never changes.
 func Partition(accountID string, partitions int) int {
+	return PartitionOfHash(AccountHash(accountID), partitions)
+}
+
+// AccountHash is the hash Partition maps an account by, for callers that
+// keep it instead of the account id.
+func AccountHash(accountID string) uint32 {
 	h := uint32(2166136261)
 	for i := 0; i < len(accountID); i++ {
 		h ^= uint32(accountID[i])
 		h *= 16777619
 	}
-	return int(h % uint32(partitions))
+	return h
 }
+
+// PartitionOfHash is Partition for an AccountHash.
+func PartitionOfHash(h uint32, partitions int) int { return int(h % uint32(partitions)) }
 
 // EmbeddedConfig configures the in-process JetStream server.
 type EmbeddedConfig struct {

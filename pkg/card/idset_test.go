@@ -1,6 +1,7 @@
 package card
 
 import (
+	"github.com/cardmeter/cardmeter/pkg/cdr"
 	"math/rand/v2"
 	"testing"
 )
@@ -77,7 +78,7 @@ func TestPackICCID(t *testing.T) {
 	seen := map[uint64]string{}
 	for _, s := range []string{"8986000000000000000", "89860000000000000000", "8900000000000000000", "89000000000000000000",
 		"8999999999999999999", "89999999999999999999", "8986001234567890123", "89860012345678901231", "89860012345678901232"} {
-		n, ok := packICCID(s)
+		n, ok := cdr.PackICCID(s)
 		if !ok {
 			t.Fatalf("%s did not pack", s)
 		}
@@ -87,7 +88,7 @@ func TestPackICCID(t *testing.T) {
 		seen[n] = s
 	}
 	for _, s := range []string{"", "c1", "898600000000000000", "898600000000000000000", "8886000000000000000", "8986000000000000x00"} {
-		if _, ok := packICCID(s); ok {
+		if _, ok := cdr.PackICCID(s); ok {
 			t.Fatalf("%q packed", s)
 		}
 	}

@@ -19,6 +19,7 @@ package card
 
 import (
 	"fmt"
+	"github.com/cardmeter/cardmeter/pkg/cdr"
 	"strconv"
 	"time"
 )
@@ -118,7 +119,7 @@ func NewPartition() *Partition {
 // addCard files a new card.
 func (p *Partition) addCard(c *Card) {
 	p.cards[c.iccid] = c
-	if n, ok := packICCID(c.iccid); ok {
+	if n, ok := cdr.PackICCID(c.iccid); ok {
 		p.byNumber[n] = c
 	}
 	p.order = append(p.order, c)
@@ -129,33 +130,12 @@ func (p *Partition) addCard(c *Card) {
 // without reading the key's bytes elsewhere in memory, as a string key
 // makes a lookup do: it is the first step of folding every record.
 func (p *Partition) card(iccid string) (*Card, bool) {
-	if n, ok := packICCID(iccid); ok {
+	if n, ok := cdr.PackICCID(iccid); ok {
 		c, found := p.byNumber[n]
 		return c, found
 	}
 	c, found := p.cards[iccid]
 	return c, found
-}
-
-// packICCID packs an ICCID of 19 or 20 digits that starts with 89 into a
-// number: the digits after 89 (at most 18, below 2^60) and the length in
-// the top bit. Distinct such ICCIDs pack to distinct numbers.
-func packICCID(s string) (uint64, bool) {
-	if (len(s) != 19 && len(s) != 20) || s[0] != '8' || s[1] != '9' {
-		return 0, false
-	}
-	var n uint64
-	for i := 2; i < len(s); i++ {
-		d := s[i] - '0'
-		if d > 9 {
-			return 0, false
-		}
-		n = n*10 + uint64(d)
-	}
-	if len(s) == 20 {
-		n |= 1 << 63
-	}
-	return n, true
 }
 
 // intern returns one shared copy of a short, often repeated string.

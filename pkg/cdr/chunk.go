@@ -67,6 +67,14 @@ func (c *ChunkBuilder) Add(r *Record) {
 	c.n++
 }
 
+// Grow makes room for n more bytes of records, so that a builder filled
+// from a batch of known size does not copy itself as it grows.
+func (c *ChunkBuilder) Grow(n int) {
+	if cap(c.body)-len(c.body) < n {
+		c.body = append(make([]byte, 0, len(c.body)+n), c.body...)
+	}
+}
+
 // Len is how many records the builder holds.
 func (c *ChunkBuilder) Len() int { return c.n }
 

@@ -177,3 +177,24 @@ func LuhnDigit(prefix string) byte {
 	}
 	return byte('0' + (10-sum%10)%10)
 }
+
+// PackICCID packs an ICCID of 19 or 20 digits that starts with 89 into a
+// number: the digits after 89 (at most 18, below 2^60) and the length in
+// the top bit. Distinct such ICCIDs pack to distinct numbers.
+func PackICCID(s string) (uint64, bool) {
+	if (len(s) != 19 && len(s) != 20) || s[0] != '8' || s[1] != '9' {
+		return 0, false
+	}
+	var n uint64
+	for i := 2; i < len(s); i++ {
+		d := s[i] - '0'
+		if d > 9 {
+			return 0, false
+		}
+		n = n*10 + uint64(d)
+	}
+	if len(s) == 20 {
+		n |= 1 << 63
+	}
+	return n, true
+}
