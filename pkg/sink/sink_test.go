@@ -261,3 +261,67 @@ func TestOwnedPartitions(t *testing.T) {
 		t.Fatalf("%d rows of partitions the instance does not own", n)
 	}
 }
+
+// A database made by migrations 1 to 3, holding rolled-up usage, takes
+// migration 4 (per-record card rollups): the sums read the same, and usage
+// inserted after it is rolled up once.
+func TestUpgradeKeepsRollups(t *testing.T) {
+	ch := testenv.ClickHouse(t)
+	conn := testenv.ClickHouseConn(t, ch)
+	ctx := context.Background()
+	if err := conn.Exec(ctx, `CREATE TABLE schema_migrations (version UInt32, name String, applied_at DateTime) ENGINE = MergeTree() ORDER BY version`); err != nil {
+		t.Fatal(err)
+	}
+	ms, err := Migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := conn.PrepareBatch(ctx, "INSERT INTO schema_migrations (version, name, applied_at)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms[:3] {
+		for _, stmt := range Statements(m.SQL) {
+			if err := conn.Exec(ctx, stmt); err != nil {
+				t.Fatalf("%s: %v", m.Name, err)
+			}
+		}
+		if err := b.Append(m.Version, m.Name, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		t.Fatal(err)
+	}
+	insert := func(from int) {
+		t.Helper()
+		q := fmt.Sprintf(`INSERT INTO usage_records (partition, src_seq, idx, carrier, record_id, iccid, account_id, plan_id,
+ start_time, end_time, bytes_up, bytes_down, sequence, session_id, apn, rat, imei, cell_id, cycle_start, late, received_at, arrival_delay_s)
+ SELECT 0, number + %d, 0, 'cmcc', toString(number + %d), 'card-1', 'a', 'p', toDateTime(1773130000), toDateTime(1773130060),
+ 1, 2, 0, '', '', '', '', '', toDateTime(1772294400), 0, toDateTime(1773140000), 0 FROM system.numbers LIMIT 100`, from, from)
+		if err := conn.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert(0)
+	if err := Migrate(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	insert(1000)
+	var versions, records, bytes uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM schema_migrations").Scan(&versions); err != nil || versions != uint64(len(ms)) {
+		t.Fatalf("%d migrations recorded (%v), want %d", versions, err, len(ms))
+	}
+	if err := conn.QueryRow(ctx, "SELECT sum(records), sum(bytes_up + bytes_down) FROM usage_daily_card WHERE iccid = 'card-1'").Scan(&records, &bytes); err != nil {
+		t.Fatal(err)
+	}
+	if records != 200 || bytes != 600 {
+		t.Fatalf("daily rollup: %d records, %d bytes; want 200 and 600", records, bytes)
+	}
+	if err := conn.QueryRow(ctx, "SELECT sum(records), sum(bytes) FROM usage_cycle_card WHERE iccid = 'card-1'").Scan(&records, &bytes); err != nil {
+		t.Fatal(err)
+	}
+	if records != 200 || bytes != 600 {
+		t.Fatalf("cycle rollup: %d records, %d bytes; want 200 and 600", records, bytes)
+	}
+}
