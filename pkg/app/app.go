@@ -64,7 +64,8 @@ type Config struct {
 	ReadTimeout       time.Duration
 	// GCPercent is the garbage collector's target (Main applies it to the
 	// process); see DefaultGCPercent.
-	GCPercent int
+	GCPercent      int
+	MemoryLimitMiB int // soft memory limit; 0: half the machine's memory
 
 	finishFlags func()
 }

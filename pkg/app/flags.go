@@ -70,6 +70,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.StringVar(&cfg.ClickHouse.User, "clickhouse-user", env("clickhouse-user", "default"), "ClickHouse user")
 	fs.StringVar(&cfg.ClickHouse.Password, "clickhouse-password", env("clickhouse-password", ""), "ClickHouse password")
 	fs.IntVar(&cfg.GCPercent, "gc-percent", envInt("gc-percent", DefaultGCPercent), "garbage collection target: the heap grows by this percent of live memory between collections (GOGC, when set, wins)")
+	fs.IntVar(&cfg.MemoryLimitMiB, "memory-limit-mib", envInt("memory-limit-mib", 0), "soft memory limit in MiB: the collector works harder near it; 0: half the machine's (or cgroup's) memory; -1: none (GOMEMLIMIT, when set, wins)")
 	fs.IntVar(&cfg.Sink.BatchRows, "sink-batch-rows", envInt("sink-batch-rows", 200000), "rows per ClickHouse insert at most")
 	fs.DurationVar(&cfg.Sink.FlushInterval, "sink-flush-interval", envDur("sink-flush-interval", time.Second), "longest wait before a partial block is inserted")
 	fs.DurationVar(&cfg.Projector.SnapshotInterval, "snapshot-interval", envDur("snapshot-interval", 10*time.Second), "projector snapshot interval")
@@ -100,21 +101,56 @@ func (c *Config) Finish() {
 // allocates short-lived buffers at a high rate: the collector's work is
 // proportional to the bytes allocated divided by the target, so 400
 // instead of Go's 100 cut the pipeline's CPU per record by about a fifth
-// in the benchmark, for a peak heap of up to five times the live one.
-// Cap memory with GOMEMLIMIT where that matters.
+// in the benchmark. The heap may then grow to five times the live one, so
+// a soft memory limit goes with it (see TuneGC).
 const DefaultGCPercent = 400
 
-// TuneGC sets the garbage collector's target, unless GOGC is set in the
-// environment.
-func TuneGC(percent int, log *zap.Logger) {
+// TuneGC sets the garbage collector's target and soft memory limit, each
+// unless GOGC or GOMEMLIMIT is set in the environment. A limit of 0 MiB
+// means half the memory of the machine (or of its cgroup); below 0, none.
+// Near the limit the collector runs more often, whatever the target.
+func TuneGC(percent, limitMiB int, log *zap.Logger) {
 	if v, ok := os.LookupEnv("GOGC"); ok {
 		log.Info("garbage collection target from GOGC", zap.String("GOGC", v))
+	} else if percent > 0 {
+		debug.SetGCPercent(percent)
+	}
+	if v, ok := os.LookupEnv("GOMEMLIMIT"); ok {
+		log.Info("memory limit from GOMEMLIMIT", zap.String("GOMEMLIMIT", v))
 		return
 	}
-	if percent > 0 {
-		debug.SetGCPercent(percent)
-		log.Info("garbage collection target", zap.Int("percent", percent))
+	limit := int64(limitMiB) << 20
+	if limitMiB == 0 {
+		limit = machineMemory() / 2
 	}
+	if limit > 0 {
+		debug.SetMemoryLimit(limit)
+	}
+	target := debug.SetGCPercent(-1) // reads the target, which the next line puts back
+	debug.SetGCPercent(target)
+	log.Info("garbage collection", zap.Int("target_percent", target), zap.Int64("memory_limit_mib", limit>>20))
+}
+
+// machineMemory is the memory this process may use: its cgroup's limit,
+// else the machine's total; 0 when unknown.
+func machineMemory() int64 {
+	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
+		if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && n > 0 {
+			return n
+		}
+	}
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "MemTotal:" {
+			if kb, err := strconv.ParseInt(f[1], 10, 64); err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 0
 }
 
 // NewLogger returns a JSON zap logger at the level named.
@@ -148,7 +184,7 @@ func Main(name string, roles []string, args []string) int {
 		return 2
 	}
 	defer log.Sync() //nolint:errcheck // best effort at exit
-	TuneGC(cfg.GCPercent, log)
+	TuneGC(cfg.GCPercent, cfg.MemoryLimitMiB, log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	p, err := Start(ctx, cfg, log)

@@ -33,6 +33,7 @@ func main() {
 	flag.IntVar(&cfg.StopSamples, "stop-samples", 200, "stop latency samples")
 	flag.IntVar(&cfg.StopLoad, "stop-load", 10000, "background CDRs/s during the stop latency run")
 	gcPercent := flag.Int("gc-percent", app.DefaultGCPercent, "garbage collection target, as the services set it (GOGC, when set, wins)")
+	memLimit := flag.Int("memory-limit-mib", 0, "soft memory limit in MiB, as the services set it: 0 half the machine's memory, -1 none")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (pipeline included) to this file")
 	heapProfile := flag.String("heapprofile", "", "write heap profiles of the process (pipeline included) to FILE.settled once the fleet is loaded and FILE.end after the last figure")
 	profileDir := flag.String("profile-dir", "", "write a CPU profile of each measured phase (pipeline included) to DIR/<phase>.prof")
@@ -41,7 +42,7 @@ func main() {
 	records := flag.Int("records", 10000000, "with -replay: records to fold")
 	flag.Parse()
 	cfg.Log = os.Stderr
-	app.TuneGC(*gcPercent, zap.NewNop())
+	app.TuneGC(*gcPercent, *memLimit, zap.NewNop())
 	cfg.Formats = strings.Split(*formats, ",")
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
