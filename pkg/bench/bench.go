@@ -140,7 +140,16 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		_ = conn.QueryRow(ctx, "SELECT count() FROM card_events").Scan(&n)
 		return n
 	}, p.Projector.Lag)
-	conn.Close()
+	defer conn.Close()
+	// quiet waits until the pipeline has digested what came before, so
+	// that a figure does not pay for the previous one's backlog
+	quiet := func() {
+		settle(func() uint64 {
+			var n uint64
+			_ = conn.QueryRow(ctx, "SELECT count() FROM usage_records").Scan(&n)
+			return n
+		}, p.Projector.Lag)
+	}
 	cfg.logf("  fleet settled in %s", time.Since(start).Round(time.Second))
 	if cfg.Settled != nil {
 		cfg.Settled()
@@ -163,9 +172,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if _, err := ingest(ctx, p.URL, "csv", makeBodies(fl, cfg, "csv", cfg.IngestRecords/5, now, 50), cfg.Workers, nil); err != nil {
 		return nil, err
 	}
-	settle(func() uint64 { return uint64(p.Projector.Lag()) }, p.Projector.Lag)
 	for i, format := range formats {
 		bodies := makeBodies(fl, cfg, format, cfg.IngestRecords, now, uint64(60+i)) // new record ids for each
+		quiet()
 		cfg.logf("ingest %s: %d records in batches of %d, %d workers", format, cfg.IngestRecords, cfg.BatchRecords, cfg.Workers)
 		end := cfg.phase("ingest-" + format)
 		cpu0 := sampleCPU()

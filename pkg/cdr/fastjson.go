@@ -29,7 +29,7 @@ func decodeFast(b []byte, rec *Record) bool {
 		if !ok {
 			return false
 		}
-		f, known := fieldIndex[key]
+		f, known := fieldIndex[string(key)] // no copy: the conversion is only for the lookup
 		if !known || seen&(1<<f) != 0 {
 			return false
 		}
@@ -73,7 +73,7 @@ func decodeFast(b []byte, rec *Record) bool {
 			i = j
 		default:
 			v, j, ok := plainString(b, i)
-			if !ok || setField(rec, f, v) != "" {
+			if !ok || setField(rec, f, string(v)) != "" {
 				return false
 			}
 			i = j
@@ -109,17 +109,17 @@ func skipWS(b []byte, i int) int {
 
 // plainString reads a JSON string at b[i] of printable ASCII without
 // escapes, returning it and the index after its closing quote.
-func plainString(b []byte, i int) (string, int, bool) {
+func plainString(b []byte, i int) ([]byte, int, bool) {
 	if i >= len(b) || b[i] != '"' {
-		return "", i, false
+		return nil, i, false
 	}
 	for j := i + 1; j < len(b); j++ {
 		switch c := b[j]; {
 		case c == '"':
-			return string(b[i+1 : j]), j + 1, true
+			return b[i+1 : j], j + 1, true
 		case c == '\\' || c < 0x20 || c >= 0x80:
-			return "", i, false
+			return nil, i, false
 		}
 	}
-	return "", i, false
+	return nil, i, false
 }
