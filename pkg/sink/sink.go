@@ -186,6 +186,7 @@ func (s *Sink) Run(ctx context.Context) error {
 		}
 		conss[i] = cons
 	}
+	s.dropLegacyConsumers(ctx)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(loops))
 	for i, l := range loops {
@@ -202,6 +203,23 @@ func (s *Sink) Run(ctx context.Context) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// dropLegacyConsumers deletes the per-partition usage consumers that sinks
+// before one writer per instance used ("<prefix>-usage-<p>"): the usage
+// consumer has replaced them, and its held-position check leaves out what
+// they had inserted.
+func (s *Sink) dropLegacyConsumers(ctx context.Context) {
+	for _, p := range s.cfg.Owned {
+		name := fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, p)
+		err := s.js.DeleteConsumer(ctx, broker.StreamAccepted, name)
+		switch {
+		case err == nil:
+			s.log.Info("deleted a per-partition usage consumer of an older sink", zap.String("consumer", name))
+		case !errors.Is(err, jetstream.ErrConsumerNotFound):
+			s.log.Warn("deleting an older sink's consumer", zap.String("consumer", name), zap.Error(err))
+		}
+	}
 }
 
 // writer turns a block of messages into one insert.

@@ -86,6 +86,12 @@ func TestCrashBetweenInsertAndAck(t *testing.T) {
 	ch := testenv.ClickHouse(t)
 	publishAccepted(t, js, 0, 30, 100, 10)
 	publishAccepted(t, js, 1, 30, 100, 10)
+	// a per-partition consumer an older sink left behind
+	legacy := "sink-" + ch.Database + "-usage-1"
+	if _, err := js.CreateOrUpdateConsumer(context.Background(), broker.StreamAccepted, jetstream.ConsumerConfig{
+		Durable: legacy, FilterSubject: broker.AcceptedSubject(1), AckPolicy: jetstream.AckExplicitPolicy}); err != nil {
+		t.Fatal(err)
+	}
 	crashed := errors.New("killed between insert and ack")
 	var once sync.Once
 	cfg := Config{Partitions: 2, BatchRows: 1000, FlushInterval: 200 * time.Millisecond, AckWait: time.Second,
@@ -103,6 +109,9 @@ func TestCrashBetweenInsertAndAck(t *testing.T) {
 	// the first block is in ClickHouse, unacked
 	if n := count(t, s1, ch, "SELECT count() FROM usage_records"); n == 0 {
 		t.Fatal("the crashed sink inserted nothing: the test shows nothing")
+	}
+	if _, err := js.Consumer(context.Background(), broker.StreamAccepted, legacy); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Fatalf("the older sink's consumer %s is still there (%v)", legacy, err)
 	}
 	cfg.AfterInsert = nil
 	reg := prometheus.NewRegistry()
