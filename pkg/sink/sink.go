@@ -174,10 +174,17 @@ func (s *Sink) Run(ctx context.Context) error {
 	defer cancel()
 	conss := make([]jetstream.Consumer, len(loops))
 	for i, l := range loops {
-		cons, err := s.js.CreateOrUpdateConsumer(ctx, l.stream, jetstream.ConsumerConfig{
+		cc := jetstream.ConsumerConfig{
 			Durable: l.name, FilterSubjects: l.filters, AckPolicy: jetstream.AckExplicitPolicy,
 			AckWait: s.cfg.AckWait, MaxAckPending: 100000,
-		})
+		}
+		if l.stream == broker.StreamAccepted {
+			if start := s.legacyStart(ctx, l.name); start > 0 {
+				cc.DeliverPolicy, cc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
+				s.log.Info("the usage consumer starts where the older per-partition ones had acked", zap.Uint64("seq", start))
+			}
+		}
+		cons, err := s.js.CreateOrUpdateConsumer(ctx, l.stream, cc)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil // stopped while starting
@@ -203,6 +210,29 @@ func (s *Sink) Run(ctx context.Context) error {
 	wg.Wait()
 	close(errs)
 	return <-errs
+}
+
+// legacyStart is where a new usage consumer named name should start when
+// an older sink's per-partition consumers cover every owned partition: past
+// the lowest of their ack floors, rather than at the start of the stream
+// (which the held-position check would also get right, slowly). 0: from
+// the start, or the consumer exists already.
+func (s *Sink) legacyStart(ctx context.Context, name string) uint64 {
+	if _, err := s.js.Consumer(ctx, broker.StreamAccepted, name); err == nil {
+		return 0
+	}
+	var floor uint64
+	for i, p := range s.cfg.Owned {
+		c, err := s.js.Consumer(ctx, broker.StreamAccepted, fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, p))
+		if err != nil {
+			return 0
+		}
+		f := c.CachedInfo().AckFloor.Stream
+		if i == 0 || f < floor {
+			floor = f
+		}
+	}
+	return floor + 1
 }
 
 // dropLegacyConsumers deletes the per-partition usage consumers that sinks

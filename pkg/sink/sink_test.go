@@ -334,3 +334,55 @@ func TestUpgradeKeepsRollups(t *testing.T) {
 		t.Fatalf("cycle rollup: %d records, %d bytes; want 200 and 600", records, bytes)
 	}
 }
+
+// A sink taking over from an older one's per-partition consumers starts its
+// usage consumer past their ack floors: what they acked is not read again.
+func TestTakeOverFromPerPartitionConsumers(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ch := testenv.ClickHouse(t)
+	ctx := context.Background()
+	publishAccepted(t, js, 0, 4, 10, 1) // stream sequences 1-4
+	publishAccepted(t, js, 1, 4, 10, 1) // 5-8
+	// the older sink acked all of partition 0 and half of partition 1: the
+	// lowest floor is 4, so the usage consumer starts at 5
+	for p, acked := range []int{4, 2} {
+		c, err := js.CreateOrUpdateConsumer(ctx, broker.StreamAccepted, jetstream.ConsumerConfig{
+			Durable: fmt.Sprintf("sink-%s-usage-%d", ch.Database, p), FilterSubject: broker.AcceptedSubject(p), AckPolicy: jetstream.AckExplicitPolicy})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if acked > 0 {
+			batch, err := c.Fetch(acked, jetstream.FetchMaxWait(5*time.Second))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for m := range batch.Messages() {
+				if err := m.DoubleAck(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	s := New(js, ch, Config{Partitions: 2, FlushInterval: 200 * time.Millisecond}, nil, testenv.Logger(t))
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	testenv.Eventually(t, 30*time.Second, s.Healthy)
+	// partition 1's 40 rows arrive (its first two messages read again, as
+	// the floor is partition 0's); partition 0's, acked by the older sink
+	// (whose inserts this test did not make), are not read again
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := count(t, s, ch, "SELECT count() FROM usage_records WHERE partition = 1"); n != 40 {
+			return fmt.Errorf("%d rows of partition 1, want 40", n)
+		}
+		return nil
+	})
+	time.Sleep(500 * time.Millisecond)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, s, ch, "SELECT count() FROM usage_records WHERE partition = 0"); n != 0 {
+		t.Fatalf("%d rows of partition 0: the older sink's acked messages were read again", n)
+	}
+}
