@@ -71,6 +71,22 @@ func decodeFast(b []byte, rec *Record) bool {
 				rec.Sequence = uint32(n)
 			}
 			i = j
+		case fStart, fEnd:
+			v, j, ok := plainString(b, i)
+			if !ok {
+				return false
+			}
+			u, ok := parseRFC3339Fast(v) // no string made for a time
+			if !ok {
+				if setField(rec, f, string(v)) != "" {
+					return false
+				}
+			} else if f == fStart {
+				rec.Start = u
+			} else {
+				rec.End = u
+			}
+			i = j
 		default:
 			v, j, ok := plainString(b, i)
 			if !ok || setField(rec, f, string(v)) != "" {

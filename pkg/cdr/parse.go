@@ -10,7 +10,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // RecordError names one rejected record of a batch: its 0-based index, its
@@ -97,14 +96,14 @@ func setField(rec *Record, f int, v string) string {
 		if v == "" {
 			return ""
 		}
-		t, err := time.Parse(time.RFC3339, v)
-		if err != nil {
+		u, ok := parseTime(v)
+		if !ok {
 			return "not an RFC 3339 time with offset"
 		}
 		if f == fStart {
-			rec.Start = t.Unix()
+			rec.Start = u
 		} else {
-			rec.End = t.Unix()
+			rec.End = u
 		}
 	case fBytesUp, fBytesDown:
 		if v == "" {
