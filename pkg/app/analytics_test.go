@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -68,24 +69,40 @@ func analyticsPipeline(t *testing.T) (*Pipeline, *authClient, sink.ClickHouseCon
 
 // waitSinkDrained waits until every sink consumer has nothing pending.
 func waitSinkDrained(t *testing.T, js jetstream.JetStream, db string) {
+	// drained: the sink's consumers exist, every message of their streams
+	// was delivered and acked, and the streams stopped growing (the
+	// projector publishes accepted usage and events after it folds)
+	last := map[string]uint64{}
+	stable := 0
 	testenv.Eventually(t, 30*time.Second, func() error {
-		for _, stream := range []string{broker.StreamAccepted, broker.StreamEvents} {
+		for stream, name := range map[string]string{broker.StreamAccepted: "sink-" + db + "-usage", broker.StreamEvents: "sink-" + db + "-events"} {
 			st, err := js.Stream(context.Background(), stream)
 			if err != nil {
 				return err
 			}
-			lister := st.ListConsumers(context.Background())
-			for ci := range lister.Info() {
-				if !strings.HasPrefix(ci.Name, "sink-"+db) {
-					continue
-				}
-				if ci.NumPending > 0 || ci.NumAckPending > 0 {
-					return fmt.Errorf("%s: %d pending, %d unacked", ci.Name, ci.NumPending, ci.NumAckPending)
-				}
-			}
-			if err := lister.Err(); err != nil {
+			info, err := st.Info(context.Background())
+			if err != nil {
 				return err
 			}
+			cons, err := st.Consumer(context.Background(), name)
+			if err != nil {
+				stable = 0
+				return fmt.Errorf("consumer %s: %w", name, err)
+			}
+			ci, err := cons.Info(context.Background())
+			if err != nil {
+				return err
+			}
+			if ci.NumPending > 0 || ci.NumAckPending > 0 || ci.Delivered.Stream < info.State.LastSeq {
+				stable = 0
+				return fmt.Errorf("%s: %d pending, %d unacked, delivered up to %d of %d", name, ci.NumPending, ci.NumAckPending, ci.Delivered.Stream, info.State.LastSeq)
+			}
+			if last[stream] != info.State.LastSeq {
+				last[stream], stable = info.State.LastSeq, 0
+			}
+		}
+		if stable++; stable < 8 { // 200 ms without a new message
+			return errors.New("the streams may still grow")
 		}
 		return nil
 	})
