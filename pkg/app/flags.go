@@ -114,6 +114,7 @@ func TuneGC(percent, limitMiB int, log *zap.Logger) {
 		log.Info("garbage collection target from GOGC", zap.String("GOGC", v))
 	} else if percent > 0 {
 		debug.SetGCPercent(percent)
+		log.Info("garbage collection target", zap.Int("percent", percent))
 	}
 	if v, ok := os.LookupEnv("GOMEMLIMIT"); ok {
 		log.Info("memory limit from GOMEMLIMIT", zap.String("GOMEMLIMIT", v))
@@ -125,10 +126,8 @@ func TuneGC(percent, limitMiB int, log *zap.Logger) {
 	}
 	if limit > 0 {
 		debug.SetMemoryLimit(limit)
+		log.Info("soft memory limit", zap.Int64("mib", limit>>20))
 	}
-	target := debug.SetGCPercent(-1) // reads the target, which the next line puts back
-	debug.SetGCPercent(target)
-	log.Info("garbage collection", zap.Int("target_percent", target), zap.Int64("memory_limit_mib", limit>>20))
 }
 
 // machineMemory is the memory this process may use: its cgroup's limit,

@@ -38,18 +38,23 @@ func (s *idSet) get(k uint64) (seenRecord, bool) {
 	if s.n == 0 {
 		return 0, false
 	}
+	i := s.slot(k)
+	if s.slots[2*i] != k {
+		return 0, false
+	}
+	return seenRecord(s.slots[2*i+1]), true
+}
+
+// slot is where key k (not 0) is in the table, or the empty slot where it
+// would go; the table has an empty slot.
+func (s *idSet) slot(k uint64) int {
 	capacity := len(s.slots) / 2
 	mask := capacity - 1
 	i := int(mix(k) >> (64 - bits.TrailingZeros(uint(capacity))))
-	for {
-		switch s.slots[2*i] {
-		case k:
-			return seenRecord(s.slots[2*i+1]), true
-		case 0:
-			return 0, false
-		}
+	for s.slots[2*i] != k && s.slots[2*i] != 0 {
 		i = (i + 1) & mask
 	}
+	return i
 }
 
 // put sets the value of key k.
@@ -69,20 +74,10 @@ func (s *idSet) put(k uint64, v seenRecord) {
 
 // insert places k in the table, which has room; it reports whether k is new.
 func (s *idSet) insert(k uint64, v seenRecord) bool {
-	capacity := len(s.slots) / 2
-	mask := capacity - 1
-	i := int(mix(k) >> (64 - bits.TrailingZeros(uint(capacity))))
-	for {
-		switch s.slots[2*i] {
-		case k:
-			s.slots[2*i+1] = uint64(v)
-			return false
-		case 0:
-			s.slots[2*i], s.slots[2*i+1] = k, uint64(v)
-			return true
-		}
-		i = (i + 1) & mask
-	}
+	i := s.slot(k)
+	fresh := s.slots[2*i] == 0
+	s.slots[2*i], s.slots[2*i+1] = k, uint64(v)
+	return fresh
 }
 
 // grow moves the keys into a table of the given capacity (a power of two).

@@ -76,15 +76,10 @@ func decodeFast(b []byte, rec *Record) bool {
 			if !ok {
 				return false
 			}
-			u, ok := parseRFC3339Fast(v) // no string made for a time
-			if !ok {
-				if setField(rec, f, string(v)) != "" {
-					return false
-				}
-			} else if f == fStart {
-				rec.Start = u
-			} else {
-				rec.End = u
+			if u, ok := parseRFC3339Fast(v); ok { // no string made for a time
+				setTime(rec, f, u)
+			} else if setField(rec, f, string(v)) != "" {
+				return false
 			}
 			i = j
 		default:

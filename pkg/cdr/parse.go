@@ -100,11 +100,7 @@ func setField(rec *Record, f int, v string) string {
 		if !ok {
 			return "not an RFC 3339 time with offset"
 		}
-		if f == fStart {
-			rec.Start = u
-		} else {
-			rec.End = u
-		}
+		setTime(rec, f, u)
 	case fBytesUp, fBytesDown:
 		if v == "" {
 			return "required"
@@ -139,6 +135,15 @@ func setField(rec *Record, f int, v string) string {
 		rec.CellID = v
 	}
 	return ""
+}
+
+// setTime sets the start or end of a record, as f names.
+func setTime(rec *Record, f int, unix int64) {
+	if f == fStart {
+		rec.Start = unix
+	} else {
+		rec.End = unix
+	}
 }
 
 // CSVReader reads CSV with a header row; columns may come in any order.

@@ -426,41 +426,15 @@ func (u *usageWriter) decode(m jetstream.Msg) (blockMsg, int, error) {
 }
 
 func (u *usageWriter) insertBlock(ctx context.Context, block []blockMsg, reload bool) (int, int, error) {
-	if reload || u.held == nil {
-		held, err := u.s.held(ctx, "usage_records")
-		if err != nil {
-			return 0, 0, err
-		}
-		u.held = held
-	}
-	span := map[uint16][2]uint64{} // partition -> min, max position in the block
+	span := spans{}
 	rows := 0
 	for _, bm := range block {
-		a := bm.accepted
-		p := uint16(a.Partition)
-		sp, ok := span[p]
-		if !ok {
-			sp = [2]uint64{a.Seq, a.Seq}
-		}
-		span[p] = [2]uint64{min(sp[0], a.Seq), max(sp[1], a.Seq)}
-		rows += len(a.Rows)
+		span.add(uint16(bm.accepted.Partition), bm.accepted.Seq)
+		rows += len(bm.accepted.Rows)
 	}
-	var skip map[rowKey]bool
-	for p, sp := range span {
-		if sp[0] > u.held[p] {
-			continue
-		}
-		have, err := u.s.existing(ctx, "usage_records", p, sp[0], min(sp[1], u.held[p]))
-		if err != nil {
-			return 0, 0, err
-		}
-		if skip == nil {
-			skip = have
-			continue
-		}
-		for k := range have {
-			skip[k] = true
-		}
+	skip, err := u.s.alreadyHeld(ctx, "usage_records", &u.held, reload, span)
+	if err != nil {
+		return 0, 0, err
 	}
 	b, err := u.s.conn.PrepareBatch(ctx, usageInsert)
 	if err != nil {
@@ -479,6 +453,46 @@ func (u *usageWriter) insertBlock(ctx context.Context, block []blockMsg, reload 
 		return 0, 0, err
 	}
 	return n, len(skip), b.Send()
+}
+
+// spans holds the lowest and highest position of a block's rows, by
+// partition.
+type spans map[uint16][2]uint64
+
+func (sp spans) add(partition uint16, seq uint64) {
+	r, ok := sp[partition]
+	if !ok {
+		r = [2]uint64{seq, seq}
+	}
+	sp[partition] = [2]uint64{min(r[0], seq), max(r[1], seq)}
+}
+
+// alreadyHeld returns the rows of a block (its spans) that table already
+// holds. *held is the highest position ClickHouse held per partition, read
+// again when reload is set or it is unknown; only a span reaching back to
+// it can hold such rows, so a block past it costs no query.
+func (s *Sink) alreadyHeld(ctx context.Context, table string, held *map[uint16]uint64, reload bool, span spans) (map[rowKey]bool, error) {
+	if reload || *held == nil {
+		h, err := s.held(ctx, table)
+		if err != nil {
+			return nil, err
+		}
+		*held = h
+	}
+	skip := map[rowKey]bool{}
+	for p, r := range span {
+		if r[0] > (*held)[p] {
+			continue
+		}
+		have, err := s.existing(ctx, table, p, r[0], min(r[1], (*held)[p]))
+		if err != nil {
+			return nil, err
+		}
+		for k := range have {
+			skip[k] = true
+		}
+	}
+	return skip, nil
 }
 
 // held reads the highest position ClickHouse holds per partition.
@@ -541,39 +555,19 @@ func (e *eventsWriter) decode(m jetstream.Msg) (blockMsg, int, error) {
 }
 
 func (e *eventsWriter) insertBlock(ctx context.Context, block []blockMsg, reload bool) (int, int, error) {
-	if reload || e.held == nil {
-		held, err := e.s.held(ctx, "card_events")
-		if err != nil {
-			return 0, 0, err
-		}
-		e.held = held
-	}
 	keys := make([]rowKey, len(block))
-	span := map[uint16][2]uint64{} // partition -> min, max position in the block
+	span := spans{}
 	for i, bm := range block {
 		k, err := eventKey(bm.env.ID)
 		if err != nil {
 			return 0, 0, backoff.Permanent(err)
 		}
 		keys[i] = k
-		sp, ok := span[k.partition]
-		if !ok {
-			sp = [2]uint64{k.seq, k.seq}
-		}
-		span[k.partition] = [2]uint64{min(sp[0], k.seq), max(sp[1], k.seq)}
+		span.add(k.partition, k.seq)
 	}
-	skip := map[rowKey]bool{}
-	for p, sp := range span {
-		if sp[0] > e.held[p] {
-			continue
-		}
-		have, err := e.s.existing(ctx, "card_events", p, sp[0], min(sp[1], e.held[p]))
-		if err != nil {
-			return 0, 0, err
-		}
-		for k := range have {
-			skip[k] = true
-		}
+	skip, err := e.s.alreadyHeld(ctx, "card_events", &e.held, reload, span)
+	if err != nil {
+		return 0, 0, err
 	}
 	b, err := e.s.conn.PrepareBatch(ctx, eventsInsert)
 	if err != nil {

@@ -252,20 +252,14 @@ func TestOwnedPartitions(t *testing.T) {
 		publishAccepted(t, js, p, 5, 10, 1)
 	}
 	s := New(js, ch, Config{Partitions: 4, Owned: []int{1, 3}, FlushInterval: 200 * time.Millisecond}, nil, testenv.Logger(t))
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	testenv.Eventually(t, 30*time.Second, s.Healthy) // connected, schema applied
+	stop := runSink(t, s)
 	testenv.Eventually(t, 30*time.Second, func() error {
 		if n := count(t, s, ch, "SELECT count() FROM usage_records"); n != 100 {
 			return fmt.Errorf("%d rows, want 100 (partitions 1 and 3)", n)
 		}
 		return nil
 	})
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if n := count(t, s, ch, "SELECT countIf(partition NOT IN (1, 3)) FROM usage_records"); n != 0 {
 		t.Fatalf("%d rows of partitions the instance does not own", n)
 	}
@@ -364,10 +358,7 @@ func TestTakeOverFromPerPartitionConsumers(t *testing.T) {
 		}
 	}
 	s := New(js, ch, Config{Partitions: 2, FlushInterval: 200 * time.Millisecond}, nil, testenv.Logger(t))
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- s.Run(runCtx) }()
-	testenv.Eventually(t, 30*time.Second, s.Healthy)
+	stop := runSink(t, s)
 	// partition 1's 40 rows arrive (its first two messages read again, as
 	// the floor is partition 0's); partition 0's, acked by the older sink
 	// (whose inserts this test did not make), are not read again
@@ -378,11 +369,26 @@ func TestTakeOverFromPerPartitionConsumers(t *testing.T) {
 		return nil
 	})
 	time.Sleep(500 * time.Millisecond)
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	if n := count(t, s, ch, "SELECT count() FROM usage_records WHERE partition = 0"); n != 0 {
 		t.Fatalf("%d rows of partition 0: the older sink's acked messages were read again", n)
+	}
+}
+
+// runSink runs a sink until the returned function stops it (and fails the
+// test if it ended with an error); it returns once the sink is connected
+// and the schema applied.
+func runSink(t *testing.T, s *Sink) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	testenv.Eventually(t, 30*time.Second, s.Healthy)
+	return func() {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
