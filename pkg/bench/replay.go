@@ -75,7 +75,7 @@ func Replay(cards, records, partitions int, log io.Writer) ReplayReport {
 				if err != nil {
 					panic(err)
 				}
-				verdicts, out = p.ApplyUsage(&hh, decoded, verdicts, out[:0])
+				verdicts, out = p.ApplyUsage(&hh, decoded, nil, verdicts, out[:0])
 			}
 			states[part] = p
 		}(part)

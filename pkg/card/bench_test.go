@@ -39,7 +39,7 @@ func BenchmarkApplyUsage(b *testing.B) {
 			k := done + j
 			recs[j] = cdr.Record{RecordID: ids[k], ICCID: iccids[k%cards], Start: now + int64(k%80000), End: now + int64(k%80000) + 60, BytesUp: 100, BytesDown: 900}
 		}
-		verdicts, out = p.ApplyUsage(&h, recs[:n], verdicts, out[:0])
+		verdicts, out = p.ApplyUsage(&h, recs[:n], nil, verdicts, out[:0])
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
@@ -62,7 +62,7 @@ func BenchmarkSnapshot(b *testing.B) {
 			recs = append(recs, cdr.Record{RecordID: fmt.Sprint(i, "-", j), ICCID: iccid, Start: now + int64(j), End: now + int64(j) + 60, BytesDown: 1})
 		}
 	}
-	p.ApplyUsage(&cdr.ChunkHeader{Carrier: "c", ReceivedAt: now + 3600}, recs, nil, nil)
+	p.ApplyUsage(&cdr.ChunkHeader{Carrier: "c", ReceivedAt: now + 3600}, recs, nil, nil, nil)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		snap, err := p.MarshalSnapshot()

@@ -23,7 +23,7 @@ func (p *Partition) applyCommand(in *Input, out []Emitted) []Emitted {
 	now := p.at(in)
 	refuse := func(code string) []Emitted {
 		if c != nil {
-			c.lastCmd = CommandOutcome{ID: in.ID, Code: code}
+			c.lastCmd, c.dirty = CommandOutcome{ID: in.ID, Code: code}, true
 		}
 		e := Emitted{Type: EmitCommandRefused, ICCID: cmd.ICCID, At: now, Cause: cause, Code: code,
 			Operator: cmd.Operator, Note: cmd.Note, Detail: string(in.Type)}
@@ -35,6 +35,7 @@ func (p *Partition) applyCommand(in *Input, out []Emitted) []Emitted {
 	if c == nil {
 		return refuse(RefusedUnknownCard)
 	}
+	defer p.reschedule(c)
 	out = p.checkValidity(c, now, cause, out)
 	a := p.accounts[c.account]
 	switch {
@@ -48,7 +49,7 @@ func (p *Partition) applyCommand(in *Input, out []Emitted) []Emitted {
 		return refuse(RefusedOverQuota)
 	}
 	pl := p.plans[c.planID]
-	c.lastCmd = CommandOutcome{ID: in.ID, Applied: true}
+	c.lastCmd, c.dirty = CommandOutcome{ID: in.ID, Applied: true}, true
 	n := len(out)
 	if in.Type == TypeStopRequested {
 		out = c.raise(ReasonManual, now, cause, pl, out)

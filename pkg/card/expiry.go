@@ -20,7 +20,7 @@ func (p *Partition) checkValidity(c *Card, t int64, cause string, out []Emitted)
 	}
 	pl := p.plans[c.planID]
 	if c.expiredAt == 0 && c.validUntil <= t {
-		c.expiredAt = c.validUntil
+		c.expiredAt, c.dirty = c.validUntil, true
 		out = c.raise(ReasonExpiry, c.validUntil, cause, pl, out)
 	}
 	if c.expiredAt != 0 {
@@ -35,7 +35,7 @@ func (p *Partition) checkValidity(c *Card, t int64, cause string, out []Emitted)
 // ignored with a reason. Its warnings resolve.
 func (p *Partition) cancel(c *Card, at int64, cause string, out []Emitted) []Emitted {
 	pl := p.plans[c.planID]
-	c.cancelled = true
+	c.cancelled, c.dirty = true, true
 	out = p.resolveAll(c, at, cause, pl, out)
 	return append(out, c.emit(EmitCancelled, at, cause, pl))
 }
@@ -51,6 +51,7 @@ func (p *Partition) applyRenewal(in *Input, out []Emitted) []Emitted {
 	now := p.at(in)
 	cause := "event:" + in.ID
 	pl := p.plans[c.planID]
+	defer p.reschedule(c)
 	// time may have passed deadlines the last tick did not reach
 	out = p.checkValidity(c, now, cause, out)
 	if c.cancelled {
@@ -65,10 +66,11 @@ func (p *Partition) applyRenewal(in *Input, out []Emitted) []Emitted {
 		return append(out, refused(in, r.ICCID, "the renewal ends in the past"))
 	}
 	c.validUntil = until
+	c.dirty = true
 	e := c.emit(EmitRenewed, now, cause, pl)
 	out = append(out, e)
 	if c.expiredAt != 0 {
-		c.expiredAt = 0
+		c.expiredAt, c.dirty = 0, true
 		out = c.clear(ReasonExpiry, now, cause, pl, out)
 	}
 	out = p.resolveExpiryWarnings(c, now, cause, pl, out)

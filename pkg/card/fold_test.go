@@ -60,7 +60,7 @@ func (f *fixture) usage(id, start string, bytes uint64) Verdict {
 	s := unix(start)
 	rec := cdr.Record{RecordID: id, ICCID: iccidA, Start: s, End: s + 60, BytesDown: bytes}
 	var v []Verdict
-	v, f.out = f.p.ApplyUsage(&cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: s + 120}, []cdr.Record{rec}, nil, f.out)
+	v, f.out = f.p.ApplyUsage(&cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: s + 120}, []cdr.Record{rec}, nil, nil, f.out)
 	return v[0]
 }
 
@@ -304,7 +304,7 @@ func fold(t testing.TB, p *Partition, log []any) []Emitted {
 				t.Fatal(err)
 			}
 		case chunk:
-			verdicts, out = p.ApplyUsage(&e.h, e.recs, verdicts, out)
+			verdicts, out = p.ApplyUsage(&e.h, e.recs, nil, verdicts, out)
 		}
 	}
 	return out

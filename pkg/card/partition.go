@@ -36,6 +36,7 @@ type Partition struct {
 	strs     map[string]string // interned carrier, plan and account names: one copy for many cards
 	accOrder []*account        // accounts in creation order
 	poolOrd  []*pool
+	due      deadlines // cards by the time a tick next changes them
 }
 
 type plan struct {
@@ -67,9 +68,22 @@ type Card struct {
 	charged                         uint64 // overage MB already charged this cycle
 	reasons                         Reasons
 	warned                          warnings                    // fired this cycle (or validity period)
-	seen                            idSet                       // record ids counted: carrier+id hash -> content and cycle
 	closed                          [RetainedCycles]closedCycle // most recent first
 	lastCmd                         CommandOutcome
+
+	// The record ids the card remembers (DOMAIN.md: counted once however
+	// late): recent holds, exactly, those counted since the last
+	// checkpoint; the exact index off the heap holds the older ones; fps
+	// filters all of them, by cycle, so that a new id needs no lookup.
+	recent   idSet                      // carrier+id hash -> content and cycle
+	fps      [RetainedCycles + 1]fpSlot // the current cycle's, then closed[0]'s, closed[1]'s
+	keepFrom int64                      // ids of cycles that started before this are forgotten
+
+	key   uint64 // the card in the record-id index
+	ord   int    // provisioning order
+	due   int64  // the earliest time a tick changes the card
+	hidx  int    // position in the deadline heap
+	dirty bool   // changed since the last checkpoint
 }
 
 // seenRecord packs, in 8 bytes (a card remembers many), the top 40 bits of
@@ -119,11 +133,15 @@ func NewPartition() *Partition {
 // addCard files a new card.
 func (p *Partition) addCard(c *Card) {
 	p.cards[c.iccid] = c
+	c.key = cardKey(c.iccid)
 	if n, ok := cdr.PackICCID(c.iccid); ok {
 		p.byNumber[n] = c
 	}
+	c.ord = len(p.order)
 	p.order = append(p.order, c)
 	p.account(c.account).cards = append(p.account(c.account).cards, c)
+	c.due = never // until the provisioning that files it schedules it
+	p.due.push(c)
 }
 
 // card finds a card by ICCID. A map keyed by the packed number finds it
@@ -226,6 +244,12 @@ func (p *Partition) applyPlan(in *Input, out []Emitted) []Emitted {
 		anchor = 1
 	}
 	p.plans[pc.PlanID] = &plan{PlanChanged: pc, loc: loc, anchor: anchor}
+	// a plan's time zone moves its cards' cancellation deadlines
+	for _, c := range p.order {
+		if c.planID == pc.PlanID {
+			p.reschedule(c)
+		}
+	}
 	return out
 }
 
@@ -293,12 +317,16 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	if !c.cancelled {
 		out = p.expiryWarnings(c, now, cause, out)
 	}
+	c.dirty = true
+	p.reschedule(c)
 	return out
 }
 
-// applyTick moves the log's time forward. Every card, in provisioning
-// order, passes each cycle boundary and validity deadline up to the new
-// time in turn, so a jump of months charges each month; then pools roll.
+// applyTick moves the log's time forward. Pools roll; then every card with
+// a deadline due, in provisioning order, passes each cycle boundary and
+// validity deadline up to the new time in turn, so a jump of months charges
+// each month. A card with nothing due is not visited: advancing it would
+// change nothing.
 func (p *Partition) applyTick(at int64, out []Emitted) []Emitted {
 	if at <= p.now {
 		return out // ticks never move time back; a repeated tick is a no-op
@@ -308,10 +336,8 @@ func (p *Partition) applyTick(at int64, out []Emitted) []Emitted {
 	for _, pl := range p.poolOrd {
 		out = p.rollPool(pl, at, cause, out)
 	}
-	for _, c := range p.order {
-		if !c.cancelled {
-			out = p.advance(c, at, cause, out)
-		}
+	for _, c := range p.due.popDue(at) {
+		out = p.advance(c, at, cause, out)
 	}
 	return out
 }
@@ -331,6 +357,7 @@ func (p *Partition) advance(c *Card, t int64, cause string, out []Emitted) []Emi
 	if !c.cancelled {
 		out = p.expiryWarnings(c, t, cause, out)
 	}
+	p.reschedule(c)
 	return out
 }
 
@@ -355,9 +382,17 @@ func (p *Partition) rollover(c *Card, t int64, cause string, out []Emitted) []Em
 	} else if pl.MonthlyFeeFen > 0 {
 		out = p.charge(acct, c, pl.MonthlyFeeFen, "monthly_fee", t, cause, out)
 	}
-	// forget record ids of cycles older than the retention horizon
-	horizon := p.horizon(c, pl)
-	c.seen.keep(func(s seenRecord) bool { return s.cycleStart() >= horizon })
+	// Forget record ids of cycles older than the retention horizon: their
+	// filter goes at once; the exact index drops their files later, and
+	// until then an id it finds there from before keepFrom counts as
+	// forgotten.
+	c.keepFrom = p.horizon(c, pl)
+	c.recent.keep(func(s seenRecord) bool { return s.cycleStart() >= c.keepFrom })
+	c.fps[0].trim()
+	n := c.fps[0].len()
+	copy(c.fps[1:], c.fps[:RetainedCycles])
+	c.fps[0] = fpSlot{k: bucketBits(n)}
+	c.dirty = true
 	return out
 }
 
@@ -384,6 +419,7 @@ func (c *Card) raise(r Reason, at int64, cause string, pl *plan, out []Emitted) 
 		return out
 	}
 	c.reasons = c.reasons.With(r)
+	c.dirty = true
 	e := c.emit(EmitStopped, at, cause, pl)
 	e.Reason = r
 	return append(out, e)
@@ -394,6 +430,7 @@ func (c *Card) clear(r Reason, at int64, cause string, pl *plan, out []Emitted) 
 		return out
 	}
 	c.reasons = c.reasons.Without(r)
+	c.dirty = true
 	t := EmitStopCleared
 	if c.reasons == 0 {
 		t = EmitResumed

@@ -22,7 +22,7 @@ func checkInvariants(t *testing.T, log []any) {
 				t.Fatalf("event %d: %v", i, err)
 			}
 		case chunk:
-			verdicts, out = p.ApplyUsage(&e.h, e.recs, verdicts, nil)
+			verdicts, out = p.ApplyUsage(&e.h, e.recs, nil, verdicts, nil)
 			for j, v := range verdicts {
 				if cancelled[e.recs[j].ICCID] && v.Status.Counts() {
 					t.Fatalf("event %d: usage counted for cancelled card %s", i, e.recs[j].ICCID)

@@ -1,6 +1,7 @@
 package card
 
 import (
+	"container/heap"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -36,6 +37,7 @@ type poolSnapshot struct {
 
 type cardSnapshot struct {
 	ICCID      string         `json:"iccid"`
+	Ord        int            `json:"ord"`
 	Account    string         `json:"account"`
 	Plan       string         `json:"plan"`
 	Carrier    string         `json:"carrier"`
@@ -55,13 +57,17 @@ type cardSnapshot struct {
 	Warned     warnings       `json:"warned,omitempty"`
 	Closed     [][3]uint64    `json:"closed,omitempty"` // start, usage, charged
 	LastCmd    CommandOutcome `json:"last_cmd"`
-	// Seen holds the remembered record ids, 16 bytes each (id hash, packed
-	// content hash and cycle; little-endian), sorted by id hash: a compact
-	// blob, as there are many per card.
-	Seen []byte `json:"seen,omitempty"`
+	KeepFrom   int64          `json:"keep_from,omitempty"`
+	// Filters holds the record-id filters, one per cycle slot: bucket
+	// bits, saturated, then the slot's 16-bit words, little-endian.
+	Filters [][]byte `json:"filters,omitempty"`
+	// Recent holds the ids counted since the last TakeIDs, 16 bytes each
+	// (id hash, packed content hash and cycle; little-endian), sorted by id
+	// hash. Checkpoints take them first, so theirs have none.
+	Recent []byte `json:"recent,omitempty"`
 }
 
-const snapshotVersion = 4
+const snapshotVersion = 5
 
 func sortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
@@ -72,9 +78,11 @@ func sortedKeys(m map[string]bool) []string {
 	return out
 }
 
-// MarshalSnapshot encodes the whole state.
-func (p *Partition) MarshalSnapshot() ([]byte, error) {
-	s := snapshot{Version: snapshotVersion, Now: p.now}
+// head is the partition-wide part of the state: the log's time, plans,
+// accounts and pools. Every checkpoint piece that carries it carries all
+// of it: it is small beside the cards.
+func (p *Partition) head() *snapshot {
+	s := &snapshot{Version: snapshotVersion, Now: p.now}
 	for _, pl := range p.plans {
 		s.Plans = append(s.Plans, pl.PlanChanged)
 	}
@@ -89,22 +97,224 @@ func (p *Partition) MarshalSnapshot() ([]byte, error) {
 	for _, po := range p.poolOrd {
 		s.Pools = append(s.Pools, poolSnapshot{PoolChanged: po.PoolChanged, Cycle: [2]int64{po.cycle.Start, po.cycle.End}, Usage: po.usage, Exhausted: po.exhausted})
 	}
+	return s
+}
+
+func (c *Card) snapshot() cardSnapshot {
+	cs := cardSnapshot{
+		ICCID: c.iccid, Ord: c.ord, Account: c.account, Plan: c.planID, Carrier: c.carrier,
+		IMSI: c.imsi, MSISDN: c.msisdn, Pool: c.poolID, AutoStop: c.autoStop,
+		ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt, Cancelled: c.cancelled,
+		Cycle: [2]int64{c.cycle.Start, c.cycle.End}, Usage: c.usage, Overshoot: c.overshoot, Charged: c.charged,
+		Reasons: c.reasons, Warned: c.warned, LastCmd: c.lastCmd, KeepFrom: c.keepFrom,
+	}
+	for _, cl := range c.closed {
+		cs.Closed = append(cs.Closed, [3]uint64{uint64(cl.start), cl.usage, cl.charged})
+	}
+	empty := true
+	filters := make([][]byte, len(c.fps))
+	for i := range c.fps {
+		f := &c.fps[i]
+		if len(f.data) > 0 || f.saturated || f.k != 0 {
+			empty = false
+		}
+		b := make([]byte, 2, 2+2*len(f.data))
+		b[0] = f.k
+		if f.saturated {
+			b[1] = 1
+		}
+		for _, w := range f.data {
+			b = binary.LittleEndian.AppendUint16(b, w)
+		}
+		filters[i] = b
+	}
+	if !empty {
+		cs.Filters = filters
+	}
+	cs.Recent = encodeSeen(&c.recent)
+	return cs
+}
+
+// MarshalSnapshot encodes the whole state as one piece.
+func (p *Partition) MarshalSnapshot() ([]byte, error) {
+	s := p.head()
 	s.Cards = make([]cardSnapshot, 0, len(p.order))
 	for _, c := range p.order {
-		cs := cardSnapshot{
-			ICCID: c.iccid, Account: c.account, Plan: c.planID, Carrier: c.carrier,
-			IMSI: c.imsi, MSISDN: c.msisdn, Pool: c.poolID, AutoStop: c.autoStop,
-			ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt, Cancelled: c.cancelled,
-			Cycle: [2]int64{c.cycle.Start, c.cycle.End}, Usage: c.usage, Overshoot: c.overshoot, Charged: c.charged,
-			Reasons: c.reasons, Warned: c.warned, LastCmd: c.lastCmd,
-		}
-		for _, cl := range c.closed {
-			cs.Closed = append(cs.Closed, [3]uint64{uint64(cl.start), cl.usage, cl.charged})
-		}
-		cs.Seen = encodeSeen(&c.seen)
-		s.Cards = append(s.Cards, cs)
+		s.Cards = append(s.Cards, c.snapshot())
 	}
-	return json.Marshal(&s)
+	return json.Marshal(s)
+}
+
+// MarshalBase encodes the whole state for a checkpoint as pieces of at
+// most cardsPerPiece cards each, the first with the head, and marks every
+// card as checkpointed.
+func (p *Partition) MarshalBase(cardsPerPiece int) ([][]byte, error) {
+	cardsPerPiece = max(cardsPerPiece, 1)
+	var pieces [][]byte
+	s := p.head()
+	for i := 0; i == 0 || i < len(p.order); i += cardsPerPiece {
+		part := p.order[i:min(i+cardsPerPiece, len(p.order))]
+		s.Cards = make([]cardSnapshot, 0, len(part))
+		for _, c := range part {
+			s.Cards = append(s.Cards, c.snapshot())
+			c.dirty = false
+		}
+		b, err := json.Marshal(s)
+		if err != nil {
+			return nil, err
+		}
+		pieces = append(pieces, b)
+		s = &snapshot{Version: snapshotVersion, Now: p.now}
+	}
+	return pieces, nil
+}
+
+// MarshalDelta encodes what changed since the last MarshalDelta or
+// MarshalBase: the head and every card the fold changed, and marks them
+// as checkpointed. It also reports how many cards it holds.
+func (p *Partition) MarshalDelta() ([]byte, int, error) {
+	s := p.head()
+	for _, c := range p.order {
+		if c.dirty {
+			s.Cards = append(s.Cards, c.snapshot())
+			c.dirty = false
+		}
+	}
+	b, err := json.Marshal(s)
+	return b, len(s.Cards), err
+}
+
+// Restorer rebuilds a Partition from checkpoint pieces: the base's, then
+// the deltas', in the order they were written. Later pieces replace what
+// earlier ones said of a card, and their head replaces the head.
+type Restorer struct {
+	p     *Partition
+	cards map[string]*Card
+}
+
+// NewRestorer starts from empty state.
+func NewRestorer() *Restorer { return &Restorer{p: NewPartition(), cards: map[string]*Card{}} }
+
+// Add applies one piece.
+func (r *Restorer) Add(piece []byte) error {
+	var s snapshot
+	if err := json.Unmarshal(piece, &s); err != nil {
+		return fmt.Errorf("decoding checkpoint piece: %w", err)
+	}
+	if s.Version != snapshotVersion {
+		return fmt.Errorf("checkpoint piece version %d, this build reads %d", s.Version, snapshotVersion)
+	}
+	p := r.p
+	p.now = max(p.now, s.Now)
+	if len(s.Plans) > 0 || len(s.Accounts) > 0 || len(s.Pools) > 0 {
+		if err := r.setHead(&s); err != nil {
+			return err
+		}
+	}
+	for i := range s.Cards {
+		cs := &s.Cards[i]
+		c, err := r.card(cs)
+		if err != nil {
+			return fmt.Errorf("checkpoint card %s: %w", cs.ICCID, err)
+		}
+		if old := r.cards[c.iccid]; old != nil {
+			*old = *c
+		} else {
+			r.cards[c.iccid] = c
+		}
+	}
+	return nil
+}
+
+func (r *Restorer) setHead(s *snapshot) error {
+	p := r.p
+	p.plans, p.accounts, p.pools, p.accOrder, p.poolOrd = map[string]*plan{}, map[string]*account{}, map[string]*pool{}, nil, nil
+	for _, pc := range s.Plans {
+		in := Input{Type: TypePlanChanged, Plan: &pc}
+		if out := p.applyPlan(&in, nil); len(out) > 0 {
+			return fmt.Errorf("checkpoint plan %q: %s", pc.PlanID, out[0].Detail)
+		}
+	}
+	for _, as := range s.Accounts {
+		a := p.account(as.AccountID)
+		a.creditLimit, a.lowBalance, a.autoResume = as.CreditLimitFen, as.LowBalanceFen, as.AutoResumeOnPayment
+		a.balance, a.inArrears, a.lowWarned = as.Balance, as.InArrears, as.LowWarned
+		a.payments, a.charges = toSet(as.Payments), toSet(as.Charges)
+	}
+	for _, ps := range s.Pools {
+		loc, err := Zone(ps.TimeZone)
+		if err != nil {
+			return fmt.Errorf("checkpoint pool %q: %w", ps.PoolID, err)
+		}
+		po := &pool{PoolChanged: ps.PoolChanged, account: ps.AccountID, loc: loc, anchor: max(ps.CycleAnchorDay, 1),
+			cycle: Cycle{ps.Cycle[0], ps.Cycle[1]}, usage: ps.Usage, exhausted: ps.Exhausted}
+		p.pools[po.PoolID] = po
+		p.poolOrd = append(p.poolOrd, po)
+	}
+	return nil
+}
+
+func (r *Restorer) card(cs *cardSnapshot) (*Card, error) {
+	p := r.p
+	c := &Card{
+		iccid: cs.ICCID, ord: cs.Ord, account: p.intern(cs.Account), planID: p.intern(cs.Plan), carrier: p.intern(cs.Carrier),
+		imsi: cs.IMSI, msisdn: cs.MSISDN, poolID: p.intern(cs.Pool), autoStop: cs.AutoStop,
+		validFrom: cs.ValidFrom, validUntil: cs.ValidUntil, expiredAt: cs.ExpiredAt, cancelled: cs.Cancelled,
+		cycle: Cycle{cs.Cycle[0], cs.Cycle[1]}, usage: cs.Usage, overshoot: cs.Overshoot, charged: cs.Charged,
+		reasons: cs.Reasons, warned: cs.Warned, lastCmd: cs.LastCmd, keepFrom: cs.KeepFrom,
+	}
+	for i, cl := range cs.Closed {
+		if i < RetainedCycles {
+			c.closed[i] = closedCycle{start: int64(cl[0]), usage: cl[1], charged: cl[2]}
+		}
+	}
+	if len(cs.Filters) > len(c.fps) {
+		return nil, fmt.Errorf("%d filter slots, this build has %d", len(cs.Filters), len(c.fps))
+	}
+	for i, b := range cs.Filters {
+		if len(b) < 2 || len(b)%2 != 0 || b[0] > maxBucketBits {
+			return nil, fmt.Errorf("filter slot %d of %d bytes is malformed", i, len(b))
+		}
+		f := &c.fps[i]
+		f.k, f.saturated = b[0], b[1] == 1
+		if n := (len(b) - 2) / 2; n > 0 {
+			f.data = make([]uint16, n)
+			for j := range f.data {
+				f.data[j] = binary.LittleEndian.Uint16(b[2+2*j:])
+			}
+			if n < f.buckets()+1 || int(f.data[f.buckets()]) != n-f.buckets()-1 {
+				return nil, fmt.Errorf("filter slot %d: offsets do not match its %d words", i, n)
+			}
+		}
+	}
+	if err := decodeSeen(cs.Recent, &c.recent); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Finish returns the restored state. The head must name every plan and
+// account its cards use, and the cards' provisioning order must be whole.
+func (r *Restorer) Finish() (*Partition, error) {
+	p := r.p
+	order := make([]*Card, len(r.cards))
+	for _, c := range r.cards {
+		if c.ord < 0 || c.ord >= len(order) || order[c.ord] != nil {
+			return nil, fmt.Errorf("checkpoint card %s has provisioning order %d of %d cards", c.iccid, c.ord, len(order))
+		}
+		if _, ok := p.plans[c.planID]; !ok {
+			return nil, fmt.Errorf("checkpoint card %s: unknown plan %q", c.iccid, c.planID)
+		}
+		order[c.ord] = c
+	}
+	for _, c := range order {
+		acct := p.account(c.account)
+		c.account = acct.id
+		p.addCard(c)
+		c.due = p.deadline(c)
+	}
+	heap.Init(&p.due)
+	return p, nil
 }
 
 func toSet(ids []string) map[string]bool {
@@ -117,59 +327,11 @@ func toSet(ids []string) map[string]bool {
 
 // UnmarshalSnapshot restores state written by MarshalSnapshot.
 func UnmarshalSnapshot(b []byte) (*Partition, error) {
-	var s snapshot
-	if err := json.Unmarshal(b, &s); err != nil {
-		return nil, fmt.Errorf("decoding snapshot: %w", err)
+	r := NewRestorer()
+	if err := r.Add(b); err != nil {
+		return nil, err
 	}
-	if s.Version != snapshotVersion {
-		return nil, fmt.Errorf("snapshot version %d, this build reads %d", s.Version, snapshotVersion)
-	}
-	p := NewPartition()
-	p.now = s.Now
-	for _, pc := range s.Plans {
-		in := Input{Type: TypePlanChanged, Plan: &pc}
-		if out := p.applyPlan(&in, nil); len(out) > 0 {
-			return nil, fmt.Errorf("snapshot plan %q: %s", pc.PlanID, out[0].Detail)
-		}
-	}
-	for _, as := range s.Accounts {
-		a := p.account(as.AccountID)
-		a.creditLimit, a.lowBalance, a.autoResume = as.CreditLimitFen, as.LowBalanceFen, as.AutoResumeOnPayment
-		a.balance, a.inArrears, a.lowWarned = as.Balance, as.InArrears, as.LowWarned
-		a.payments, a.charges = toSet(as.Payments), toSet(as.Charges)
-	}
-	for _, ps := range s.Pools {
-		loc, err := Zone(ps.TimeZone)
-		if err != nil {
-			return nil, fmt.Errorf("snapshot pool %q: %w", ps.PoolID, err)
-		}
-		po := &pool{PoolChanged: ps.PoolChanged, account: ps.AccountID, loc: loc, anchor: max(ps.CycleAnchorDay, 1),
-			cycle: Cycle{ps.Cycle[0], ps.Cycle[1]}, usage: ps.Usage, exhausted: ps.Exhausted}
-		p.pools[po.PoolID] = po
-		p.poolOrd = append(p.poolOrd, po)
-	}
-	for _, cs := range s.Cards {
-		if _, ok := p.plans[cs.Plan]; !ok {
-			return nil, fmt.Errorf("snapshot card %s: unknown plan %q", cs.ICCID, cs.Plan)
-		}
-		c := &Card{
-			iccid: cs.ICCID, account: p.account(cs.Account).id, planID: p.plans[cs.Plan].PlanID, carrier: p.intern(cs.Carrier),
-			imsi: cs.IMSI, msisdn: cs.MSISDN, poolID: p.intern(cs.Pool), autoStop: cs.AutoStop,
-			validFrom: cs.ValidFrom, validUntil: cs.ValidUntil, expiredAt: cs.ExpiredAt, cancelled: cs.Cancelled,
-			cycle: Cycle{cs.Cycle[0], cs.Cycle[1]}, usage: cs.Usage, overshoot: cs.Overshoot, charged: cs.Charged,
-			reasons: cs.Reasons, warned: cs.Warned, lastCmd: cs.LastCmd,
-		}
-		for i, cl := range cs.Closed {
-			if i < RetainedCycles {
-				c.closed[i] = closedCycle{start: int64(cl[0]), usage: cl[1], charged: cl[2]}
-			}
-		}
-		if err := decodeSeen(cs.Seen, &c.seen); err != nil {
-			return nil, fmt.Errorf("snapshot card %s: %w", cs.ICCID, err)
-		}
-		p.addCard(c)
-	}
-	return p, nil
+	return r.Finish()
 }
 
 // encodeSeen writes the id set as (key, value) pairs in key order, so that

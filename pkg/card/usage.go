@@ -61,20 +61,63 @@ const MB = 1 << 20
 // ApplyUsage folds a chunk of usage records in order. It appends one verdict
 // per record to verdicts[:0] and what the records cause to out. Records of a
 // chunk carry ICCIDs (the ingest resolves IMSI and MSISDN).
-func (p *Partition) ApplyUsage(h *cdr.ChunkHeader, recs []cdr.Record, verdicts []Verdict, out []Emitted) ([]Verdict, []Emitted) {
+//
+// found holds, for each record that Probe named, the exact index's answer
+// as of before the chunk (found[i] for record i; nil or a zero Lookup for
+// the others): the shell reads it off the heap before the fold, so the fold
+// does no I/O and cannot fail.
+func (p *Partition) ApplyUsage(h *cdr.ChunkHeader, recs []cdr.Record, found []Lookup, verdicts []Verdict, out []Emitted) ([]Verdict, []Emitted) {
 	verdicts = verdicts[:0]
 	for i := range recs {
+		var lk Lookup
+		if i < len(found) {
+			lk = found[i]
+		}
 		var v Verdict
-		v, out = p.applyRecord(h, &recs[i], out)
+		v, out = p.applyRecord(h, &recs[i], lk, out)
 		verdicts = append(verdicts, v)
 	}
 	return verdicts, out
 }
 
+// remembered is what the card remembers of record id key, if anything:
+// what it counted since the last checkpoint, else what the index found,
+// unless that belongs to a cycle the card has forgotten.
+func (c *Card) remembered(key uint64, lk Lookup) (seenRecord, bool) {
+	if s, ok := c.recent.get(key); ok {
+		return s, true
+	}
+	if lk.Found && seenRecord(lk.Seen).cycleStart() >= c.keepFrom {
+		return seenRecord(lk.Seen), true
+	}
+	return 0, false
+}
+
+// remember files a counted record id under the cycle it counted in.
+func (c *Card) remember(key uint64, s seenRecord, pl *plan) {
+	c.recent.put(key, s)
+	c.fps[c.slotOf(s.cycleStart(), pl)].add(key)
+	c.dirty = true
+}
+
+// slotOf is the filter slot of the cycle that starts at start: 0 for the
+// current cycle, i for the i-th cycle before it, as the horizon counts
+// them (a rollover shifts every slot by one and drops the last).
+func (c *Card) slotOf(start int64, pl *plan) int {
+	h := c.cycle.Start
+	for i := 0; i < RetainedCycles; i++ {
+		if start >= h {
+			return i
+		}
+		h = CycleAt(h-1, pl.loc, pl.anchor).Start
+	}
+	return RetainedCycles
+}
+
 // applyRecord applies DOMAIN.md "Usage records": a record counts in the
 // cycle its session started in, once per carrier and record id; interim
 // records of a long session each count.
-func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted) (Verdict, []Emitted) {
+func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, lk Lookup, out []Emitted) (Verdict, []Emitted) {
 	c, ok := p.card(r.ICCID)
 	if !ok {
 		return Verdict{Status: UnknownCard}, out
@@ -87,7 +130,7 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted
 	}
 	key := cdr.IDHash(h.Carrier, r.RecordID)
 	content := r.ContentHash()
-	if s, dup := c.seen.get(key); dup {
+	if s, dup := c.remembered(key, lk); dup {
 		if s.sameContent(content) {
 			v.Status = Duplicate
 			return v, out
@@ -113,7 +156,7 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, out []Emitted
 	if cyc.Start < c.cycle.Start {
 		return p.applyLate(c, pl, h, r, key, content, cyc, v, out)
 	}
-	c.seen.put(key, packSeen(content, c.cycle.Start))
+	c.remember(key, packSeen(content, c.cycle.Start), pl)
 	v.Status, v.CycleStart = Accepted, c.cycle.Start
 	c.usage += r.Bytes()
 	at := max(h.ReceivedAt, p.now)
@@ -136,7 +179,7 @@ func (p *Partition) applyLate(c *Card, pl *plan, h *cdr.ChunkHeader, r *cdr.Reco
 		v.Status = TooLate
 		return v, out
 	}
-	c.seen.put(key, packSeen(content, cyc.Start))
+	c.remember(key, packSeen(content, cyc.Start), pl)
 	v.Status, v.CycleStart = Late, cyc.Start
 	e := c.emit(EmitUsageAdjusted, h.ReceivedAt, cause(h, r), pl)
 	e.Cycle, e.Bytes = cyc, r.Bytes()

@@ -58,6 +58,7 @@ func (w warnings) names(pl *plan) []string {
 
 func (c *Card) warn(bit int, name string, at int64, cause string, pl *plan) Emitted {
 	c.warned |= 1 << bit
+	c.dirty = true
 	e := c.emit(EmitWarning, at, cause, pl)
 	e.Warning = name
 	return e
@@ -68,6 +69,7 @@ func (c *Card) resolve(bit int, name string, at int64, cause string, pl *plan, o
 		return out
 	}
 	c.warned &^= 1 << bit
+	c.dirty = true
 	e := c.emit(EmitWarningResolved, at, cause, pl)
 	e.Warning = name
 	return append(out, e)
@@ -139,7 +141,10 @@ func (p *Partition) rearmCycleWarnings(c *Card, t int64, cause string, pl *plan,
 		}
 	}
 	// thresholds of an older plan version may linger beyond the current list
-	c.warned &^= (1 << bitForecast) - 1
+	if c.warned&(1<<bitForecast-1) != 0 {
+		c.warned &^= (1 << bitForecast) - 1
+		c.dirty = true
+	}
 	return c.resolve(bitForecast, WarnForecast, t, cause, pl, out)
 }
 

@@ -68,7 +68,7 @@ func (w *world) use(iccid, id, start string, bytes uint64) Verdict {
 	s := unix(start)
 	rec := cdr.Record{RecordID: id, ICCID: iccid, Start: s, End: s + 60, BytesDown: bytes}
 	var v []Verdict
-	v, w.out = w.p.ApplyUsage(&cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: max(w.now, s+60)}, []cdr.Record{rec}, nil, w.out)
+	v, w.out = w.p.ApplyUsage(&cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: max(w.now, s+60)}, []cdr.Record{rec}, nil, nil, w.out)
 	return v[0]
 }
 

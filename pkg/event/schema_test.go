@@ -36,7 +36,7 @@ func scenario(t *testing.T) [][]byte {
 	tick := func(d int64) { at += d * day; apply(card.Input{Type: card.TypeClockTicked}) }
 	use := func(id string, c int, bytes uint64, start int64) {
 		h := cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: at}
-		_, out = p.ApplyUsage(&h, []cdr.Record{{RecordID: id, ICCID: iccid(c), Start: start, End: start + 60, BytesDown: bytes}}, nil, out)
+		_, out = p.ApplyUsage(&h, []cdr.Record{{RecordID: id, ICCID: iccid(c), Start: start, End: start + 60, BytesDown: bytes}}, nil, nil, out)
 	}
 	tick(0)
 	apply(card.Input{Type: card.TypePlanChanged, Plan: &card.PlanChanged{PlanID: "small", QuotaBytes: 1000, MonthlyFeeFen: 100, OverageFenPerMB: 5}})

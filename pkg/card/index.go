@@ -1,0 +1,146 @@
+package card
+
+import (
+	"cmp"
+	"hash/fnv"
+	"math"
+	"slices"
+
+	"github.com/cardmeter/cardmeter/pkg/cdr"
+)
+
+// The record-id index: a card remembers the ids it counted for its current
+// and RetainedCycles closed cycles (DOMAIN.md: a record id counts once,
+// however late). Only the filters (fpSlot, 2 bytes an id) and the ids
+// counted since the last checkpoint (Card.recent) are in this state; the
+// exact ids live off the heap in an index the shell keeps (pkg/index). The
+// fold stays pure: before folding a chunk, the shell asks Probe which
+// records the filters cannot rule out, looks those up, and passes the
+// answers to ApplyUsage. At a checkpoint the shell takes the new ids with
+// TakeIDs and adds them to the index.
+
+// Lookup is the exact index's answer for one record: the entry of its card
+// and record id, if any.
+type Lookup struct {
+	Seen  uint64 // the entry's packed content hash and cycle
+	Found bool
+}
+
+// IndexEntry is one remembered record id as the index stores it.
+type IndexEntry struct {
+	Card uint64 // the card's key (IndexKey)
+	ID   uint64 // cdr.IDHash of carrier and record id
+	Seen uint64 // content hash and cycle, packed
+}
+
+// CycleStart is the start of the cycle the entry's record counted in.
+func (e IndexEntry) CycleStart() int64 { return SeenCycleStart(e.Seen) }
+
+// SeenCycleStart is the cycle start packed in an entry's Seen.
+func SeenCycleStart(seen uint64) int64 { return seenRecord(seen).cycleStart() }
+
+// CompareEntries orders entries by card, then id: the index's order.
+func CompareEntries(a, b IndexEntry) int {
+	if c := cmp.Compare(a.Card, b.Card); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.ID, b.ID)
+}
+
+// cardKey is a card's key in the index: its packed ICCID, or for a number
+// that does not pack (never a valid ICCID) a hash of it with the top bit
+// set, which no packed ICCID has (10^18 < 2^63).
+func cardKey(iccid string) uint64 {
+	if n, ok := cdr.PackICCID(iccid); ok {
+		return n
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(iccid))
+	return h.Sum64() | 1<<63
+}
+
+// Probe appends to need[:0] the positions of the records of a chunk whose
+// ids the card's filters cannot rule out and that the card did not count
+// since the last checkpoint: those the shell must look up in the index.
+// A record of an unknown or cancelled card needs none.
+func (p *Partition) Probe(h *cdr.ChunkHeader, recs []cdr.Record, need []int) []int {
+	need = need[:0]
+	for i := range recs {
+		c, ok := p.card(recs[i].ICCID)
+		if !ok || c.cancelled {
+			continue
+		}
+		key := cdr.IDHash(h.Carrier, recs[i].RecordID)
+		if _, ok := c.recent.get(key); ok {
+			continue
+		}
+		for s := range c.fps {
+			if c.fps[s].mayHave(key) {
+				need = append(need, i)
+				break
+			}
+		}
+	}
+	return need
+}
+
+// IndexKey is the index key of record r of chunk h, and whether its card
+// is in the partition.
+func (p *Partition) IndexKey(h *cdr.ChunkHeader, r *cdr.Record) (card, id uint64, ok bool) {
+	c, ok := p.card(r.ICCID)
+	if !ok {
+		return 0, 0, false
+	}
+	return c.key, cdr.IDHash(h.Carrier, r.RecordID), true
+}
+
+// TakeIDs appends to dst the ids counted since the last call, sorted in
+// the index's order, and forgets them here: the caller adds them to the
+// index, which answers for them from then on.
+func (p *Partition) TakeIDs(dst []IndexEntry) []IndexEntry {
+	n := len(dst)
+	for _, c := range p.order {
+		if c.recent.len() == 0 {
+			continue
+		}
+		c.recent.each(func(k uint64, v seenRecord) {
+			dst = append(dst, IndexEntry{Card: c.key, ID: k, Seen: uint64(v)})
+		})
+		c.recent = idSet{}
+	}
+	slices.SortFunc(dst[n:], CompareEntries)
+	return dst
+}
+
+// PendingIDs is how many ids were counted since the last TakeIDs.
+func (p *Partition) PendingIDs() int {
+	n := 0
+	for _, c := range p.order {
+		n += c.recent.len()
+	}
+	return n
+}
+
+// IndexFloor is the earliest cycle start any card still remembers ids of:
+// index entries of cycles before it are forgotten by every card, and the
+// index may drop them (a cancelled card remembers nothing).
+func (p *Partition) IndexFloor() int64 {
+	floor := int64(math.MaxInt64)
+	for _, c := range p.order {
+		if !c.cancelled {
+			floor = min(floor, c.keepFrom)
+		}
+	}
+	return floor
+}
+
+// FilterStats reports the filters' size: ids held and bytes of heap.
+func (p *Partition) FilterStats() (ids, bytes int) {
+	for _, c := range p.order {
+		for s := range c.fps {
+			ids += c.fps[s].len()
+			bytes += 2 * cap(c.fps[s].data)
+		}
+	}
+	return ids, bytes
+}
