@@ -153,4 +153,3 @@ func TestIndexedFoldAndCheckpointsAreDeterministic(t *testing.T) {
 		}
 	}
 }
-
