@@ -7,7 +7,7 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
-	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/pkg/query"
 )
 
 // writeInput stores an input event in the partition of an account and
@@ -68,7 +68,7 @@ func (s *Server) getAccount(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	reply, err := s.query(r.Context(), broker.Partition(id, s.cfg.Partitions), projector.Query{Kind: projector.QueryAccount, ID: id, MinPosition: minPos})
+	reply, err := s.query(r.Context(), broker.Partition(id, s.cfg.Partitions), query.Request{Kind: query.KindAccount, ID: id, MinPosition: minPos})
 	if err != nil {
 		return err
 	}

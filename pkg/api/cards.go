@@ -9,7 +9,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
-	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/pkg/query"
 )
 
 type cardBody struct {
@@ -166,12 +166,12 @@ func cardResponse(v *card.View, now int64, applied uint64) CardResponse {
 }
 
 // readCard asks the card's projector for it, at or after minPos.
-func (s *Server) readCard(r *http.Request, iccid string, minPos uint64) (*projector.Reply, error) {
+func (s *Server) readCard(r *http.Request, iccid string, minPos uint64) (*query.Reply, error) {
 	entry, found := s.dir.Card(iccid)
 	if !found {
 		return nil, problem(http.StatusNotFound, "not-found/card", "no such card", iccid)
 	}
-	reply, err := s.query(r.Context(), broker.Partition(entry.AccountID, s.cfg.Partitions), projector.Query{Kind: projector.QueryCard, ID: iccid, MinPosition: minPos})
+	reply, err := s.query(r.Context(), broker.Partition(entry.AccountID, s.cfg.Partitions), query.Request{Kind: query.KindCard, ID: iccid, MinPosition: minPos})
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
-	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/pkg/query"
 )
 
 // maxHistory bounds the events one history read returns.
@@ -96,7 +96,7 @@ func (s *Server) listCards(w http.ResponseWriter, r *http.Request) error {
 	}
 	var all []CardResponse
 	for _, p := range parts {
-		reply, err := s.query(r.Context(), p, projector.Query{Kind: projector.QueryCards, Filter: f, After: qv.Get("cursor"), Limit: limit})
+		reply, err := s.query(r.Context(), p, query.Request{Kind: query.KindCards, Filter: f, After: qv.Get("cursor"), Limit: limit})
 		if err != nil {
 			return err
 		}

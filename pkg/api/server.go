@@ -27,7 +27,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/card"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
 	"github.com/cardmeter/cardmeter/pkg/clock"
-	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/pkg/query"
 	"github.com/cardmeter/cardmeter/schemas"
 )
 
@@ -38,6 +38,9 @@ type Config struct {
 	Batch        BatchLimits
 	Limits       cdr.Limits    // per-record validation bounds
 	ReadTimeout  time.Duration // max wait for ?min_position; default 5 s
+	// Healthy reports whether the process can still make progress, for
+	// /healthz; nil: it can.
+	Healthy func() error
 	// Tokens are the bearer tokens; nil runs the API open (loopback only).
 	Tokens *Tokens
 	// PublishTimeout bounds how long a write waits for JetStream before
@@ -342,6 +345,11 @@ func contentID(parts ...[]byte) string {
 }
 
 func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) error {
+	if s.cfg.Healthy != nil {
+		if err := s.cfg.Healthy(); err != nil {
+			return problem(http.StatusServiceUnavailable, "unavailable/unhealthy", "cannot make progress", err.Error())
+		}
+	}
 	return ok(w, map[string]string{"status": "ok"})
 }
 
@@ -478,7 +486,7 @@ func (s *Server) getClock(w http.ResponseWriter, _ *http.Request) error {
 
 // query asks the projector owning a partition, and turns its failures into
 // problems: 503 when it does not answer or has not reached min_position.
-func (s *Server) query(ctx context.Context, part int, q projector.Query) (*projector.Reply, error) {
+func (s *Server) query(ctx context.Context, part int, q query.Request) (*query.Reply, error) {
 	b, _ := json.Marshal(q)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadTimeout+2*time.Second)
 	defer cancel()
@@ -486,9 +494,13 @@ func (s *Server) query(ctx context.Context, part int, q projector.Query) (*proje
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errProjectorUnavailable, err)
 	}
-	var reply projector.Reply
+	var reply query.Reply
 	if err := json.Unmarshal(m.Data, &reply); err != nil {
 		return nil, err
+	}
+	if reply.Restoring {
+		return nil, &retryProblem{problem(http.StatusServiceUnavailable, "unavailable/restoring", "partition restoring",
+			fmt.Sprintf("partition %d is restoring its state after a start or a failure; it answers once it has", part))}
 	}
 	if reply.Timeout {
 		return nil, &retryProblem{problem(http.StatusServiceUnavailable, "unavailable/position", "position not reached", reply.Error)}

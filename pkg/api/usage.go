@@ -19,7 +19,7 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
-	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/pkg/query"
 )
 
 // BatchResult answers POST /v1/usage.
@@ -34,7 +34,7 @@ type BatchResult struct {
 	// Projected is what the projector made of the accepted records, when
 	// the request asked to wait for it (?wait=true): record ids it had
 	// counted before are duplicates there.
-	Projected *projector.ChunkVerdicts `json:"projected,omitempty"`
+	Projected *query.ChunkVerdicts `json:"projected,omitempty"`
 }
 
 // readBody reads a request's body up to max bytes, into a buffer of the
@@ -383,14 +383,14 @@ func (s *Server) publishChunks(ctx context.Context, carrier, key string, now int
 // projected waits for the projector to fold a batch's chunks and sums its
 // verdicts. It returns nil when a partition does not answer in time or no
 // longer keeps a chunk's verdicts.
-func (s *Server) projected(ctx context.Context, seqs map[int][]uint64) *projector.ChunkVerdicts {
-	total := &projector.ChunkVerdicts{}
+func (s *Server) projected(ctx context.Context, seqs map[int][]uint64) *query.ChunkVerdicts {
+	total := &query.ChunkVerdicts{}
 	for p, ss := range seqs {
 		var top uint64
 		for _, q := range ss {
 			top = max(top, q)
 		}
-		reply, err := s.query(ctx, p, projector.Query{Kind: projector.QueryChunks, Seqs: ss, MinPosition: top})
+		reply, err := s.query(ctx, p, query.Request{Kind: query.KindChunks, Seqs: ss, MinPosition: top})
 		if err != nil || !reply.Found {
 			return nil
 		}

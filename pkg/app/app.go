@@ -154,7 +154,12 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		p.goRun("sink", func() error { return p.Sink.Run(runCtx) })
 	}
 	if has(cfg.Roles, RoleProjector) {
-		p.Projector = projector.New(p.NC, p.JS, cfg.Projector, log.Named("projector"))
+		pc := cfg.Projector
+		if pc.DataDir == "" {
+			pc.DataDir = filepath.Join(cfg.DataDir, "projector")
+		}
+		pc.Registerer = reg
+		p.Projector = projector.New(p.NC, p.JS, pc, log.Named("projector"))
 		pr := p.Projector
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "cardmeter_projector_lag_messages",
 			Help: "Log messages the projector's partitions have not folded yet."}, func() float64 { return float64(pr.Lag()) }))
@@ -180,6 +185,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		}
 		apiCfg := cfg.API
 		apiCfg.Partitions = cfg.Partitions
+		apiCfg.Healthy = p.healthy
 		if apiCfg.Tokens, err = loadTokens(cfg); err != nil {
 			return nil, err
 		}
@@ -215,7 +221,13 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 // serveHealth serves the operational endpoints of a process without the API.
 func (p *Pipeline) serveHealth(addr string, reg *prometheus.Registry) error {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := p.healthy(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		_, err := p.ready()
 		if err == nil && p.NC.Status() != nats.CONNECTED {
@@ -256,6 +268,17 @@ func (p *Pipeline) goRun(name string, f func() error) {
 			p.errMu.Unlock()
 		}
 	}()
+}
+
+// healthy is the pipeline's liveness for /healthz: it fails when a role can
+// no longer make progress, so that a supervisor restarts the process.
+func (p *Pipeline) healthy() error {
+	if p.Projector != nil {
+		if err := p.Projector.Healthy(); err != nil {
+			return fmt.Errorf("projector: %w", err)
+		}
+	}
+	return nil
 }
 
 // ready is the pipeline's readiness for /readyz.

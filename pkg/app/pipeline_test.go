@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -77,11 +78,11 @@ func (c *client) card(iccid string, minPos uint64) api.CardResponse {
 }
 
 // runProjector starts a projector on the pipeline's connection; stop ends
-// it the way a crash would (no flush, no final snapshot).
-func runProjector(t *testing.T, p *Pipeline, snapshotEvery int) (stop func()) {
+// it the way a crash would (no flush, no final checkpoint).
+func runProjector(t *testing.T, p *Pipeline, checkpointEvery int) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	pr := projector.New(p.NC, p.JS, projector.Config{Partitions: p.cfg.Partitions, SnapshotEvery: snapshotEvery,
-		SnapshotInterval: time.Hour, CrashOnStop: true}, testenv.Logger(t))
+	pr := projector.New(p.NC, p.JS, projector.Config{Partitions: p.cfg.Partitions, CheckpointEvery: checkpointEvery,
+		CheckpointInterval: time.Hour, CrashOnStop: true, DataDir: filepath.Join(p.cfg.DataDir, "projector")}, testenv.Logger(t))
 	done := make(chan error, 1)
 	go func() { done <- pr.Run(ctx) }()
 	testenv.Eventually(t, 10*time.Second, pr.Ready)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -19,20 +20,25 @@ import (
 
 // Stream and bucket names.
 const (
-	StreamMeter    = "METER"    // every input: usage chunks, billing, commands, clock ticks
-	StreamEvents   = "EVENTS"   // what the projector emits, for downstream services
-	StreamAccepted = "ACCEPTED" // usage the projector counted, for the sink
-	StreamRejected = "REJECTED" // records refused at ingest, kept for audit
-	BucketSnapshot = "snapshots"
-	BucketDir      = "directory"   // cards and plans, for routing and validation at ingest
-	BucketBatches  = "batches"     // the first answer to each usage batch, for idempotent retries
-	BucketResolved = "resubmitted" // rejected records that were re-submitted, by rejection id
+	StreamMeter       = "METER"       // every input: usage chunks, billing, commands, clock ticks
+	StreamEvents      = "EVENTS"      // what the projector emits, for downstream services
+	StreamAccepted    = "ACCEPTED"    // usage the projector counted, for the sink
+	StreamRejected    = "REJECTED"    // records refused at ingest, kept for audit
+	BucketSnapshot    = "snapshots"   // projector checkpoint pieces and record-id index segments
+	BucketCheckpoints = "checkpoints" // each partition's checkpoint manifest, updated by compare-and-set
+	BucketDir         = "directory"   // cards and plans, for routing and validation at ingest
+	BucketBatches     = "batches"     // the first answer to each usage batch, for idempotent retries
+	BucketResolved    = "resubmitted" // rejected records that were re-submitted, by rejection id
 )
 
 // Subjects of partition p in METER.
 func UsageSubject(p int) string   { return "meter." + strconv.Itoa(p) + ".usage" }
 func BillingSubject(p int) string { return "meter." + strconv.Itoa(p) + ".billing" }
 func ClockSubject(p int) string   { return "meter." + strconv.Itoa(p) + ".clock" }
+
+// IsUsageSubject reports whether a METER subject carries usage chunks.
+func IsUsageSubject(subject string) bool { return strings.HasSuffix(subject, ".usage") }
+
 func PartitionFilter(p int) string {
 	return "meter." + strconv.Itoa(p) + ".>"
 }
@@ -172,8 +178,12 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		}
 	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: BucketSnapshot,
-		Description: "projector snapshots, one per partition", Storage: jetstream.FileStorage, Replicas: t.Replicas}); err != nil {
+		Description: "projector checkpoint pieces and record-id index segments", Storage: jetstream.FileStorage, Replicas: t.Replicas}); err != nil {
 		return fmt.Errorf("object store %s: %w", BucketSnapshot, err)
+	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketCheckpoints,
+		Description: "projector checkpoint manifests, one per partition", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 4}); err != nil {
+		return fmt.Errorf("kv %s: %w", BucketCheckpoints, err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketBatches,
 		Description: "first answers of usage batches", Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: BatchAnswerTTL}); err != nil {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
-	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/pkg/fold"
 )
 
 // RebuildStats says what a rebuild wrote.
@@ -87,7 +87,7 @@ func (s *Sink) rebuildPartition(ctx context.Context, js jetstream.JetStream, p i
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	folder := &projector.Folder{Partition: p, State: card.NewPartition()}
+	folder := &fold.Folder{Partition: p, State: card.NewPartition()}
 	uw := &usageWriter{s: s}
 	ew := &eventsWriter{s: s}
 	var usage, events []blockMsg

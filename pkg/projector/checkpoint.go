@@ -1,0 +1,334 @@
+package projector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/card"
+	"github.com/cardmeter/cardmeter/pkg/index"
+)
+
+// Manifest names a partition's checkpoint: the log sequence it is as of,
+// the state's pieces (a base, then deltas in order) and the index's
+// segments, all in the object store. It lives in the checkpoints bucket
+// under the partition's key and changes only by compare-and-set, so one
+// owner (the holder of the current epoch) writes it at a time: another
+// instance that acquires the partition bumps the epoch, and the old owner's
+// next checkpoint fails its compare-and-set and ends its life.
+type Manifest struct {
+	Version    int                 `json:"version"`
+	Partition  int                 `json:"partition"`
+	Partitions int                 `json:"partitions"`
+	Seq        uint64              `json:"seq"`
+	Epoch      uint64              `json:"epoch"`
+	Owner      string              `json:"owner"`
+	Base       []string            `json:"base,omitempty"`
+	BaseBytes  int64               `json:"base_bytes"`
+	Deltas     []string            `json:"deltas,omitempty"`
+	DeltaBytes int64               `json:"delta_bytes"`
+	Segments   []index.SegmentInfo `json:"segments,omitempty"`
+	Written    time.Time           `json:"written"`
+}
+
+const manifestVersion = 1
+
+// ManifestKey is a partition's key in the checkpoints bucket.
+func ManifestKey(part int) string { return fmt.Sprintf("partition-%d", part) }
+
+// errLostOwnership: another instance acquired the partition since.
+var errLostOwnership = errors.New("the partition's manifest changed under its owner: another instance holds it now")
+
+// maxDeltas bounds the deltas a restore reads after the base: past it, or
+// once the deltas outweigh the base, the next checkpoint is a new base.
+const maxDeltas = 128
+
+// store keeps one partition's checkpoints.
+type store struct {
+	p    *Projector
+	part int
+	objs jetstream.ObjectStore
+	kv   jetstream.KeyValue
+	log  *zap.Logger
+	m    Manifest // the manifest as last stored; only the saving goroutine changes it while a save runs
+	rev  uint64
+}
+
+// retry runs op with backoff until it succeeds, fails for good
+// (backoff.Permanent), or ctx ends; every failure counts in the metrics
+// and, while they go on, shows in the log.
+func (s *store) retry(ctx context.Context, what string, op func() error) error {
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
+		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(2*time.Minute)), ctx)
+	return backoff.RetryNotify(op, bo, func(err error, d time.Duration) {
+		s.p.m.checkpointErrs.Inc()
+		s.log.Warn(what+" failed; retrying", zap.Error(err), zap.Duration("in", d))
+	})
+}
+
+// acquire takes the partition: it reads the manifest (or starts one) and
+// stores it back with the next epoch, by compare-and-set.
+func (s *store) acquire(ctx context.Context) error {
+	return s.retry(ctx, "acquiring the partition", func() error {
+		m := Manifest{Version: manifestVersion, Partition: s.part, Partitions: s.p.cfg.Partitions}
+		var rev uint64
+		e, err := s.kv.Get(ctx, ManifestKey(s.part))
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
+			return err
+		default:
+			if err := json.Unmarshal(e.Value(), &m); err != nil {
+				return backoff.Permanent(fmt.Errorf("%w: manifest of partition %d: %w", errLog, s.part, err))
+			}
+			if m.Version != manifestVersion {
+				return backoff.Permanent(fmt.Errorf("%w: manifest version %d, this build reads %d", errLog, m.Version, manifestVersion))
+			}
+			rev = e.Revision()
+		}
+		m.Epoch++
+		m.Owner = s.p.cfg.Owner
+		b, _ := json.Marshal(&m)
+		if rev == 0 {
+			rev, err = s.kv.Create(ctx, ManifestKey(s.part), b)
+		} else {
+			rev, err = s.kv.Update(ctx, ManifestKey(s.part), b, rev)
+		}
+		if err != nil {
+			return err // another instance got there first: read again
+		}
+		s.m, s.rev = m, rev
+		return nil
+	})
+}
+
+// readState reads the state's pieces in order, one at a time.
+func (s *store) readState(ctx context.Context) (*card.Partition, error) {
+	rs := card.NewRestorer()
+	for _, name := range append(slices.Clone(s.m.Base), s.m.Deltas...) {
+		var b []byte
+		err := s.retry(ctx, "reading a checkpoint piece", func() error {
+			var err error
+			b, err = s.objs.GetBytes(ctx, name)
+			if errors.Is(err, jetstream.ErrObjectNotFound) {
+				return backoff.Permanent(fmt.Errorf("checkpoint piece %s is missing: %w", name, err))
+			}
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err := rs.Add(b); err != nil {
+			return nil, fmt.Errorf("%w: checkpoint piece %s: %w", errLog, name, err)
+		}
+	}
+	state, err := rs.Finish()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errLog, err)
+	}
+	return state, nil
+}
+
+// fetchSegment copies an index segment from the object store to a file.
+func (s *store) fetchSegment(ctx context.Context) index.Fetch {
+	return func(name, path string) error {
+		return s.retry(ctx, "fetching an index segment", func() error {
+			obj, err := s.objs.Get(ctx, s.segmentObject(name))
+			if err != nil {
+				if errors.Is(err, jetstream.ErrObjectNotFound) {
+					return backoff.Permanent(err)
+				}
+				return err
+			}
+			defer obj.Close() //nolint:errcheck // read to the end or failed
+			f, err := os.Create(path)
+			if err != nil {
+				return backoff.Permanent(err)
+			}
+			if _, err := io.Copy(f, obj); err != nil {
+				_ = f.Close()
+				return err
+			}
+			return f.Close()
+		})
+	}
+}
+
+func (s *store) segmentObject(name string) string { return fmt.Sprintf("p%d/index/%s", s.part, name) }
+
+// baseDue reports whether the next checkpoint should be a new base. Read
+// it only while no save runs.
+func (s *store) baseDue() bool {
+	return len(s.m.Base) == 0 || len(s.m.Deltas) >= maxDeltas || s.m.DeltaBytes > s.m.BaseBytes
+}
+
+// saveJob is a checkpoint taken from the fold, to store.
+type saveJob struct {
+	seq    uint64
+	base   bool
+	pieces [][]byte
+	cards  int   // in a delta
+	floor  int64 // index entries of cycles before it are forgotten by every card
+}
+
+// save stores a checkpoint: the index's new segment files (written here,
+// copied to the object store), the state's pieces, then the manifest that
+// names them all; only then the index serves from the new segments and
+// what the checkpoint replaced is deleted. Then it drops index
+// generations no card remembers and merges segments, each under a
+// manifest of its own.
+func (s *store) save(ctx context.Context, idx *index.Index, job saveJob) error {
+	start := time.Now()
+	added, frozen, err := idx.WriteFrozen(job.seq)
+	if err != nil {
+		return err
+	}
+	var bytes int64
+	for _, si := range added {
+		if err := s.putFile(ctx, si.Name, idx.Path(si.Name)); err != nil {
+			return err
+		}
+		bytes += si.Bytes
+	}
+	m := s.m
+	m.Segments = append(slices.Clone(m.Segments), added...)
+	var names []string
+	for i, b := range job.pieces {
+		name := fmt.Sprintf("p%d/delta-%016x", s.part, job.seq)
+		if job.base {
+			name = fmt.Sprintf("p%d/base-%016x-%04d", s.part, job.seq, i)
+		}
+		if err := s.retry(ctx, "storing a checkpoint piece", func() error {
+			_, err := s.objs.PutBytes(ctx, name, b)
+			return err
+		}); err != nil {
+			return err
+		}
+		names = append(names, name)
+		bytes += int64(len(b))
+	}
+	var obsolete []string
+	if job.base {
+		obsolete = append(slices.Clone(m.Base), m.Deltas...)
+		m.Base, m.Deltas, m.BaseBytes, m.DeltaBytes = names, nil, 0, 0
+		for _, b := range job.pieces {
+			m.BaseBytes += int64(len(b))
+		}
+	} else {
+		m.Deltas = append(slices.Clone(m.Deltas), names...)
+		m.DeltaBytes += int64(len(job.pieces[0]))
+	}
+	m.Seq = job.seq
+	if err := s.putManifest(ctx, m); err != nil {
+		return err
+	}
+	if err := idx.Install(added, nil, frozen); err != nil {
+		return err
+	}
+	s.deleteObjects(ctx, obsolete)
+	s.p.m.checkpointSecs.Observe(time.Since(start).Seconds())
+	s.p.m.checkpointB.Add(float64(bytes))
+	s.log.Debug("checkpoint stored", zap.Uint64("seq", job.seq), zap.Bool("base", job.base), zap.Int("cards", job.cards),
+		zap.Int64("bytes", bytes), zap.Int("segments", len(added)), zap.Duration("took", time.Since(start)))
+	return s.maintain(ctx, idx, job)
+}
+
+// maintain drops the index segments no card remembers and merges segments
+// of one generation and size, so that a lookup reads few of them.
+func (s *store) maintain(ctx context.Context, idx *index.Index, job saveJob) error {
+	if drop := idx.Droppable(job.floor); len(drop) > 0 {
+		if err := s.replaceSegments(ctx, idx, drop, nil); err != nil {
+			return err
+		}
+		s.log.Info("index generations dropped", zap.Int("segments", len(drop)), zap.Int64("before_cycle", job.floor))
+	}
+	for i := 0; i < 4; i++ {
+		in := idx.MergeCandidates()
+		if in == nil {
+			return nil
+		}
+		merged, err := idx.Merge(in, job.seq)
+		if err != nil {
+			return err
+		}
+		if err := s.putFile(ctx, merged.Name, idx.Path(merged.Name)); err != nil {
+			return err
+		}
+		if err := s.replaceSegments(ctx, idx, in, []index.SegmentInfo{merged}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// replaceSegments stores a manifest without the old segments and with the
+// new ones, then applies that to the index and deletes the old objects.
+func (s *store) replaceSegments(ctx context.Context, idx *index.Index, old, added []index.SegmentInfo) error {
+	gone := map[string]bool{}
+	var names, objects []string
+	for _, si := range old {
+		gone[si.Name] = true
+		names = append(names, si.Name)
+		objects = append(objects, s.segmentObject(si.Name))
+	}
+	m := s.m
+	m.Segments = slices.DeleteFunc(slices.Clone(m.Segments), func(si index.SegmentInfo) bool { return gone[si.Name] })
+	m.Segments = append(m.Segments, added...)
+	if err := s.putManifest(ctx, m); err != nil {
+		return err
+	}
+	if err := idx.Install(added, names, 0); err != nil {
+		return err
+	}
+	s.deleteObjects(ctx, objects)
+	return nil
+}
+
+func (s *store) putFile(ctx context.Context, name, path string) error {
+	return s.retry(ctx, "storing an index segment", func() error {
+		f, err := os.Open(path)
+		if err != nil {
+			return backoff.Permanent(err)
+		}
+		defer f.Close() //nolint:errcheck // read-only
+		_, err = s.objs.Put(ctx, jetstream.ObjectMeta{Name: s.segmentObject(name)}, f)
+		return err
+	})
+}
+
+// putManifest stores m by compare-and-set on the revision this owner
+// stored last; a mismatch means another instance took the partition.
+func (s *store) putManifest(ctx context.Context, m Manifest) error {
+	m.Written = time.Now().UTC()
+	b, _ := json.Marshal(&m)
+	return s.retry(ctx, "storing the checkpoint manifest", func() error {
+		rev, err := s.kv.Update(ctx, ManifestKey(s.part), b, s.rev)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return backoff.Permanent(fmt.Errorf("%w (epoch %d)", errLostOwnership, s.m.Epoch))
+		}
+		if err != nil {
+			return err
+		}
+		s.m, s.rev = m, rev
+		return nil
+	})
+}
+
+// deleteObjects removes objects a stored manifest no longer names. A
+// failure leaves garbage, not harm: it is logged.
+func (s *store) deleteObjects(ctx context.Context, names []string) {
+	for _, n := range names {
+		if err := s.objs.Delete(ctx, n); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			s.log.Warn("deleting an obsolete checkpoint object", zap.String("object", n), zap.Error(err))
+		}
+	}
+}
