@@ -38,6 +38,10 @@ type Config struct {
 	Batch        BatchLimits
 	Limits       cdr.Limits    // per-record validation bounds
 	ReadTimeout  time.Duration // max wait for ?min_position; default 5 s
+	// Batches keeps the first answer of each usage batch (idempotent
+	// retries); Resolved, the re-submitted rejections. The caller opens
+	// them before serving: the API never runs without them.
+	Batches, Resolved jetstream.KeyValue
 	// Healthy reports whether the process can still make progress, for
 	// /healthz; nil: it can.
 	Healthy func() error
@@ -128,17 +132,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	}
 	reg.MustRegister(m.records, m.requests, m.latency)
 	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m}
-	if js != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		var err error
-		if s.batches, err = js.KeyValue(ctx, broker.BucketBatches); err != nil {
-			log.Warn("no batch answer bucket: retried batches will not replay their first answer", zap.Error(err))
-		}
-		if s.resolved, err = js.KeyValue(ctx, broker.BucketResolved); err != nil {
-			log.Warn("no resubmission bucket", zap.Error(err))
-		}
-		cancel()
-	}
+	s.batches, s.resolved = cfg.Batches, cfg.Resolved
 	routes := []struct {
 		pattern string
 		scope   string

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -66,6 +67,9 @@ type Config struct {
 	// process); see DefaultGCPercent.
 	GCPercent      int
 	MemoryLimitMiB int // soft memory limit; 0: half the machine's memory
+	// StartTimeout bounds how long start-up waits for NATS and its streams
+	// and buckets; 0: as long as ctx allows.
+	StartTimeout time.Duration
 
 	finishFlags func()
 }
@@ -130,6 +134,28 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		}
 		url = p.embedded.ClientURL()
 	}
+	// Start-up waits for NATS, retrying with backoff for up to
+	// StartTimeout (a server that starts after us, or a cluster electing
+	// its leaders), then gives up with an error: the process exits
+	// non-zero and its supervisor starts it again. It never runs without
+	// the streams and buckets it needs.
+	startCtx := ctx
+	if cfg.StartTimeout > 0 {
+		var cancel context.CancelFunc
+		startCtx, cancel = context.WithTimeout(ctx, cfg.StartTimeout)
+		defer cancel()
+	}
+	retry := func(what string, op func() error) error {
+		bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond),
+			backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0)), startCtx)
+		err := backoff.RetryNotify(op, bo, func(err error, d time.Duration) {
+			log.Warn("start-up: "+what+" failed; retrying", zap.Error(err), zap.Duration("in", d))
+		})
+		if err != nil {
+			return fmt.Errorf("start-up: %s: %w", what, err)
+		}
+		return nil
+	}
 	if p.NC, err = broker.Connect(url, "cardmeter", log); err != nil {
 		return nil, err
 	}
@@ -138,7 +164,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	}
 	topo := broker.DefaultTopology
 	topo.Partitions = cfg.Partitions
-	if err := broker.Ensure(ctx, p.JS, topo); err != nil {
+	if err := retry("creating the streams and buckets", func() error { return broker.Ensure(startCtx, p.JS, topo) }); err != nil {
 		return nil, err
 	}
 
@@ -167,7 +193,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	}
 	if has(cfg.Roles, RoleAPI) || has(cfg.Roles, RoleClock) {
 		p.Clock = clock.New(p.JS, clock.Config{Partitions: cfg.Partitions, Manual: cfg.ManualClock, Interval: cfg.TickInterval, Start: unixOrZero(cfg.ClockStart)}, log.Named("clock"))
-		if err := p.Clock.Start(ctx); err != nil {
+		if err := retry("reading the clock", func() error { return p.Clock.Start(startCtx) }); err != nil {
 			return nil, err
 		}
 		if has(cfg.Roles, RoleClock) {
@@ -175,15 +201,24 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		}
 	}
 	if has(cfg.Roles, RoleAPI) {
-		kv, err := p.JS.KeyValue(ctx, broker.BucketDir)
-		if err != nil {
-			return nil, err
-		}
-		dir, err := api.NewDirectory(runCtx, kv, log.Named("directory"))
-		if err != nil {
-			return nil, err
-		}
+		var dir *api.Directory
 		apiCfg := cfg.API
+		if err := retry("opening the directory and the batch buckets", func() error {
+			kv, err := p.JS.KeyValue(startCtx, broker.BucketDir)
+			if err != nil {
+				return err
+			}
+			if apiCfg.Batches, err = p.JS.KeyValue(startCtx, broker.BucketBatches); err != nil {
+				return err
+			}
+			if apiCfg.Resolved, err = p.JS.KeyValue(startCtx, broker.BucketResolved); err != nil {
+				return err
+			}
+			dir, err = api.NewDirectory(runCtx, kv, log.Named("directory"))
+			return err
+		}); err != nil {
+			return nil, err
+		}
 		apiCfg.Partitions = cfg.Partitions
 		apiCfg.Healthy = p.healthy
 		if apiCfg.Tokens, err = loadTokens(cfg); err != nil {

@@ -88,10 +88,10 @@ func (s *store) acquire(ctx context.Context) error {
 			return err
 		default:
 			if err := json.Unmarshal(e.Value(), &m); err != nil {
-				return backoff.Permanent(fmt.Errorf("%w: manifest of partition %d: %w", errLog, s.part, err))
+				return backoff.Permanent(fmt.Errorf("%w: manifest of partition %d: %w", errStuck, s.part, err))
 			}
 			if m.Version != manifestVersion {
-				return backoff.Permanent(fmt.Errorf("%w: manifest version %d, this build reads %d", errLog, m.Version, manifestVersion))
+				return backoff.Permanent(fmt.Errorf("%w: manifest version %d, this build reads %d", errStuck, m.Version, manifestVersion))
 			}
 			rev = e.Revision()
 		}
@@ -120,7 +120,7 @@ func (s *store) readState(ctx context.Context) (*card.Partition, error) {
 			var err error
 			b, err = s.objs.GetBytes(ctx, name)
 			if errors.Is(err, jetstream.ErrObjectNotFound) {
-				return backoff.Permanent(fmt.Errorf("checkpoint piece %s is missing: %w", name, err))
+				return backoff.Permanent(fmt.Errorf("%w: checkpoint piece %s is missing: %w", errStuck, name, err))
 			}
 			return err
 		})
@@ -128,12 +128,12 @@ func (s *store) readState(ctx context.Context) (*card.Partition, error) {
 			return nil, err
 		}
 		if err := rs.Add(b); err != nil {
-			return nil, fmt.Errorf("%w: checkpoint piece %s: %w", errLog, name, err)
+			return nil, fmt.Errorf("%w: checkpoint piece %s: %w", errStuck, name, err)
 		}
 	}
 	state, err := rs.Finish()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errLog, err)
+		return nil, fmt.Errorf("%w: %w", errStuck, err)
 	}
 	return state, nil
 }

@@ -183,7 +183,7 @@ func (p *Projector) keep(ctx context.Context, pt *partition) {
 		if err == nil {
 			err = errors.New("partition stopped folding")
 		}
-		stuck := errors.Is(err, errLog)
+		stuck := errors.Is(err, errStuck)
 		pt.mu.Lock()
 		pt.state, pt.ready, pt.failure, pt.stuck = nil, false, err, stuck
 		pt.mu.Unlock()

@@ -19,10 +19,11 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/index"
 )
 
-// errLog marks a failure of the log itself: a message this build cannot
-// fold, or a checkpoint that does not fit this deployment. Retrying does
-// not get past it.
-var errLog = errors.New("the log cannot be folded")
+// errStuck marks a failure no retry gets past: a message of the log this
+// build cannot fold, or a checkpoint that is lost or does not fit this
+// deployment. The partition still retries (someone may fix it), and the
+// process reports itself unhealthy meanwhile.
+var errStuck = errors.New("cannot go on")
 
 // runner is one life of a partition: acquire, restore, fold, checkpoint,
 // release.
@@ -80,7 +81,7 @@ func (r *runner) restore(ctx context.Context) error {
 	start := time.Now()
 	m := r.store.m
 	if m.Partitions != 0 && m.Partitions != r.p.cfg.Partitions {
-		return fmt.Errorf("%w: the checkpoint was made with %d partitions, configured %d", errLog, m.Partitions, r.p.cfg.Partitions)
+		return fmt.Errorf("%w: the checkpoint was made with %d partitions, configured %d", errStuck, m.Partitions, r.p.cfg.Partitions)
 	}
 	idx, err := index.Open(filepath.Join(r.p.cfg.DataDir, fmt.Sprintf("index-p%d", r.pt.id)), m.Segments, r.store.fetchSegment(ctx))
 	if err != nil {
@@ -241,7 +242,7 @@ func (r *runner) fold(m jetstream.Msg) error {
 		if errors.Is(err, fold.ErrIndex) {
 			return err // the state may be part-applied: the next life restores it
 		}
-		return fmt.Errorf("%w: %w", errLog, err)
+		return fmt.Errorf("%w: %w", errStuck, err)
 	}
 	for i := range out.Events {
 		env := &out.Events[i]

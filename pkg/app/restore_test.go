@@ -1,0 +1,226 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cardmeter/cardmeter/pkg/api"
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/pkg/testenv"
+)
+
+// natsServer runs a JetStream server the test can stop and start again on
+// the same port and files, as an outage would.
+type natsServer struct {
+	t    *testing.T
+	dir  string
+	port int
+	s    *server.Server
+}
+
+func (n *natsServer) start() {
+	n.t.Helper()
+	port := n.port
+	if port == 0 {
+		port = -1
+	}
+	s, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: n.dir, Port: port}, testenv.Logger(n.t))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.s, n.port = s, portOf(s)
+}
+
+func portOf(s *server.Server) int {
+	var port int
+	fmt.Sscanf(s.ClientURL()[strings.LastIndex(s.ClientURL(), ":")+1:], "%d", &port) //nolint:errcheck // a URL the server made
+	return port
+}
+
+func (n *natsServer) stop() {
+	n.s.Shutdown()
+	n.s.WaitForShutdown()
+}
+
+func (n *natsServer) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.port) }
+
+func usageCSV(rows ...string) []byte {
+	return []byte("record_id,iccid,start_time,end_time,bytes_up,bytes_down\n" + strings.Join(rows, "\n") + "\n")
+}
+
+func usageRow(id string, card int, bytes int) string {
+	return fmt.Sprintf("%s,%s,2026-05-09T00:00:00Z,2026-05-09T01:00:00Z,0,%d", id, iccid(card), bytes)
+}
+
+// Start-up waits for a NATS server that comes up after it; a NATS outage
+// while the pipeline runs is ridden out: the partitions come back by
+// themselves, and every record acknowledged before, during and after
+// counts once.
+func TestPipelineRidesOutNATSOutages(t *testing.T) {
+	ns := &natsServer{t: t, dir: t.TempDir()}
+	ns.start()
+	url := ns.url()
+	ns.stop()
+	go func() {
+		time.Sleep(1500 * time.Millisecond)
+		ns.start()
+	}()
+	cfg := Config{DataDir: t.TempDir(), NATSURL: url, HTTPAddr: "127.0.0.1:0", Partitions: 4, ManualClock: true,
+		Roles: []string{RoleAPI, RoleProjector, RoleClock}, StartTimeout: time.Minute,
+		ClockStart: time.Date(2026, 5, 10, 0, 0, 0, 0, time.UTC), Projector: projector.Config{CheckpointInterval: 200 * time.Millisecond}}
+	p, err := Start(context.Background(), cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatalf("start-up gave up on a NATS server that came up 1.5 s later: %v", err)
+	}
+	t.Cleanup(p.Stop)
+	c := &client{t: t, base: p.URL}
+	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1 << 30})
+	for i := 0; i < 8; i++ {
+		c.putJSON(fmt.Sprintf("/v1/cards/%s", iccid(i)), map[string]any{"account_id": fmt.Sprint("acct", i), "plan_id": "p"})
+	}
+	post := func(rows ...string) uint64 {
+		var res api.BatchResult
+		for {
+			code := c.do("POST", "/v1/usage", "text/csv", usageCSV(rows...), &res)
+			if code == 200 {
+				return res.Position
+			}
+			if code != 503 {
+				t.Fatalf("usage: %d", code)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	for i := 0; i < 8; i++ {
+		post(usageRow(fmt.Sprint("a", i), i, 100))
+	}
+	testenv.Eventually(t, 10*time.Second, p.Projector.Ready)
+
+	ns.stop()
+	time.Sleep(time.Second)
+	ns.start()
+	var last uint64
+	for i := 0; i < 8; i++ {
+		last = post(usageRow(fmt.Sprint("b", i), i, 10), usageRow(fmt.Sprint("a", i), i, 100)) // a re-sent record counts once
+	}
+	testenv.Eventually(t, 30*time.Second, p.Projector.Ready)
+	for i := 0; i < 8; i++ {
+		if got := c.card(iccid(i), last); got.Cycle.UsageBytes != 110 {
+			t.Errorf("card %d after the outage: %d bytes, want 110", i, got.Cycle.UsageBytes)
+		}
+	}
+}
+
+// A partition that cannot restore (a checkpoint piece is gone) retries and
+// says so: its cards answer 503 with Retry-After, /readyz names it, and
+// /healthz fails so that a supervisor restarts the process; the other
+// partitions serve.
+func TestAPartitionThatCannotRestoreSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	cfg := Config{DataDir: dir, NATSPort: -1, HTTPAddr: "127.0.0.1:0", Partitions: 2, ManualClock: true,
+		Roles: []string{RoleAPI, RoleProjector, RoleClock}, ClockStart: time.Date(2026, 5, 10, 0, 0, 0, 0, time.UTC)}
+	p, err := Start(context.Background(), cfg, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &client{t: t, base: p.URL}
+	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1 << 30})
+	cards := map[int]int{} // partition -> a card of it
+	for i := 0; len(cards) < 2; i++ {
+		acct := fmt.Sprint("acct", i)
+		c.putJSON("/v1/cards/"+iccid(i), map[string]any{"account_id": acct, "plan_id": "p"})
+		cards[broker.Partition(acct, 2)] = i
+	}
+	var res api.BatchResult
+	if code := c.do("POST", "/v1/usage", "text/csv", usageCSV(usageRow("r1", cards[0], 5), usageRow("r2", cards[1], 7)), &res); code != 200 {
+		t.Fatalf("usage: %d", code)
+	}
+	c.card(iccid(cards[0]), res.Position)
+	c.card(iccid(cards[1]), res.Position)
+	port := portOf(p.embedded)
+	p.Stop() // a clean stop: every partition checkpoints
+
+	// lose partition 1's base piece
+	ns := &natsServer{t: t, dir: filepath.Join(dir, "jetstream"), port: port}
+	ns.start()
+	nc, err := broker.Connect(ns.url(), "test", testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	objs, err := js.ObjectStore(context.Background(), broker.BucketSnapshot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := objs.Delete(context.Background(), manifest(t, js, 1).Base[0]); err != nil {
+		t.Fatal(err)
+	}
+	nc.Close()
+	ns.stop()
+
+	cfg.NATSPort = port
+	if p, err = Start(context.Background(), cfg, testenv.Logger(t)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	c.base = p.URL
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if got := c.card(iccid(cards[0]), 0); got.Cycle.UsageBytes != 5 {
+			return fmt.Errorf("partition 0's card: %d bytes", got.Cycle.UsageBytes)
+		}
+		return nil
+	})
+	var prob map[string]any
+	req, _ := http.NewRequest("GET", p.URL+"/v1/cards/"+iccid(cards[1]), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("a card of the partition that cannot restore: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	if code := c.do("GET", "/v1/cards/"+iccid(cards[1]), "", nil, &prob); prob["type"] != "cardmeter:unavailable/restoring" {
+		t.Fatalf("a card of the partition that cannot restore: %d %v", code, prob)
+	}
+	if code := c.do("GET", "/readyz", "", nil, &prob); code != 503 || !strings.Contains(fmt.Sprint(prob["detail"]), "partition 1") {
+		t.Fatalf("/readyz: %d %v", code, prob)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if code := c.do("GET", "/healthz", "", nil, &prob); code != 503 {
+			return fmt.Errorf("/healthz %d with a partition that cannot restore", code)
+		}
+		return nil
+	})
+}
+
+// manifest is partition part's checkpoint manifest.
+func manifest(t *testing.T, js jetstream.JetStream, part int) projector.Manifest {
+	t.Helper()
+	kv, err := js.KeyValue(context.Background(), broker.BucketCheckpoints)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(context.Background(), projector.ManifestKey(part))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m projector.Manifest
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Base) == 0 {
+		t.Fatalf("partition %d has no base: %+v", part, m)
+	}
+	return m
+}
