@@ -28,7 +28,7 @@ type Lookup struct {
 
 // IndexEntry is one remembered record id as the index stores it.
 type IndexEntry struct {
-	Card uint64 // the card's key (IndexKey)
+	Card uint64 // the card's key in the index
 	ID   uint64 // cdr.IDHash of carrier and record id
 	Seen uint64 // content hash and cycle, packed
 }
@@ -59,11 +59,20 @@ func cardKey(iccid string) uint64 {
 	return h.Sum64() | 1<<63
 }
 
-// Probe appends to need[:0] the positions of the records of a chunk whose
-// ids the card's filters cannot rule out and that the card did not count
-// since the last checkpoint: those the shell must look up in the index.
-// A record of an unknown or cancelled card needs none.
-func (p *Partition) Probe(h *cdr.ChunkHeader, recs []cdr.Record, need []int) []int {
+// Need is a record of a chunk whose id the card's filters cannot rule out:
+// the shell looks its card and id up in the index, among the entries of
+// cycles that start in [From, To] (the cycles whose filters matched).
+type Need struct {
+	Rec      int // its position in the chunk
+	Card, ID uint64
+	From, To int64
+}
+
+// Probe appends to need[:0] the records of a chunk whose ids the card's
+// filters cannot rule out and that the card did not count since the last
+// checkpoint: those the shell must look up in the index. A record of an
+// unknown or cancelled card needs none.
+func (p *Partition) Probe(h *cdr.ChunkHeader, recs []cdr.Record, need []Need) []Need {
 	need = need[:0]
 	for i := range recs {
 		c, ok := p.card(recs[i].ICCID)
@@ -74,24 +83,25 @@ func (p *Partition) Probe(h *cdr.ChunkHeader, recs []cdr.Record, need []int) []i
 		if _, ok := c.recent.get(key); ok {
 			continue
 		}
+		var pl *plan
+		from, to := int64(math.MaxInt64), int64(math.MinInt64)
+		start, end := c.cycle.Start, int64(math.MaxInt64) // slot s's cycle: [start, end]
 		for s := range c.fps {
-			if c.fps[s].mayHave(key) {
-				need = append(need, i)
-				break
+			if s > 0 {
+				if pl == nil {
+					pl = p.plans[c.planID]
+				}
+				end, start = start-1, CycleAt(start-1, pl.loc, pl.anchor).Start
 			}
+			if c.fps[s].mayHave(key) {
+				from, to = min(from, start), max(to, end)
+			}
+		}
+		if from <= to {
+			need = append(need, Need{Rec: i, Card: c.key, ID: key, From: from, To: to})
 		}
 	}
 	return need
-}
-
-// IndexKey is the index key of record r of chunk h, and whether its card
-// is in the partition.
-func (p *Partition) IndexKey(h *cdr.ChunkHeader, r *cdr.Record) (card, id uint64, ok bool) {
-	c, ok := p.card(r.ICCID)
-	if !ok {
-		return 0, 0, false
-	}
-	return c.key, cdr.IDHash(h.Carrier, r.RecordID), true
 }
 
 // TakeIDs appends to dst the ids counted since the last call, sorted in

@@ -9,16 +9,25 @@ import (
 
 // memIndex is an exact record-id index in a map, as the shell's is on disk:
 // entries go in at checkpoints, and a key may hold entries of several
-// cycles (an id forgotten and counted again); a lookup answers the newest.
-type memIndex map[[2]uint64]uint64
+// cycles (an id forgotten and counted again); a lookup answers the newest
+// of the cycles asked for.
+type memIndex map[[2]uint64][]uint64
 
 func (x memIndex) add(es []IndexEntry) {
 	for _, e := range es {
 		k := [2]uint64{e.Card, e.ID}
-		if old, ok := x[k]; !ok || SeenCycleStart(e.Seen) >= SeenCycleStart(old) {
-			x[k] = e.Seen
+		x[k] = append(x[k][:len(x[k]):len(x[k])], e.Seen)
+	}
+}
+
+func (x memIndex) get(n Need) Lookup {
+	var best Lookup
+	for _, v := range x[[2]uint64{n.Card, n.ID}] {
+		if c := SeenCycleStart(v); c >= n.From && c <= n.To && (!best.Found || c > SeenCycleStart(best.Seen)) {
+			best = Lookup{Seen: v, Found: true}
 		}
 	}
+	return best
 }
 
 // indexedFold folds a log as the projector does: each chunk's records that
@@ -36,7 +45,7 @@ type indexedFold struct {
 func (f *indexedFold) run(t testing.TB, log []any, from int) []Emitted {
 	var out []Emitted
 	var verdicts []Verdict
-	var need []int
+	var need []Need
 	for i := from; i < len(log); i++ {
 		switch e := log[i].(type) {
 		case Input:
@@ -47,12 +56,8 @@ func (f *indexedFold) run(t testing.TB, log []any, from int) []Emitted {
 		case chunk:
 			need = f.p.Probe(&e.h, e.recs, need)
 			found := make([]Lookup, len(e.recs))
-			for _, j := range need {
-				c, id, ok := f.p.IndexKey(&e.h, &e.recs[j])
-				if !ok {
-					t.Fatalf("Probe named record %d of an unknown card", j)
-				}
-				found[j].Seen, found[j].Found = f.idx[[2]uint64{c, id}]
+			for _, n := range need {
+				found[n.Rec] = f.idx.get(n)
 			}
 			f.lookups += len(need)
 			f.records += len(e.recs)

@@ -18,9 +18,11 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/query"
 )
 
-// Index is the exact record-id index: pkg/index on disk, or a map.
+// Index is the exact record-id index: pkg/index on disk, or a map. Get
+// answers the latest entry of a card's record id among those of cycles
+// that start in [from, to].
 type Index interface {
-	Get(card, id uint64) (card.Lookup, error)
+	Get(card, id uint64, from, to int64) (card.Lookup, error)
 }
 
 // ErrIndex marks a failure to read the index: the message was not folded,
@@ -36,7 +38,7 @@ type Folder struct {
 	Index     Index
 
 	recs     []cdr.Record
-	need     []int
+	need     []card.Need
 	found    []card.Lookup
 	verdicts []card.Verdict
 	emitted  []card.Emitted
@@ -112,16 +114,12 @@ func (f *Folder) lookup(h *cdr.ChunkHeader) ([]card.Lookup, error) {
 		return nil, nil
 	}
 	f.found = append(f.found[:0], make([]card.Lookup, len(f.recs))...)
-	for _, i := range f.need {
-		c, id, ok := f.State.IndexKey(h, &f.recs[i])
-		if !ok {
-			continue
-		}
-		lk, err := f.Index.Get(c, id)
+	for _, n := range f.need {
+		lk, err := f.Index.Get(n.Card, n.ID, n.From, n.To)
 		if err != nil {
 			return nil, err
 		}
-		f.found[i] = lk
+		f.found[n.Rec] = lk
 	}
 	f.lookups += uint64(len(f.need))
 	return f.found, nil

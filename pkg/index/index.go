@@ -28,6 +28,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/cardmeter/cardmeter/pkg/card"
 )
@@ -59,12 +60,28 @@ const (
 	footerSize   = 8 + 8 + 8 + 8 + 4 // magic, entries, gen, max cycle, crc of the entries and sparse keys
 )
 
-// segment is an open segment file.
+// segment is an open segment file, mapped into memory read-only: a lookup
+// reads the page cache without a system call.
 type segment struct {
 	info   SegmentInfo
 	f      *os.File
-	sparse []key // the first key of each block
+	data   []byte // the mapped file
+	sparse []key  // the first key of each block
 	lo, hi key
+}
+
+// overlaps reports whether the segment may hold entries of cycles that
+// start in [from, to].
+func (s *segment) overlaps(from, to int64) bool {
+	return s.info.MaxCycle >= from && s.info.Gen*GenSpan <= to
+}
+
+func (s *segment) close() {
+	if s.data != nil {
+		_ = syscall.Munmap(s.data)
+		s.data = nil
+	}
+	_ = s.f.Close()
 }
 
 type key struct{ card, id uint64 }
@@ -110,7 +127,9 @@ func Open(dir string, live []SegmentInfo, fetch Fetch) (*Index, error) {
 	}
 	for _, si := range live {
 		path := filepath.Join(dir, si.Name)
+		fetched := false
 		if st, err := os.Stat(path); err != nil || st.Size() != si.Bytes {
+			fetched = true
 			if fetch == nil {
 				return nil, fmt.Errorf("index: segment %s is missing and there is nowhere to fetch it from", si.Name)
 			}
@@ -123,7 +142,7 @@ func Open(dir string, live []SegmentInfo, fetch Fetch) (*Index, error) {
 				return nil, fmt.Errorf("index: %w", err)
 			}
 		}
-		s, err := openSegment(path, si)
+		s, err := openSegment(path, si, fetched)
 		if err != nil {
 			x.Close()
 			return nil, err
@@ -138,7 +157,7 @@ func (x *Index) Close() {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, s := range x.segs {
-		_ = s.f.Close()
+		s.close()
 	}
 	x.segs = nil
 }
@@ -194,9 +213,10 @@ func (x *Index) Frozen() int {
 	return len(x.frozen)
 }
 
-// Get finds the entry of a card's record id: of several (an id forgotten
-// and counted again), the one of the latest cycle.
-func (x *Index) Get(cardKey, id uint64) (card.Lookup, error) {
+// Get finds the entry of a card's record id among those of cycles that
+// start in [from, to]: of several (an id forgotten and counted again), the
+// one of the latest cycle. Segments that hold no such cycle are not read.
+func (x *Index) Get(cardKey, id uint64, from, to int64) (card.Lookup, error) {
 	k := key{cardKey, id}
 	var best card.Lookup
 	take := func(seen uint64) {
@@ -212,33 +232,28 @@ func (x *Index) Get(cardKey, id uint64) (card.Lookup, error) {
 			take(es[i].Seen)
 		}
 	}
-	var buf [blockEntries * entrySize]byte
 	for _, s := range x.segs {
-		seen, ok, err := s.get(k, buf[:])
-		if err != nil {
-			return card.Lookup{}, err
+		if !s.overlaps(from, to) {
+			continue
 		}
-		if ok {
+		if seen, ok := s.get(k); ok {
 			take(seen)
 		}
 	}
 	return best, nil
 }
 
-func (s *segment) get(k key, buf []byte) (uint64, bool, error) {
+func (s *segment) get(k key) (uint64, bool) {
 	if k.less(s.lo) || s.hi.less(k) {
-		return 0, false, nil
+		return 0, false
 	}
 	// the last block whose first key is ≤ k
 	b := sort.Search(len(s.sparse), func(i int) bool { return k.less(s.sparse[i]) }) - 1
 	if b < 0 {
-		return 0, false, nil
+		return 0, false
 	}
 	n := min(blockEntries, s.info.Entries-b*blockEntries)
-	buf = buf[:n*entrySize]
-	if _, err := s.f.ReadAt(buf, int64(b)*blockEntries*entrySize); err != nil {
-		return 0, false, fmt.Errorf("index: reading %s: %w", s.info.Name, err)
-	}
+	buf := s.data[b*blockEntries*entrySize : (b*blockEntries+n)*entrySize]
 	i := sort.Search(n, func(i int) bool { return !entryKey(buf[i*entrySize:]).less(k) })
 	var seen uint64
 	found := false
@@ -247,7 +262,7 @@ func (s *segment) get(k key, buf []byte) (uint64, bool, error) {
 			seen, found = v, true
 		}
 	}
-	return seen, found, nil
+	return seen, found
 }
 
 func entryKey(b []byte) key {
@@ -368,22 +383,25 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// openSegment opens a segment file and checks it against its info: size,
-// footer and checksum.
-func openSegment(path string, si SegmentInfo) (*segment, error) {
+// openSegment opens a segment file and checks it against its info: size
+// and footer, and with verify the checksum of the whole file (for a file
+// that came over the network; one this process or its predecessor wrote
+// and synced before a manifest named it is read as is, so that a restart
+// costs what the cards cost, not a read of every id).
+func openSegment(path string, si SegmentInfo, verify bool) (*segment, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("index: %w", err)
 	}
 	s := &segment{info: si, f: f}
-	if err := s.load(); err != nil {
-		_ = f.Close()
+	if err := s.load(verify); err != nil {
+		s.close()
 		return nil, fmt.Errorf("index: segment %s: %w", si.Name, err)
 	}
 	return s, nil
 }
 
-func (s *segment) load() error {
+func (s *segment) load(verify bool) error {
 	st, err := s.f.Stat()
 	if err != nil {
 		return err
@@ -403,31 +421,27 @@ func (s *segment) load() error {
 	if int64(n)*entrySize+int64(blocks)*16+footerSize != st.Size() {
 		return errors.New("size does not match its entries")
 	}
-	// Check the whole file once: a segment fetched or left half-written
-	// must not answer lookups wrongly.
-	crc := crc32.NewIEEE()
-	if _, err := io.Copy(crc, io.NewSectionReader(s.f, 0, st.Size()-footerSize)); err != nil {
-		return err
+	if verify {
+		crc := crc32.NewIEEE()
+		if _, err := io.Copy(crc, io.NewSectionReader(s.f, 0, st.Size()-footerSize)); err != nil {
+			return err
+		}
+		if crc.Sum32() != binary.LittleEndian.Uint32(foot[32:]) {
+			return errors.New("checksum mismatch")
+		}
 	}
-	if crc.Sum32() != binary.LittleEndian.Uint32(foot[32:]) {
-		return errors.New("checksum mismatch")
+	if n == 0 {
+		return nil
 	}
-	sp := make([]byte, blocks*16)
-	if _, err := s.f.ReadAt(sp, int64(n)*entrySize); err != nil {
-		return err
+	if s.data, err = syscall.Mmap(int(s.f.Fd()), 0, n*entrySize+blocks*16, syscall.PROT_READ, syscall.MAP_SHARED); err != nil {
+		return fmt.Errorf("mapping: %w", err)
 	}
+	sp := s.data[n*entrySize:]
 	s.sparse = make([]key, blocks)
 	for i := range s.sparse {
 		s.sparse[i] = entryKey(sp[i*16:])
 	}
-	if n > 0 {
-		s.lo = s.sparse[0]
-		var last [entrySize]byte
-		if _, err := s.f.ReadAt(last[:], int64(n-1)*entrySize); err != nil {
-			return err
-		}
-		s.hi = entryKey(last[:])
-	}
+	s.lo, s.hi = s.sparse[0], entryKey(s.data[(n-1)*entrySize:])
 	return nil
 }
 
@@ -437,10 +451,10 @@ func (s *segment) load() error {
 func (x *Index) Install(added []SegmentInfo, removed []string, frozen int) error {
 	var opened []*segment
 	for _, si := range added {
-		s, err := openSegment(x.Path(si.Name), si)
+		s, err := openSegment(x.Path(si.Name), si, false)
 		if err != nil {
 			for _, o := range opened {
-				_ = o.f.Close()
+				o.close()
 			}
 			return err
 		}
@@ -461,10 +475,10 @@ func (x *Index) Install(added []SegmentInfo, removed []string, frozen int) error
 		}
 	}
 	x.segs = append(keep, opened...)
-	x.frozen = x.frozen[min(frozen, len(x.frozen)):]
+	x.frozen = slices.Clone(x.frozen[min(frozen, len(x.frozen)):]) // the written sets go with the old array
 	x.mu.Unlock()
 	for _, s := range gone {
-		_ = s.f.Close()
+		s.close()
 		if err := os.Remove(x.Path(s.info.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("index: %w", err)
 		}

@@ -1,6 +1,7 @@
 package index
 
 import (
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -39,7 +40,7 @@ func check(t *testing.T, x *Index, m model, r *rand.Rand) {
 	t.Helper()
 	for i := 0; i < 3000; i++ {
 		k := [2]uint64{8986000000000000000 + r.Uint64N(50), r.Uint64N(5000)}
-		got, err := x.Get(k[0], k[1])
+		got, err := x.Get(k[0], k[1], math.MinInt64, math.MaxInt64)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -179,9 +180,18 @@ func TestIndexFetchesMissingAndDamagedSegments(t *testing.T) {
 	name := added[0].Name
 	b, _ := os.ReadFile(filepath.Join(dir, name))
 	_ = os.WriteFile(filepath.Join(store, name), b, 0o644)
-	b[100] ^= 0xff
-	_ = os.WriteFile(filepath.Join(dir, name), b, 0o644)
+	// a truncated file is caught by its size, a damaged fetched one by its
+	// checksum
+	_ = os.WriteFile(filepath.Join(dir, name), b[:len(b)-1], 0o644)
 	if _, err := Open(dir, added, nil); err == nil {
+		t.Fatal("a truncated segment opened")
+	}
+	damaged := func(name, path string) error {
+		c := append([]byte(nil), b...)
+		c[100] ^= 0xff
+		return os.WriteFile(path, c, 0o644)
+	}
+	if _, err := Open(dir, added, damaged); err == nil {
 		t.Fatal("a damaged segment opened")
 	}
 	fetched := 0

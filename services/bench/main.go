@@ -40,6 +40,9 @@ func main() {
 	formats := flag.String("formats", "csv,ndjson", "ingest formats, in the order measured")
 	replay := flag.Bool("replay", false, "measure only the replay from scratch and the projector's memory per card (no servers)")
 	records := flag.Int("records", 10000000, "with -replay: records to fold")
+	indexRun := flag.Bool("index", false, "measure only the projector's state with a realistic history: heap and disk per card and per id, checkpoints, restore, fold rates (no servers)")
+	idsPerCard := flag.Int("ids-per-card", 2000, "with -index: remembered record ids per card (over three cycles)")
+	cpRecords := flag.Int("checkpoint-records", 200000, "with -index: records folded between checkpoints")
 	flag.Parse()
 	cfg.Log = os.Stderr
 	app.TuneGC(*gcPercent, *memLimit, zap.NewNop())
@@ -92,6 +95,21 @@ func main() {
 		}
 	}
 	cfg.Settled = func() { writeHeap("settled") }
+	if *indexRun {
+		r, err := bench.RunIndex(bench.IndexConfig{Cards: cfg.Cards, IDsPerCard: *idsPerCard, Dir: cfg.DataDir + "-index", CheckpointRecords: *cpRecords}, os.Stderr)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("| projector state: %d cards × %d ids (%d remembered) | heap %.0f B/card + %.2f B/id; index %.1f B/id on disk (%d MB) |\n",
+			r.Cards, *idsPerCard, r.IDs, r.HeapPerCard, r.HeapPerID, r.DiskPerID, r.DiskBytes>>20)
+		fmt.Printf("| checkpoint every %d records | %.3f s each; delta %.0f KB, new segments %.0f KB; base %d MB |\n",
+			*cpRecords, r.CheckpointSeconds, r.CheckpointDeltaBytes/1024, r.CheckpointSegmentBytes/1024, r.BaseBytes>>20)
+		fmt.Printf("| restore (base decoded, index opened) | %.2f s |\n", r.RestoreSeconds)
+		fmt.Printf("| fold with the index | new records %.0f/s (%.4f lookups each); re-sent records %.0f/s (%.2f lookups each) |\n",
+			r.NewPerSec, r.LookupsPerNew, r.HitPerSec, r.LookupsHit)
+		return
+	}
 	if *replay {
 		r := bench.Replay(cfg.Cards, *records, 8, os.Stderr)
 		fmt.Printf("| replay from scratch: %d cards, %d records, 8 partitions | %.1f s (%.0f records/s) |\n", r.Cards, r.Records, r.Seconds, r.RecordsPerSec)

@@ -1,0 +1,263 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/cardmeter/cardmeter/pkg/card"
+	"github.com/cardmeter/cardmeter/pkg/cdr"
+	"github.com/cardmeter/cardmeter/pkg/fold"
+	"github.com/cardmeter/cardmeter/pkg/index"
+)
+
+// IndexConfig sizes the projector-state figure: a fleet with a realistic
+// history of remembered record ids, folded and checkpointed as the
+// projector does, in one partition (the cost per card and per id is the
+// same in eight).
+type IndexConfig struct {
+	Cards      int
+	IDsPerCard int    // remembered ids per card, over the current and two closed cycles
+	Dir        string // where the index and checkpoint pieces go (removed first)
+	// CheckpointRecords is how many records are folded between checkpoints
+	// (at 20,000 records/s, a 10 s interval is 200,000).
+	CheckpointRecords int
+}
+
+// IndexReport is what RunIndex measured.
+type IndexReport struct {
+	Cards, IDs                int
+	FoldSeconds               float64
+	NewPerSec                 float64 // records folded per second, new ids, index in use
+	HitPerSec                 float64 // duplicates and late records (index hits) per second
+	HeapBytes                 uint64
+	HeapPerCard, HeapPerID    float64 // with the per-card part taken from the same fleet without history
+	FilterBytesPerID          float64
+	IndexEntries              int
+	DiskBytes                 int64
+	DiskPerID                 float64
+	Checkpoints               int
+	CheckpointSeconds         float64 // mean time to take, write and install a checkpoint's index segments and delta
+	CheckpointDeltaBytes      float64 // mean bytes of a delta piece
+	CheckpointSegmentBytes    float64 // mean bytes of the new index segments per checkpoint
+	BaseBytes                 int64
+	RestoreSeconds            float64 // base pieces decoded and the index opened, as a restart does
+	LookupsPerNew, LookupsHit float64 // index lookups per record folded
+}
+
+// RunIndex folds cfg.IDsPerCard records per card over three cycles, with
+// checkpoints (the new ids written to the index as segment files, a delta
+// of the changed cards) every cfg.CheckpointRecords records, then reports
+// memory, disk, checkpoint and restore figures, and the fold rate of new
+// records and of re-sent ones (index hits).
+func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
+	rep := IndexReport{Cards: cfg.Cards}
+	if err := os.RemoveAll(cfg.Dir); err != nil {
+		return rep, err
+	}
+	idx, err := index.Open(filepath.Join(cfg.Dir, "index"), nil, nil)
+	if err != nil {
+		return rep, err
+	}
+	defer idx.Close()
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+
+	// a plan whose cycles are calendar months in Asia/Shanghai
+	zone, err := card.Zone(card.DefaultTimeZone)
+	if err != nil {
+		return rep, err
+	}
+	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, zone)
+	now := t0.Unix() + 3600
+	p := card.NewPartition()
+	p.Apply(&card.Input{Type: card.TypeClockTicked, At: now}, nil)                                                                                                     //nolint:errcheck
+	p.Apply(&card.Input{Type: card.TypePlanChanged, ID: "p", At: now, Plan: &card.PlanChanged{PlanID: "p", QuotaBytes: 1 << 50, TimeZone: card.DefaultTimeZone}}, nil) //nolint:errcheck
+	iccids := make([]string, cfg.Cards)
+	for i := range iccids {
+		iccids[i] = iccidOf(i)
+		in := card.Input{Type: card.TypeCardProvisioned, ID: "c", At: now, Card: &card.CardProvisioned{ICCID: iccids[i], AccountID: fmt.Sprint("acct", i%1000), PlanID: "p", Carrier: "cmcc"}}
+		p.Apply(&in, nil) //nolint:errcheck
+	}
+	runtime.GC()
+	var fleet runtime.MemStats
+	runtime.ReadMemStats(&fleet)
+	cardBytes := float64(fleet.HeapAlloc-base.HeapAlloc) / float64(cfg.Cards)
+
+	f := &fold.Folder{State: p, Index: idx}
+	var pieces int64
+	var cpTime time.Duration
+	var segBytes int64
+	checkpoint := func() error {
+		start := time.Now()
+		idx.Freeze(p.TakeIDs(nil))
+		d, _, err := p.MarshalDelta()
+		if err != nil {
+			return err
+		}
+		added, n, err := idx.WriteFrozen(uint64(rep.Checkpoints + 1))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(cfg.Dir, "delta"), d, 0o644); err != nil {
+			return err
+		}
+		if err := idx.Install(added, nil, n); err != nil {
+			return err
+		}
+		for in := idx.MergeCandidates(); in != nil; in = idx.MergeCandidates() {
+			merged, err := idx.Merge(in, uint64(rep.Checkpoints+1))
+			if err != nil {
+				return err
+			}
+			var names []string
+			for _, si := range in {
+				names = append(names, si.Name)
+			}
+			if err := idx.Install([]index.SegmentInfo{merged}, names, 0); err != nil {
+				return err
+			}
+		}
+		cpTime += time.Since(start)
+		pieces += int64(len(d))
+		for _, si := range added {
+			segBytes += si.Bytes
+		}
+		rep.Checkpoints++
+		return nil
+	}
+
+	// fold: each cycle a third of the ids, cards round-robin so each chunk
+	// spreads over the fleet as live traffic does
+	perCycle := cfg.IDsPerCard / 3
+	var buf []byte
+	recs := make([]cdr.Record, 0, 4096)
+	sinceCP := 0
+	var foldTime time.Duration
+	var folded int
+	run := func(cycleStart int64, id func(card, j int) string, total int, onChunk func()) error {
+		h := cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: cycleStart + 10*86400}
+		for done := 0; done < total; {
+			recs = recs[:0]
+			for len(recs) < 4096 && done < total {
+				c, j := done%cfg.Cards, done/cfg.Cards
+				s := cycleStart + int64(j%20)*3600 + 7200
+				recs = append(recs, cdr.Record{RecordID: id(c, j), ICCID: iccids[c], Start: s, End: s + 900, BytesUp: 300, BytesDown: 3000})
+				done++
+			}
+			buf = cdr.AppendChunk(buf[:0], h, recs)
+			start := time.Now()
+			if _, err := f.Fold("meter.0.usage", uint64(folded+1), buf); err != nil {
+				return err
+			}
+			foldTime += time.Since(start)
+			folded += len(recs)
+			sinceCP += len(recs)
+			if onChunk != nil {
+				onChunk()
+			}
+			if sinceCP >= cfg.CheckpointRecords {
+				sinceCP = 0
+				if err := checkpoint(); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	cycle := t0
+	for c := 0; c < 3; c++ {
+		if c > 0 {
+			cycle = cycle.AddDate(0, 1, 0)
+			p.Apply(&card.Input{Type: card.TypeClockTicked, At: cycle.Unix() + 60}, nil) //nolint:errcheck
+		}
+		cs := cycle.Unix()
+		before, beforeT := folded, foldTime
+		if err := run(cs, func(card, j int) string { return fmt.Sprint(c, "-", card, "-", j) }, perCycle*cfg.Cards, nil); err != nil {
+			return rep, err
+		}
+		rep.NewPerSec = float64(folded-before) / (foldTime - beforeT).Seconds()
+		if log != nil {
+			fmt.Fprintf(log, "index: cycle %d folded (%d records, %.0f/s, %d checkpoints so far)\n", c+1, folded-before, rep.NewPerSec, rep.Checkpoints)
+		}
+	}
+	if err := checkpoint(); err != nil {
+		return rep, err
+	}
+	lookupsNew := f.Lookups()
+	rep.LookupsPerNew = float64(lookupsNew) / float64(folded)
+
+	// re-sent records: the first cycle's (late, in a closed cycle) and the
+	// current one's, all duplicates now: every one is an index hit
+	hits := min(cfg.Cards*perCycle, 2_000_000)
+	before, beforeT := folded, foldTime
+	first := t0.Unix()
+	if err := run(first, func(card, j int) string { return fmt.Sprint(0, "-", card, "-", j) }, hits, nil); err != nil {
+		return rep, err
+	}
+	rep.HitPerSec = float64(folded-before) / (foldTime - beforeT).Seconds()
+	rep.LookupsHit = float64(f.Lookups()-lookupsNew) / float64(folded-before)
+	rep.FoldSeconds = foldTime.Seconds()
+
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	ids, filterBytes := p.FilterStats()
+	rep.IDs = ids
+	rep.HeapBytes = after.HeapAlloc - base.HeapAlloc
+	rep.HeapPerCard = cardBytes
+	rep.HeapPerID = (float64(rep.HeapBytes) - cardBytes*float64(cfg.Cards)) / float64(ids)
+	rep.FilterBytesPerID = float64(filterBytes) / float64(ids)
+	entries, disk, _, _ := idx.Stats()
+	rep.IndexEntries, rep.DiskBytes = entries, disk
+	rep.DiskPerID = float64(disk) / float64(entries)
+	rep.CheckpointSeconds = cpTime.Seconds() / float64(rep.Checkpoints)
+	rep.CheckpointDeltaBytes = float64(pieces) / float64(rep.Checkpoints)
+	rep.CheckpointSegmentBytes = float64(segBytes) / float64(rep.Checkpoints)
+
+	// restore: the base pieces decoded and the index opened, as a restart
+	// on the same machine does (the files are local)
+	basePieces, err := p.MarshalBase(1024)
+	if err != nil {
+		return rep, err
+	}
+	for _, b := range basePieces {
+		rep.BaseBytes += int64(len(b))
+	}
+	segs := idx.Segments()
+	runtime.KeepAlive(p)
+	p, f = nil, nil
+	runtime.GC()
+	start := time.Now()
+	rs := card.NewRestorer()
+	for _, b := range basePieces {
+		if err := rs.Add(b); err != nil {
+			return rep, err
+		}
+	}
+	restored, err := rs.Finish()
+	if err != nil {
+		return rep, err
+	}
+	idx2, err := index.Open(filepath.Join(cfg.Dir, "index"), segs, nil)
+	if err != nil {
+		return rep, err
+	}
+	rep.RestoreSeconds = time.Since(start).Seconds()
+	idx2.Close()
+	if restored.Cards() != cfg.Cards {
+		return rep, fmt.Errorf("restored %d cards of %d", restored.Cards(), cfg.Cards)
+	}
+	if log != nil {
+		fmt.Fprintf(log, "index: %d cards, %d ids: heap %.0f B/card + %.2f B/id (filters %.2f B/id); index %d entries, %.1f B/id on disk; "+
+			"checkpoint %.3f s (delta %.0f B, segments %.0f B) x%d; base %d B; restore %.2f s; fold new %.0f/s, hits %.0f/s; lookups %.4f/new, %.2f/hit\n",
+			rep.Cards, rep.IDs, rep.HeapPerCard, rep.HeapPerID, rep.FilterBytesPerID, rep.IndexEntries, rep.DiskPerID,
+			rep.CheckpointSeconds, rep.CheckpointDeltaBytes, rep.CheckpointSegmentBytes, rep.Checkpoints, rep.BaseBytes, rep.RestoreSeconds,
+			rep.NewPerSec, rep.HitPerSec, rep.LookupsPerNew, rep.LookupsHit)
+	}
+	return rep, nil
+}

@@ -1,0 +1,23 @@
+package bench
+
+import (
+	"testing"
+)
+
+// The state figure runs end to end on a small fleet: ids all indexed,
+// re-sent records all found, a restore that gives back every card.
+func TestRunIndexSmall(t *testing.T) {
+	r, err := RunIndex(IndexConfig{Cards: 500, IDsPerCard: 60, Dir: t.TempDir(), CheckpointRecords: 5000}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.IDs != 500*60 || r.IndexEntries != 500*60 {
+		t.Fatalf("%d ids in the filters, %d in the index; want %d", r.IDs, r.IndexEntries, 500*60)
+	}
+	if r.LookupsHit < 0.99 || r.LookupsPerNew > 0.05 {
+		t.Fatalf("lookups: %.3f per re-sent record, %.3f per new one", r.LookupsHit, r.LookupsPerNew)
+	}
+	if r.Checkpoints < 5 || r.DiskPerID > 30 {
+		t.Fatalf("%d checkpoints, %.1f bytes per id on disk", r.Checkpoints, r.DiskPerID)
+	}
+}
