@@ -25,13 +25,17 @@ type IndexConfig struct {
 	// CheckpointRecords is how many records are folded between checkpoints
 	// (at 20,000 records/s, a 10 s interval is 200,000).
 	CheckpointRecords int
+	// Baseline first folds the same records keeping every id in memory,
+	// for the rate to compare with.
+	Baseline bool
 }
 
 // IndexReport is what RunIndex measured.
 type IndexReport struct {
 	Cards, IDs                int
 	FoldSeconds               float64
-	NewPerSec                 float64 // records folded per second, new ids, index in use
+	NewPerSec                 float64 // records folded per second, new ids, index in use (the third cycle)
+	MemPerSec                 float64 // the same with every id in memory (Baseline)
 	HitPerSec                 float64 // duplicates and late records (index hits) per second
 	HeapBytes                 uint64
 	HeapPerCard, HeapPerID    float64 // with the per-card part taken from the same fleet without history
@@ -74,15 +78,21 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 	}
 	t0 := time.Date(2026, 3, 1, 0, 0, 0, 0, zone)
 	now := t0.Unix() + 3600
-	p := card.NewPartition()
-	p.Apply(&card.Input{Type: card.TypeClockTicked, At: now}, nil)                                                                                                     //nolint:errcheck
-	p.Apply(&card.Input{Type: card.TypePlanChanged, ID: "p", At: now, Plan: &card.PlanChanged{PlanID: "p", QuotaBytes: 1 << 50, TimeZone: card.DefaultTimeZone}}, nil) //nolint:errcheck
 	iccids := make([]string, cfg.Cards)
 	for i := range iccids {
 		iccids[i] = iccidOf(i)
-		in := card.Input{Type: card.TypeCardProvisioned, ID: "c", At: now, Card: &card.CardProvisioned{ICCID: iccids[i], AccountID: fmt.Sprint("acct", i%1000), PlanID: "p", Carrier: "cmcc"}}
-		p.Apply(&in, nil) //nolint:errcheck
 	}
+	provision := func() *card.Partition {
+		p := card.NewPartition()
+		p.Apply(&card.Input{Type: card.TypeClockTicked, At: now}, nil)                                                                                                     //nolint:errcheck
+		p.Apply(&card.Input{Type: card.TypePlanChanged, ID: "p", At: now, Plan: &card.PlanChanged{PlanID: "p", QuotaBytes: 1 << 50, TimeZone: card.DefaultTimeZone}}, nil) //nolint:errcheck
+		for i := range iccids {
+			in := card.Input{Type: card.TypeCardProvisioned, ID: "c", At: now, Card: &card.CardProvisioned{ICCID: iccids[i], AccountID: fmt.Sprint("acct", i%1000), PlanID: "p", Carrier: "cmcc"}}
+			p.Apply(&in, nil) //nolint:errcheck
+		}
+		return p
+	}
+	p := provision()
 	runtime.GC()
 	var fleet runtime.MemStats
 	runtime.ReadMemStats(&fleet)
@@ -139,6 +149,7 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 	sinceCP := 0
 	var foldTime time.Duration
 	var folded int
+	withCheckpoints := true
 	run := func(cycleStart int64, id func(card, j int) string, total int, onChunk func()) error {
 		h := cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: cycleStart + 10*86400}
 		for done := 0; done < total; {
@@ -160,7 +171,7 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 			if onChunk != nil {
 				onChunk()
 			}
-			if sinceCP >= cfg.CheckpointRecords {
+			if withCheckpoints && sinceCP >= cfg.CheckpointRecords {
 				sinceCP = 0
 				if err := checkpoint(); err != nil {
 					return err
@@ -169,21 +180,27 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 		}
 		return nil
 	}
-	cycle := t0
-	for c := 0; c < 3; c++ {
-		if c > 0 {
-			cycle = cycle.AddDate(0, 1, 0)
-			p.Apply(&card.Input{Type: card.TypeClockTicked, At: cycle.Unix() + 60}, nil) //nolint:errcheck
+	threeCycles := func(p *card.Partition, what string) (float64, error) {
+		var rate float64
+		cycle := t0
+		for c := 0; c < 3; c++ {
+			if c > 0 {
+				cycle = cycle.AddDate(0, 1, 0)
+				p.Apply(&card.Input{Type: card.TypeClockTicked, At: cycle.Unix() + 60}, nil) //nolint:errcheck
+			}
+			before, beforeT := folded, foldTime
+			if err := run(cycle.Unix(), func(card, j int) string { return fmt.Sprint(c, "-", card, "-", j) }, perCycle*cfg.Cards, nil); err != nil {
+				return 0, err
+			}
+			rate = float64(folded-before) / (foldTime - beforeT).Seconds()
+			if log != nil {
+				fmt.Fprintf(log, "index: %s: cycle %d folded (%d records, %.0f/s, %d checkpoints so far)\n", what, c+1, folded-before, rate, rep.Checkpoints)
+			}
 		}
-		cs := cycle.Unix()
-		before, beforeT := folded, foldTime
-		if err := run(cs, func(card, j int) string { return fmt.Sprint(c, "-", card, "-", j) }, perCycle*cfg.Cards, nil); err != nil {
-			return rep, err
-		}
-		rep.NewPerSec = float64(folded-before) / (foldTime - beforeT).Seconds()
-		if log != nil {
-			fmt.Fprintf(log, "index: cycle %d folded (%d records, %.0f/s, %d checkpoints so far)\n", c+1, folded-before, rep.NewPerSec, rep.Checkpoints)
-		}
+		return rate, nil
+	}
+	if rep.NewPerSec, err = threeCycles(p, "with the index"); err != nil {
+		return rep, err
 	}
 	if err := checkpoint(); err != nil {
 		return rep, err
@@ -252,12 +269,25 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 	if restored.Cards() != cfg.Cards {
 		return rep, fmt.Errorf("restored %d cards of %d", restored.Cards(), cfg.Cards)
 	}
+	if cfg.Baseline {
+		// the same records into the same fleet, every id kept in memory
+		// (no index, no checkpoints), as the fold kept them before the
+		// index: the rate to compare with, in this run
+		withCheckpoints, folded, foldTime = false, 0, 0
+		f = &fold.Folder{State: provision()}
+		if rep.MemPerSec, err = threeCycles(f.State, "every id in memory"); err != nil {
+			return rep, err
+		}
+	}
 	if log != nil {
 		fmt.Fprintf(log, "index: %d cards, %d ids: heap %.0f B/card + %.2f B/id (filters %.2f B/id); index %d entries, %.1f B/id on disk; "+
 			"checkpoint %.3f s (delta %.0f B, segments %.0f B) x%d; base %d B; restore %.2f s; fold new %.0f/s, hits %.0f/s; lookups %.4f/new, %.2f/hit\n",
 			rep.Cards, rep.IDs, rep.HeapPerCard, rep.HeapPerID, rep.FilterBytesPerID, rep.IndexEntries, rep.DiskPerID,
 			rep.CheckpointSeconds, rep.CheckpointDeltaBytes, rep.CheckpointSegmentBytes, rep.Checkpoints, rep.BaseBytes, rep.RestoreSeconds,
 			rep.NewPerSec, rep.HitPerSec, rep.LookupsPerNew, rep.LookupsHit)
+		if cfg.Baseline {
+			fmt.Fprintf(log, "index: fold of new records with the index %.0f/s, every id in memory %.0f/s: %.0f%%\n", rep.NewPerSec, rep.MemPerSec, 100*rep.NewPerSec/rep.MemPerSec)
+		}
 	}
 	return rep, nil
 }

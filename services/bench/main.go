@@ -43,6 +43,7 @@ func main() {
 	indexRun := flag.Bool("index", false, "measure only the projector's state with a realistic history: heap and disk per card and per id, checkpoints, restore, fold rates (no servers)")
 	idsPerCard := flag.Int("ids-per-card", 2000, "with -index: remembered record ids per card (over three cycles)")
 	cpRecords := flag.Int("checkpoint-records", 200000, "with -index: records folded between checkpoints")
+	baseline := flag.Bool("baseline", true, "with -index: also fold the same records with every id in memory, for the rate to compare with")
 	flag.Parse()
 	cfg.Log = os.Stderr
 	app.TuneGC(*gcPercent, *memLimit, zap.NewNop())
@@ -96,7 +97,7 @@ func main() {
 	}
 	cfg.Settled = func() { writeHeap("settled") }
 	if *indexRun {
-		r, err := bench.RunIndex(bench.IndexConfig{Cards: cfg.Cards, IDsPerCard: *idsPerCard, Dir: cfg.DataDir + "-index", CheckpointRecords: *cpRecords}, os.Stderr)
+		r, err := bench.RunIndex(bench.IndexConfig{Cards: cfg.Cards, IDsPerCard: *idsPerCard, Dir: cfg.DataDir + "-index", CheckpointRecords: *cpRecords, Baseline: *baseline}, os.Stderr)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
@@ -108,6 +109,9 @@ func main() {
 		fmt.Printf("| restore (base decoded, index opened) | %.2f s |\n", r.RestoreSeconds)
 		fmt.Printf("| fold with the index | new records %.0f/s (%.4f lookups each); re-sent records %.0f/s (%.2f lookups each) |\n",
 			r.NewPerSec, r.LookupsPerNew, r.HitPerSec, r.LookupsHit)
+		if *baseline {
+			fmt.Printf("| fold of new records, every id in memory (same run) | %.0f/s: the index's rate is %.0f%% of it |\n", r.MemPerSec, 100*r.NewPerSec/r.MemPerSec)
+		}
 		return
 	}
 	if *replay {
