@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"time"
 
 	"github.com/cardmeter/cardmeter/pkg/card"
@@ -28,6 +29,9 @@ type IndexConfig struct {
 	// Baseline first folds the same records keeping every id in memory,
 	// for the rate to compare with.
 	Baseline bool
+	// HeapProfile, when set, is where a heap profile is written when the
+	// heap is measured.
+	HeapProfile string
 }
 
 // IndexReport is what RunIndex measured.
@@ -104,11 +108,11 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 	var segBytes int64
 	checkpoint := func() error {
 		start := time.Now()
-		idx.Freeze(p.TakeIDs(nil))
 		d, _, err := p.MarshalDelta()
 		if err != nil {
 			return err
 		}
+		idx.Freeze(p.TakeIDs(nil))
 		added, n, err := idx.WriteFrozen(uint64(rep.Checkpoints + 1))
 		if err != nil {
 			return err
@@ -221,8 +225,14 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 	rep.FoldSeconds = foldTime.Seconds()
 
 	runtime.GC()
+	runtime.GC() // twice: pooled buffers (json's) survive one collection
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
+	if cfg.HeapProfile != "" {
+		if err := writeHeapProfile(cfg.HeapProfile); err != nil {
+			return rep, err
+		}
+	}
 	ids, filterBytes := p.FilterStats()
 	rep.IDs = ids
 	rep.HeapBytes = after.HeapAlloc - base.HeapAlloc
@@ -290,4 +300,16 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 		}
 	}
 	return rep, nil
+}
+
+func writeHeapProfile(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }

@@ -64,10 +64,10 @@ func (f *indexedFold) run(t testing.TB, log []any, from int) []Emitted {
 			verdicts, out = f.p.ApplyUsage(&e.h, e.recs, found, verdicts, out)
 		}
 		if f.every > 0 && (i+1)%f.every == 0 {
-			f.idx.add(f.p.TakeIDs(nil))
 			if f.checkpoint != nil {
-				f.checkpoint(i + 1)
+				f.checkpoint(i + 1) // marshals, then the ids go to the index
 			}
+			f.idx.add(f.p.TakeIDs(nil))
 		}
 	}
 	return out
@@ -90,6 +90,7 @@ func TestIndexedFoldAndCheckpointsAreDeterministic(t *testing.T) {
 			pieces [][]byte
 			idx    memIndex
 			pos    int
+			whole  []byte // the state then, ids taken
 		}
 		var checkpoints []saved
 		var pieces [][]byte
@@ -109,15 +110,20 @@ func TestIndexedFoldAndCheckpointsAreDeterministic(t *testing.T) {
 				}
 				pieces = append(pieces[:len(pieces):len(pieces)], d)
 			}
-			checkpoints = append(checkpoints, saved{pieces: pieces, idx: maps.Clone(f.idx), pos: pos})
+			// the index as of this checkpoint: what it had, and the ids the
+			// checkpoint takes (as the projector installs its segments)
+			idx := maps.Clone(f.idx)
+			idx.add(f.p.recentEntries())
+			whole, _ := f.p.marshalTaken()
+			checkpoints = append(checkpoints, saved{pieces: pieces, idx: idx, pos: pos, whole: whole})
 		}
 		var got []Emitted
 		for i := range log {
 			got = append(got, f.run(t, log[i:i+1], 0)...)
 			emitted = append(emitted, len(got))
 			if f.every > 0 && (i+1)%f.every == 0 {
-				f.idx.add(f.p.TakeIDs(nil))
 				f.checkpoint(i + 1)
+				f.idx.add(f.p.TakeIDs(nil))
 			}
 		}
 		if !reflect.DeepEqual(want, got) {
@@ -145,6 +151,10 @@ func TestIndexedFoldAndCheckpointsAreDeterministic(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if s, _ := p.MarshalSnapshot(); !bytes.Equal(s, cp.whole) {
+				diffStates(t, cp.whole, s)
+				t.Fatalf("seed %d: checkpoint %d restores another state than it was taken of", seed, k)
+			}
 			g := &indexedFold{p: p, idx: maps.Clone(cp.idx), every: 50}
 			rest := g.run(t, log, cp.pos)
 			resumed := append(append([]Emitted(nil), got[:emitted[cp.pos-1]]...), rest...)
@@ -153,8 +163,33 @@ func TestIndexedFoldAndCheckpointsAreDeterministic(t *testing.T) {
 			}
 			p.TakeIDs(nil)
 			if s, _ := p.MarshalSnapshot(); !bytes.Equal(s, wantState) {
+				diffStates(t, wantState, s)
 				t.Fatalf("seed %d: resumed from checkpoint %d: another state", seed, k)
 			}
 		}
 	}
+}
+
+// recentEntries lists the ids counted since the last TakeIDs, without
+// taking them.
+func (p *Partition) recentEntries() []IndexEntry {
+	var es []IndexEntry
+	for _, c := range p.order {
+		c.recent.each(func(k uint64, v seenRecord) { es = append(es, IndexEntry{Card: c.key, ID: k, Seen: uint64(v)}) })
+	}
+	return es
+}
+
+// marshalTaken is the whole state as it is once its recent ids are taken.
+func (p *Partition) marshalTaken() ([]byte, error) {
+	saved := make([]idSet, len(p.order))
+	for i, c := range p.order {
+		saved[i], c.recent = c.recent, idSet{}
+	}
+	defer func() {
+		for i, c := range p.order {
+			c.recent = saved[i]
+		}
+	}()
+	return p.MarshalSnapshot()
 }

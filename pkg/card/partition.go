@@ -79,11 +79,12 @@ type Card struct {
 	fps      [RetainedCycles + 1]fpSlot // the current cycle's, then closed[0]'s, closed[1]'s
 	keepFrom int64                      // ids of cycles that started before this are forgotten
 
-	key   uint64 // the card in the record-id index
-	ord   int    // provisioning order
-	due   int64  // the earliest time a tick changes the card
-	hidx  int    // position in the deadline heap
-	dirty bool   // changed since the last checkpoint
+	key      uint64 // the card in the record-id index
+	ord      int    // provisioning order
+	due      int64  // the earliest time a tick changes the card
+	hidx     int    // position in the deadline heap
+	dirty    bool   // changed since the last checkpoint
+	fpsMoved bool   // its filter slots moved (a rollover) since the last checkpoint
 }
 
 // seenRecord packs, in 8 bytes (a card remembers many), the top 40 bits of
@@ -392,7 +393,7 @@ func (p *Partition) rollover(c *Card, t int64, cause string, out []Emitted) []Em
 	n := c.fps[0].len()
 	copy(c.fps[1:], c.fps[:RetainedCycles])
 	c.fps[0] = fpSlot{k: bucketBits(n)}
-	c.dirty = true
+	c.dirty, c.fpsMoved = true, true
 	return out
 }
 

@@ -17,6 +17,7 @@ type snapshot struct {
 	Accounts []accountSnapshot `json:"accounts"`
 	Pools    []poolSnapshot    `json:"pools,omitempty"`
 	Cards    []cardSnapshot    `json:"cards"`
+	Delta    bool              `json:"delta,omitempty"`
 }
 
 type accountSnapshot struct {
@@ -63,8 +64,13 @@ type cardSnapshot struct {
 	Filters [][]byte `json:"filters,omitempty"`
 	// Recent holds the ids counted since the last TakeIDs, 16 bytes each
 	// (id hash, packed content hash and cycle; little-endian), sorted by id
-	// hash. Checkpoints take them first, so theirs have none.
+	// hash: in a whole snapshot, where they are still the card's own.
 	Recent []byte `json:"recent,omitempty"`
+	// Added holds, in a delta, the same for the ids counted since the last
+	// checkpoint (the index holds them from the checkpoint on): the filters
+	// of the card's previous piece plus these are its filters now. A card
+	// whose filter slots moved (a cycle rolled over) has Filters instead.
+	Added []byte `json:"added,omitempty"`
 }
 
 const snapshotVersion = 5
@@ -100,7 +106,15 @@ func (p *Partition) head() *snapshot {
 	return s
 }
 
-func (c *Card) snapshot() cardSnapshot {
+// snapshot modes: a whole state (ids counted since the last TakeIDs stay
+// the card's), a checkpoint's base or delta (they go to the index).
+const (
+	modeWhole = iota
+	modeBase
+	modeDelta
+)
+
+func (c *Card) snapshot(mode int) cardSnapshot {
 	cs := cardSnapshot{
 		ICCID: c.iccid, Ord: c.ord, Account: c.account, Plan: c.planID, Carrier: c.carrier,
 		IMSI: c.imsi, MSISDN: c.msisdn, Pool: c.poolID, AutoStop: c.autoStop,
@@ -110,6 +124,13 @@ func (c *Card) snapshot() cardSnapshot {
 	}
 	for _, cl := range c.closed {
 		cs.Closed = append(cs.Closed, [3]uint64{uint64(cl.start), cl.usage, cl.charged})
+	}
+	switch {
+	case mode == modeWhole:
+		cs.Recent = encodeSeen(&c.recent)
+	case mode == modeDelta && !c.fpsMoved:
+		cs.Added = encodeSeen(&c.recent)
+		return cs
 	}
 	empty := true
 	filters := make([][]byte, len(c.fps))
@@ -128,10 +149,9 @@ func (c *Card) snapshot() cardSnapshot {
 		}
 		filters[i] = b
 	}
-	if !empty {
+	if !empty || mode == modeDelta {
 		cs.Filters = filters
 	}
-	cs.Recent = encodeSeen(&c.recent)
 	return cs
 }
 
@@ -140,14 +160,15 @@ func (p *Partition) MarshalSnapshot() ([]byte, error) {
 	s := p.head()
 	s.Cards = make([]cardSnapshot, 0, len(p.order))
 	for _, c := range p.order {
-		s.Cards = append(s.Cards, c.snapshot())
+		s.Cards = append(s.Cards, c.snapshot(modeWhole))
 	}
 	return json.Marshal(s)
 }
 
 // MarshalBase encodes the whole state for a checkpoint as pieces of at
 // most cardsPerPiece cards each, the first with the head, and marks every
-// card as checkpointed.
+// card as checkpointed. The ids counted since the last TakeIDs are not in
+// it: the caller takes them next, for the index.
 func (p *Partition) MarshalBase(cardsPerPiece int) ([][]byte, error) {
 	cardsPerPiece = max(cardsPerPiece, 1)
 	var pieces [][]byte
@@ -156,8 +177,8 @@ func (p *Partition) MarshalBase(cardsPerPiece int) ([][]byte, error) {
 		part := p.order[i:min(i+cardsPerPiece, len(p.order))]
 		s.Cards = make([]cardSnapshot, 0, len(part))
 		for _, c := range part {
-			s.Cards = append(s.Cards, c.snapshot())
-			c.dirty = false
+			s.Cards = append(s.Cards, c.snapshot(modeBase))
+			c.dirty, c.fpsMoved = false, false
 		}
 		b, err := json.Marshal(s)
 		if err != nil {
@@ -174,10 +195,11 @@ func (p *Partition) MarshalBase(cardsPerPiece int) ([][]byte, error) {
 // as checkpointed. It also reports how many cards it holds.
 func (p *Partition) MarshalDelta() ([]byte, int, error) {
 	s := p.head()
+	s.Delta = true
 	for _, c := range p.order {
 		if c.dirty {
-			s.Cards = append(s.Cards, c.snapshot())
-			c.dirty = false
+			s.Cards = append(s.Cards, c.snapshot(modeDelta))
+			c.dirty, c.fpsMoved = false, false
 		}
 	}
 	b, err := json.Marshal(s)
@@ -213,12 +235,16 @@ func (r *Restorer) Add(piece []byte) error {
 	}
 	for i := range s.Cards {
 		cs := &s.Cards[i]
-		c, err := r.card(cs)
+		old := r.cards[cs.ICCID]
+		if !s.Delta {
+			old = nil // a base says everything of its cards
+		}
+		c, err := r.card(cs, old)
 		if err != nil {
 			return fmt.Errorf("checkpoint card %s: %w", cs.ICCID, err)
 		}
-		if old := r.cards[c.iccid]; old != nil {
-			*old = *c
+		if prev := r.cards[c.iccid]; prev != nil {
+			*prev = *c
 		} else {
 			r.cards[c.iccid] = c
 		}
@@ -254,7 +280,7 @@ func (r *Restorer) setHead(s *snapshot) error {
 	return nil
 }
 
-func (r *Restorer) card(cs *cardSnapshot) (*Card, error) {
+func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 	p := r.p
 	c := &Card{
 		iccid: cs.ICCID, ord: cs.Ord, account: p.intern(cs.Account), planID: p.intern(cs.Plan), carrier: p.intern(cs.Carrier),
@@ -289,6 +315,20 @@ func (r *Restorer) card(cs *cardSnapshot) (*Card, error) {
 	}
 	if err := decodeSeen(cs.Recent, &c.recent); err != nil {
 		return nil, err
+	}
+	if cs.Filters == nil && old != nil {
+		c.fps = old.fps // a delta's card whose slots stayed: its filters grow by what it added
+	}
+	if len(cs.Added) > 0 {
+		var added idSet
+		if err := decodeSeen(cs.Added, &added); err != nil {
+			return nil, err
+		}
+		pl := r.p.plans[c.planID]
+		if pl == nil {
+			return nil, fmt.Errorf("unknown plan %q", c.planID)
+		}
+		added.each(func(k uint64, v seenRecord) { c.fps[c.slotOf(v.cycleStart(), pl)].add(k) })
 	}
 	return c, nil
 }

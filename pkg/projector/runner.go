@@ -341,7 +341,6 @@ func (r *runner) checkpoint(ctx context.Context) {
 		return
 	}
 	state := r.folder.State
-	r.idx.Freeze(state.TakeIDs(nil))
 	job := saveJob{seq: seq, base: r.store.baseDue(), floor: state.IndexFloor()}
 	var err error
 	if job.base {
@@ -350,6 +349,9 @@ func (r *runner) checkpoint(ctx context.Context) {
 		var b []byte
 		b, job.cards, err = state.MarshalDelta()
 		job.pieces = [][]byte{b}
+	}
+	if err == nil {
+		r.idx.Freeze(state.TakeIDs(nil)) // the delta listed them; the index holds them from now on
 	}
 	r.pt.mu.Unlock()
 	if err != nil {

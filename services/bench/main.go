@@ -97,7 +97,7 @@ func main() {
 	}
 	cfg.Settled = func() { writeHeap("settled") }
 	if *indexRun {
-		r, err := bench.RunIndex(bench.IndexConfig{Cards: cfg.Cards, IDsPerCard: *idsPerCard, Dir: cfg.DataDir + "-index", CheckpointRecords: *cpRecords, Baseline: *baseline}, os.Stderr)
+		r, err := bench.RunIndex(bench.IndexConfig{Cards: cfg.Cards, IDsPerCard: *idsPerCard, Dir: cfg.DataDir + "-index", CheckpointRecords: *cpRecords, Baseline: *baseline, HeapProfile: *heapProfile}, os.Stderr)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
