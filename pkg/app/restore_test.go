@@ -175,8 +175,9 @@ func TestAPartitionThatCannotRestoreSaysSo(t *testing.T) {
 	t.Cleanup(p.Stop)
 	c.base = p.URL
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if got := c.card(iccid(cards[0]), 0); got.Cycle.UsageBytes != 5 {
-			return fmt.Errorf("partition 0's card: %d bytes", got.Cycle.UsageBytes)
+		var got api.CardResponse
+		if code := c.do("GET", "/v1/cards/"+iccid(cards[0]), "", nil, &got); code != 200 || got.Cycle.UsageBytes != 5 {
+			return fmt.Errorf("partition 0's card: %d, %d bytes", code, got.Cycle.UsageBytes)
 		}
 		return nil
 	})
