@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -9,6 +10,10 @@ import (
 	"runtime/pprof"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
 	"github.com/cardmeter/cardmeter/pkg/fold"
@@ -32,6 +37,10 @@ type IndexConfig struct {
 	// HeapProfile, when set, is where a heap profile is written when the
 	// heap is measured.
 	HeapProfile string
+	// EmptyDisk also measures a restore on a machine with an empty disk:
+	// the base pieces and index segments are put in a JetStream object
+	// store (an embedded server), then read back as a projector does.
+	EmptyDisk bool
 }
 
 // IndexReport is what RunIndex measured.
@@ -53,6 +62,7 @@ type IndexReport struct {
 	CheckpointSegmentBytes    float64 // mean bytes of the new index segments per checkpoint
 	BaseBytes                 int64
 	RestoreSeconds            float64 // base pieces decoded and the index opened, as a restart does
+	EmptyDiskSeconds          float64 // the same from the object store alone, segments fetched to an empty folder
 	LookupsPerNew, LookupsHit float64 // index lookups per record folded
 }
 
@@ -276,6 +286,11 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 	}
 	rep.RestoreSeconds = time.Since(start).Seconds()
 	idx2.Close()
+	if cfg.EmptyDisk {
+		if rep.EmptyDiskSeconds, err = restoreFromObjectStore(cfg.Dir, basePieces, segs); err != nil {
+			return rep, err
+		}
+	}
 	if restored.Cards() != cfg.Cards {
 		return rep, fmt.Errorf("restored %d cards of %d", restored.Cards(), cfg.Cards)
 	}
@@ -295,6 +310,9 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 			rep.Cards, rep.IDs, rep.HeapPerCard, rep.HeapPerID, rep.FilterBytesPerID, rep.IndexEntries, rep.DiskPerID,
 			rep.CheckpointSeconds, rep.CheckpointDeltaBytes, rep.CheckpointSegmentBytes, rep.Checkpoints, rep.BaseBytes, rep.RestoreSeconds,
 			rep.NewPerSec, rep.HitPerSec, rep.LookupsPerNew, rep.LookupsHit)
+		if cfg.EmptyDisk {
+			fmt.Fprintf(log, "index: restore on an empty disk, from the object store alone: %.2f s\n", rep.EmptyDiskSeconds)
+		}
 		if cfg.Baseline {
 			fmt.Fprintf(log, "index: fold of new records with the index %.0f/s, every id in memory %.0f/s: %.0f%%\n", rep.NewPerSec, rep.MemPerSec, 100*rep.NewPerSec/rep.MemPerSec)
 		}
@@ -312,4 +330,68 @@ func writeHeapProfile(path string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// restoreFromObjectStore puts a checkpoint in a JetStream object store on
+// an embedded server (setup), then restores it as a projector on a new
+// machine does: the pieces read one at a time, the index's segments
+// fetched into an empty folder (checked whole) and opened. It returns the
+// time of the restore alone.
+func restoreFromObjectStore(dir string, pieces [][]byte, segs []index.SegmentInfo) (float64, error) {
+	srv, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: filepath.Join(dir, "jetstream"), Port: -1}, zap.NewNop())
+	if err != nil {
+		return 0, err
+	}
+	defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
+	nc, err := broker.Connect(srv.ClientURL(), "bench-restore", zap.NewNop())
+	if err != nil {
+		return 0, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return 0, err
+	}
+	ctx := context.Background()
+	objs, err := js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: "bench", Storage: jetstream.FileStorage})
+	if err != nil {
+		return 0, err
+	}
+	var names []string
+	for i, b := range pieces {
+		name := fmt.Sprintf("base-%04d", i)
+		if _, err := objs.PutBytes(ctx, name, b); err != nil {
+			return 0, err
+		}
+		names = append(names, name)
+	}
+	for _, si := range segs {
+		if _, err := objs.PutFile(ctx, filepath.Join(dir, "index", si.Name)); err != nil {
+			return 0, err
+		}
+	}
+	empty := filepath.Join(dir, "empty-disk")
+	start := time.Now()
+	rs := card.NewRestorer()
+	for _, n := range names {
+		b, err := objs.GetBytes(ctx, n)
+		if err != nil {
+			return 0, err
+		}
+		if err := rs.Add(b); err != nil {
+			return 0, err
+		}
+	}
+	if _, err := rs.Finish(); err != nil {
+		return 0, err
+	}
+	idx, err := index.Open(empty, segs, func(name, path string) error {
+		return objs.GetFile(ctx, filepath.Join(dir, "index", name), path)
+	})
+	if err != nil {
+		return 0, err
+	}
+	took := time.Since(start).Seconds()
+	idx.Close()
+	return took, nil
 }

@@ -7,7 +7,7 @@ import (
 // The state figure runs end to end on a small fleet: ids all indexed,
 // re-sent records all found, a restore that gives back every card.
 func TestRunIndexSmall(t *testing.T) {
-	r, err := RunIndex(IndexConfig{Cards: 500, IDsPerCard: 60, Dir: t.TempDir(), CheckpointRecords: 5000}, nil)
+	r, err := RunIndex(IndexConfig{Cards: 500, IDsPerCard: 60, Dir: t.TempDir(), CheckpointRecords: 5000, EmptyDisk: true, Baseline: true}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -16,6 +16,9 @@ func TestRunIndexSmall(t *testing.T) {
 	}
 	if r.LookupsHit < 0.99 || r.LookupsPerNew > 0.05 {
 		t.Fatalf("lookups: %.3f per re-sent record, %.3f per new one", r.LookupsHit, r.LookupsPerNew)
+	}
+	if r.EmptyDiskSeconds <= 0 || r.MemPerSec <= 0 {
+		t.Fatalf("empty-disk restore %.3f s, in-memory rate %.0f/s", r.EmptyDiskSeconds, r.MemPerSec)
 	}
 	if r.Checkpoints < 5 || r.DiskPerID > 30 {
 		t.Fatalf("%d checkpoints, %.1f bytes per id on disk", r.Checkpoints, r.DiskPerID)
