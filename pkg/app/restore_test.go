@@ -162,6 +162,10 @@ func TestAPartitionThatCannotRestoreSaysSo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	m0 := manifest(t, js, 0)
+	if m0.Owner != "" || m0.Epoch == 0 || m0.Seq == 0 {
+		t.Fatalf("after a clean stop partition 0's manifest is %+v: want it released, with an epoch and a sequence", m0)
+	}
 	if err := objs.Delete(context.Background(), manifest(t, js, 1).Base[0]); err != nil {
 		t.Fatal(err)
 	}
@@ -181,6 +185,9 @@ func TestAPartitionThatCannotRestoreSaysSo(t *testing.T) {
 		}
 		return nil
 	})
+	if m := manifest(t, p.JS, 0); m.Epoch != m0.Epoch+1 || m.Owner == "" {
+		t.Fatalf("partition 0 after the restart: epoch %d owner %q; want epoch %d and an owner", m.Epoch, m.Owner, m0.Epoch+1)
+	}
 	var prob map[string]any
 	req, _ := http.NewRequest("GET", p.URL+"/v1/cards/"+iccid(cards[1]), nil)
 	resp, err := http.DefaultClient.Do(req)

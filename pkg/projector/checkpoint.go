@@ -111,6 +111,21 @@ func (s *store) acquire(ctx context.Context) error {
 	})
 }
 
+// release marks the partition free in its manifest (no owner), after its
+// last checkpoint, by compare-and-set: the next owner acquires it without
+// waiting for anything. A failure is harmless: the next owner's acquire
+// bumps the epoch over it all the same.
+func (s *store) release(ctx context.Context) {
+	m := s.m
+	m.Owner = ""
+	b, _ := json.Marshal(&m)
+	if rev, err := s.kv.Update(ctx, ManifestKey(s.part), b, s.rev); err != nil {
+		s.log.Warn("releasing the partition", zap.Error(err))
+	} else {
+		s.m, s.rev = m, rev
+	}
+}
+
 // readState reads the state's pieces in order, one at a time.
 func (s *store) readState(ctx context.Context) (*card.Partition, error) {
 	rs := card.NewRestorer()

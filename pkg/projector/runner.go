@@ -210,11 +210,14 @@ func (r *runner) shutdown(ctx context.Context) error {
 		r.log.Warn("no final checkpoint: not connected to NATS; the next start folds from the last one")
 		return nil
 	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
 	if r.unsaved > 0 && r.saveErr.Load() == nil {
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		defer cancel()
 		r.checkpoint(fctx)
 		r.saving.Wait()
+	}
+	if r.saveErr.Load() == nil {
+		r.store.release(fctx)
 	}
 	return nil
 }
