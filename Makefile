@@ -39,6 +39,8 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 bench: deps ## the benchmarks: micro-benchmarks, replay and memory, then the load harness (report in .data/bench-report.md)
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/card
 	$(GO) run ./services/bench -replay -cards $${BENCH_CARDS:-1000000} -records $${BENCH_RECORDS:-10000000}
+	$(GO) run ./services/bench -index -cards $${BENCH_INDEX_CARDS:-100000} -ids-per-card $${BENCH_INDEX_IDS:-2000}
+	$(GO) run ./services/bench -index -cards 1000000 -ids-per-card 10
 	@mkdir -p $(DATA)
 	$(GO) run ./services/bench $(BENCH_ARGS) | tee $(DATA)/bench-report.md
 

@@ -157,7 +157,7 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 
 	// fold: each cycle a third of the ids, cards round-robin so each chunk
 	// spreads over the fleet as live traffic does
-	perCycle := cfg.IDsPerCard / 3
+	perCycle := func(c int) int { return cfg.IDsPerCard*(c+1)/3 - cfg.IDsPerCard*c/3 } // ids per card in cycle c
 	var buf []byte
 	recs := make([]cdr.Record, 0, 4096)
 	sinceCP := 0
@@ -203,7 +203,7 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 				p.Apply(&card.Input{Type: card.TypeClockTicked, At: cycle.Unix() + 60}, nil) //nolint:errcheck
 			}
 			before, beforeT := folded, foldTime
-			if err := run(cycle.Unix(), func(card, j int) string { return fmt.Sprint(c, "-", card, "-", j) }, perCycle*cfg.Cards, nil); err != nil {
+			if err := run(cycle.Unix(), func(card, j int) string { return fmt.Sprint(c, "-", card, "-", j) }, perCycle(c)*cfg.Cards, nil); err != nil {
 				return 0, err
 			}
 			rate = float64(folded-before) / (foldTime - beforeT).Seconds()
@@ -224,7 +224,7 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 
 	// re-sent records: the first cycle's (late, in a closed cycle) and the
 	// current one's, all duplicates now: every one is an index hit
-	hits := min(cfg.Cards*perCycle, 2_000_000)
+	hits := min(cfg.Cards*perCycle(0), 2_000_000)
 	before, beforeT := folded, foldTime
 	first := t0.Unix()
 	if err := run(first, func(card, j int) string { return fmt.Sprint(0, "-", card, "-", j) }, hits, nil); err != nil {
