@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -122,34 +123,24 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 		if err != nil {
 			return err
 		}
-		idx.Freeze(p.TakeIDs(nil))
-		added, n, err := idx.WriteFrozen(uint64(rep.Checkpoints + 1))
-		if err != nil {
+		before := idx.Segments()
+		if err := idx.Add(uint64(rep.Checkpoints+1), p.TakeIDs(nil), p.IndexFloor()); err != nil {
 			return err
 		}
 		if err := os.WriteFile(filepath.Join(cfg.Dir, "delta"), d, 0o644); err != nil {
 			return err
 		}
-		if err := idx.Install(added, nil, n); err != nil {
-			return err
-		}
-		for in := idx.MergeCandidates(); in != nil; in = idx.MergeCandidates() {
-			merged, err := idx.Merge(in, uint64(rep.Checkpoints+1))
-			if err != nil {
-				return err
-			}
-			var names []string
-			for _, si := range in {
-				names = append(names, si.Name)
-			}
-			if err := idx.Install([]index.SegmentInfo{merged}, names, 0); err != nil {
-				return err
-			}
-		}
 		cpTime += time.Since(start)
 		pieces += int64(len(d))
-		for _, si := range added {
-			segBytes += si.Bytes
+		// what this checkpoint wrote: its new segments (merges not counted)
+		had := map[string]bool{}
+		for _, si := range before {
+			had[si.Name] = true
+		}
+		for _, si := range idx.Segments() {
+			if !had[si.Name] && !strings.Contains(si.Name, "-m") {
+				segBytes += si.Bytes
+			}
 		}
 		rep.Checkpoints++
 		return nil

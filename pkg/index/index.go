@@ -613,3 +613,35 @@ func (r *entryReader) close() { _ = r.f.Close() }
 
 // IsSegment reports whether a file name is a segment's.
 func IsSegment(name string) bool { return strings.HasSuffix(name, ".seg") }
+
+// Add puts entries into the index at once, for a caller with no manifest
+// to keep (a rebuild, a measurement): it writes them as segments, installs
+// them, drops the segments no card remembers (before floor) and merges.
+func (x *Index) Add(seq uint64, es []card.IndexEntry, floor int64) error {
+	x.Freeze(es)
+	added, n, err := x.WriteFrozen(seq)
+	if err != nil {
+		return err
+	}
+	var drop []string
+	for _, si := range x.Droppable(floor) {
+		drop = append(drop, si.Name)
+	}
+	if err := x.Install(added, drop, n); err != nil {
+		return err
+	}
+	for in := x.MergeCandidates(); in != nil; in = x.MergeCandidates() {
+		merged, err := x.Merge(in, seq)
+		if err != nil {
+			return err
+		}
+		names := make([]string, len(in))
+		for i, si := range in {
+			names[i] = si.Name
+		}
+		if err := x.Install([]SegmentInfo{merged}, names, 0); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -12,6 +13,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
 	"github.com/cardmeter/cardmeter/pkg/fold"
+	"github.com/cardmeter/cardmeter/pkg/index"
 )
 
 // RebuildStats says what a rebuild wrote.
@@ -87,7 +89,19 @@ func (s *Sink) rebuildPartition(ctx context.Context, js jetstream.JetStream, p i
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	folder := &fold.Folder{Partition: p, State: card.NewPartition()}
+	// the record ids go to an index on disk as the projector's do, so the
+	// rebuild's memory grows with the cards, not with the log
+	dir, err := os.MkdirTemp("", fmt.Sprintf("cardmeter-rebuild-p%d-", p))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer os.RemoveAll(dir) //nolint:errcheck // a temporary folder
+	idx, err := index.Open(dir, nil, nil)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer idx.Close()
+	folder := &fold.Folder{Partition: p, State: card.NewPartition(), Index: idx}
 	uw := &usageWriter{s: s}
 	ew := &eventsWriter{s: s}
 	var usage, events []blockMsg
@@ -108,7 +122,7 @@ func (s *Sink) rebuildPartition(ctx context.Context, js jetstream.JetStream, p i
 			eventRows += n
 		}
 		usage, events, rows = usage[:0], events[:0], 0
-		return nil
+		return idx.Add(uint64(msgs), folder.State.TakeIDs(nil), folder.State.IndexFloor())
 	}
 	for {
 		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(time.Second))
