@@ -68,19 +68,31 @@ type Need struct {
 	From, To int64
 }
 
-// Probe appends to need[:0] the records of a chunk whose ids the card's
-// filters cannot rule out and that the card did not count since the last
-// checkpoint: those the shell must look up in the index. A record of an
-// unknown or cancelled card needs none.
-func (p *Partition) Probe(h *cdr.ChunkHeader, recs []cdr.Record, need []Need) []Need {
-	need = need[:0]
+// Probe is what the filters made of a chunk's records, for the shell to
+// look up and for ApplyUsage to fold with. Reuse one for every chunk.
+type Probe struct {
+	// Needs lists the records whose ids the card's filters cannot rule
+	// out: the shell looks them up in the index and puts the answers in
+	// Found, by record.
+	Needs []Need
+	Found []Lookup
+	cards []*Card // each record's card, nil for an unknown one
+	keys  []uint64
+}
+
+// Probe fills pr for a chunk: each record's card and id hash (ApplyUsage
+// reuses them), and the records the shell must look up in the index: those
+// whose ids the card's filters cannot rule out and that the card did not
+// count since the last checkpoint (it knows those itself). A record of an
+// unknown or cancelled card needs none. Found is reset to no answers.
+func (p *Partition) Probe(h *cdr.ChunkHeader, recs []cdr.Record, pr *Probe) {
+	pr.Needs, pr.cards, pr.keys = pr.Needs[:0], pr.cards[:0], pr.keys[:0]
+	pr.Found = append(pr.Found[:0], make([]Lookup, len(recs))...)
 	for i := range recs {
-		c, ok := p.card(recs[i].ICCID)
-		if !ok || c.cancelled {
-			continue
-		}
+		c, _ := p.card(recs[i].ICCID)
 		key := cdr.IDHash(h.Carrier, recs[i].RecordID)
-		if _, ok := c.recent.get(key); ok {
+		pr.cards, pr.keys = append(pr.cards, c), append(pr.keys, key)
+		if c == nil || c.cancelled {
 			continue
 		}
 		var pl *plan
@@ -88,20 +100,36 @@ func (p *Partition) Probe(h *cdr.ChunkHeader, recs []cdr.Record, need []Need) []
 		start, end := c.cycle.Start, int64(math.MaxInt64) // slot s's cycle: [start, end]
 		for s := range c.fps {
 			if s > 0 {
+				if len(c.fps[s].data) == 0 && !c.fps[s].saturated {
+					continue // nothing to match, and no cycle bounds to work out
+				}
 				if pl == nil {
 					pl = p.plans[c.planID]
 				}
-				end, start = start-1, CycleAt(start-1, pl.loc, pl.anchor).Start
+				start, end = p.slotCycle(c, pl, s)
 			}
 			if c.fps[s].mayHave(key) {
 				from, to = min(from, start), max(to, end)
 			}
 		}
-		if from <= to {
-			need = append(need, Need{Rec: i, Card: c.key, ID: key, From: from, To: to})
+		if from > to {
+			continue
 		}
+		if _, ok := c.recent.get(key); ok {
+			continue // counted since the last checkpoint: the card knows it
+		}
+		pr.Needs = append(pr.Needs, Need{Rec: i, Card: c.key, ID: key, From: from, To: to})
 	}
-	return need
+}
+
+// slotCycle is the span of cycle starts filter slot s of card c covers:
+// the s-th cycle before the current one.
+func (p *Partition) slotCycle(c *Card, pl *plan, s int) (start, end int64) {
+	start, end = c.cycle.Start, int64(math.MaxInt64)
+	for i := 0; i < s; i++ {
+		end, start = start-1, CycleAt(start-1, pl.loc, pl.anchor).Start
+	}
+	return start, end
 }
 
 // TakeIDs appends to dst the ids counted since the last call, sorted in

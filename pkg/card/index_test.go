@@ -45,7 +45,7 @@ type indexedFold struct {
 func (f *indexedFold) run(t testing.TB, log []any, from int) []Emitted {
 	var out []Emitted
 	var verdicts []Verdict
-	var need []Need
+	var pr Probe
 	for i := from; i < len(log); i++ {
 		switch e := log[i].(type) {
 		case Input:
@@ -54,14 +54,13 @@ func (f *indexedFold) run(t testing.TB, log []any, from int) []Emitted {
 				t.Fatal(err)
 			}
 		case chunk:
-			need = f.p.Probe(&e.h, e.recs, need)
-			found := make([]Lookup, len(e.recs))
-			for _, n := range need {
-				found[n.Rec] = f.idx.get(n)
+			f.p.Probe(&e.h, e.recs, &pr)
+			for _, n := range pr.Needs {
+				pr.Found[n.Rec] = f.idx.get(n)
 			}
-			f.lookups += len(need)
+			f.lookups += len(pr.Needs)
 			f.records += len(e.recs)
-			verdicts, out = f.p.ApplyUsage(&e.h, e.recs, found, verdicts, out)
+			verdicts, out = f.p.ApplyUsage(&e.h, e.recs, &pr, verdicts, out)
 		}
 		if f.every > 0 && (i+1)%f.every == 0 {
 			if f.checkpoint != nil {

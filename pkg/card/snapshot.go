@@ -1,6 +1,7 @@
 package card
 
 import (
+	"bytes"
 	"container/heap"
 	"encoding/binary"
 	"encoding/json"
@@ -172,38 +173,85 @@ func (p *Partition) MarshalSnapshot() ([]byte, error) {
 func (p *Partition) MarshalBase(cardsPerPiece int) ([][]byte, error) {
 	cardsPerPiece = max(cardsPerPiece, 1)
 	var pieces [][]byte
-	s := p.head()
+	head := p.head()
 	for i := 0; i == 0 || i < len(p.order); i += cardsPerPiece {
 		part := p.order[i:min(i+cardsPerPiece, len(p.order))]
-		s.Cards = make([]cardSnapshot, 0, len(part))
-		for _, c := range part {
-			s.Cards = append(s.Cards, c.snapshot(modeBase))
-			c.dirty, c.fpsMoved = false, false
-		}
-		b, err := json.Marshal(s)
+		b, err := encodePiece(head, len(part), func(emit func(cardSnapshot) error) error {
+			for _, c := range part {
+				if err := emit(c.snapshot(modeBase)); err != nil {
+					return err
+				}
+				c.dirty, c.fpsMoved = false, false
+			}
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}
 		pieces = append(pieces, b)
-		s = &snapshot{Version: snapshotVersion, Now: p.now}
+		head = &snapshot{Version: snapshotVersion, Now: p.now}
 	}
 	return pieces, nil
+}
+
+// encodePiece writes a piece's JSON: the head's fields, then its cards one
+// at a time (a piece may hold many; no slice of them is built).
+func encodePiece(head *snapshot, sizeHint int, cards func(emit func(cardSnapshot) error) error) ([]byte, error) {
+	h, err := json.Marshal(head)
+	if err != nil {
+		return nil, err
+	}
+	// the head's own "cards" is null: replace it with the stream
+	const tail = `"cards":null`
+	i := bytes.LastIndex(h, []byte(tail))
+	if i < 0 {
+		return nil, fmt.Errorf("encoding a checkpoint piece: no cards field in %q", h)
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(h) + 256*sizeHint)
+	buf.Write(h[:i])
+	buf.WriteString(`"cards":[`)
+	enc := json.NewEncoder(&buf)
+	n := 0
+	err = cards(func(cs cardSnapshot) error {
+		if n > 0 {
+			buf.WriteByte(',')
+		}
+		n++
+		return enc.Encode(&cs)
+	})
+	if err != nil {
+		return nil, err
+	}
+	buf.WriteByte(']')
+	buf.Write(h[i+len(tail):])
+	return buf.Bytes(), nil
 }
 
 // MarshalDelta encodes what changed since the last MarshalDelta or
 // MarshalBase: the head and every card the fold changed, and marks them
 // as checkpointed. It also reports how many cards it holds.
 func (p *Partition) MarshalDelta() ([]byte, int, error) {
-	s := p.head()
-	s.Delta = true
+	head := p.head()
+	head.Delta = true
+	n := 0
 	for _, c := range p.order {
 		if c.dirty {
-			s.Cards = append(s.Cards, c.snapshot(modeDelta))
-			c.dirty, c.fpsMoved = false, false
+			n++
 		}
 	}
-	b, err := json.Marshal(s)
-	return b, len(s.Cards), err
+	b, err := encodePiece(head, n, func(emit func(cardSnapshot) error) error {
+		for _, c := range p.order {
+			if c.dirty {
+				if err := emit(c.snapshot(modeDelta)); err != nil {
+					return err
+				}
+				c.dirty, c.fpsMoved = false, false
+			}
+		}
+		return nil
+	})
+	return b, n, err
 }
 
 // Restorer rebuilds a Partition from checkpoint pieces: the base's, then

@@ -62,19 +62,23 @@ const MB = 1 << 20
 // per record to verdicts[:0] and what the records cause to out. Records of a
 // chunk carry ICCIDs (the ingest resolves IMSI and MSISDN).
 //
-// found holds, for each record that Probe named, the exact index's answer
-// as of before the chunk (found[i] for record i; nil or a zero Lookup for
-// the others): the shell reads it off the heap before the fold, so the fold
-// does no I/O and cannot fail.
-func (p *Partition) ApplyUsage(h *cdr.ChunkHeader, recs []cdr.Record, found []Lookup, verdicts []Verdict, out []Emitted) ([]Verdict, []Emitted) {
+// pr is what Probe made of the same chunk, with the exact index's answers
+// for the records it named filled in by the shell, which reads them off
+// the heap before the fold: the fold does no I/O and cannot fail. nil
+// means no index: the state holds every id it remembers.
+func (p *Partition) ApplyUsage(h *cdr.ChunkHeader, recs []cdr.Record, pr *Probe, verdicts []Verdict, out []Emitted) ([]Verdict, []Emitted) {
 	verdicts = verdicts[:0]
+	if pr != nil && len(pr.cards) != len(recs) {
+		pr = nil // not this chunk's
+	}
 	for i := range recs {
-		var lk Lookup
-		if i < len(found) {
-			lk = found[i]
-		}
 		var v Verdict
-		v, out = p.applyRecord(h, &recs[i], lk, out)
+		if pr != nil {
+			v, out = p.applyRecord(h, &recs[i], pr.cards[i], pr.keys[i], pr.Found[i], out)
+		} else {
+			c, _ := p.card(recs[i].ICCID)
+			v, out = p.applyRecord(h, &recs[i], c, cdr.IDHash(h.Carrier, recs[i].RecordID), Lookup{}, out)
+		}
 		verdicts = append(verdicts, v)
 	}
 	return verdicts, out
@@ -117,9 +121,8 @@ func (c *Card) slotOf(start int64, pl *plan) int {
 // applyRecord applies DOMAIN.md "Usage records": a record counts in the
 // cycle its session started in, once per carrier and record id; interim
 // records of a long session each count.
-func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, lk Lookup, out []Emitted) (Verdict, []Emitted) {
-	c, ok := p.card(r.ICCID)
-	if !ok {
+func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, c *Card, key uint64, lk Lookup, out []Emitted) (Verdict, []Emitted) {
+	if c == nil {
 		return Verdict{Status: UnknownCard}, out
 	}
 	pl := p.plans[c.planID]
@@ -128,7 +131,6 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, lk Lookup, ou
 		v.Status = CardCancelled
 		return v, out
 	}
-	key := cdr.IDHash(h.Carrier, r.RecordID)
 	content := r.ContentHash()
 	if s, dup := c.remembered(key, lk); dup {
 		if s.sameContent(content) {

@@ -38,8 +38,7 @@ type Folder struct {
 	Index     Index
 
 	recs     []cdr.Record
-	need     []card.Need
-	found    []card.Lookup
+	probe    card.Probe
 	verdicts []card.Verdict
 	emitted  []card.Emitted
 	lookups  uint64
@@ -70,11 +69,11 @@ func (f *Folder) Fold(subject string, seq uint64, data []byte) (Output, error) {
 		if f.recs, err = cdr.DecodeChunkView(data, &h, f.recs); err != nil {
 			return out, fmt.Errorf("seq %d on %s: %w", seq, subject, err)
 		}
-		found, err := f.lookup(&h)
+		pr, err := f.lookup(&h)
 		if err != nil {
 			return out, fmt.Errorf("seq %d on %s: %w: %w", seq, subject, ErrIndex, err)
 		}
-		f.verdicts, f.emitted = f.State.ApplyUsage(&h, f.recs, found, f.verdicts, f.emitted)
+		f.verdicts, f.emitted = f.State.ApplyUsage(&h, f.recs, pr, f.verdicts, f.emitted)
 		acc := &event.Accepted{Partition: f.Partition, Seq: seq, Carrier: h.Carrier, ReceivedAt: h.ReceivedAt,
 			Rows: make([]event.AcceptedRow, 0, len(f.recs))}
 		out.Verdicts = &query.ChunkVerdicts{}
@@ -104,23 +103,19 @@ func (f *Folder) Fold(subject string, seq uint64, data []byte) (Output, error) {
 }
 
 // lookup reads from the index the records of the chunk that the filters
-// cannot rule out; nil when there are none.
-func (f *Folder) lookup(h *cdr.ChunkHeader) ([]card.Lookup, error) {
+// cannot rule out; nil without an index.
+func (f *Folder) lookup(h *cdr.ChunkHeader) (*card.Probe, error) {
 	if f.Index == nil {
 		return nil, nil
 	}
-	f.need = f.State.Probe(h, f.recs, f.need)
-	if len(f.need) == 0 {
-		return nil, nil
-	}
-	f.found = append(f.found[:0], make([]card.Lookup, len(f.recs))...)
-	for _, n := range f.need {
+	f.State.Probe(h, f.recs, &f.probe)
+	for _, n := range f.probe.Needs {
 		lk, err := f.Index.Get(n.Card, n.ID, n.From, n.To)
 		if err != nil {
 			return nil, err
 		}
-		f.found[n.Rec] = lk
+		f.probe.Found[n.Rec] = lk
 	}
-	f.lookups += uint64(len(f.need))
-	return f.found, nil
+	f.lookups += uint64(len(f.probe.Needs))
+	return &f.probe, nil
 }
