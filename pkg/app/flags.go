@@ -45,7 +45,7 @@ func envDur(name string, def time.Duration) time.Duration {
 // comes from the environment variable CARDMETER_<FLAG> (dashes as
 // underscores), else from the built-in default.
 func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
-	fs.StringVar(&cfg.DataDir, "data-dir", env("data-dir", ".data"), "folder for the embedded JetStream's files")
+	fs.StringVar(&cfg.DataDir, "data-dir", env("data-dir", ".data"), "folder for the embedded JetStream's files and the projector's record-id index")
 	fs.StringVar(&cfg.NATSURL, "nats-url", env("nats-url", ""), "external NATS URL; empty starts an embedded JetStream server")
 	fs.IntVar(&cfg.NATSPort, "nats-port", envInt("nats-port", 4222), "the embedded server's client port (-1: any free port)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", env("http-addr", "127.0.0.1:8080"), "the API's listen address")
