@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -336,6 +337,37 @@ func (s *store) putManifest(ctx context.Context, m Manifest) error {
 		s.m, s.rev = m, rev
 		return nil
 	})
+}
+
+// collectGarbage deletes the partition's objects its manifest does not
+// name: what a life that ended between storing them and storing the
+// manifest left behind. Best effort: garbage costs space, not harm.
+func (s *store) collectGarbage(ctx context.Context) {
+	infos, err := s.objs.List(ctx)
+	if err != nil {
+		if !errors.Is(err, jetstream.ErrNoObjectsFound) {
+			s.log.Warn("listing checkpoint objects", zap.Error(err))
+		}
+		return
+	}
+	named := map[string]bool{}
+	for _, n := range append(slices.Clone(s.m.Base), s.m.Deltas...) {
+		named[n] = true
+	}
+	for _, si := range s.m.Segments {
+		named[s.segmentObject(si.Name)] = true
+	}
+	prefix := fmt.Sprintf("p%d/", s.part)
+	var garbage []string
+	for _, info := range infos {
+		if strings.HasPrefix(info.Name, prefix) && !named[info.Name] {
+			garbage = append(garbage, info.Name)
+		}
+	}
+	if len(garbage) > 0 {
+		s.deleteObjects(ctx, garbage)
+		s.log.Info("checkpoint objects no manifest names, deleted", zap.Int("objects", len(garbage)))
+	}
 }
 
 // deleteObjects removes objects a stored manifest no longer names. A

@@ -63,6 +63,7 @@ func (r *runner) life(ctx context.Context) error {
 		return err
 	}
 	defer r.idx.Close()
+	r.store.collectGarbage(ctx)
 	r.p.m.ready.Inc()
 	defer r.p.m.ready.Dec()
 	return r.run(ctx)
@@ -202,10 +203,10 @@ func (r *runner) failed(err error) error {
 // shutdown checkpoints what is published, with a fresh context: the run's
 // is already cancelled.
 func (r *runner) shutdown(ctx context.Context) error {
+	r.saving.Wait() // even "crashing": the index closes after this
 	if r.p.cfg.CrashOnStop {
 		return nil
 	}
-	r.saving.Wait()
 	if !r.p.nc.IsConnected() {
 		r.log.Warn("no final checkpoint: not connected to NATS; the next start folds from the last one")
 		return nil
