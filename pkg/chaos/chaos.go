@@ -140,6 +140,7 @@ type campaign struct {
 	fleet    *fleet
 	ledger   *ledger
 	natsPort int
+	halts    map[string]bool // halted partitions seen, by process start and reason
 	// cycleStart is the current cycle's start as ClickHouse's
 	// toUnixTimestamp(cycle_start) prints it.
 	cycleStart string
@@ -178,7 +179,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg: cfg, log: cfg.Log, rnd: rand.New(rand.NewPCG(cfg.Seed, 0x6368616f73)),
 		rep:    &Report{Kills: map[string]int{}, Cards: cfg.Cards, TargetRate: cfg.Rate},
 		ch:     &chServer{script: cfg.Script, dataDir: work, tcpPort: ports[0], http: ports[1], logPath: filepath.Join(work, "clickhouse.log")},
-		ledger: newLedger(), natsPort: ports[2],
+		ledger: newLedger(), natsPort: ports[2], halts: map[string]bool{},
 		cycleStart: strconv.FormatInt(time.Date(2026, 6, 1, 0, 0, 0, 0, clockStart.Location()).Unix(), 10),
 	}
 	httpAddr := "127.0.0.1:" + strconv.Itoa(ports[3])
@@ -365,14 +366,22 @@ func (c *campaign) faults(ctx context.Context) {
 	c.idleUntil(ctx, end)
 }
 
-// idleUntil waits until t, restarting the process if it exits on its own.
-// It returns false when ctx ends.
+// idleUntil waits until t, restarting the process if it exits on its own
+// and asking /readyz each second for a partition that halted while it
+// runs. It returns false when ctx ends.
 func (c *campaign) idleUntil(ctx context.Context, t time.Time) bool {
+	lastAsked := time.Now()
 	for time.Now().Before(t) {
 		if how, exited := c.node.exitedUnasked(); exited {
 			c.rep.UnexpectedExits = append(c.rep.UnexpectedExits, how)
 			c.log.Warn("the all-in-one exited by itself: restarting it", zap.String("exit", how))
 			c.restart(ctx, "after an unexpected exit")
+		}
+		if time.Since(lastAsked) > time.Second {
+			lastAsked = time.Now()
+			if rd := c.node.readyz(ctx); halted(rd.Detail) {
+				c.sawHalted(rd.Detail)
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -381,6 +390,17 @@ func (c *campaign) idleUntil(ctx context.Context, t time.Time) bool {
 		}
 	}
 	return ctx.Err() == nil
+}
+
+// sawHalted records a halted partition once per process start and reason.
+func (c *campaign) sawHalted(reason string) {
+	key := c.node.startedAt().String() + reason
+	if c.halts[key] {
+		return
+	}
+	c.halts[key] = true
+	c.rep.Halted = append(c.rep.Halted, reason)
+	c.rep.fail("halted: %s", reason)
 }
 
 // kill performs one kill point of the kind and restarts the process.
@@ -454,6 +474,7 @@ func (c *campaign) restart(ctx context.Context, after string) bool {
 		msg := fmt.Sprintf("restart after %s: %v", after, err)
 		if errors.As(err, &nr) && halted(nr.last) {
 			c.rep.HaltedRestarts++
+			c.halts[c.node.startedAt().String()+nr.last] = true
 		}
 		c.rep.NeverReady = append(c.rep.NeverReady, msg)
 		c.rep.fail("%s", msg)

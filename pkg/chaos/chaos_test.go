@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -115,5 +116,23 @@ func TestShortCampaign(t *testing.T) {
 	}
 	if rep.Failed() {
 		t.Errorf("the campaign found %d failures (report above)", len(rep.Failures))
+	}
+}
+
+// TestPlanCoversEveryKind: the planned faults are the kills and ClickHouse
+// stops asked for, and the first kills cover every kind of kill once.
+func TestPlanCoversEveryKind(t *testing.T) {
+	for seed := uint64(0); seed < 20; seed++ {
+		c := &campaign{cfg: Config{Kills: 5, CHStops: 2}, rnd: rand.New(rand.NewPCG(seed, 1))}
+		kinds := map[string]int{}
+		for _, f := range c.plan() {
+			kinds[f]++
+		}
+		if kinds[faultCH] != 2 || kinds[KillSIGKILL]+kinds[KillSIGTERM]+kinds[KillStartup] != 5 {
+			t.Fatalf("seed %d: plan %v: want 5 kills and 2 ClickHouse stops", seed, kinds)
+		}
+		if kinds[KillSIGKILL] == 0 || kinds[KillSIGTERM] == 0 || kinds[KillStartup] == 0 {
+			t.Fatalf("seed %d: plan %v misses a kind of kill", seed, kinds)
+		}
 	}
 }

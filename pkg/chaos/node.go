@@ -62,6 +62,13 @@ func (n *node) start() error {
 	return nil
 }
 
+// startedAt is when the current process was started.
+func (n *node) startedAt() time.Time {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.started
+}
+
 // running reports whether a started process has not exited.
 func (n *node) running() bool {
 	n.mu.Lock()

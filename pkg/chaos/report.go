@@ -26,6 +26,7 @@ type Report struct {
 	ReadyTimes      []time.Duration // time to ready of each restart that became ready
 	NeverReady      []string        // restarts not ready within the bound, with the last /readyz reason
 	HaltedRestarts  int             // of those, how many named a halted partition
+	Halted          []string        // partitions seen halted while the process ran
 	UnexpectedExits []string        // the process exited without being signalled
 	DirtyShutdowns  []string        // SIGTERM that did not end in a clean exit 0
 	CHStops         int             // ClickHouse stops and starts
@@ -94,8 +95,8 @@ func (r *Report) Print(w io.Writer) {
 		KillSIGKILL, r.Kills[KillSIGKILL], KillSIGTERM, r.Kills[KillSIGTERM], KillStartup, r.Kills[KillStartup])
 	fmt.Fprintf(w, "clickhouse restarts  %d (sink back to ready: p50 %s, max %s)\n", r.CHStops,
 		ms(percentile(r.SinkRecoveries, 0.5)), ms(percentile(r.SinkRecoveries, 1)))
-	fmt.Fprintf(w, "restarts             %d (ready %d, never ready %d, of which halted %d)\n",
-		r.Restarts, len(r.ReadyTimes), len(r.NeverReady), r.HaltedRestarts)
+	fmt.Fprintf(w, "restarts             %d (ready %d, never ready %d, of which halted %d); halted while running %d\n",
+		r.Restarts, len(r.ReadyTimes), len(r.NeverReady), r.HaltedRestarts, len(r.Halted))
 	fmt.Fprintf(w, "time to ready        p50 %s, max %s\n", ms(percentile(r.ReadyTimes, 0.5)), ms(percentile(r.ReadyTimes, 1)))
 	fmt.Fprintf(w, "final catch-up       %s (projector and sink, redeliveries included)\n", ms(r.CatchUp))
 	fmt.Fprintf(w, "unexpected exits     %d; unclean SIGTERM exits %d\n", len(r.UnexpectedExits), len(r.DirtyShutdowns))
@@ -111,6 +112,9 @@ func (r *Report) Print(w io.Writer) {
 		r.StoppedEvents, r.CrossingCards, r.Cards, r.EventMismatches)
 	for _, s := range r.NeverReady {
 		fmt.Fprintf(w, "  never ready: %s\n", s)
+	}
+	for _, s := range r.Halted {
+		fmt.Fprintf(w, "  halted while running: %s\n", s)
 	}
 	for _, s := range r.UnexpectedExits {
 		fmt.Fprintf(w, "  unexpected exit: %s\n", s)
