@@ -231,7 +231,7 @@ func (c *campaign) run(ctx context.Context) error {
 	// Writers stop taking new batches when stop closes, and finish the one
 	// in flight (retried until answered) within wctx.
 	stop := make(chan struct{})
-	wctx, wcancel := context.WithCancel(context.Background())
+	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
 	var wg sync.WaitGroup
 	errs := make([]error, c.cfg.Writers)
@@ -240,7 +240,12 @@ func (c *campaign) run(ctx context.Context) error {
 		w := &writer{id: i, carrier: carrierOf(i), csv: i%2 == 0, batch: c.cfg.Batch, rate: c.cfg.Rate / float64(c.cfg.Writers),
 			resendPM: c.cfg.ResendPM, seed: c.cfg.Seed, gen: gen, fleet: c.fleet, api: c.api, ledger: c.ledger, log: c.log}
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[i] = w.run(wctx, stop) }()
+		go func() {
+			defer wg.Done()
+			if errs[i] = w.run(wctx, stop); errs[i] != nil {
+				c.log.Error("writer stopped", zap.Int("writer", i), zap.Error(errs[i]))
+			}
+		}()
 	}
 
 	c.faults(ctx)
@@ -275,7 +280,7 @@ func (c *campaign) run(ctx context.Context) error {
 		c.rep.DirtyShutdowns = append(c.rep.DirtyShutdowns, "final: "+how)
 		c.rep.fail("final SIGTERM: %s", how)
 	}
-	if !c.restart(ctx, "final start") {
+	if !c.restart(ctx, "final start", 3) {
 		c.rep.fail("the final start never became ready: card state and stops cannot be checked")
 		return nil
 	}
@@ -285,6 +290,7 @@ func (c *campaign) run(ctx context.Context) error {
 	}
 	c.rep.CatchUp = time.Since(caught)
 	c.log.Info("checking", zap.Uint64("records", c.rep.Records))
+	c.rep.Checked = true
 	c.checkCards(ctx, c.ledger.perCard(len(c.fleet.cards)))
 	c.checkClickHouse(ctx)
 	c.checkEvents(ctx)
@@ -375,7 +381,7 @@ func (c *campaign) idleUntil(ctx context.Context, t time.Time) bool {
 		if how, exited := c.node.exitedUnasked(); exited {
 			c.rep.UnexpectedExits = append(c.rep.UnexpectedExits, how)
 			c.log.Warn("the all-in-one exited by itself: restarting it", zap.String("exit", how))
-			c.restart(ctx, "after an unexpected exit")
+			c.restart(ctx, "after an unexpected exit", 2)
 		}
 		if time.Since(lastAsked) > time.Second {
 			lastAsked = time.Now()
@@ -446,16 +452,16 @@ func (c *campaign) kill(ctx context.Context, kind string) {
 		}
 		c.node.kill()
 	}
-	c.restart(ctx, kind)
+	c.restart(ctx, kind, 2)
 }
 
-// restart starts the process and waits (bounded) until it is ready. A
-// start that is not ready in time is reported with /readyz's last reason,
-// killed and started once more; a second one is left running (its API
-// still takes writes) for the next fault to kill. It returns whether the
-// process ended up ready.
-func (c *campaign) restart(ctx context.Context, after string) bool {
-	for attempt := 0; attempt < 2; attempt++ {
+// restart starts the process and waits (bounded) until it is ready, up
+// to attempts times: a start that is not ready in time is reported with
+// /readyz's last reason and killed before the next attempt; the last one
+// is left running (its API still takes writes) for the next fault to
+// kill. It returns whether the process ended up ready.
+func (c *campaign) restart(ctx context.Context, after string, attempts int) bool {
+	for attempt := 0; attempt < attempts; attempt++ {
 		c.rep.Restarts++
 		if err := c.node.start(); err != nil {
 			c.rep.fail("start: %v", err)
@@ -479,7 +485,7 @@ func (c *campaign) restart(ctx context.Context, after string) bool {
 		c.rep.NeverReady = append(c.rep.NeverReady, msg)
 		c.rep.fail("%s", msg)
 		c.log.Error("restart never became ready", zap.String("after", after), zap.Error(err))
-		if attempt == 1 {
+		if attempt == attempts-1 {
 			break
 		}
 		c.rep.Kills[KillSIGKILL]++

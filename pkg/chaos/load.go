@@ -154,6 +154,10 @@ type writer struct {
 	next uint64 // the number of the next new record
 }
 
+// maxBacklog is how far a writer may fall behind its schedule and still
+// catch up.
+const maxBacklog = 30 * time.Second
+
 // errUnresolved is a batch that never got an answer before the deadline:
 // its records may or may not count.
 type errUnresolved struct {
@@ -180,10 +184,11 @@ func (w *writer) run(ctx context.Context, stop <-chan struct{}) error {
 			return nil
 		case <-time.After(time.Until(due)):
 		}
-		// A writer that fell more than 2 s behind (the API was down) does
-		// not burst to catch up: it goes on at its rate from now.
-		if due = due.Add(interval); time.Until(due) < -2*time.Second {
-			due = time.Now()
+		// A writer behind its schedule (the API was down) catches up at
+		// full speed, as a feed with a backlog does; a backlog of more than
+		// maxBacklog is dropped, so that it stays bounded.
+		if due = due.Add(interval); time.Until(due) < -maxBacklog {
+			due = time.Now().Add(-maxBacklog)
 		}
 		key := fmt.Sprintf("chaos-%d-%s-%d", w.seed, w.carrier, b)
 		recs, resent := w.makeBatch(b)

@@ -59,6 +59,10 @@ type Report struct {
 	// exactly one (crossing) or zero (not crossing).
 	EventMismatches int
 
+	// Checked is false when the final start never became ready, so the
+	// ledger could not be checked.
+	Checked bool
+
 	Failures []string
 }
 
@@ -84,7 +88,7 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	}
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[int(p*float64(len(s)-1)+0.5)]
+	return s[int(p*float64(len(s)-1))]
 }
 
 // Print writes the report for a person.
@@ -104,6 +108,9 @@ func (r *Report) Print(w io.Writer) {
 		r.Records, r.Batches, r.RatePerSec, r.TargetRate, r.Bytes, r.Resent)
 	fmt.Fprintf(w, "retried attempts     %d without an answer, %d answered 5xx/429; %d replayed answers; %d unresolved batches; %d rejected records\n",
 		r.NoAnswer, r.Unavailable, r.Replayed, r.Unresolved, r.Rejected)
+	if !r.Checked {
+		fmt.Fprintln(w, "lost, doubled        NOT CHECKED: the final start never became ready")
+	}
 	fmt.Fprintf(w, "lost                 %d records (%d bytes on %d cards)\n", r.RecordsLost, r.BytesLost, r.CardsShort)
 	fmt.Fprintf(w, "doubled              %d records (%d bytes on %d cards)\n", r.RecordsDoubled, r.BytesDoubled, r.CardsOver)
 	fmt.Fprintf(w, "clickhouse           %d rows, %d distinct ids; %d mismatched keys (usage_records, rollups, card_events)\n",

@@ -36,7 +36,7 @@ func main() {
 	flag.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", cfg.SnapshotInterval, "the projector's snapshot interval")
 	flag.Parse()
 
-	log, err := zap.NewDevelopment(zap.IncreaseLevel(zap.InfoLevel))
+	log, err := zap.NewDevelopment(zap.IncreaseLevel(zap.InfoLevel), zap.AddStacktrace(zap.DPanicLevel))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
