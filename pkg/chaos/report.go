@@ -97,10 +97,10 @@ func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "\n== chaos report (%s) ==\n", r.Elapsed.Round(time.Second))
 	fmt.Fprintf(w, "kill points          %d (%s: %d, %s: %d, %s: %d)\n", r.KillPoints(),
 		KillSIGKILL, r.Kills[KillSIGKILL], KillSIGTERM, r.Kills[KillSIGTERM], KillStartup, r.Kills[KillStartup])
-	fmt.Fprintf(w, "clickhouse restarts  %d (sink back to ready: p50 %s, max %s)\n", r.CHStops,
+	fmt.Fprintf(w, "clickhouse restarts  %d (ready again after its return: p50 %s, max %s)\n", r.CHStops,
 		ms(percentile(r.SinkRecoveries, 0.5)), ms(percentile(r.SinkRecoveries, 1)))
-	fmt.Fprintf(w, "restarts             %d (ready %d, never ready %d, of which halted %d); halted while running %d\n",
-		r.Restarts, len(r.ReadyTimes), len(r.NeverReady), r.HaltedRestarts, len(r.Halted))
+	fmt.Fprintf(w, "restarts             %d (ready %d, killed in start-up %d, never ready %d, of which halted %d); halted while running %d\n",
+		r.Restarts, len(r.ReadyTimes), r.Kills[KillStartup], len(r.NeverReady), r.HaltedRestarts, len(r.Halted))
 	fmt.Fprintf(w, "time to ready        p50 %s, max %s\n", ms(percentile(r.ReadyTimes, 0.5)), ms(percentile(r.ReadyTimes, 1)))
 	fmt.Fprintf(w, "final catch-up       %s (projector and sink, redeliveries included)\n", ms(r.CatchUp))
 	fmt.Fprintf(w, "unexpected exits     %d; unclean SIGTERM exits %d\n", len(r.UnexpectedExits), len(r.DirtyShutdowns))
