@@ -44,6 +44,10 @@ bench: deps ## the benchmarks: micro-benchmarks, replay and memory, then the loa
 	@mkdir -p $(DATA)
 	$(GO) run ./services/bench $(BENCH_ARGS) | tee $(DATA)/bench-report.md
 
+chaos: ## fault campaign on the real all-in-one: kill -9, SIGTERM and start-up kills and ClickHouse stops under load, then check nothing acknowledged was lost or doubled (CHAOS_ARGS, e.g. -duration 20m -kills 120)
+	@bash deploy/local/clickhouse.sh install
+	$(GO) run ./services/chaos -workdir $(DATA)/chaos $(CHAOS_ARGS)
+
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
@@ -58,4 +62,4 @@ clean: ## remove the local data folder (JetStream files, ClickHouse data) and bi
 	-@bash deploy/local/clickhouse.sh stop
 	rm -rf $(DATA) bin
 
-.PHONY: help deps build run run-manual test bench fuzz lint compose-check clickhouse-stop clean
+.PHONY: help deps build run run-manual test bench chaos fuzz lint compose-check clickhouse-stop clean

@@ -5,7 +5,8 @@
 # starts the server in the background and waits until it answers.
 #
 #   deploy/local/clickhouse.sh start   # idempotent: a running server is reused
-#   deploy/local/clickhouse.sh stop
+#   deploy/local/clickhouse.sh stop      # returns once the server has exited
+#   deploy/local/clickhouse.sh restart
 #
 # Environment: CARDMETER_DATA (default .data), CLICKHOUSE_TCP_PORT (19000),
 # CLICKHOUSE_HTTP_PORT (18123).
@@ -58,15 +59,28 @@ start() {
   log "server did not answer within 60 s"; exit 1
 }
 
+# stop asks the server to shut down (SIGTERM) and waits until it has exited,
+# so that a start right after it finds the ports free; after 60 s it kills it.
 stop() {
-  if [ -f "$data/server.pid" ] && kill "$(cat "$data/server.pid")" 2>/dev/null; then
-    log "stopped"; rm -f "$data/server.pid"
+  [ -f "$data/server.pid" ] || return 0
+  local pid; pid=$(cat "$data/server.pid")
+  if kill "$pid" 2>/dev/null; then
+    for _ in $(seq 1 600); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "still running after 60 s: killing it"; kill -9 "$pid" 2>/dev/null || true
+    fi
+    log "stopped"
   fi
+  rm -f "$data/server.pid"
 }
 
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
+  restart) stop; start ;;
   install) install ;;
-  *) echo "usage: $0 start|stop|install" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|restart|install" >&2; exit 2 ;;
 esac
