@@ -48,7 +48,7 @@ type Config struct {
 
 	ReadyTimeout     time.Duration // a start not ready by then is a failure
 	CatchUpTimeout   time.Duration // the final wait for projector and sink
-	SnapshotInterval time.Duration // passed to the binary
+	CheckpointInterval time.Duration // passed to the binary
 	Database         string        // ClickHouse database of the campaign
 
 	Log *zap.Logger
@@ -70,7 +70,7 @@ var DefaultConfig = Config{
 	Seed:             1,
 	ReadyTimeout:     60 * time.Second,
 	CatchUpTimeout:   3 * time.Minute,
-	SnapshotInterval: 5 * time.Second,
+	CheckpointInterval: 5 * time.Second,
 	Database:         "chaos",
 }
 
@@ -100,8 +100,8 @@ func (c Config) withDefaults() Config {
 	if c.CatchUpTimeout == 0 {
 		c.CatchUpTimeout = d.CatchUpTimeout
 	}
-	if c.SnapshotInterval == 0 {
-		c.SnapshotInterval = d.SnapshotInterval
+	if c.CheckpointInterval == 0 {
+		c.CheckpointInterval = d.CheckpointInterval
 	}
 	if c.Database == "" {
 		c.Database = d.Database
@@ -188,7 +188,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		"--data-dir", filepath.Join(work, "data"), "--http-addr", httpAddr, "--nats-port", strconv.Itoa(c.natsPort),
 		"--clickhouse-addr", c.ch.addr(), "--clickhouse-db", cfg.Database,
 		"--clock", "manual", "--clock-start", clockStart.Format(time.RFC3339),
-		"--snapshot-interval", cfg.SnapshotInterval.String(), "--log-level", "info"}}
+		"--checkpoint-interval", cfg.CheckpointInterval.String(), "--log-level", "info"}}
 	expected := uint64(cfg.Rate * cfg.Duration.Seconds() * avgRecordBytes)
 	c.fleet = newFleet(cfg.Cards, cfg.Accounts, cfg.Writers, expected)
 

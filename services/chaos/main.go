@@ -33,7 +33,7 @@ func main() {
 	flag.StringVar(&cfg.WorkDir, "workdir", cfg.WorkDir, "folder for data and logs (removed first)")
 	flag.StringVar(&cfg.Binary, "binary", "", "the cardmeter binary (default: built into the workdir's parent)")
 	flag.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "a restart not ready by then fails the campaign")
-	flag.DurationVar(&cfg.SnapshotInterval, "snapshot-interval", cfg.SnapshotInterval, "the projector's snapshot interval")
+	flag.DurationVar(&cfg.CheckpointInterval, "checkpoint-interval", cfg.CheckpointInterval, "the projector's checkpoint interval")
 	flag.Parse()
 
 	log, err := zap.NewDevelopment(zap.IncreaseLevel(zap.InfoLevel), zap.AddStacktrace(zap.DPanicLevel))
