@@ -68,13 +68,26 @@ func (c *client) putJSON(path string, v any) map[string]any {
 	return out
 }
 
+// card reads a card as a client would: a 503 (a partition restoring after
+// a start) is asked again, for up to 10 s.
 func (c *client) card(iccid string, minPos uint64) api.CardResponse {
 	c.t.Helper()
-	var out api.CardResponse
-	if code := c.do("GET", fmt.Sprintf("/v1/cards/%s?min_position=%d", iccid, minPos), "", nil, &out); code != 200 {
-		c.t.Fatalf("GET card %s: %d", iccid, code)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var raw json.RawMessage
+		code := c.do("GET", fmt.Sprintf("/v1/cards/%s?min_position=%d", iccid, minPos), "", nil, &raw)
+		if code == 200 {
+			var out api.CardResponse
+			if err := json.Unmarshal(raw, &out); err != nil {
+				c.t.Fatal(err)
+			}
+			return out
+		}
+		if code != 503 || time.Now().After(deadline) {
+			c.t.Fatalf("GET card %s: %d", iccid, code)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return out
 }
 
 // runProjector starts a projector on the pipeline's connection; stop ends
