@@ -179,9 +179,13 @@ func TestAPartitionThatCannotRestoreSaysSo(t *testing.T) {
 	t.Cleanup(p.Stop)
 	c.base = p.URL
 	testenv.Eventually(t, 10*time.Second, func() error {
+		var raw json.RawMessage
+		if code := c.do("GET", "/v1/cards/"+iccid(cards[0]), "", nil, &raw); code != 200 {
+			return fmt.Errorf("partition 0's card: %d", code)
+		}
 		var got api.CardResponse
-		if code := c.do("GET", "/v1/cards/"+iccid(cards[0]), "", nil, &got); code != 200 || got.Cycle.UsageBytes != 5 {
-			return fmt.Errorf("partition 0's card: %d, %d bytes", code, got.Cycle.UsageBytes)
+		if err := json.Unmarshal(raw, &got); err != nil || got.Cycle.UsageBytes != 5 {
+			return fmt.Errorf("partition 0's card: %d bytes (%v)", got.Cycle.UsageBytes, err)
 		}
 		return nil
 	})
