@@ -8,9 +8,18 @@ import (
 )
 
 // BenchmarkApplyUsage folds usage chunks of 4096 records over 100,000
-// cards (the hot path of the projector): ns/op is per record, and so is
+// cards (the hot path of the projector) with every record id kept in
+// memory, as when there is no index: ns/op is per record, and so is
 // allocs/op.
-func BenchmarkApplyUsage(b *testing.B) {
+func BenchmarkApplyUsage(b *testing.B) { benchmarkApplyUsage(b, false) }
+
+// BenchmarkApplyUsageIndexed is the same fold as the projector runs it:
+// each chunk probed against the filters first, and the ids taken from
+// the state every 50 chunks (a checkpoint; the index itself, off the heap,
+// is not part of the fold: new records need no lookup).
+func BenchmarkApplyUsageIndexed(b *testing.B) { benchmarkApplyUsage(b, true) }
+
+func benchmarkApplyUsage(b *testing.B, indexed bool) {
 	p := NewPartition()
 	now := unix("2026-03-01T00:00:00+08:00")
 	p.Apply(&Input{Type: TypeClockTicked, At: now}, nil)                                                                //nolint:errcheck
@@ -31,15 +40,25 @@ func BenchmarkApplyUsage(b *testing.B) {
 	h := cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: now + 86400}
 	var verdicts []Verdict
 	var out []Emitted
+	var pr Probe
+	var taken []IndexEntry
 	b.ReportAllocs()
 	b.ResetTimer()
-	for done := 0; done < b.N; done += chunk {
+	for done, chunks := 0, 0; done < b.N; done, chunks = done+chunk, chunks+1 {
 		n := min(chunk, b.N-done)
 		for j := 0; j < n; j++ {
 			k := done + j
 			recs[j] = cdr.Record{RecordID: ids[k], ICCID: iccids[k%cards], Start: now + int64(k%80000), End: now + int64(k%80000) + 60, BytesUp: 100, BytesDown: 900}
 		}
-		verdicts, out = p.ApplyUsage(&h, recs[:n], nil, verdicts, out[:0])
+		if !indexed {
+			verdicts, out = p.ApplyUsage(&h, recs[:n], nil, verdicts, out[:0])
+			continue
+		}
+		p.Probe(&h, recs[:n], &pr)
+		verdicts, out = p.ApplyUsage(&h, recs[:n], &pr, verdicts, out[:0])
+		if chunks%50 == 49 {
+			taken = p.TakeIDs(taken[:0])
+		}
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
