@@ -2,9 +2,13 @@ package card
 
 import (
 	"bytes"
+	"fmt"
 	"maps"
 	"reflect"
+	"slices"
 	"testing"
+
+	"github.com/cardmeter/cardmeter/pkg/cdr"
 )
 
 // memIndex is an exact record-id index in a map, as the shell's is on disk:
@@ -195,4 +199,63 @@ func (p *Partition) marshalTaken() ([]byte, error) {
 		}
 	}()
 	return p.MarshalSnapshot()
+}
+
+// A tick changes only the cards with a deadline due, and a checkpoint's
+// delta holds just the cards the fold changed: a minute's tick over a
+// fleet writes nothing; the one that crosses a cycle boundary, every card;
+// a record, its card.
+func TestDeltasHoldWhatChanged(t *testing.T) {
+	p := NewPartition()
+	now := unix("2026-03-10T00:00:00+08:00")
+	p.Apply(&Input{Type: TypeClockTicked, At: now}, nil)                                                                               //nolint:errcheck
+	p.Apply(&Input{Type: TypePlanChanged, ID: "p", At: now, Plan: &PlanChanged{PlanID: "p", QuotaBytes: 1 << 40}}, nil)                //nolint:errcheck
+	p.Apply(&Input{Type: TypePlanChanged, ID: "q", At: now, Plan: &PlanChanged{PlanID: "q", QuotaBytes: 1 << 40, TermMonths: 1}}, nil) //nolint:errcheck
+	var iccids []string
+	for i := 0; i < 1000; i++ {
+		prefix := fmt.Sprintf("898600%013d", i)
+		iccids = append(iccids, prefix+string(cdr.LuhnDigit(prefix)))
+		plan := "p"
+		if i == 7 {
+			plan = "q" // valid for a month: its expiry warnings fall due
+		}
+		p.Apply(&Input{Type: TypeCardProvisioned, ID: "c", At: now, Card: &CardProvisioned{ICCID: iccids[i], AccountID: "a", PlanID: plan}}, nil) //nolint:errcheck
+	}
+	delta := func() int {
+		_, n, err := p.MarshalDelta()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if n := delta(); n != 1000 {
+		t.Fatalf("after provisioning: %d cards in the delta, want 1000", n)
+	}
+	for m := 1; m <= 60; m++ {
+		p.Apply(&Input{Type: TypeClockTicked, At: now + int64(m)*60}, nil) //nolint:errcheck
+	}
+	if n := delta(); n != 0 {
+		t.Fatalf("an hour of minute ticks with nothing due: %d cards in the delta", n)
+	}
+	h := cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: now + 3600}
+	p.ApplyUsage(&h, []cdr.Record{{RecordID: "r1", ICCID: iccids[3], Start: now, End: now + 60, BytesDown: 10}}, nil, nil, nil)
+	if n := delta(); n != 1 {
+		t.Fatalf("one record: %d cards in the delta, want 1", n)
+	}
+	p.Apply(&Input{Type: TypeClockTicked, At: unix("2026-03-31T23:00:00+08:00")}, nil) //nolint:errcheck
+	if n := delta(); n != 1 {
+		t.Fatalf("three weeks on, only card 7's 30-day expiry warning due (11 March): %d cards in the delta, want 1", n)
+	}
+	p.Apply(&Input{Type: TypeClockTicked, At: unix("2026-04-01T00:01:00+08:00")}, nil) //nolint:errcheck
+	if n := delta(); n != 1000 {
+		t.Fatalf("the tick past the cycle's end: %d cards in the delta, want all 1000", n)
+	}
+	// card 7 is valid until 10 April: its 7-day warning falls due on the 3rd
+	p.Apply(&Input{Type: TypeClockTicked, At: unix("2026-04-03T01:00:00+08:00")}, nil) //nolint:errcheck
+	if n := delta(); n != 1 {
+		t.Fatalf("a tick with one card's warning due: %d cards in the delta, want 1", n)
+	}
+	if v, _ := p.Card(iccids[7]); !slices.Contains(v.Warnings, "expiry_7d") {
+		t.Fatalf("card 7 has no warning: %+v", v)
+	}
 }
