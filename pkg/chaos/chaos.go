@@ -46,10 +46,10 @@ type Config struct {
 	Accounts int
 	Seed     uint64
 
-	ReadyTimeout     time.Duration // a start not ready by then is a failure
-	CatchUpTimeout   time.Duration // the final wait for projector and sink
+	ReadyTimeout       time.Duration // a start not ready by then is a failure
+	CatchUpTimeout     time.Duration // the final wait for projector and sink
 	CheckpointInterval time.Duration // passed to the binary
-	Database         string        // ClickHouse database of the campaign
+	Database           string        // ClickHouse database of the campaign
 
 	Log *zap.Logger
 }
@@ -57,21 +57,21 @@ type Config struct {
 // DefaultConfig is `make chaos`: eight minutes of faults at 20,000
 // records/s, about ten minutes in all.
 var DefaultConfig = Config{
-	WorkDir:          ".data/chaos",
-	Duration:         8 * time.Minute,
-	Kills:            60,
-	CHStops:          4,
-	Rate:             20000,
-	Writers:          2,
-	Batch:            2000,
-	ResendPM:         10,
-	Cards:            200,
-	Accounts:         20,
-	Seed:             1,
-	ReadyTimeout:     60 * time.Second,
-	CatchUpTimeout:   3 * time.Minute,
+	WorkDir:            ".data/chaos",
+	Duration:           8 * time.Minute,
+	Kills:              60,
+	CHStops:            4,
+	Rate:               20000,
+	Writers:            2,
+	Batch:              2000,
+	ResendPM:           10,
+	Cards:              200,
+	Accounts:           20,
+	Seed:               1,
+	ReadyTimeout:       60 * time.Second,
+	CatchUpTimeout:     3 * time.Minute,
 	CheckpointInterval: 5 * time.Second,
-	Database:         "chaos",
+	Database:           "chaos",
 }
 
 func (c Config) withDefaults() Config {
