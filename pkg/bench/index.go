@@ -19,6 +19,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/cdr"
 	"github.com/cardmeter/cardmeter/pkg/fold"
 	"github.com/cardmeter/cardmeter/pkg/index"
+	"github.com/cardmeter/cardmeter/pkg/projector"
 )
 
 // IndexConfig sizes the projector-state figure: a fleet with a realistic
@@ -119,7 +120,7 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 	var segBytes int64
 	checkpoint := func() error {
 		start := time.Now()
-		d, _, err := p.MarshalDelta()
+		d, _, err := p.MarshalDelta(1024)
 		if err != nil {
 			return err
 		}
@@ -127,11 +128,13 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 		if err := idx.Add(uint64(rep.Checkpoints+1), p.TakeIDs(nil), p.IndexFloor()); err != nil {
 			return err
 		}
-		if err := os.WriteFile(filepath.Join(cfg.Dir, "delta"), d, 0o644); err != nil {
-			return err
+		for i, b := range d {
+			if err := os.WriteFile(filepath.Join(cfg.Dir, fmt.Sprint("delta-", i)), b, 0o644); err != nil {
+				return err
+			}
+			pieces += int64(len(b))
 		}
 		cpTime += time.Since(start)
-		pieces += int64(len(d))
 		// what this checkpoint wrote: its new segments (merges not counted)
 		had := map[string]bool{}
 		for _, si := range before {
@@ -375,7 +378,7 @@ func restoreFromObjectStore(dir string, pieces [][]byte, segs []index.SegmentInf
 		names = append(names, name)
 	}
 	for _, si := range segs {
-		if _, err := objs.PutFile(ctx, filepath.Join(dir, "index", si.Name)); err != nil {
+		if err := projector.StoreFile(ctx, objs, si.Name, filepath.Join(dir, "index", si.Name), si.Bytes); err != nil {
 			return 0, err
 		}
 	}
@@ -394,8 +397,12 @@ func restoreFromObjectStore(dir string, pieces [][]byte, segs []index.SegmentInf
 	if _, err := rs.Finish(); err != nil {
 		return 0, err
 	}
+	sizes := map[string]int64{}
+	for _, si := range segs {
+		sizes[si.Name] = si.Bytes
+	}
 	idx, err := index.Open(empty, segs, func(name, path string) error {
-		return objs.GetFile(ctx, filepath.Join(dir, "index", name), path)
+		return projector.FetchFile(ctx, objs, name, path, sizes[name])
 	})
 	if err != nil {
 		return 0, err

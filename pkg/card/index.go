@@ -95,20 +95,20 @@ func (p *Partition) Probe(h *cdr.ChunkHeader, recs []cdr.Record, pr *Probe) {
 		if c == nil || c.cancelled {
 			continue
 		}
-		var pl *plan
-		from, to := int64(math.MaxInt64), int64(math.MinInt64)
-		start, end := c.cycle.Start, int64(math.MaxInt64) // slot s's cycle: [start, end]
+		matched := 0 // a bit per filter slot that may hold the id
 		for s := range c.fps {
-			if s > 0 {
-				if len(c.fps[s].data) == 0 && !c.fps[s].saturated {
-					continue // nothing to match, and no cycle bounds to work out
-				}
-				if pl == nil {
-					pl = p.plans[c.planID]
-				}
-				start, end = p.slotCycle(c, pl, s)
-			}
 			if c.fps[s].mayHave(key) {
+				matched |= 1 << s
+			}
+		}
+		if matched == 0 {
+			continue // the common case: certainly a new id
+		}
+		from, to := int64(math.MaxInt64), int64(math.MinInt64)
+		pl := p.plans[c.planID]
+		for s := range c.fps {
+			if matched&(1<<s) != 0 {
+				start, end := p.slotCycle(c, pl, s)
 				from, to = min(from, start), max(to, end)
 			}
 		}

@@ -108,11 +108,11 @@ func TestIndexedFoldAndCheckpointsAreDeterministic(t *testing.T) {
 				}
 				pieces = base
 			} else {
-				d, _, err := f.p.MarshalDelta()
+				d, _, err := f.p.MarshalDelta(5)
 				if err != nil {
 					t.Fatal(err)
 				}
-				pieces = append(pieces[:len(pieces):len(pieces)], d)
+				pieces = append(pieces[:len(pieces):len(pieces)], d...)
 			}
 			// the index as of this checkpoint: what it had, and the ids the
 			// checkpoint takes (as the projector installs its segments)
@@ -222,7 +222,7 @@ func TestDeltasHoldWhatChanged(t *testing.T) {
 		p.Apply(&Input{Type: TypeCardProvisioned, ID: "c", At: now, Card: &CardProvisioned{ICCID: iccids[i], AccountID: "a", PlanID: plan}}, nil) //nolint:errcheck
 	}
 	delta := func() int {
-		_, n, err := p.MarshalDelta()
+		_, n, err := p.MarshalDelta(300)
 		if err != nil {
 			t.Fatal(err)
 		}

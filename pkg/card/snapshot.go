@@ -231,27 +231,34 @@ func encodePiece(head *snapshot, sizeHint int, cards func(emit func(cardSnapshot
 // MarshalDelta encodes what changed since the last MarshalDelta or
 // MarshalBase: the head and every card the fold changed, and marks them
 // as checkpointed. It also reports how many cards it holds.
-func (p *Partition) MarshalDelta() ([]byte, int, error) {
-	head := p.head()
-	head.Delta = true
-	n := 0
+func (p *Partition) MarshalDelta(cardsPerPiece int) ([][]byte, int, error) {
+	cardsPerPiece = max(cardsPerPiece, 1)
+	var dirty []*Card
 	for _, c := range p.order {
 		if c.dirty {
-			n++
+			dirty = append(dirty, c)
 		}
 	}
-	b, err := encodePiece(head, n, func(emit func(cardSnapshot) error) error {
-		for _, c := range p.order {
-			if c.dirty {
+	var pieces [][]byte
+	for i := 0; i == 0 || i < len(dirty); i += cardsPerPiece {
+		part := dirty[i:min(i+cardsPerPiece, len(dirty))]
+		head := p.head()
+		head.Delta = true
+		b, err := encodePiece(head, len(part), func(emit func(cardSnapshot) error) error {
+			for _, c := range part {
 				if err := emit(c.snapshot(modeDelta)); err != nil {
 					return err
 				}
 				c.dirty, c.fpsMoved = false, false
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, 0, err
 		}
-		return nil
-	})
-	return b, n, err
+		pieces = append(pieces, b)
+	}
+	return pieces, len(dirty), nil
 }
 
 // Restorer rebuilds a Partition from checkpoint pieces: the base's, then

@@ -156,27 +156,74 @@ func (s *store) readState(ctx context.Context) (*card.Partition, error) {
 
 // fetchSegment copies an index segment from the object store to a file.
 func (s *store) fetchSegment(ctx context.Context) index.Fetch {
+	sizes := map[string]int64{}
+	for _, si := range s.m.Segments {
+		sizes[si.Name] = si.Bytes
+	}
 	return func(name, path string) error {
 		return s.retry(ctx, "fetching an index segment", func() error {
-			obj, err := s.objs.Get(ctx, s.segmentObject(name))
-			if err != nil {
-				if errors.Is(err, jetstream.ErrObjectNotFound) {
-					return backoff.Permanent(err)
-				}
-				return err
+			err := FetchFile(ctx, s.objs, s.segmentObject(name), path, sizes[name])
+			if errors.Is(err, jetstream.ErrObjectNotFound) {
+				return backoff.Permanent(fmt.Errorf("%w: index segment %s is missing: %w", errStuck, name, err))
 			}
-			defer obj.Close() //nolint:errcheck // read to the end or failed
-			f, err := os.Create(path)
-			if err != nil {
-				return backoff.Permanent(err)
-			}
-			if _, err := io.Copy(f, obj); err != nil {
-				_ = f.Close()
-				return err
-			}
-			return f.Close()
+			return err
 		})
 	}
+}
+
+// FilePart is the most a file puts in one object: a large file is stored
+// as objects NAME.0, NAME.1... of this size, so that one object never has
+// more chunks in flight than a publisher may have outstanding, and a
+// restore reads bounded pieces one at a time.
+const FilePart = 32 << 20
+
+// StoreFile puts the file at path, of size bytes, in the object store
+// under name, in parts of FilePart.
+func StoreFile(ctx context.Context, objs jetstream.ObjectStore, name, path string, size int64) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return backoff.Permanent(err)
+	}
+	defer f.Close() //nolint:errcheck // read-only
+	for i, off := 0, int64(0); off < size || i == 0; i, off = i+1, off+FilePart {
+		part := io.NewSectionReader(f, off, min(FilePart, size-off))
+		if _, err := objs.Put(ctx, jetstream.ObjectMeta{Name: fmt.Sprintf("%s.%d", name, i)}, part); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FetchFile writes the file StoreFile stored under name, of size bytes, to
+// path, reading one part at a time.
+func FetchFile(ctx context.Context, objs jetstream.ObjectStore, name, path string, size int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return backoff.Permanent(err)
+	}
+	for i, off := 0, int64(0); off < size || i == 0; i, off = i+1, off+FilePart {
+		obj, err := objs.Get(ctx, fmt.Sprintf("%s.%d", name, i))
+		if err != nil {
+			_ = f.Close()
+			return err
+		}
+		_, err = io.Copy(f, obj)
+		_ = obj.Close()
+		if err != nil {
+			_ = f.Close()
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// segmentObjects names the objects of a stored segment.
+func (s *store) segmentObjects(si index.SegmentInfo) []string {
+	var out []string
+	for i, off := 0, int64(0); off < si.Bytes || i == 0; i, off = i+1, off+FilePart {
+		out = append(out, fmt.Sprintf("%s.%d", s.segmentObject(si.Name), i))
+	}
+	return out
 }
 
 func (s *store) segmentObject(name string) string { return fmt.Sprintf("p%d/index/%s", s.part, name) }
@@ -210,7 +257,7 @@ func (s *store) save(ctx context.Context, idx *index.Index, job saveJob) error {
 	}
 	var bytes int64
 	for _, si := range added {
-		if err := s.putFile(ctx, si.Name, idx.Path(si.Name)); err != nil {
+		if err := s.putFile(ctx, si, idx.Path(si.Name)); err != nil {
 			return err
 		}
 		bytes += si.Bytes
@@ -219,7 +266,7 @@ func (s *store) save(ctx context.Context, idx *index.Index, job saveJob) error {
 	m.Segments = append(slices.Clone(m.Segments), added...)
 	var names []string
 	for i, b := range job.pieces {
-		name := fmt.Sprintf("p%d/delta-%016x", s.part, job.seq)
+		name := fmt.Sprintf("p%d/delta-%016x-%04d", s.part, job.seq, i)
 		if job.base {
 			name = fmt.Sprintf("p%d/base-%016x-%04d", s.part, job.seq, i)
 		}
@@ -241,7 +288,9 @@ func (s *store) save(ctx context.Context, idx *index.Index, job saveJob) error {
 		}
 	} else {
 		m.Deltas = append(slices.Clone(m.Deltas), names...)
-		m.DeltaBytes += int64(len(job.pieces[0]))
+		for _, b := range job.pieces {
+			m.DeltaBytes += int64(len(b))
+		}
 	}
 	m.Seq = job.seq
 	if err := s.putManifest(ctx, m); err != nil {
@@ -276,7 +325,7 @@ func (s *store) maintain(ctx context.Context, idx *index.Index, job saveJob) err
 		if err != nil {
 			return err
 		}
-		if err := s.putFile(ctx, merged.Name, idx.Path(merged.Name)); err != nil {
+		if err := s.putFile(ctx, merged, idx.Path(merged.Name)); err != nil {
 			return err
 		}
 		if err := s.replaceSegments(ctx, idx, in, []index.SegmentInfo{merged}); err != nil {
@@ -294,7 +343,7 @@ func (s *store) replaceSegments(ctx context.Context, idx *index.Index, old, adde
 	for _, si := range old {
 		gone[si.Name] = true
 		names = append(names, si.Name)
-		objects = append(objects, s.segmentObject(si.Name))
+		objects = append(objects, s.segmentObjects(si)...)
 	}
 	m := s.m
 	m.Segments = slices.DeleteFunc(slices.Clone(m.Segments), func(si index.SegmentInfo) bool { return gone[si.Name] })
@@ -309,15 +358,9 @@ func (s *store) replaceSegments(ctx context.Context, idx *index.Index, old, adde
 	return nil
 }
 
-func (s *store) putFile(ctx context.Context, name, path string) error {
+func (s *store) putFile(ctx context.Context, si index.SegmentInfo, path string) error {
 	return s.retry(ctx, "storing an index segment", func() error {
-		f, err := os.Open(path)
-		if err != nil {
-			return backoff.Permanent(err)
-		}
-		defer f.Close() //nolint:errcheck // read-only
-		_, err = s.objs.Put(ctx, jetstream.ObjectMeta{Name: s.segmentObject(name)}, f)
-		return err
+		return StoreFile(ctx, s.objs, s.segmentObject(si.Name), path, si.Bytes)
 	})
 }
 
@@ -355,7 +398,9 @@ func (s *store) collectGarbage(ctx context.Context) {
 		named[n] = true
 	}
 	for _, si := range s.m.Segments {
-		named[s.segmentObject(si.Name)] = true
+		for _, o := range s.segmentObjects(si) {
+			named[o] = true
+		}
 	}
 	prefix := fmt.Sprintf("p%d/", s.part)
 	var garbage []string

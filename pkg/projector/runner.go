@@ -350,9 +350,7 @@ func (r *runner) checkpoint(ctx context.Context) {
 	if job.base {
 		job.pieces, err = state.MarshalBase(r.p.cfg.CardsPerPiece)
 	} else {
-		var b []byte
-		b, job.cards, err = state.MarshalDelta()
-		job.pieces = [][]byte{b}
+		job.pieces, job.cards, err = state.MarshalDelta(r.p.cfg.CardsPerPiece)
 	}
 	if err == nil {
 		r.idx.Freeze(state.TakeIDs(nil)) // the delta listed them; the index holds them from now on
