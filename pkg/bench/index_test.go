@@ -21,7 +21,7 @@ func TestRunIndexSmall(t *testing.T) {
 	if r.EmptyDiskSeconds <= 0 || r.MemPerSec <= 0 {
 		t.Fatalf("empty-disk restore %.3f s, in-memory rate %.0f/s", r.EmptyDiskSeconds, r.MemPerSec)
 	}
-	if r.Checkpoints < 5 || r.DiskPerID > 30 {
+	if r.Checkpoints < 5 || r.DiskPerID > 20.2 {
 		t.Fatalf("%d checkpoints, %.1f bytes per id on disk", r.Checkpoints, r.DiskPerID)
 	}
 }

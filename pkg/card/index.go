@@ -2,7 +2,6 @@ package card
 
 import (
 	"cmp"
-	"hash/fnv"
 	"math"
 	"slices"
 
@@ -28,7 +27,7 @@ type Lookup struct {
 
 // IndexEntry is one remembered record id as the index stores it.
 type IndexEntry struct {
-	Card uint64 // the card's key in the index
+	Card uint64 // the card's key in the index: its provisioning order in the partition
 	ID   uint64 // cdr.IDHash of carrier and record id
 	Seen uint64 // content hash and cycle, packed
 }
@@ -45,18 +44,6 @@ func CompareEntries(a, b IndexEntry) int {
 		return c
 	}
 	return cmp.Compare(a.ID, b.ID)
-}
-
-// cardKey is a card's key in the index: its packed ICCID, or for a number
-// that does not pack (never a valid ICCID) a hash of it with the top bit
-// set, which no packed ICCID has (10^18 < 2^63).
-func cardKey(iccid string) uint64 {
-	if n, ok := cdr.PackICCID(iccid); ok {
-		return n
-	}
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(iccid))
-	return h.Sum64() | 1<<63
 }
 
 // Need is a record of a chunk whose id the card's filters cannot rule out:

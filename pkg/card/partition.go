@@ -134,11 +134,11 @@ func NewPartition() *Partition {
 // addCard files a new card.
 func (p *Partition) addCard(c *Card) {
 	p.cards[c.iccid] = c
-	c.key = cardKey(c.iccid)
 	if n, ok := cdr.PackICCID(c.iccid); ok {
 		p.byNumber[n] = c
 	}
 	c.ord = len(p.order)
+	c.key = uint64(c.ord)
 	p.order = append(p.order, c)
 	p.account(c.account).cards = append(p.account(c.account).cards, c)
 	c.due = never // until the provisioning that files it schedules it

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"math/bits"
 	"os"
 	"path/filepath"
@@ -54,9 +55,9 @@ func Gen(cycleStart int64) int64 {
 }
 
 const (
-	entrySize    = 24
+	entrySize    = 20 // card (its provisioning order, 4 bytes), id hash (8), content and cycle (8)
 	blockEntries = 256
-	magic        = "CMIDX001"
+	magic        = "CMIDX002"
 	footerSize   = 8 + 8 + 8 + 8 + 4 // magic, entries, gen, max cycle, crc of the entries and sparse keys
 )
 
@@ -258,7 +259,7 @@ func (s *segment) get(k key) (uint64, bool) {
 	var seen uint64
 	found := false
 	for ; i < n && entryKey(buf[i*entrySize:]) == k; i++ {
-		if v := binary.LittleEndian.Uint64(buf[i*entrySize+16:]); !found || card.SeenCycleStart(v) > card.SeenCycleStart(seen) {
+		if v := binary.LittleEndian.Uint64(buf[i*entrySize+12:]); !found || card.SeenCycleStart(v) > card.SeenCycleStart(seen) {
 			seen, found = v, true
 		}
 	}
@@ -266,7 +267,7 @@ func (s *segment) get(k key) (uint64, bool) {
 }
 
 func entryKey(b []byte) key {
-	return key{binary.LittleEndian.Uint64(b), binary.LittleEndian.Uint64(b[8:])}
+	return key{uint64(binary.LittleEndian.Uint32(b)), binary.LittleEndian.Uint64(b[4:])}
 }
 
 // WriteFrozen writes the entries frozen so far into new segment files, one
@@ -332,9 +333,12 @@ func (x *Index) write(name string, gen int64, entries func(emit func(card.IndexE
 			sparse = binary.LittleEndian.AppendUint64(sparse, e.Card)
 			sparse = binary.LittleEndian.AppendUint64(sparse, e.ID)
 		}
-		binary.LittleEndian.PutUint64(e24[:], e.Card)
-		binary.LittleEndian.PutUint64(e24[8:], e.ID)
-		binary.LittleEndian.PutUint64(e24[16:], e.Seen)
+		if e.Card > math.MaxUint32 {
+			return fmt.Errorf("card key %d does not fit 32 bits", e.Card)
+		}
+		binary.LittleEndian.PutUint32(e24[:], uint32(e.Card))
+		binary.LittleEndian.PutUint64(e24[4:], e.ID)
+		binary.LittleEndian.PutUint64(e24[12:], e.Seen)
 		si.Entries++
 		si.MaxCycle = max(si.MaxCycle, e.CycleStart())
 		_, err := w.Write(e24[:])
@@ -439,7 +443,7 @@ func (s *segment) load(verify bool) error {
 	sp := s.data[n*entrySize:]
 	s.sparse = make([]key, blocks)
 	for i := range s.sparse {
-		s.sparse[i] = entryKey(sp[i*16:])
+		s.sparse[i] = key{binary.LittleEndian.Uint64(sp[i*16:]), binary.LittleEndian.Uint64(sp[i*16+8:])}
 	}
 	s.lo, s.hi = s.sparse[0], entryKey(s.data[(n-1)*entrySize:])
 	return nil
@@ -604,7 +608,7 @@ func (r *entryReader) next() error {
 		return fmt.Errorf("index: reading %s: %w", r.f.Name(), err)
 	}
 	r.left--
-	r.cur = card.IndexEntry{Card: binary.LittleEndian.Uint64(b[:]), ID: binary.LittleEndian.Uint64(b[8:]), Seen: binary.LittleEndian.Uint64(b[16:])}
+	r.cur = card.IndexEntry{Card: uint64(binary.LittleEndian.Uint32(b[:])), ID: binary.LittleEndian.Uint64(b[4:]), Seen: binary.LittleEndian.Uint64(b[12:])}
 	r.ok = true
 	return nil
 }
