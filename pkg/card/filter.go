@@ -113,3 +113,28 @@ func (s *fpSlot) trim() {
 		s.data = exact
 	}
 }
+
+// packClosed puts the filters of the card's closed cycles side by side in
+// one exactly sized array: they rarely grow again (a late record), every
+// new record reads them all, and adjacent they cost one trip to memory
+// where apart they cost one each. A slot that grows later moves out.
+func (c *Card) packClosed() {
+	n := 0
+	for i := 1; i < len(c.fps); i++ {
+		n += len(c.fps[i].data)
+	}
+	if n == 0 {
+		return
+	}
+	all := make([]uint16, n)
+	off := 0
+	for i := 1; i < len(c.fps); i++ {
+		d := c.fps[i].data
+		if len(d) == 0 {
+			continue
+		}
+		copy(all[off:], d)
+		c.fps[i].data = all[off : off+len(d) : off+len(d)]
+		off += len(d)
+	}
+}

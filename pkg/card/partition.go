@@ -389,10 +389,10 @@ func (p *Partition) rollover(c *Card, t int64, cause string, out []Emitted) []Em
 	// forgotten.
 	c.keepFrom = p.horizon(c, pl)
 	c.recent.keep(func(s seenRecord) bool { return s.cycleStart() >= c.keepFrom })
-	c.fps[0].trim()
 	n := c.fps[0].len()
 	copy(c.fps[1:], c.fps[:RetainedCycles])
 	c.fps[0] = fpSlot{k: bucketBits(n)}
+	c.packClosed()
 	c.dirty, c.fpsMoved = true, true
 	return out
 }

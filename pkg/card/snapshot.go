@@ -373,6 +373,8 @@ func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 	}
 	if cs.Filters == nil && old != nil {
 		c.fps = old.fps // a delta's card whose slots stayed: its filters grow by what it added
+	} else {
+		c.packClosed()
 	}
 	if len(cs.Added) > 0 {
 		var added idSet
