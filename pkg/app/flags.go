@@ -76,7 +76,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.DurationVar(&cfg.Projector.CheckpointInterval, "checkpoint-interval", envDur("checkpoint-interval", 10*time.Second), "longest time between projector checkpoints while it folds")
 	fs.IntVar(&cfg.Projector.CheckpointEvery, "checkpoint-every", envInt("checkpoint-every", 50000), "projector checkpoint after this many folded log messages")
 	fs.DurationVar(&cfg.StartTimeout, "start-timeout", envDur("start-timeout", 5*time.Minute), "how long start-up waits for NATS and its streams before it exits non-zero")
-	fs.IntVar(&cfg.Projector.RestoreConcurrency, "restore-concurrency", envInt("restore-concurrency", 2), "partitions restoring their checkpoint at once")
+	fs.IntVar(&cfg.Projector.RestoreConcurrency, "restore-concurrency", envInt("restore-concurrency", 4), "partitions restoring their checkpoint at once")
 	fs.StringVar(&cfg.TokensFile, "tokens-file", env("tokens-file", ""), "bearer tokens, one per line: <name> <token> <scope>[,<scope>...]")
 	cfg.Tokens = env("tokens", "") // inline tokens, ';' between lines; never a flag (it would show in ps)
 	fs.Int64Var(&cfg.API.Batch.MaxBodyBytes, "max-body-bytes", int64(envInt("max-body-bytes", int(api.DefaultBatchLimits.MaxBodyBytes))), "largest usage batch body")

@@ -77,7 +77,9 @@ func (c *Config) defaults() {
 		c.CardsPerPiece = 1024
 	}
 	if c.RestoreConcurrency == 0 {
-		c.RestoreConcurrency = 2
+		// pieces are bounded (CardsPerPiece, FilePart), so a few partitions
+		// reading at once stay far below a connection's pending limit
+		c.RestoreConcurrency = 4
 	}
 	if c.MaxQueryWait == 0 {
 		c.MaxQueryWait = 5 * time.Second
