@@ -13,6 +13,7 @@ type account struct {
 	cards       []*Card
 	payments    map[string]bool // payment ids applied: each counts once
 	charges     map[string]bool // billing charge ids applied
+	dirty       bool            // changed since the last checkpoint
 }
 
 // KeepNumberFeeFen is the monthly keep-number fee (停机保号费) of an
@@ -23,7 +24,7 @@ const KeepNumberFeeFen = 500
 func (p *Partition) account(id string) *account {
 	a := p.accounts[id]
 	if a == nil {
-		a = &account{id: id, payments: map[string]bool{}, charges: map[string]bool{}}
+		a = &account{id: id, payments: map[string]bool{}, charges: map[string]bool{}, dirty: true}
 		p.accounts[id] = a
 		p.accOrder = append(p.accOrder, a)
 	}
@@ -41,6 +42,7 @@ func (p *Partition) applyAccount(in *Input, out []Emitted) []Emitted {
 	}
 	a := p.account(ac.AccountID)
 	a.creditLimit, a.lowBalance, a.autoResume = ac.CreditLimitFen, ac.LowBalanceFen, ac.AutoResumeOnPayment
+	a.dirty = true
 	return p.settle(a, p.at(in), "event:"+in.ID, out)
 }
 
@@ -56,6 +58,7 @@ func (p *Partition) applyPayment(in *Input, out []Emitted) []Emitted {
 	}
 	a.payments[pm.PaymentID] = true
 	a.balance += pm.AmountFen
+	a.dirty = true
 	e := a.emit(EmitPaymentReceived, p.at(in), "event:"+in.ID)
 	e.Amount, e.Detail = pm.AmountFen, pm.PaymentID
 	out = append(out, e)
@@ -73,6 +76,7 @@ func (p *Partition) applyCharge(in *Input, out []Emitted) []Emitted {
 		return out
 	}
 	a.charges[ch.ChargeID] = true
+	a.dirty = true
 	reason := ch.Reason
 	if reason == "" {
 		reason = "billing"
@@ -84,6 +88,7 @@ func (p *Partition) applyCharge(in *Input, out []Emitted) []Emitted {
 // and applies the arrears rule.
 func (p *Partition) charge(a *account, c *Card, amount int64, reason string, at int64, cause string, out []Emitted) []Emitted {
 	a.balance -= amount
+	a.dirty = true
 	e := a.emit(EmitCharged, at, cause)
 	e.Amount, e.Detail = amount, reason
 	if c != nil {
@@ -101,7 +106,7 @@ func (p *Partition) charge(a *account, c *Card, amount int64, reason string, at 
 func (p *Partition) settle(a *account, at int64, cause string, out []Emitted) []Emitted {
 	switch {
 	case !a.inArrears && a.balance < -a.creditLimit:
-		a.inArrears = true
+		a.inArrears, a.dirty = true, true
 		out = append(out, a.emit(EmitArrearsEntered, at, cause))
 		for _, c := range a.cards {
 			if !c.cancelled {
@@ -109,7 +114,7 @@ func (p *Partition) settle(a *account, at int64, cause string, out []Emitted) []
 			}
 		}
 	case a.inArrears && a.balance >= 0:
-		a.inArrears = false
+		a.inArrears, a.dirty = false, true
 		out = append(out, a.emit(EmitArrearsCleared, at, cause))
 		if a.autoResume {
 			for _, c := range a.cards {
@@ -122,12 +127,12 @@ func (p *Partition) settle(a *account, at int64, cause string, out []Emitted) []
 	low := a.lowBalance > 0 && a.balance < a.lowBalance
 	switch {
 	case low && !a.lowWarned:
-		a.lowWarned = true
+		a.lowWarned, a.dirty = true, true
 		e := a.emit(EmitAccountWarning, at, cause)
 		e.Warning, e.Amount = WarnLowBalance, a.lowBalance
 		out = append(out, e)
 	case !low && a.lowWarned:
-		a.lowWarned = false
+		a.lowWarned, a.dirty = false, true
 		e := a.emit(EmitAccountWarningResolved, at, cause)
 		e.Warning, e.Amount = WarnLowBalance, a.lowBalance
 		out = append(out, e)

@@ -48,7 +48,7 @@ func CompareEntries(a, b IndexEntry) int {
 
 // Need is a record of a chunk whose id the card's filters cannot rule out:
 // the shell looks its card and id up in the index, among the entries of
-// cycles that start in [From, To] (the cycles whose filters matched).
+// cycles that start in [From, To] (the cycles the card still remembers).
 type Need struct {
 	Rec      int // its position in the chunk
 	Card, ID uint64
@@ -82,41 +82,24 @@ func (p *Partition) Probe(h *cdr.ChunkHeader, recs []cdr.Record, pr *Probe) {
 		if c == nil || c.cancelled {
 			continue
 		}
-		matched := 0 // a bit per filter slot that may hold the id
+		maybe := false
 		for s := range c.fps {
 			if c.fps[s].mayHave(key) {
-				matched |= 1 << s
+				maybe = true
+				break
 			}
 		}
-		if matched == 0 {
+		if !maybe {
 			continue // the common case: certainly a new id
-		}
-		from, to := int64(math.MaxInt64), int64(math.MinInt64)
-		pl := p.plans[c.planID]
-		for s := range c.fps {
-			if matched&(1<<s) != 0 {
-				start, end := p.slotCycle(c, pl, s)
-				from, to = min(from, start), max(to, end)
-			}
-		}
-		if from > to {
-			continue
 		}
 		if _, ok := c.recent.get(key); ok {
 			continue // counted since the last checkpoint: the card knows it
 		}
-		pr.Needs = append(pr.Needs, Need{Rec: i, Card: c.key, ID: key, From: from, To: to})
+		// Any cycle the card still remembers: a slot's cycles under the
+		// plan as it is now may not be those its ids counted in, if the
+		// plan (or the card's) changed since.
+		pr.Needs = append(pr.Needs, Need{Rec: i, Card: c.key, ID: key, From: c.keepFrom, To: math.MaxInt64})
 	}
-}
-
-// slotCycle is the span of cycle starts filter slot s of card c covers:
-// the s-th cycle before the current one.
-func (p *Partition) slotCycle(c *Card, pl *plan, s int) (start, end int64) {
-	start, end = c.cycle.Start, int64(math.MaxInt64)
-	for i := 0; i < s; i++ {
-		end, start = start-1, CycleAt(start-1, pl.loc, pl.anchor).Start
-	}
-	return start, end
 }
 
 // TakeIDs appends to dst the ids counted since the last call, sorted in

@@ -2,6 +2,7 @@ package card
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"reflect"
@@ -257,5 +258,94 @@ func TestDeltasHoldWhatChanged(t *testing.T) {
 	}
 	if v, _ := p.Card(iccids[7]); !slices.Contains(v.Warnings, "expiry_7d") {
 		t.Fatalf("card 7 has no warning: %+v", v)
+	}
+}
+
+// A delta's head holds only the accounts, pools and plans that changed: a
+// payment to one account of many writes that account, not the others.
+func TestDeltaHeadHoldsWhatChanged(t *testing.T) {
+	p := NewPartition()
+	now := unix("2026-03-10T00:00:00+08:00")
+	p.Apply(&Input{Type: TypePlanChanged, ID: "p", At: now, Plan: &PlanChanged{PlanID: "p", QuotaBytes: 1 << 40}}, nil) //nolint:errcheck
+	for i := 0; i < 500; i++ {
+		p.Apply(&Input{Type: TypeAccountChanged, ID: "a", At: now, Account: &AccountChanged{AccountID: fmt.Sprint("acct", i)}}, nil) //nolint:errcheck
+		for j := 0; j < 20; j++ {
+			p.Apply(&Input{Type: TypePaymentReceived, ID: "pay", At: now, Payment: &Payment{AccountID: fmt.Sprint("acct", i), PaymentID: fmt.Sprint("pay", i, "-", j), AmountFen: 100}}, nil) //nolint:errcheck
+		}
+	}
+	base, err := p.MarshalBase(1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Apply(&Input{Type: TypePaymentReceived, ID: "pay", At: now, Payment: &Payment{AccountID: "acct7", PaymentID: "new", AmountFen: 100}}, nil) //nolint:errcheck
+	d, _, err := p.MarshalDelta(1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s snapshot
+	if err := json.Unmarshal(d[0], &s); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Accounts) != 1 || s.Accounts[0].AccountID != "acct7" || len(s.Plans) != 0 {
+		t.Fatalf("the delta's head has %d accounts and %d plans; want acct7 alone", len(s.Accounts), len(s.Plans))
+	}
+	if len(d[0])*50 > len(base[0]) {
+		t.Fatalf("a delta of one payment is %d bytes, the base %d", len(d[0]), len(base[0]))
+	}
+	r := NewRestorer()
+	for _, b := range append(base, d...) {
+		if err := r.Add(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	q, err := r.Finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := p.MarshalSnapshot()
+	if got, _ := q.MarshalSnapshot(); !bytes.Equal(got, want) {
+		diffStates(t, want, got)
+		t.Fatal("base and delta restore another state")
+	}
+}
+
+// A card moved to a plan with another anchor day still finds, in the
+// index, a record it counted under the old plan: re-sent, it is a
+// duplicate, as it is before the checkpoint (a lookup narrowed to the new
+// plan's cycles would miss it and count it again).
+func TestIndexLookupAfterAPlanChange(t *testing.T) {
+	now := unix("2026-03-10T12:00:00+08:00")
+	for _, checkpoint := range []bool{false, true} {
+		p := NewPartition()
+		idx := memIndex{}
+		p.Apply(&Input{Type: TypeClockTicked, At: now}, nil)                                                                                      //nolint:errcheck
+		p.Apply(&Input{Type: TypePlanChanged, ID: "p", At: now, Plan: &PlanChanged{PlanID: "p", QuotaBytes: 1 << 40}}, nil)                       //nolint:errcheck
+		p.Apply(&Input{Type: TypePlanChanged, ID: "q", At: now, Plan: &PlanChanged{PlanID: "p15", QuotaBytes: 1 << 40, CycleAnchorDay: 15}}, nil) //nolint:errcheck
+		card := "89860000000000000019"
+		p.Apply(&Input{Type: TypeCardProvisioned, ID: "c", At: now, Card: &CardProvisioned{ICCID: card, AccountID: "a", PlanID: "p"}}, nil) //nolint:errcheck
+		h := cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: now}
+		r1 := []cdr.Record{{RecordID: "r1", ICCID: card, Start: now - 3600, End: now - 3000, BytesDown: 10}}
+		fold := func(h cdr.ChunkHeader) UsageStatus {
+			var pr Probe
+			p.Probe(&h, r1, &pr)
+			for _, n := range pr.Needs {
+				pr.Found[n.Rec] = idx.get(n)
+			}
+			v, _ := p.ApplyUsage(&h, r1, &pr, nil, nil)
+			return v[0].Status
+		}
+		if s := fold(h); s != Accepted {
+			t.Fatalf("first: %s", s)
+		}
+		if checkpoint {
+			idx.add(p.TakeIDs(nil))
+		}
+		later := unix("2026-04-02T00:00:00+08:00")
+		p.Apply(&Input{Type: TypeClockTicked, At: later}, nil)                                                                                   //nolint:errcheck
+		p.Apply(&Input{Type: TypeCardProvisioned, ID: "c2", At: later, Card: &CardProvisioned{ICCID: card, AccountID: "a", PlanID: "p15"}}, nil) //nolint:errcheck
+		h.ReceivedAt = later
+		if s := fold(h); s != Duplicate {
+			t.Fatalf("checkpoint %v: re-sent after the plan change: %s, want duplicate", checkpoint, s)
+		}
 	}
 }

@@ -26,17 +26,18 @@ import (
 
 // Partition is the folded state of the accounts and cards of one partition.
 type Partition struct {
-	now      int64 // the log's time: the latest clock tick applied
-	plans    map[string]*plan
-	accounts map[string]*account
-	cards    map[string]*Card
-	byNumber map[uint64]*Card // the cards whose ICCID packs into 64 bits (every valid one): the usage fold's lookup
-	pools    map[string]*pool
-	order    []*Card           // cards in provisioning order: the order ticks visit them
-	strs     map[string]string // interned carrier, plan and account names: one copy for many cards
-	accOrder []*account        // accounts in creation order
-	poolOrd  []*pool
-	due      deadlines // cards by the time a tick next changes them
+	now        int64 // the log's time: the latest clock tick applied
+	plans      map[string]*plan
+	accounts   map[string]*account
+	cards      map[string]*Card
+	byNumber   map[uint64]*Card // the cards whose ICCID packs into 64 bits (every valid one): the usage fold's lookup
+	pools      map[string]*pool
+	order      []*Card           // cards in provisioning order: the order ticks visit them
+	strs       map[string]string // interned carrier, plan and account names: one copy for many cards
+	accOrder   []*account        // accounts in creation order
+	poolOrd    []*pool
+	due        deadlines // cards by the time a tick next changes them
+	plansDirty bool      // a plan changed since the last checkpoint
 }
 
 type plan struct {
@@ -244,11 +245,18 @@ func (p *Partition) applyPlan(in *Input, out []Emitted) []Emitted {
 	if anchor == 0 {
 		anchor = 1
 	}
+	old := p.plans[pc.PlanID]
 	p.plans[pc.PlanID] = &plan{PlanChanged: pc, loc: loc, anchor: anchor}
-	// a plan's time zone moves its cards' cancellation deadlines
+	p.plansDirty = true
+	// a plan's time zone moves its cards' cancellation deadlines; its zone
+	// or anchor day, the cycles their filter slots stand for
+	moved := old != nil && (old.loc.String() != loc.String() || old.anchor != anchor)
 	for _, c := range p.order {
 		if c.planID == pc.PlanID {
 			p.reschedule(c)
+			if moved {
+				c.fpsMoved, c.dirty = true, true
+			}
 		}
 	}
 	return out
@@ -280,6 +288,9 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 		c = &Card{iccid: cp.ICCID, account: acct.id}
 		c.cycle = CycleAt(now, pl.loc, pl.anchor)
 		p.addCard(c)
+	}
+	if exists && c.planID != pl.PlanID {
+		c.fpsMoved = true // its filter slots stood for the old plan's cycles
 	}
 	c.planID, c.carrier, c.imsi, c.msisdn, c.poolID = pl.PlanID, p.intern(cp.Carrier), cp.IMSI, cp.MSISDN, p.intern(cp.PoolID)
 	c.autoStop = cp.AutoStopOverQuota

@@ -16,6 +16,7 @@ type pool struct {
 	cycle     Cycle
 	usage     uint64
 	exhausted bool
+	dirty     bool // changed since the last checkpoint
 }
 
 func (p *Partition) applyPool(in *Input, out []Emitted) []Emitted {
@@ -35,7 +36,7 @@ func (p *Partition) applyPool(in *Input, out []Emitted) []Emitted {
 		p.poolOrd = append(p.poolOrd, po)
 		p.account(pc.AccountID)
 	}
-	po.PoolChanged, po.loc, po.anchor = pc, loc, max(pc.CycleAnchorDay, 1)
+	po.PoolChanged, po.loc, po.anchor, po.dirty = pc, loc, max(pc.CycleAnchorDay, 1), true
 	if po.cycle.End == 0 {
 		po.cycle = CycleAt(now, po.loc, po.anchor)
 	}
@@ -48,7 +49,7 @@ func (p *Partition) poolRule(po *pool, at int64, cause string, out []Emitted) []
 	if over == po.exhausted {
 		return out
 	}
-	po.exhausted = over
+	po.exhausted, po.dirty = over, true
 	for _, c := range p.accounts[po.account].cards {
 		if c.poolID != po.PoolID || c.cancelled || !c.autoStop {
 			continue
@@ -73,7 +74,7 @@ func (p *Partition) rollPool(po *pool, t int64, cause string, out []Emitted) []E
 		return out
 	}
 	po.cycle = CycleAt(t, po.loc, po.anchor)
-	po.usage = 0
+	po.usage, po.dirty = 0, true
 	return p.poolRule(po, po.cycle.Start, cause, out)
 }
 

@@ -86,15 +86,27 @@ func sortedKeys(m map[string]bool) []string {
 }
 
 // head is the partition-wide part of the state: the log's time, plans,
-// accounts and pools. Every checkpoint piece that carries it carries all
-// of it: it is small beside the cards.
-func (p *Partition) head() *snapshot {
+// accounts and pools; with changed, only the plans, accounts and pools
+// changed since the last checkpoint (all plans when one did: they are
+// few), and it marks them as checkpointed.
+func (p *Partition) head(changed bool) *snapshot {
 	s := &snapshot{Version: snapshotVersion, Now: p.now}
-	for _, pl := range p.plans {
-		s.Plans = append(s.Plans, pl.PlanChanged)
+	if !changed || p.plansDirty {
+		for _, pl := range p.plans {
+			s.Plans = append(s.Plans, pl.PlanChanged)
+		}
+		sort.Slice(s.Plans, func(i, j int) bool { return s.Plans[i].PlanID < s.Plans[j].PlanID })
 	}
-	sort.Slice(s.Plans, func(i, j int) bool { return s.Plans[i].PlanID < s.Plans[j].PlanID })
+	if changed {
+		p.plansDirty = false
+	}
 	for _, a := range p.accOrder {
+		if changed && !a.dirty {
+			continue
+		}
+		if changed {
+			a.dirty = false
+		}
 		s.Accounts = append(s.Accounts, accountSnapshot{
 			AccountChanged: AccountChanged{AccountID: a.id, CreditLimitFen: a.creditLimit, LowBalanceFen: a.lowBalance, AutoResumeOnPayment: a.autoResume},
 			Balance:        a.balance, InArrears: a.inArrears, LowWarned: a.lowWarned,
@@ -102,6 +114,12 @@ func (p *Partition) head() *snapshot {
 		})
 	}
 	for _, po := range p.poolOrd {
+		if changed && !po.dirty {
+			continue
+		}
+		if changed {
+			po.dirty = false
+		}
 		s.Pools = append(s.Pools, poolSnapshot{PoolChanged: po.PoolChanged, Cycle: [2]int64{po.cycle.Start, po.cycle.End}, Usage: po.usage, Exhausted: po.exhausted})
 	}
 	return s
@@ -158,7 +176,7 @@ func (c *Card) snapshot(mode int) cardSnapshot {
 
 // MarshalSnapshot encodes the whole state as one piece.
 func (p *Partition) MarshalSnapshot() ([]byte, error) {
-	s := p.head()
+	s := p.head(false)
 	s.Cards = make([]cardSnapshot, 0, len(p.order))
 	for _, c := range p.order {
 		s.Cards = append(s.Cards, c.snapshot(modeWhole))
@@ -173,7 +191,8 @@ func (p *Partition) MarshalSnapshot() ([]byte, error) {
 func (p *Partition) MarshalBase(cardsPerPiece int) ([][]byte, error) {
 	cardsPerPiece = max(cardsPerPiece, 1)
 	var pieces [][]byte
-	head := p.head()
+	head := p.head(false)
+	p.head(true) // and mark the head checkpointed
 	for i := 0; i == 0 || i < len(p.order); i += cardsPerPiece {
 		part := p.order[i:min(i+cardsPerPiece, len(p.order))]
 		b, err := encodePiece(head, len(part), func(emit func(cardSnapshot) error) error {
@@ -240,9 +259,9 @@ func (p *Partition) MarshalDelta(cardsPerPiece int) ([][]byte, int, error) {
 		}
 	}
 	var pieces [][]byte
+	head := p.head(true) // what changed of it, in the first piece only
 	for i := 0; i == 0 || i < len(dirty); i += cardsPerPiece {
 		part := dirty[i:min(i+cardsPerPiece, len(dirty))]
-		head := p.head()
 		head.Delta = true
 		b, err := encodePiece(head, len(part), func(emit func(cardSnapshot) error) error {
 			for _, c := range part {
@@ -257,6 +276,7 @@ func (p *Partition) MarshalDelta(cardsPerPiece int) ([][]byte, int, error) {
 			return nil, 0, err
 		}
 		pieces = append(pieces, b)
+		head = &snapshot{Version: snapshotVersion, Now: p.now}
 	}
 	return pieces, len(dirty), nil
 }
@@ -284,7 +304,7 @@ func (r *Restorer) Add(piece []byte) error {
 	p := r.p
 	p.now = max(p.now, s.Now)
 	if len(s.Plans) > 0 || len(s.Accounts) > 0 || len(s.Pools) > 0 {
-		if err := r.setHead(&s); err != nil {
+		if err := r.setHead(&s, s.Delta); err != nil {
 			return err
 		}
 	}
@@ -307,9 +327,14 @@ func (r *Restorer) Add(piece []byte) error {
 	return nil
 }
 
-func (r *Restorer) setHead(s *snapshot) error {
+// setHead takes a piece's head: a base's replaces everything; a delta's
+// plans, accounts and pools replace those of the same ids (a new one goes
+// after the others, as it was created after them).
+func (r *Restorer) setHead(s *snapshot, delta bool) error {
 	p := r.p
-	p.plans, p.accounts, p.pools, p.accOrder, p.poolOrd = map[string]*plan{}, map[string]*account{}, map[string]*pool{}, nil, nil
+	if !delta {
+		p.plans, p.accounts, p.pools, p.accOrder, p.poolOrd = map[string]*plan{}, map[string]*account{}, map[string]*pool{}, nil, nil
+	}
 	for _, pc := range s.Plans {
 		in := Input{Type: TypePlanChanged, Plan: &pc}
 		if out := p.applyPlan(&in, nil); len(out) > 0 {
@@ -329,6 +354,10 @@ func (r *Restorer) setHead(s *snapshot) error {
 		}
 		po := &pool{PoolChanged: ps.PoolChanged, account: ps.AccountID, loc: loc, anchor: max(ps.CycleAnchorDay, 1),
 			cycle: Cycle{ps.Cycle[0], ps.Cycle[1]}, usage: ps.Usage, exhausted: ps.Exhausted}
+		if old := p.pools[po.PoolID]; old != nil {
+			*old = *po
+			continue
+		}
 		p.pools[po.PoolID] = po
 		p.poolOrd = append(p.poolOrd, po)
 	}
@@ -411,6 +440,7 @@ func (r *Restorer) Finish() (*Partition, error) {
 		c.due = p.deadline(c)
 	}
 	heap.Init(&p.due)
+	p.head(true) // what was restored is checkpointed
 	return p, nil
 }
 

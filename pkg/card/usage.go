@@ -225,6 +225,7 @@ func (p *Partition) poolUsage(po *pool, r *cdr.Record, at int64, cause string, o
 		return out // a record of a closed pool cycle stops nothing now
 	}
 	po.usage += r.Bytes()
+	po.dirty = true
 	return p.poolRule(po, at, cause, out)
 }
 
