@@ -47,8 +47,12 @@ func (s *fpSlot) split(h uint64) (bucket int, fp uint16) {
 
 func (s *fpSlot) buckets() int { return 1 << s.k }
 
-// len is the number of fingerprints held.
+// len is the number of fingerprints held (a saturated slot counts as
+// full, so that the next cycle's slot is sized for a heavy card).
 func (s *fpSlot) len() int {
+	if s.saturated {
+		return maxSlotIDs
+	}
 	if len(s.data) == 0 {
 		return 0
 	}

@@ -69,7 +69,9 @@ const MB = 1 << 20
 func (p *Partition) ApplyUsage(h *cdr.ChunkHeader, recs []cdr.Record, pr *Probe, verdicts []Verdict, out []Emitted) ([]Verdict, []Emitted) {
 	verdicts = verdicts[:0]
 	if pr != nil && len(pr.cards) != len(recs) {
-		pr = nil // not this chunk's
+		// a probe of another chunk: folding without it would count again
+		// every id remembered before the last checkpoint
+		panic("card: ApplyUsage with a probe of another chunk")
 	}
 	for i := range recs {
 		var v Verdict

@@ -123,6 +123,7 @@ type partition struct {
 	ready    bool                            // restored and folding
 	failure  error                           // why its last life ended, until it is ready again
 	stuck    bool                            // that failure is the log's: no retry can get past it
+	stuckAt  uint64                          // the message it could not fold: stuck until a life folds past it
 	pending  uint64                          // log messages of the partition not yet delivered, as of the last one
 	chunks   map[uint64]*query.ChunkVerdicts // recent usage chunks' verdicts, by sequence
 	chunkQ   []uint64                        // their order, for eviction
@@ -213,10 +214,9 @@ func (p *Projector) Ready() error {
 		ready, failure := pt.ready, pt.failure
 		pt.mu.Unlock()
 		switch {
-		case ready:
 		case failure != nil:
 			return fmt.Errorf("partition %d is retrying after: %w", pt.id, failure)
-		default:
+		case !ready:
 			return fmt.Errorf("partition %d is restoring", pt.id)
 		}
 	}
@@ -284,6 +284,7 @@ type metrics struct {
 	checkpointB    prometheus.Counter
 	checkpointErrs prometheus.Counter
 	lookups        prometheus.Counter
+	publishRetries prometheus.Counter
 	indexEntries   *prometheus.GaugeVec
 }
 
@@ -301,13 +302,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Bytes of checkpoints stored: state pieces and index segments."}),
 		checkpointErrs: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_projector_checkpoint_retries_total",
 			Help: "Failed attempts at a step of a checkpoint (retried with backoff)."}),
+		publishRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_projector_publish_retries_total",
+			Help: "Failed attempts to publish what the fold emitted (retried with backoff; /readyz says so meanwhile)."}),
 		lookups: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_projector_index_lookups_total",
 			Help: "Record ids looked up in the exact index (the filters could not rule them out)."}),
 		indexEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cardmeter_projector_index_entries",
 			Help: "Record ids in the exact index, by partition."}, []string{"partition"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.restarts, m.ready, m.restoreSeconds, m.checkpointSecs, m.checkpointB, m.checkpointErrs, m.lookups, m.indexEntries)
+		reg.MustRegister(m.restarts, m.ready, m.restoreSeconds, m.checkpointSecs, m.checkpointB, m.checkpointErrs, m.lookups, m.publishRetries, m.indexEntries)
 	}
 	return m
 }

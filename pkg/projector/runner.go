@@ -97,7 +97,13 @@ func (r *runner) restore(ctx context.Context) error {
 	r.folder = &fold.Folder{Partition: r.pt.id, State: state, Index: idx}
 	r.last, r.lastSave = m.Seq, time.Now()
 	r.pt.mu.Lock()
-	r.pt.state, r.pt.applied, r.pt.ready, r.pt.failure, r.pt.stuck = state, m.Seq, true, nil, false
+	r.pt.state, r.pt.applied = state, m.Seq
+	// A partition that could not fold a message stays unready, stuck and
+	// failing /healthz until a life folds past it (the flush clears it), so
+	// that it does not flap ready between retries.
+	if r.pt.stuckAt == 0 || m.Seq >= r.pt.stuckAt {
+		r.pt.ready, r.pt.failure, r.pt.stuck, r.pt.stuckAt = true, nil, false, 0
+	}
 	close(r.pt.progress)
 	r.pt.progress = make(chan struct{})
 	r.pt.mu.Unlock()
@@ -111,6 +117,9 @@ func (r *runner) restore(ctx context.Context) error {
 }
 
 func (r *runner) run(ctx context.Context) error {
+	// the reader goroutine ends with this life, not only with the process
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{broker.PartitionFilter(r.pt.id)}}
 	if r.last > 0 {
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, r.last+1
@@ -137,7 +146,7 @@ func (r *runner) run(ctx context.Context) error {
 			}
 			select {
 			case msgs <- m:
-			case <-ctx.Done():
+			case <-lctx.Done():
 				return
 			}
 		}
@@ -246,6 +255,9 @@ func (r *runner) fold(m jetstream.Msg) error {
 		if errors.Is(err, fold.ErrIndex) {
 			return err // the state may be part-applied: the next life restores it
 		}
+		r.pt.mu.Lock()
+		r.pt.stuckAt = seq
+		r.pt.mu.Unlock()
 		return fmt.Errorf("%w: %w", errStuck, err)
 	}
 	for i := range out.Events {
@@ -303,15 +315,28 @@ func (r *runner) flush(ctx context.Context) error {
 			return nil
 		}
 		bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(0), backoff.WithMaxInterval(5*time.Second)), ctx)
+		failed := false
 		err := backoff.RetryNotify(op, bo, func(err error, d time.Duration) {
 			r.log.Warn("publishing emitted events failed; retrying", zap.Error(err), zap.Duration("in", d))
+			r.p.m.publishRetries.Inc()
+			r.pt.mu.Lock()
+			r.pt.failure, failed = fmt.Errorf("publishing emitted events: %w", err), true
+			r.pt.mu.Unlock()
 		})
 		if err != nil {
 			return err
 		}
 		r.pending = r.pending[:0]
+		if failed {
+			r.pt.mu.Lock()
+			r.pt.failure = nil
+			r.pt.mu.Unlock()
+		}
 	}
 	r.pt.mu.Lock()
+	if r.pt.stuckAt != 0 && r.last >= r.pt.stuckAt {
+		r.pt.ready, r.pt.failure, r.pt.stuck, r.pt.stuckAt = true, nil, false, 0
+	}
 	if r.pt.applied != r.last {
 		r.pt.applied = r.last
 		close(r.pt.progress)
@@ -367,7 +392,11 @@ func (r *runner) checkpoint(ctx context.Context) {
 	go func() {
 		defer r.saving.Done()
 		defer r.busy.Store(false)
-		if err := r.store.save(ctx, r.idx, job); err != nil {
+		// a stop lets the checkpoint in flight finish (shutdown waits for
+		// it), rather than failing it and the final one with it
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+		defer cancel()
+		if err := r.store.save(sctx, r.idx, job); err != nil {
 			if ctx.Err() == nil {
 				r.log.Warn("checkpoint not stored; this life ends and the next restores the last one", zap.Error(err))
 			}
