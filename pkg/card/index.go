@@ -120,15 +120,6 @@ func (p *Partition) TakeIDs(dst []IndexEntry) []IndexEntry {
 	return dst
 }
 
-// PendingIDs is how many ids were counted since the last TakeIDs.
-func (p *Partition) PendingIDs() int {
-	n := 0
-	for _, c := range p.order {
-		n += c.recent.len()
-	}
-	return n
-}
-
 // IndexFloor is the earliest cycle start any card still remembers ids of:
 // index entries of cycles before it are forgotten by every card, and the
 // index may drop them (a cancelled card remembers nothing).

@@ -27,7 +27,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"syscall"
 
@@ -163,9 +162,6 @@ func (x *Index) Close() {
 	x.segs = nil
 }
 
-// Dir is the folder of the segment files.
-func (x *Index) Dir() string { return x.dir }
-
 // Path is the file of a segment.
 func (x *Index) Path(name string) string { return filepath.Join(x.dir, name) }
 
@@ -205,13 +201,6 @@ func (x *Index) Freeze(es []card.IndexEntry) {
 	x.mu.Lock()
 	x.frozen = append(x.frozen, es)
 	x.mu.Unlock()
-}
-
-// Frozen is how many sets of entries wait for a segment.
-func (x *Index) Frozen() int {
-	x.mu.RLock()
-	defer x.mu.RUnlock()
-	return len(x.frozen)
 }
 
 // Get finds the entry of a card's record id among those of cycles that
@@ -614,9 +603,6 @@ func (r *entryReader) next() error {
 }
 
 func (r *entryReader) close() { _ = r.f.Close() }
-
-// IsSegment reports whether a file name is a segment's.
-func IsSegment(name string) bool { return strings.HasSuffix(name, ".seg") }
 
 // Add puts entries into the index at once, for a caller with no manifest
 // to keep (a rebuild, a measurement): it writes them as segments, installs
