@@ -143,6 +143,21 @@ func Open(dir string, live []SegmentInfo, fetch Fetch) (*Index, error) {
 			}
 		}
 		s, err := openSegment(path, si, fetched)
+		if err != nil && !fetched && fetch != nil {
+			// a local file of the right size that does not open (its footer
+			// damaged): fetch it again, checked whole
+			tmp := path + ".fetch"
+			if ferr := fetch(si.Name, tmp); ferr != nil {
+				_ = os.Remove(tmp)
+				x.Close()
+				return nil, fmt.Errorf("index: %w; fetching it again: %w", err, ferr)
+			}
+			if rerr := os.Rename(tmp, path); rerr != nil {
+				x.Close()
+				return nil, fmt.Errorf("index: %w", rerr)
+			}
+			s, err = openSegment(path, si, true)
+		}
 		if err != nil {
 			x.Close()
 			return nil, err

@@ -203,6 +203,17 @@ func TestIndexFetchesMissingAndDamagedSegments(t *testing.T) {
 		}
 		return os.WriteFile(path, b, 0o644)
 	}
+	// a local file of the right size whose footer is damaged is fetched again
+	bad := append([]byte(nil), b...)
+	copy(bad[len(bad)-footerSize:], "XXXXXXXX")
+	_ = os.WriteFile(filepath.Join(dir, name), bad, 0o644)
+	if x, err = Open(dir, added, fetch); err != nil {
+		t.Fatal(err)
+	}
+	x.Close()
+	if fetched != 1 {
+		t.Fatalf("a damaged local segment: fetched %d times", fetched)
+	}
 	_ = os.Remove(filepath.Join(dir, name))
 	if x, err = Open(dir, added, fetch); err != nil {
 		t.Fatal(err)
@@ -210,7 +221,7 @@ func TestIndexFetchesMissingAndDamagedSegments(t *testing.T) {
 	m := model{}
 	m.add(es)
 	check(t, x, m, r)
-	if fetched != 1 {
+	if fetched != 2 {
 		t.Fatalf("fetched %d times", fetched)
 	}
 	x.Close()
