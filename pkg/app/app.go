@@ -182,7 +182,11 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	if has(cfg.Roles, RoleProjector) {
 		pc := cfg.Projector
 		if pc.DataDir == "" {
-			pc.DataDir = filepath.Join(cfg.DataDir, "projector")
+			dataDir := cfg.DataDir
+			if dataDir == "" {
+				dataDir = ".data" // as the flag's default: never files among the sources
+			}
+			pc.DataDir = filepath.Join(dataDir, "projector")
 		}
 		pc.Registerer = reg
 		p.Projector = projector.New(p.NC, p.JS, pc, log.Named("projector"))

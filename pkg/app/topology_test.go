@@ -22,7 +22,7 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 	ch := testenv.ClickHouse(t)
 	start := func(roles ...string) *Pipeline {
-		p, err := Start(context.Background(), Config{Roles: roles, NATSURL: srv.ClientURL(), HTTPAddr: "127.0.0.1:0",
+		p, err := Start(context.Background(), Config{Roles: roles, NATSURL: srv.ClientURL(), HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
 			Partitions: 3, ManualClock: true, ClockStart: time.Date(2026, 3, 5, 0, 0, 0, 0, time.UTC), ClickHouse: ch,
 			Sink: sinkConfigForTests()}, testenv.Logger(t))
 		if err != nil {
