@@ -189,15 +189,22 @@ func (p *Partition) MarshalSnapshot() ([]byte, error) {
 // card as checkpointed. The ids counted since the last TakeIDs are not in
 // it: the caller takes them next, for the index.
 func (p *Partition) MarshalBase(cardsPerPiece int) ([][]byte, error) {
-	cardsPerPiece = max(cardsPerPiece, 1)
-	var pieces [][]byte
 	head := p.head(false)
 	p.head(true) // and mark the head checkpointed
-	for i := 0; i == 0 || i < len(p.order); i += cardsPerPiece {
-		part := p.order[i:min(i+cardsPerPiece, len(p.order))]
+	return p.encodeCards(head, p.order, cardsPerPiece, modeBase)
+}
+
+// encodeCards writes cards as checkpoint pieces of at most perPiece cards,
+// the first with head, and marks them as checkpointed.
+func (p *Partition) encodeCards(head *snapshot, cards []*Card, perPiece, mode int) ([][]byte, error) {
+	perPiece = max(perPiece, 1)
+	var pieces [][]byte
+	for i := 0; i == 0 || i < len(cards); i += perPiece {
+		part := cards[i:min(i+perPiece, len(cards))]
+		head.Delta = mode == modeDelta
 		b, err := encodePiece(head, len(part), func(emit func(cardSnapshot) error) error {
 			for _, c := range part {
-				if err := emit(c.snapshot(modeBase)); err != nil {
+				if err := emit(c.snapshot(mode)); err != nil {
 					return err
 				}
 				c.dirty, c.fpsMoved = false, false
@@ -248,37 +255,21 @@ func encodePiece(head *snapshot, sizeHint int, cards func(emit func(cardSnapshot
 }
 
 // MarshalDelta encodes what changed since the last MarshalDelta or
-// MarshalBase: the head and every card the fold changed, and marks them
-// as checkpointed. It also reports how many cards it holds.
+// MarshalBase: what changed of the head and every card the fold changed,
+// with the ids it counted since (what they add to its filters), in pieces
+// of at most cardsPerPiece cards, the first with the head, and marks them
+// as checkpointed. It costs what changed, not the whole state. It also
+// reports how many cards it holds. The caller takes the ids next
+// (TakeIDs), for the index.
 func (p *Partition) MarshalDelta(cardsPerPiece int) ([][]byte, int, error) {
-	cardsPerPiece = max(cardsPerPiece, 1)
 	var dirty []*Card
 	for _, c := range p.order {
 		if c.dirty {
 			dirty = append(dirty, c)
 		}
 	}
-	var pieces [][]byte
-	head := p.head(true) // what changed of it, in the first piece only
-	for i := 0; i == 0 || i < len(dirty); i += cardsPerPiece {
-		part := dirty[i:min(i+cardsPerPiece, len(dirty))]
-		head.Delta = true
-		b, err := encodePiece(head, len(part), func(emit func(cardSnapshot) error) error {
-			for _, c := range part {
-				if err := emit(c.snapshot(modeDelta)); err != nil {
-					return err
-				}
-				c.dirty, c.fpsMoved = false, false
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, 0, err
-		}
-		pieces = append(pieces, b)
-		head = &snapshot{Version: snapshotVersion, Now: p.now}
-	}
-	return pieces, len(dirty), nil
+	pieces, err := p.encodeCards(p.head(true), dirty, cardsPerPiece, modeDelta)
+	return pieces, len(dirty), err
 }
 
 // Restorer rebuilds a Partition from checkpoint pieces: the base's, then
