@@ -43,6 +43,11 @@ type IndexConfig struct {
 	// the base pieces and index segments are put in a JetStream object
 	// store (an embedded server), then read back as a projector does.
 	EmptyDisk bool
+	// FoldProfile, when set, is where CPU profiles of the two measured
+	// folds of new records go: this path with the index in use, and this
+	// path with ".mem" appended for the baseline (the build-up of the
+	// history and the other phases are left out).
+	FoldProfile string
 }
 
 // IndexReport is what RunIndex measured.
@@ -214,9 +219,14 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 		defer func() { withCheckpoints = cp }()
 		before, beforeT := folded, foldTime
 		fresh := min(cfg.Cards*perCycle(2), 2_000_000)
+		stop, err := startProfile(cfg.FoldProfile, what != "with the index")
+		if err != nil {
+			return 0, err
+		}
 		if err := run(cycle.Unix(), func(card, j int) string { return fmt.Sprint("n-", card, "-", j) }, fresh, nil); err != nil {
 			return 0, err
 		}
+		stop()
 		rate = float64(folded-before) / (foldTime - beforeT).Seconds()
 		if log != nil {
 			fmt.Fprintf(log, "index: %s: %d more new records at %.0f/s\n", what, folded-before, rate)
@@ -330,6 +340,26 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 		}
 	}
 	return rep, nil
+}
+
+// startProfile starts a CPU profile to path (with ".mem" appended for the
+// baseline); the returned func stops it. No path, no profile.
+func startProfile(path string, baseline bool) (func(), error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	if baseline {
+		path += ".mem"
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func writeHeapProfile(path string) error {

@@ -61,10 +61,14 @@ type Probe struct {
 	// Needs lists the records whose ids the card's filters cannot rule
 	// out: the shell looks them up in the index and puts the answers in
 	// Found, by record.
-	Needs []Need
-	Found []Lookup
-	cards []*Card // each record's card, nil for an unknown one
-	keys  []uint64
+	Needs  []Need
+	Found  []Lookup
+	cards  []*Card // each record's card, nil for an unknown one
+	keys   []uint64
+	probes []probe // the live cards' filter slots, in record order
+	// touched keeps the loads that bring a chunk's filters into the
+	// cache from being optimized away.
+	touched uint16
 }
 
 // Probe fills pr for a chunk: each record's card and id hash (ApplyUsage
@@ -77,28 +81,75 @@ func (p *Partition) Probe(h *cdr.ChunkHeader, recs []cdr.Record, pr *Probe) {
 	pr.Found = append(pr.Found[:0], make([]Lookup, len(recs))...)
 	for i := range recs {
 		c, _ := p.card(recs[i].ICCID)
-		key := cdr.IDHash(h.Carrier, recs[i].RecordID)
-		pr.cards, pr.keys = append(pr.cards, c), append(pr.keys, key)
+		pr.cards, pr.keys = append(pr.cards, c), append(pr.keys, cdr.IDHash(h.Carrier, recs[i].RecordID))
+	}
+	// The filters in passes over groups of records: the cards, then
+	// every record's buckets found, then searched. A pass's reads of
+	// different records do not wait on each other, so their trips to
+	// memory overlap where one record's slots at a time would make them
+	// one after another; a group is small enough that what one pass
+	// brought into the cache is still there for the next.
+	for lo := 0; lo < len(recs); lo += probeGroup {
+		p.probeGroup(pr, lo, min(lo+probeGroup, len(recs)))
+	}
+}
+
+// probeGroup is how many records Probe takes through its passes at a time.
+const probeGroup = 64
+
+func (p *Partition) probeGroup(pr *Probe, lo, hi int) {
+	cards, keys := pr.cards[lo:hi], pr.keys[lo:hi]
+	touch := pr.touched
+	for _, c := range cards {
+		if c != nil {
+			touch += uint16(c.fps[0].k) // the card's slots into the cache
+		}
+	}
+	for i, c := range cards {
+		if c != nil {
+			h := fingerprint(keys[i])
+			for s := range c.fps {
+				touch += c.fps[s].offset(h) // their buckets' offsets
+			}
+		}
+	}
+	pr.probes = pr.probes[:0]
+	for i, c := range cards {
+		if c != nil && !c.cancelled {
+			h := fingerprint(keys[i])
+			for s := range c.fps {
+				pr.probes = append(pr.probes, c.fps[s].at(h))
+			}
+		}
+	}
+	for _, q := range pr.probes {
+		if n := len(q.words); n > 0 && q.state == probeBucket {
+			touch += q.words[0] + q.words[n-1] // the buckets into the cache
+		}
+	}
+	pr.touched = touch
+	next := 0
+	for i, c := range cards {
 		if c == nil || c.cancelled {
 			continue
 		}
+		q := pr.probes[next : next+len(c.fps)]
+		next += len(c.fps)
 		maybe := false
-		for s := range c.fps {
-			if c.fps[s].mayHave(key) {
-				maybe = true
-				break
-			}
+		for s := range q {
+			maybe = maybe || q[s].has()
 		}
 		if !maybe {
 			continue // the common case: certainly a new id
 		}
+		key := keys[i]
 		if _, ok := c.recent.get(key); ok {
 			continue // counted since the last checkpoint: the card knows it
 		}
 		// Any cycle the card still remembers: a slot's cycles under the
 		// plan as it is now may not be those its ids counted in, if the
 		// plan (or the card's) changed since.
-		pr.Needs = append(pr.Needs, Need{Rec: i, Card: c.key, ID: key, From: c.keepFrom, To: math.MaxInt64})
+		pr.Needs = append(pr.Needs, Need{Rec: lo + i, Card: c.key, ID: key, From: c.keepFrom, To: math.MaxInt64})
 	}
 }
 

@@ -286,6 +286,7 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	acct := p.account(cp.AccountID)
 	if !exists {
 		c = &Card{iccid: cp.ICCID, account: acct.id}
+		c.fps[0] = openSlot(0)
 		c.cycle = CycleAt(now, pl.loc, pl.anchor)
 		p.addCard(c)
 	}
@@ -402,7 +403,8 @@ func (p *Partition) rollover(c *Card, t int64, cause string, out []Emitted) []Em
 	c.recent.keep(func(s seenRecord) bool { return s.cycleStart() >= c.keepFrom })
 	n := c.fps[0].len()
 	copy(c.fps[1:], c.fps[:RetainedCycles])
-	c.fps[0] = fpSlot{k: bucketBits(n)}
+	c.fps[1].seal()
+	c.fps[0] = openSlot(n)
 	c.packClosed()
 	c.dirty, c.fpsMoved = true, true
 	return out

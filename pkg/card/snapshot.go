@@ -61,7 +61,8 @@ type cardSnapshot struct {
 	LastCmd    CommandOutcome `json:"last_cmd"`
 	KeepFrom   int64          `json:"keep_from,omitempty"`
 	// Filters holds the record-id filters, one per cycle slot: bucket
-	// bits, saturated, then the slot's 16-bit words, little-endian.
+	// bits, a state byte (0 bucketed, 1 saturated, 2 young), then the
+	// slot's 16-bit words, little-endian.
 	Filters [][]byte `json:"filters,omitempty"`
 	// Recent holds the ids counted since the last TakeIDs, 16 bytes each
 	// (id hash, packed content hash and cycle; little-endian), sorted by id
@@ -74,7 +75,12 @@ type cardSnapshot struct {
 	Added []byte `json:"added,omitempty"`
 }
 
-const snapshotVersion = 5
+// snapshotVersion is the version written; 5 (before young filter slots)
+// is read too, as a subset of 6.
+const (
+	snapshotVersion       = 6
+	oldestSnapshotVersion = 5
+)
 
 func sortedKeys(m map[string]bool) []string {
 	out := make([]string, 0, len(m))
@@ -155,13 +161,16 @@ func (c *Card) snapshot(mode int) cardSnapshot {
 	filters := make([][]byte, len(c.fps))
 	for i := range c.fps {
 		f := &c.fps[i]
-		if len(f.data) > 0 || f.saturated || f.k != 0 {
+		if len(f.data) > 0 || f.saturated || f.k != 0 || f.young {
 			empty = false
 		}
 		b := make([]byte, 2, 2+2*len(f.data))
 		b[0] = f.k
-		if f.saturated {
+		switch {
+		case f.saturated:
 			b[1] = 1
+		case f.young:
+			b[1] = 2
 		}
 		for _, w := range f.data {
 			b = binary.LittleEndian.AppendUint16(b, w)
@@ -289,8 +298,8 @@ func (r *Restorer) Add(piece []byte) error {
 	if err := json.Unmarshal(piece, &s); err != nil {
 		return fmt.Errorf("decoding checkpoint piece: %w", err)
 	}
-	if s.Version != snapshotVersion {
-		return fmt.Errorf("checkpoint piece version %d, this build reads %d", s.Version, snapshotVersion)
+	if s.Version < oldestSnapshotVersion || s.Version > snapshotVersion {
+		return fmt.Errorf("checkpoint piece version %d, this build reads %d to %d", s.Version, oldestSnapshotVersion, snapshotVersion)
 	}
 	p := r.p
 	p.now = max(p.now, s.Now)
@@ -377,8 +386,16 @@ func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 			return nil, fmt.Errorf("filter slot %d of %d bytes is malformed", i, len(b))
 		}
 		f := &c.fps[i]
-		f.k, f.saturated = b[0], b[1] == 1
-		if n := (len(b) - 2) / 2; n > 0 {
+		f.k, f.saturated, f.young = b[0], b[1] == 1, b[1] == 2
+		if n := (len(b) - 2) / 2; f.young {
+			if n%2 != 0 || f.k != 0 {
+				return nil, fmt.Errorf("filter slot %d: a young slot of %d words", i, n)
+			}
+			f.data = make([]uint16, n)
+			for j := range f.data {
+				f.data[j] = binary.LittleEndian.Uint16(b[2+2*j:])
+			}
+		} else if n > 0 {
 			f.data = make([]uint16, n)
 			for j := range f.data {
 				f.data[j] = binary.LittleEndian.Uint16(b[2+2*j:])
@@ -391,9 +408,12 @@ func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 	if err := decodeSeen(cs.Recent, &c.recent); err != nil {
 		return nil, err
 	}
-	if cs.Filters == nil && old != nil {
+	switch {
+	case cs.Filters == nil && old != nil:
 		c.fps = old.fps // a delta's card whose slots stayed: its filters grow by what it added
-	} else {
+	case cs.Filters == nil:
+		c.fps[0] = openSlot(0) // a card provisioned since the last checkpoint, as provisioning opens it
+	default:
 		c.packClosed()
 	}
 	if len(cs.Added) > 0 {

@@ -39,6 +39,7 @@ type Folder struct {
 
 	recs     []cdr.Record
 	probe    card.Probe
+	group    []card.Verdict // a group's verdicts, before they join verdicts
 	verdicts []card.Verdict
 	emitted  []card.Emitted
 	lookups  uint64
@@ -69,11 +70,22 @@ func (f *Folder) Fold(subject string, seq uint64, data []byte) (Output, error) {
 		if f.recs, err = cdr.DecodeChunkView(data, &h, f.recs); err != nil {
 			return out, fmt.Errorf("seq %d on %s: %w", seq, subject, err)
 		}
-		pr, err := f.lookup(&h)
-		if err != nil {
-			return out, fmt.Errorf("seq %d on %s: %w: %w", seq, subject, ErrIndex, err)
+		if f.Index == nil {
+			f.verdicts, f.emitted = f.State.ApplyUsage(&h, f.recs, nil, f.verdicts, f.emitted)
+		} else {
+			// a group at a time, probed, looked up and folded: what the
+			// filters brought into the cache is still there for the fold
+			f.verdicts = f.verdicts[:0]
+			for lo := 0; lo < len(f.recs); lo += foldGroup {
+				recs := f.recs[lo:min(lo+foldGroup, len(f.recs))]
+				if err := f.lookup(&h, recs); err != nil {
+					return out, fmt.Errorf("seq %d on %s: %w: %w", seq, subject, ErrIndex, err)
+				}
+				var v []card.Verdict
+				v, f.emitted = f.State.ApplyUsage(&h, recs, &f.probe, f.group, f.emitted)
+				f.verdicts, f.group = append(f.verdicts, v...), v
+			}
 		}
-		f.verdicts, f.emitted = f.State.ApplyUsage(&h, f.recs, pr, f.verdicts, f.emitted)
 		acc := &event.Accepted{Partition: f.Partition, Seq: seq, Carrier: h.Carrier, ReceivedAt: h.ReceivedAt,
 			Rows: make([]event.AcceptedRow, 0, len(f.recs))}
 		out.Verdicts = &query.ChunkVerdicts{}
@@ -102,20 +114,20 @@ func (f *Folder) Fold(subject string, seq uint64, data []byte) (Output, error) {
 	return out, nil
 }
 
-// lookup reads from the index the records of the chunk that the filters
-// cannot rule out; nil without an index.
-func (f *Folder) lookup(h *cdr.ChunkHeader) (*card.Probe, error) {
-	if f.Index == nil {
-		return nil, nil
-	}
-	f.State.Probe(h, f.recs, &f.probe)
+// foldGroup is how many records of a chunk are probed and folded at a time.
+const foldGroup = 256
+
+// lookup probes recs against the filters and reads from the index those
+// that the filters cannot rule out.
+func (f *Folder) lookup(h *cdr.ChunkHeader, recs []cdr.Record) error {
+	f.State.Probe(h, recs, &f.probe)
 	for _, n := range f.probe.Needs {
 		lk, err := f.Index.Get(n.Card, n.ID, n.From, n.To)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		f.probe.Found[n.Rec] = lk
 	}
 	f.lookups += uint64(len(f.probe.Needs))
-	return &f.probe, nil
+	return nil
 }

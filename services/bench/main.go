@@ -44,6 +44,7 @@ func main() {
 	idsPerCard := flag.Int("ids-per-card", 2000, "with -index: remembered record ids per card (over three cycles)")
 	cpRecords := flag.Int("checkpoint-records", 200000, "with -index: records folded between checkpoints")
 	emptyDisk := flag.Bool("empty-disk", true, "with -index: also restore from a JetStream object store into an empty folder")
+	foldProfile := flag.String("fold-cpuprofile", "", "with -index: CPU profiles of the measured folds of new records only, to this file (index) and this file.mem (every id in memory)")
 	baseline := flag.Bool("baseline", true, "with -index: also fold the same records with every id in memory, for the rate to compare with")
 	flag.Parse()
 	cfg.Log = os.Stderr
@@ -98,7 +99,7 @@ func main() {
 	}
 	cfg.Settled = func() { writeHeap("settled") }
 	if *indexRun {
-		r, err := bench.RunIndex(bench.IndexConfig{Cards: cfg.Cards, IDsPerCard: *idsPerCard, Dir: cfg.DataDir + "-index", CheckpointRecords: *cpRecords, Baseline: *baseline, HeapProfile: *heapProfile, EmptyDisk: *emptyDisk}, os.Stderr)
+		r, err := bench.RunIndex(bench.IndexConfig{Cards: cfg.Cards, IDsPerCard: *idsPerCard, Dir: cfg.DataDir + "-index", CheckpointRecords: *cpRecords, Baseline: *baseline, HeapProfile: *heapProfile, EmptyDisk: *emptyDisk, FoldProfile: *foldProfile}, os.Stderr)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
