@@ -271,7 +271,7 @@ func RunIndex(cfg IndexConfig, log io.Writer) (IndexReport, error) {
 	rep.HeapPerCard = cardBytes
 	rep.HeapPerID = (float64(rep.HeapBytes) - cardBytes*float64(cfg.Cards)) / float64(ids)
 	rep.FilterBytesPerID = float64(filterBytes) / float64(ids)
-	entries, disk, _, _ := idx.Stats()
+	entries, disk, _ := idx.Stats()
 	rep.IndexEntries, rep.DiskBytes = entries, disk
 	rep.DiskPerID = float64(disk) / float64(entries)
 	rep.CheckpointSeconds = cpTime.Seconds() / float64(rep.Checkpoints)

@@ -30,6 +30,8 @@ type fpSlot struct {
 	k         uint8
 	saturated bool
 	young     bool
+	coded     bool  // sealed and coded (coded.go)
+	hb        uint8 // a coded slot's group bits
 }
 
 const (
@@ -74,6 +76,8 @@ func (s *fpSlot) len() int {
 		return maxSlotIDs
 	case s.young:
 		return len(s.data) / 2
+	case s.coded:
+		return int(s.data[s.buckets()])
 	case len(s.data) == 0:
 		return 0
 	}
@@ -101,14 +105,18 @@ func (s *fpSlot) youngFind(fp uint32) int {
 // chunk's lookups overlap their trips to memory (Partition.Probe): at
 // reads the bucket's bounds, has its fingerprints.
 type probe struct {
-	words []uint16 // the bucket's fingerprints; a young slot's all
+	words []uint16 // the bucket's fingerprints; a young slot's all; a coded slot's bits
 	fp    uint32
-	state uint8 // probeBucket, probeYoung, probeMaybe
+	start uint32 // a coded bucket's first bit
+	n     uint16 // and its fingerprints
+	state uint8  // probeBucket, probeYoung, probeCoded, probeMaybe
+	hb    uint8
 }
 
 const (
 	probeBucket = iota
 	probeYoung
+	probeCoded
 	probeMaybe
 )
 
@@ -124,7 +132,11 @@ func (s *fpSlot) at(h uint64) probe {
 	}
 	b, fp := s.split(h)
 	nb := s.buckets() + 1
-	return probe{words: s.data[nb+int(s.data[b]) : nb+int(s.data[b+1])], fp: uint32(fp)}
+	lo, hi := int(s.data[b]), int(s.data[b+1])
+	if s.coded {
+		return probe{words: s.data[nb:], fp: uint32(fp), start: uint32(codedStart(s.hb, b, lo)), n: uint16(hi - lo), hb: s.hb, state: probeCoded}
+	}
+	return probe{words: s.data[nb+lo : nb+hi], fp: uint32(fp)}
 }
 
 // offset is the word at reads first, for a pass that brings it into the
@@ -142,6 +154,8 @@ func (q *probe) has() bool {
 	switch q.state {
 	case probeMaybe:
 		return true
+	case probeCoded:
+		return q.n > 0 && codedHas(q.words, uint(q.start), int(q.n), q.hb, uint16(q.fp))
 	case probeYoung:
 		y := fpSlot{data: q.words, young: true}
 		i := y.youngFind(q.fp)
@@ -165,25 +179,8 @@ func (q *probe) has() bool {
 
 // mayHave reports whether the id may be in the slot.
 func (s *fpSlot) mayHave(id uint64) bool {
-	if s.saturated {
-		return true
-	}
-	if len(s.data) == 0 {
-		return false
-	}
-	if s.young {
-		fp := uint32(fingerprint(id) >> 32)
-		i := s.youngFind(fp)
-		return i < len(s.data)/2 && s.youngAt(i) == fp
-	}
-	b, fp := s.split(fingerprint(id))
-	nb := s.buckets() + 1
-	for _, f := range s.data[nb+int(s.data[b]) : nb+int(s.data[b+1])] {
-		if f >= fp {
-			return f == fp
-		}
-	}
-	return false
+	q := s.at(fingerprint(id))
+	return q.has()
 }
 
 // add puts the id's fingerprint in the slot.
@@ -192,9 +189,10 @@ func (s *fpSlot) add(id uint64) {
 		return
 	}
 	if s.len() >= maxSlotIDs {
-		s.saturated, s.young, s.data = true, false, nil
+		*s = fpSlot{k: s.k, saturated: true}
 		return
 	}
+	s.uncode() // a late record into a closed cycle
 	if s.young {
 		fp := uint32(fingerprint(id) >> 32)
 		i := 2 * s.youngFind(fp)
@@ -221,14 +219,15 @@ func (s *fpSlot) add(id uint64) {
 	}
 }
 
-// grow makes room for n more words: by an eighth, since a card holds many
-// slots, and the spare room of a doubling would cost more than the
-// fingerprints.
+// grow makes room for n more words: an eighth more, since a card holds
+// many slots, and the spare room of a doubling would cost more than the
+// fingerprints. Appended to nothing, the new array's capacity is all the
+// allocator gives for its size: no room paid for and unused.
 func (s *fpSlot) grow(n int) {
 	if len(s.data)+n > cap(s.data) {
-		grown := make([]uint16, len(s.data), len(s.data)+len(s.data)/8+8)
+		grown := append([]uint16(nil), make([]uint16, len(s.data)+max(n, len(s.data)/8+8))...)
 		copy(grown, s.data)
-		s.data = grown
+		s.data = grown[:len(s.data)]
 	}
 }
 
@@ -269,8 +268,10 @@ func (s *fpSlot) trim() {
 // packClosed puts the filters of the card's closed cycles side by side in
 // one exactly sized array: they rarely grow again (a late record), every
 // new record reads them all, and adjacent they cost one trip to memory
-// where apart they cost one each. A slot that grows later moves out.
-func (c *Card) packClosed() {
+// where apart they cost one each. A slot that grows later moves out. The
+// array is cut from a slab the partition shares among cards (sl), so it
+// costs its words and no allocator rounding.
+func (c *Card) packClosed(sl *slab) {
 	n := 0
 	for i := 1; i < len(c.fps); i++ {
 		n += len(c.fps[i].data)
@@ -278,7 +279,7 @@ func (c *Card) packClosed() {
 	if n == 0 {
 		return
 	}
-	all := make([]uint16, n)
+	all := sl.alloc(n)
 	off := 0
 	for i := 1; i < len(c.fps); i++ {
 		d := c.fps[i].data
@@ -289,4 +290,36 @@ func (c *Card) packClosed() {
 		c.fps[i].data = all[off : off+len(d) : off+len(d)]
 		off += len(d)
 	}
+}
+
+// slab hands out exactly sized word arrays cut from large blocks. A block
+// is freed by the collector once no card uses a part of it. Each plan has
+// its own: its cards roll over at one moment, so the blocks of a cycle's
+// packs are freed together when the next cycle's replace them.
+type slab struct{ free []uint16 }
+
+// slab is the plan's slab; a card whose plan is unknown (a checkpoint
+// being restored out of order) gets one of its own.
+func (pl *plan) slab() *slab {
+	if pl == nil {
+		return &slab{}
+	}
+	if pl.packs == nil {
+		pl.packs = &slab{}
+	}
+	return pl.packs
+}
+
+const slabWords = 1 << 15 // 64 KiB blocks
+
+func (sl *slab) alloc(n int) []uint16 {
+	if n > len(sl.free) {
+		if n > slabWords/4 {
+			return make([]uint16, n) // a large pack alone
+		}
+		sl.free = make([]uint16, slabWords)
+	}
+	out := sl.free[:n:n]
+	sl.free = sl.free[n:]
+	return out
 }

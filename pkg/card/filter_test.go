@@ -2,6 +2,7 @@ package card
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -113,5 +114,59 @@ func TestYoungSlotSealsToASizedOne(t *testing.T) {
 	}
 	if s := openSlot(2 * idsPerBucket); s.young || s.k != bucketBits(2*idsPerBucket) {
 		t.Errorf("a slot after a cycle of %d ids should be sized, got young=%v k=%d", 2*idsPerBucket, s.young, s.k)
+	}
+}
+
+// A coded slot answers exactly as the plain slot it was coded from, in
+// fewer words, and uncodes back to the same words (a late record).
+func TestCodedSlotAnswersAsThePlainOne(t *testing.T) {
+	for _, tc := range []struct {
+		n int
+		k uint8
+	}{{1, 0}, {5, 0}, {40, 0}, {700, bucketBits(700)}, {700, 0}, {3000, bucketBits(3000)}, {3000, 2}, {200, bucketBits(5000)}, {60000, maxBucketBits}} {
+		r := rand.New(rand.NewPCG(uint64(tc.n), uint64(tc.k)+99))
+		plain := fpSlot{k: tc.k}
+		var ids []uint64
+		for i := 0; i < tc.n; i++ {
+			id := r.Uint64()
+			ids = append(ids, id)
+			plain.add(id)
+		}
+		plain.trim()
+		coded := plain
+		coded.data = append([]uint16(nil), plain.data...)
+		coded.code()
+		if tc.n >= 40 && tc.n >= 2<<tc.k && (!coded.coded || len(coded.data) >= len(plain.data)) {
+			t.Fatalf("n=%d k=%d: coded=%v in %d words, plain %d", tc.n, tc.k, coded.coded, len(coded.data), len(plain.data))
+		}
+		if coded.len() != tc.n || !coded.wordsMatch(tc.n) {
+			t.Fatalf("n=%d k=%d: coded len %d, words match %v", tc.n, tc.k, coded.len(), coded.wordsMatch(tc.n))
+		}
+		for _, id := range ids {
+			if !coded.mayHave(id) {
+				t.Fatalf("n=%d k=%d: id %x lost in coding", tc.n, tc.k, id)
+			}
+		}
+		// nearby fingerprints too: the same bucket, groups and low bits
+		// either side of the members'
+		for i := 0; i < 300000; i++ {
+			id := r.Uint64()
+			if i%2 == 0 {
+				id = ids[r.IntN(len(ids))] ^ (1 << r.IntN(40))
+			}
+			if coded.mayHave(id) != plain.mayHave(id) {
+				t.Fatalf("n=%d k=%d: id %x coded says %v, plain %v", tc.n, tc.k, id, coded.mayHave(id), plain.mayHave(id))
+			}
+		}
+		back := coded
+		back.uncode()
+		if back.coded || !slices.Equal(back.data, plain.data) {
+			t.Fatalf("n=%d k=%d: uncoded words differ from the plain slot's", tc.n, tc.k)
+		}
+		late := r.Uint64()
+		coded.add(late)
+		if coded.coded || !coded.mayHave(late) || coded.len() != tc.n+1 {
+			t.Fatalf("n=%d k=%d: a late id into a coded slot: coded=%v found=%v len=%d", tc.n, tc.k, coded.coded, coded.mayHave(late), coded.len())
+		}
 	}
 }

@@ -123,8 +123,11 @@ func (p *Partition) probeGroup(pr *Probe, lo, hi int) {
 		}
 	}
 	for _, q := range pr.probes {
-		if n := len(q.words); n > 0 && q.state == probeBucket {
+		switch n := len(q.words); {
+		case n > 0 && q.state == probeBucket:
 			touch += q.words[0] + q.words[n-1] // the buckets into the cache
+		case q.state == probeCoded && int(q.start/16) < n:
+			touch += q.words[q.start/16]
 		}
 	}
 	pr.touched = touch

@@ -349,3 +349,70 @@ func TestIndexLookupAfterAPlanChange(t *testing.T) {
 		}
 	}
 }
+
+// A card's closed cycles' filters are coded at the rollover, restore from
+// a checkpoint as they were, and a late record into a closed cycle uncodes
+// its slot: the state restores byte for byte at each step, and every id
+// counted is still a duplicate.
+func TestCodedSlotsThroughCheckpoints(t *testing.T) {
+	f := newFixture(t, 1<<40, false)
+	var ids []string
+	for i := 0; i < 400; i++ {
+		id := fmt.Sprint("jan-", i)
+		ids = append(ids, id)
+		if v := f.usage(id, "2026-01-15T10:00:00+08:00", 100); v.Status != Accepted {
+			t.Fatalf("record %d: %v", i, v.Status)
+		}
+	}
+	c := f.p.cards[iccidA]
+	if !c.fps[0].young {
+		t.Fatal("a first cycle's slot should be young")
+	}
+	f.tick("2026-02-01T00:01:00+08:00")
+	if !c.fps[1].coded || c.fps[1].len() != 400 || c.fps[0].young || c.fps[0].k != bucketBits(400) {
+		t.Fatalf("after the rollover: closed coded=%v len %d; open young=%v k=%d", c.fps[1].coded, c.fps[1].len(), c.fps[0].young, c.fps[0].k)
+	}
+	roundTrip := func(what string) {
+		t.Helper()
+		want, _ := f.p.marshalTaken()
+		base, err := f.p.MarshalBase(10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := NewRestorer()
+		for _, b := range base {
+			if err := r.Add(b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p, err := r.Finish()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := p.MarshalSnapshot(); !bytes.Equal(got, want) {
+			diffStates(t, want, got)
+			t.Fatalf("%s: restored another state", what)
+		}
+	}
+	roundTrip("coded")
+	// a late record into January uncodes its slot; January's ids still count once
+	if v := f.usage("jan-late", "2026-01-20T10:00:00+08:00", 100); v.Status != Late {
+		t.Fatalf("late record: %v", v.Status)
+	}
+	if c.fps[1].coded || c.fps[1].len() != 401 {
+		t.Fatalf("after a late record: coded=%v len %d", c.fps[1].coded, c.fps[1].len())
+	}
+	roundTrip("uncoded by a late record")
+	f.p.TakeIDs(nil) // the ids leave the heap: the filters alone remember them now
+	for _, id := range append(ids[:5:5], "jan-late") {
+		if !c.fps[1].mayHave(cdr.IDHash("cmcc", id)) {
+			t.Fatalf("id %s forgotten by its filter", id)
+		}
+	}
+	// the next rollover codes it again
+	f.tick("2026-03-01T00:01:00+08:00")
+	if !c.fps[2].coded || c.fps[2].len() != 401 {
+		t.Fatalf("two rollovers on: coded=%v len %d", c.fps[2].coded, c.fps[2].len())
+	}
+	roundTrip("coded again")
+}

@@ -44,6 +44,7 @@ type plan struct {
 	PlanChanged
 	loc    *time.Location
 	anchor int
+	packs  *slab // where its cards' closed filter slots are packed: they roll over together
 }
 
 func (pl *plan) thresholds() []int {
@@ -247,6 +248,9 @@ func (p *Partition) applyPlan(in *Input, out []Emitted) []Emitted {
 	}
 	old := p.plans[pc.PlanID]
 	p.plans[pc.PlanID] = &plan{PlanChanged: pc, loc: loc, anchor: anchor}
+	if old != nil {
+		p.plans[pc.PlanID].packs = old.packs
+	}
 	p.plansDirty = true
 	// a plan's time zone moves its cards' cancellation deadlines; its zone
 	// or anchor day, the cycles their filter slots stand for
@@ -404,8 +408,11 @@ func (p *Partition) rollover(c *Card, t int64, cause string, out []Emitted) []Em
 	n := c.fps[0].len()
 	copy(c.fps[1:], c.fps[:RetainedCycles])
 	c.fps[1].seal()
+	for i := 1; i < len(c.fps); i++ {
+		c.fps[i].code() // closed: coded, unless a late record uncoded it
+	}
 	c.fps[0] = openSlot(n)
-	c.packClosed()
+	c.packClosed(pl.slab())
 	c.dirty, c.fpsMoved = true, true
 	return out
 }

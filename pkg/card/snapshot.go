@@ -61,8 +61,9 @@ type cardSnapshot struct {
 	LastCmd    CommandOutcome `json:"last_cmd"`
 	KeepFrom   int64          `json:"keep_from,omitempty"`
 	// Filters holds the record-id filters, one per cycle slot: bucket
-	// bits, a state byte (0 bucketed, 1 saturated, 2 young), then the
-	// slot's 16-bit words, little-endian.
+	// bits, a state byte (0 bucketed, 1 saturated, 2 young, 3 coded, then
+	// its group bits and a zero), then the slot's 16-bit words,
+	// little-endian.
 	Filters [][]byte `json:"filters,omitempty"`
 	// Recent holds the ids counted since the last TakeIDs, 16 bytes each
 	// (id hash, packed content hash and cycle; little-endian), sorted by id
@@ -164,13 +165,16 @@ func (c *Card) snapshot(mode int) cardSnapshot {
 		if len(f.data) > 0 || f.saturated || f.k != 0 || f.young {
 			empty = false
 		}
-		b := make([]byte, 2, 2+2*len(f.data))
+		b := make([]byte, 2, 4+2*len(f.data))
 		b[0] = f.k
 		switch {
 		case f.saturated:
 			b[1] = 1
 		case f.young:
 			b[1] = 2
+		case f.coded:
+			b[1] = 3
+			b = append(b, f.hb, 0)
 		}
 		for _, w := range f.data {
 			b = binary.LittleEndian.AppendUint16(b, w)
@@ -386,7 +390,13 @@ func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 			return nil, fmt.Errorf("filter slot %d of %d bytes is malformed", i, len(b))
 		}
 		f := &c.fps[i]
-		f.k, f.saturated, f.young = b[0], b[1] == 1, b[1] == 2
+		f.k, f.saturated, f.young, f.coded = b[0], b[1] == 1, b[1] == 2, b[1] == 3
+		if f.coded {
+			if len(b) < 4 || b[2] > fingerprintLen {
+				return nil, fmt.Errorf("filter slot %d of %d bytes is malformed", i, len(b))
+			}
+			f.hb, b = b[2], append(b[:2:2], b[4:]...)
+		}
 		if n := (len(b) - 2) / 2; f.young {
 			if n%2 != 0 || f.k != 0 {
 				return nil, fmt.Errorf("filter slot %d: a young slot of %d words", i, n)
@@ -400,7 +410,7 @@ func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 			for j := range f.data {
 				f.data[j] = binary.LittleEndian.Uint16(b[2+2*j:])
 			}
-			if n < f.buckets()+1 || int(f.data[f.buckets()]) != n-f.buckets()-1 {
+			if n < f.buckets()+1 || !f.wordsMatch(int(f.data[f.buckets()])) {
 				return nil, fmt.Errorf("filter slot %d: offsets do not match its %d words", i, n)
 			}
 		}
@@ -414,7 +424,7 @@ func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 	case cs.Filters == nil:
 		c.fps[0] = openSlot(0) // a card provisioned since the last checkpoint, as provisioning opens it
 	default:
-		c.packClosed()
+		c.packClosed(p.plans[c.planID].slab())
 	}
 	if len(cs.Added) > 0 {
 		var added idSet

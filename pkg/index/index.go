@@ -66,7 +66,7 @@ type segment struct {
 	info   SegmentInfo
 	f      *os.File
 	data   []byte // the mapped file
-	sparse []key  // the first key of each block
+	sparse []byte // the first key of each block (card, id: 16 bytes), in the mapping: no heap
 	lo, hi key
 }
 
@@ -191,20 +191,20 @@ func (x *Index) Segments() []SegmentInfo {
 	return out
 }
 
-// Stats is the index's size: entries and bytes on disk, entries not yet
-// in a segment, and bytes of heap its sparse keys take.
-func (x *Index) Stats() (entries int, diskBytes int64, frozen int, heapBytes int) {
+// Stats is the index's size: entries and bytes on disk, and entries not
+// yet in a segment. Its heap is a few words per segment: the segments'
+// entries and sparse keys are mapped.
+func (x *Index) Stats() (entries int, diskBytes int64, frozen int) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	for _, s := range x.segs {
 		entries += s.info.Entries
 		diskBytes += s.info.Bytes
-		heapBytes += 16 * cap(s.sparse)
 	}
 	for _, f := range x.frozen {
 		frozen += len(f)
 	}
-	return entries, diskBytes, frozen, heapBytes
+	return entries, diskBytes, frozen
 }
 
 // Freeze makes entries taken from the fold (card.Partition.TakeIDs,
@@ -253,7 +253,7 @@ func (s *segment) get(k key) (uint64, bool) {
 		return 0, false
 	}
 	// the last block whose first key is ≤ k
-	b := sort.Search(len(s.sparse), func(i int) bool { return k.less(s.sparse[i]) }) - 1
+	b := sort.Search(len(s.sparse)/16, func(i int) bool { return k.less(s.sparseKey(i)) }) - 1
 	if b < 0 {
 		return 0, false
 	}
@@ -268,6 +268,10 @@ func (s *segment) get(k key) (uint64, bool) {
 		}
 	}
 	return seen, found
+}
+
+func (s *segment) sparseKey(i int) key {
+	return key{binary.LittleEndian.Uint64(s.sparse[i*16:]), binary.LittleEndian.Uint64(s.sparse[i*16+8:])}
 }
 
 func entryKey(b []byte) key {
@@ -444,12 +448,8 @@ func (s *segment) load(verify bool) error {
 	if s.data, err = syscall.Mmap(int(s.f.Fd()), 0, n*entrySize+blocks*16, syscall.PROT_READ, syscall.MAP_SHARED); err != nil {
 		return fmt.Errorf("mapping: %w", err)
 	}
-	sp := s.data[n*entrySize:]
-	s.sparse = make([]key, blocks)
-	for i := range s.sparse {
-		s.sparse[i] = key{binary.LittleEndian.Uint64(sp[i*16:]), binary.LittleEndian.Uint64(sp[i*16+8:])}
-	}
-	s.lo, s.hi = s.sparse[0], entryKey(s.data[(n-1)*entrySize:])
+	s.sparse = s.data[n*entrySize:]
+	s.lo, s.hi = s.sparseKey(0), entryKey(s.data[(n-1)*entrySize:])
 	return nil
 }
 

@@ -107,7 +107,7 @@ func (r *runner) restore(ctx context.Context) error {
 	close(r.pt.progress)
 	r.pt.progress = make(chan struct{})
 	r.pt.mu.Unlock()
-	entries, disk, _, _ := idx.Stats()
+	entries, disk, _ := idx.Stats()
 	r.p.m.restoreSeconds.Observe(time.Since(start).Seconds())
 	r.p.m.indexEntries.WithLabelValues(fmt.Sprint(r.pt.id)).Set(float64(entries))
 	r.log.Info("partition restored", zap.Uint64("seq", m.Seq), zap.Uint64("epoch", m.Epoch), zap.Int("cards", state.Cards()),
@@ -403,7 +403,7 @@ func (r *runner) checkpoint(ctx context.Context) {
 			r.saveErr.Store(&err)
 			return
 		}
-		entries, _, _, _ := r.idx.Stats()
+		entries, _, _ := r.idx.Stats()
 		r.p.m.indexEntries.WithLabelValues(fmt.Sprint(r.pt.id)).Set(float64(entries))
 	}()
 }
