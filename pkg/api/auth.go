@@ -131,9 +131,10 @@ func (s *Server) authorize(r *http.Request, scope string) (*Principal, error) {
 	if s.cfg.Tokens == nil || scope == "" {
 		return nil, nil
 	}
-	h := r.Header.Get("Authorization")
-	tok, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok || tok == "" {
+	// the scheme is case-insensitive (RFC 9110, section 11.1)
+	scheme, tok, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	tok = strings.TrimLeft(tok, " ")
+	if !strings.EqualFold(scheme, "Bearer") || tok == "" {
 		return nil, &authProblem{problem(http.StatusUnauthorized, "auth/missing-token", "authentication required", "send Authorization: Bearer <token>")}
 	}
 	p, ok := s.cfg.Tokens.Lookup(tok)

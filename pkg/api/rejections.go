@@ -133,7 +133,7 @@ func (s *Server) readRejections(ctx context.Context, carrier string, since time.
 	}
 }
 
-// listRejections answers GET /v1/rejections?carrier=&since=&pending=true&limit=.
+// listRejections answers GET /v1/rejections?carrier=&since=&batch_id=&pending=true&limit=.
 func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	carrier := q.Get("carrier")
@@ -159,9 +159,10 @@ func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) error {
 		limit = n
 	}
 	pending := q.Get("pending") == "true"
+	batch := q.Get("batch_id")
 	out := []RejectionView{}
 	err := s.readRejections(r.Context(), carrier, since, func(v RejectionView) bool {
-		if !pending || v.Resubmitted == "" {
+		if (!pending || v.Resubmitted == "") && (batch == "" || v.BatchID == batch) {
 			out = append(out, v)
 		}
 		return len(out) < limit
@@ -251,7 +252,7 @@ func (s *Server) resubmit(w http.ResponseWriter, r *http.Request) error {
 	sort.Strings(res.NotResubmittable)
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
 	defer cancel()
-	acks, err := s.publishChunks(ctx, carrier, res.BatchID, now, ch.finish(), nil)
+	acks, err := s.publishChunks(ctx, carrier, res.BatchID, res.BatchID, now, ch.finish(), nil)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"regexp"
 	"strconv"
 	"time"
@@ -258,6 +259,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.Is(err, errUnavailable):
 		w.Header().Set("Retry-After", "2")
 		p = problem(http.StatusServiceUnavailable, "unavailable/log", "log unavailable", err.Error())
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// the connection's read deadline: the client sent too slowly
+		s.log.Info("request body cut at the read timeout", zap.String("path", r.URL.Path), zap.String("remote", r.RemoteAddr))
+		p = problem(http.StatusRequestTimeout, "client/timeout", "request timeout",
+			"the request did not arrive within the server's read timeout")
 	default:
 		s.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
 		p = problem(http.StatusInternalServerError, "internal", "internal error", "see the server log")

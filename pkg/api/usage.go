@@ -29,13 +29,22 @@ type BatchResult struct {
 	Received   int                `json:"received"`
 	Accepted   int                `json:"accepted"`
 	Duplicates int                `json:"duplicates"`
-	Rejected   []*cdr.RecordError `json:"rejected"`
-	Position   uint64             `json:"position"`
+	Rejected   []*cdr.RecordError `json:"rejected"` // the first maxAnswerRejections
+	// RejectedCount is how many were rejected; past maxAnswerRejections
+	// the answer lists the first ones only (RejectedTruncated), and GET
+	// /v1/rejections?batch_id= lists every one.
+	RejectedCount     int    `json:"rejected_count"`
+	RejectedTruncated bool   `json:"rejected_truncated,omitempty"`
+	Position          uint64 `json:"position"`
 	// Projected is what the projector made of the accepted records, when
 	// the request asked to wait for it (?wait=true): record ids it had
 	// counted before are duplicates there.
 	Projected *query.ChunkVerdicts `json:"projected,omitempty"`
 }
+
+// maxAnswerRejections is how many rejections a batch's answer lists: the
+// answer stays small enough to send and to keep for the batch's retries.
+const maxAnswerRejections = 1000
 
 // readBody reads a request's body up to max bytes, into a buffer of the
 // declared length when there is one (io.ReadAll doubles its way there).
@@ -141,12 +150,13 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	key := contentID([]byte(carrier), []byte(r.Header.Get("Content-Type")), []byte(r.Header.Get("Content-Encoding")), body)
+	content := contentID([]byte(carrier), []byte(r.Header.Get("Content-Type")), []byte(r.Header.Get("Content-Encoding")), body)
+	key := content
 	if k := r.Header.Get("Idempotency-Key"); k != "" {
 		key = contentID([]byte(carrier), []byte("key"), []byte(k))
 	}
-	if s.replay(w, r, key) {
-		return nil
+	if done, err := s.reserve(w, r, key, content); done || err != nil {
+		return err
 	}
 	rd, err := s.reader(r, body)
 	if err != nil {
@@ -163,18 +173,18 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 			break
 		}
 		var re *cdr.RecordError
-		if errors.As(err, &re) {
-			res.Received++
-			res.Rejected = append(res.Rejected, re)
-			rejected = append(rejected, Rejection{Error: re})
-			continue
-		}
-		if err != nil {
+		if err != nil && !errors.As(err, &re) {
 			return s.batchProblem(err)
 		}
+		// every record counts towards the limit, a malformed one too
 		if res.Received++; res.Received > s.cfg.Batch.MaxRecords {
 			return problem(http.StatusRequestEntityTooLarge, "limit/records", "too many records",
 				fmt.Sprintf("a batch holds at most %d records: split it", s.cfg.Batch.MaxRecords))
+		}
+		if re != nil {
+			res.Rejected = append(res.Rejected, re)
+			rejected = append(rejected, Rejection{Error: re})
+			continue
 		}
 		p, re := s.route(&rec, now, res.Received-1, rd.Line())
 		if re != nil {
@@ -187,28 +197,37 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
 	defer cancel()
-	acks, err := s.publishChunks(ctx, carrier, key, now, ch.finish(), rejected)
+	// message ids from the key and the body: a body the key's reservation
+	// did not cover (no bucket to reserve in) is never taken for another's
+	acks, err := s.publishChunks(ctx, carrier, key, contentID([]byte(key), []byte(content)), now, ch.finish(), rejected)
 	if err != nil {
 		return err
 	}
 	res.Position, res.Duplicates = acks.position, acks.duplicates
-	res.Accepted = res.Received - len(res.Rejected) - acks.duplicates
+	res.RejectedCount = len(res.Rejected)
+	if res.RejectedCount > maxAnswerRejections {
+		res.Rejected, res.RejectedTruncated = res.Rejected[:maxAnswerRejections], true
+	}
+	res.Accepted = res.Received - res.RejectedCount - acks.duplicates
 	if r.URL.Query().Get("wait") == "true" {
 		res.Projected = s.projected(r.Context(), acks.seqs)
 	}
 	s.metrics.records.WithLabelValues("accepted").Add(float64(res.Accepted))
-	s.metrics.records.WithLabelValues("rejected").Add(float64(len(res.Rejected)))
+	s.metrics.records.WithLabelValues("rejected").Add(float64(res.RejectedCount))
 	s.metrics.records.WithLabelValues("duplicate_chunk").Add(float64(acks.duplicates))
 	status, answer := http.StatusOK, any(res)
 	ctype := "application/json"
-	if len(res.Rejected) > 0 {
-		p := problem(http.StatusUnprocessableEntity, "invalid/records", "records rejected",
-			fmt.Sprintf("%d of %d records rejected; the %d accepted are stored", len(res.Rejected), res.Received, res.Accepted))
+	if res.RejectedCount > 0 {
+		detail := fmt.Sprintf("%d of %d records rejected; the %d accepted are stored", res.RejectedCount, res.Received, res.Accepted)
+		if res.RejectedTruncated {
+			detail += fmt.Sprintf("; the first %d rejections are listed here, every one at GET /v1/rejections?batch_id=%s", maxAnswerRejections, key)
+		}
+		p := problem(http.StatusUnprocessableEntity, "invalid/records", "records rejected", detail)
 		p.Errors, p.BatchResult = res.Rejected, res
 		status, answer, ctype = p.Status, p, "application/problem+json"
 	}
 	body = encodeJSON(answer)
-	s.remember(key, status, ctype, body)
+	s.remember(key, content, status, ctype, body)
 	writeRaw(w, status, ctype, body)
 	return nil
 }
@@ -232,38 +251,58 @@ func (s *Server) route(rec *cdr.Record, now int64, idx, line int) (int, *cdr.Rec
 	return broker.PartitionOfHash(acct, s.cfg.Partitions), nil
 }
 
+// storedAnswer is a batch key's entry: the body it was reserved for, and
+// once published, the first answer (Status 0 until then).
 type storedAnswer struct {
-	Status int    `json:"status"`
-	Type   string `json:"content_type"`
-	Body   []byte `json:"body"`
+	Content string `json:"content"`
+	Status  int    `json:"status,omitempty"`
+	Type    string `json:"content_type,omitempty"`
+	Body    []byte `json:"body,omitempty"`
 }
 
-// replay answers a retried batch with its first answer.
-func (s *Server) replay(w http.ResponseWriter, r *http.Request, key string) bool {
+// reserve claims a batch key for this body before anything is published,
+// or answers a retry: with the first answer when there is one (done), or
+// 422 when the key was used for another body. A retry of a batch whose
+// first try did not finish publishes again (the message ids make that
+// harmless). Without the bucket (down), nothing is published: 503.
+func (s *Server) reserve(w http.ResponseWriter, r *http.Request, key, content string) (done bool, err error) {
 	if s.batches == nil {
-		return false
+		return false, nil
+	}
+	b, _ := json.Marshal(storedAnswer{Content: content})
+	if _, err := s.batches.Create(r.Context(), key, b); err == nil {
+		return false, nil
+	} else if !errors.Is(err, jetstream.ErrKeyExists) {
+		return false, fmt.Errorf("%w: reserving the batch key: %v", errUnavailable, err)
 	}
 	e, err := s.batches.Get(r.Context(), key)
 	if err != nil {
-		return false
+		return false, fmt.Errorf("%w: reading the batch key: %v", errUnavailable, err)
 	}
 	var a storedAnswer
-	if json.Unmarshal(e.Value(), &a) != nil {
-		return false
+	if err := json.Unmarshal(e.Value(), &a); err != nil {
+		return false, fmt.Errorf("batch key %s: %w", key, err)
+	}
+	switch {
+	case a.Content != "" && a.Content != content:
+		return false, problem(http.StatusUnprocessableEntity, "invalid/idempotency-key-reused", "Idempotency-Key reused",
+			"this Idempotency-Key was used for another body in the last day; use a new key for a new batch")
+	case a.Status == 0:
+		return false, nil // reserved by a try that did not finish, or one still running
 	}
 	w.Header().Set("Idempotent-Replayed", "true")
 	writeRaw(w, a.Status, a.Type, a.Body)
-	return true
+	return true, nil
 }
 
 // remember keeps a batch's answer for its retries. Best effort: without
 // it a retry still adds nothing (the chunks' message ids and the
 // projector's record dedupe see to that), it only reads differently.
-func (s *Server) remember(key string, status int, ctype string, body []byte) {
+func (s *Server) remember(key, content string, status int, ctype string, body []byte) {
 	if s.batches == nil {
 		return
 	}
-	b, _ := json.Marshal(storedAnswer{Status: status, Type: ctype, Body: body})
+	b, _ := json.Marshal(storedAnswer{Content: content, Status: status, Type: ctype, Body: body})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := s.batches.Put(ctx, key, b); err != nil {
@@ -330,7 +369,7 @@ func (c *chunker) finish() []chunk {
 // for every ack. A chunk's message id is derived from the batch key, the
 // partition and the chunk's index within it, so a retried batch is stored
 // once.
-func (s *Server) publishChunks(ctx context.Context, carrier, key string, now int64, chunks []chunk, rejected []Rejection) (chunkAcks, error) {
+func (s *Server) publishChunks(ctx context.Context, carrier, key, msgKey string, now int64, chunks []chunk, rejected []Rejection) (chunkAcks, error) {
 	acks := chunkAcks{seqs: map[int][]uint64{}}
 	type pending struct {
 		fut  jetstream.PubAckFuture
@@ -341,7 +380,7 @@ func (s *Server) publishChunks(ctx context.Context, carrier, key string, now int
 	for _, c := range chunks {
 		m := nats.NewMsg(broker.UsageSubject(c.partition))
 		m.Data = c.data
-		m.Header.Set(jetstream.MsgIDHeader, "u-"+key+"-"+strconv.Itoa(c.partition)+"-"+strconv.Itoa(index[c.partition]))
+		m.Header.Set(jetstream.MsgIDHeader, "u-"+msgKey+"-"+strconv.Itoa(c.partition)+"-"+strconv.Itoa(index[c.partition]))
 		index[c.partition]++
 		f, err := s.js.PublishMsgAsync(m)
 		if err != nil {
@@ -349,11 +388,10 @@ func (s *Server) publishChunks(ctx context.Context, carrier, key string, now int
 		}
 		futs = append(futs, pending{f, c.records, c.partition})
 	}
-	if len(rejected) > 0 {
-		b, _ := json.Marshal(RejectedBatch{Carrier: carrier, BatchID: key, ReceivedAt: now, Rejections: rejected})
+	for i, part := range s.rejectedMessages(carrier, key, now, rejected) {
 		m := nats.NewMsg(broker.RejectedSubject(carrier))
-		m.Data = b
-		m.Header.Set(jetstream.MsgIDHeader, "rej-"+key)
+		m.Data = part
+		m.Header.Set(jetstream.MsgIDHeader, "rej-"+msgKey+"-"+strconv.Itoa(i))
 		f, err := s.js.PublishMsgAsync(m)
 		if err != nil {
 			return acks, fmt.Errorf("%w: %v", errUnavailable, err)
@@ -378,6 +416,34 @@ func (s *Server) publishChunks(ctx context.Context, carrier, key string, now int
 		}
 	}
 	return acks, nil
+}
+
+// rejectedMessages encodes a batch's rejections as REJECTED messages that
+// each fit half the server's largest payload: as one, many rejections
+// would never be stored, and the batch never answered.
+func (s *Server) rejectedMessages(carrier, key string, now int64, rejected []Rejection) [][]byte {
+	limit := 512 << 10
+	if s.nc != nil && s.nc.MaxPayload() > 0 {
+		limit = int(s.nc.MaxPayload() / 2)
+	}
+	var out [][]byte
+	encode := func(part []Rejection) {
+		b, _ := json.Marshal(RejectedBatch{Carrier: carrier, BatchID: key, ReceivedAt: now, Rejections: part})
+		out = append(out, b)
+	}
+	from, size := 0, 0
+	for i := range rejected {
+		b, _ := json.Marshal(&rejected[i])
+		if i > from && size+len(b)+1 > limit {
+			encode(rejected[from:i])
+			from, size = i, 0
+		}
+		size += len(b) + 1
+	}
+	if from < len(rejected) {
+		encode(rejected[from:])
+	}
+	return out
 }
 
 // projected waits for the projector to fold a batch's chunks and sums its

@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // RecordError names one rejected record of a batch: its 0-based index, its
@@ -269,23 +271,24 @@ func NewNDJSONReader(in io.Reader, maxLine int) *NDJSONReader {
 	return &NDJSONReader{s: s}
 }
 
-// jsonRecord is the wire shape of one record; numbers stay json.Number so
-// that a fraction or a negative value is reported against its field.
+// jsonRecord is the wire shape of one record; numbers stay raw so that a
+// fraction, a negative value or a number in quotes is reported against its
+// field.
 type jsonRecord struct {
-	RecordID  *string      `json:"record_id"`
-	ICCID     string       `json:"iccid"`
-	IMSI      string       `json:"imsi"`
-	MSISDN    string       `json:"msisdn"`
-	StartTime string       `json:"start_time"`
-	EndTime   string       `json:"end_time"`
-	BytesUp   *json.Number `json:"bytes_up"`
-	BytesDown *json.Number `json:"bytes_down"`
-	Sequence  *json.Number `json:"sequence"`
-	SessionID string       `json:"session_id"`
-	APN       string       `json:"apn"`
-	RAT       string       `json:"rat"`
-	IMEI      string       `json:"imei"`
-	CellID    string       `json:"cell_id"`
+	RecordID  *string         `json:"record_id"`
+	ICCID     string          `json:"iccid"`
+	IMSI      string          `json:"imsi"`
+	MSISDN    string          `json:"msisdn"`
+	StartTime string          `json:"start_time"`
+	EndTime   string          `json:"end_time"`
+	BytesUp   json.RawMessage `json:"bytes_up"` // raw: a number given as a string is refused
+	BytesDown json.RawMessage `json:"bytes_down"`
+	Sequence  json.RawMessage `json:"sequence"`
+	SessionID string          `json:"session_id"`
+	APN       string          `json:"apn"`
+	RAT       string          `json:"rat"`
+	IMEI      string          `json:"imei"`
+	CellID    string          `json:"cell_id"`
 }
 
 // Line implements Reader.
@@ -325,6 +328,10 @@ func decodeJSONRecord(b []byte, rec *Record, idx, line int) error {
 
 // decodeJSONRecordSlow decodes with encoding/json and names every fault.
 func decodeJSONRecordSlow(b []byte, rec *Record, idx, line int) error {
+	if !utf8.Valid(b) {
+		// encoding/json would make each bad byte U+FFFD, and two ids one
+		return &RecordError{Index: idx, Line: line, Field: invalidUTF8Field(b), Reason: "not valid UTF-8"}
+	}
 	var j jsonRecord
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.DisallowUnknownFields()
@@ -360,17 +367,40 @@ func decodeJSONRecordSlow(b []byte, rec *Record, idx, line int) error {
 	}
 	for _, nv := range [...]struct {
 		f int
-		v *json.Number
+		v json.RawMessage
 	}{{fBytesUp, j.BytesUp}, {fBytesDown, j.BytesDown}, {fSequence, j.Sequence}} {
-		if nv.v == nil {
+		switch {
+		case len(nv.v) == 0 || string(nv.v) == "null":
 			if nv.f != fSequence {
 				return fail(nv.f, "required")
 			}
 			continue
+		case nv.v[0] == '"':
+			return fail(nv.f, "wrong type: expected an integer, not a string")
 		}
-		if r := setField(rec, nv.f, nv.v.String()); r != "" {
+		if r := setField(rec, nv.f, string(nv.v)); r != "" {
 			return fail(nv.f, r)
 		}
 	}
 	return nil
+}
+
+// invalidUTF8Field names the field of a JSON record line whose key or
+// value holds bytes that are not UTF-8 (the raw values keep them).
+func invalidUTF8Field(b []byte) string {
+	var raw map[string]json.RawMessage
+	if json.Unmarshal(b, &raw) != nil {
+		return ""
+	}
+	names := make([]string, 0, len(raw))
+	for k := range raw {
+		names = append(names, k)
+	}
+	slices.Sort(names) // the first in a stable order when several are bad
+	for _, k := range names {
+		if !utf8.Valid(raw[k]) {
+			return k
+		}
+	}
+	return ""
 }

@@ -200,3 +200,58 @@ func TestJSONArrayReader(t *testing.T) {
 		}
 	}
 }
+
+// Text that is not UTF-8 is refused in every format with its field named:
+// rewritten to U+FFFD, two different record ids would become one and a
+// record would silently not count. Numbers given as strings are refused
+// (the contract says integers).
+func TestTextMustBeUTF8AndNumbersIntegers(t *testing.T) {
+	valid := `"iccid":"89860012345678901231","start_time":"2026-01-10T08:00:00Z","end_time":"2026-01-10T08:00:00Z"`
+	lines := []string{
+		`{"record_id":"a` + "\xff" + `",` + valid + `,"bytes_up":1,"bytes_down":2}`,
+		`{"record_id":"a` + "\xfe" + `",` + valid + `,"bytes_up":1,"bytes_down":2}`,
+		`{"record_id":"b",` + valid + `,"apn":"x` + "\xc3" + `","bytes_up":1,"bytes_down":2}`,
+		`{"record_id":"c",` + valid + `,"apn":"物联网","bytes_up":1,"bytes_down":2}`,
+		`{"record_id":"d",` + valid + `,"bytes_up":"12","bytes_down":2}`,
+		`{"record_id":"e",` + valid + `,"bytes_up":1,"bytes_down":2,"sequence":"3"}`,
+	}
+	want := []struct{ field, reason string }{{"record_id", "UTF-8"}, {"record_id", "UTF-8"}, {"apn", "UTF-8"}, {"bytes_up", "string"}, {"sequence", "string"}}
+	check := func(format string, recs []Record, errs []*RecordError) {
+		t.Helper()
+		if len(recs) != 1 || recs[0].RecordID != "c" || recs[0].APN != "物联网" {
+			t.Fatalf("%s: records %+v", format, recs)
+		}
+		if len(errs) != len(want) {
+			t.Fatalf("%s: errors %v", format, errs)
+		}
+		for i, w := range want {
+			if errs[i].Field != w.field || !strings.Contains(errs[i].Reason, w.reason) {
+				t.Errorf("%s: error %d = %+v, want field %s (%s)", format, i, errs[i], w.field, w.reason)
+			}
+		}
+	}
+	recs, errs, err := readAll(t, NewNDJSONReader(strings.NewReader(strings.Join(lines, "\n")), 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("ndjson", recs, errs)
+	ar, err := NewJSONArrayReader(strings.NewReader("["+strings.Join(lines, ",")+"]"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, errs, err = readAll(t, ar)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("json array", recs, errs)
+	// CSV keeps the bytes; validation refuses them, field named
+	for _, tc := range []struct {
+		rec   Record
+		field string
+	}{{Record{RecordID: "a\xff", ICCID: "89860012345678901231"}, "record_id"}, {Record{RecordID: "a", ICCID: "89860012345678901231", APN: "\xc3"}, "apn"}} {
+		tc.rec.Start, tc.rec.End = 1768003200, 1768003200
+		if fe := tc.rec.Validate(1768003200, DefaultLimits); fe == nil || fe.Field != tc.field || !strings.Contains(fe.Reason, "UTF-8") {
+			t.Errorf("validate %q: %v, want %s not UTF-8", tc.rec.RecordID, fe, tc.field)
+		}
+	}
+}

@@ -6,6 +6,7 @@ package cdr
 import (
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // Record is one data CDR: a session (or an interim part of one) of a card.
@@ -106,6 +107,9 @@ func (r *Record) Validate(receivedAt int64, lim Limits) *FieldError {
 	} {
 		if len(f.v) > lim.MaxFieldLen {
 			return &FieldError{f.name, "longer than " + strconv.Itoa(lim.MaxFieldLen) + " characters"}
+		}
+		if !utf8.ValidString(f.v) {
+			return &FieldError{f.name, "not valid UTF-8"}
 		}
 	}
 	switch {

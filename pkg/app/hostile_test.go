@@ -1,0 +1,153 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cardmeter/cardmeter/pkg/api"
+	"github.com/cardmeter/cardmeter/pkg/broker"
+)
+
+// Answers to careless and hostile clients (issue 11): each test failed on
+// the code before the fix.
+
+// A batch with more rejected records than fit one log message is stored
+// and answered (the rejections go in several messages), and its retry gets
+// the same answer: before, it answered 503 on every retry while its valid
+// records were counted.
+func TestManyRejectionsInOneBatch(t *testing.T) {
+	p, c := securedPipeline(t, func(cfg *Config) {
+		cfg.API.Batch = api.BatchLimits{MaxBodyBytes: 16 << 20, MaxDecompressedBytes: 16 << 20, MaxRecords: 100000, MaxLineBytes: 1024}
+	})
+	var rows []string
+	for i := 0; i < 1000; i++ {
+		rows = append(rows, row(fmt.Sprint("v", i), iccid(1), "", 1))
+	}
+	const unknown = 60000 // ~15 MB of rejections: more than one 8 MB message
+	for i := 0; i < unknown; i++ {
+		rows = append(rows, row(fmt.Sprint("u", i), iccid(100+i%500), "", 1))
+	}
+	body := csvOf(rows...)
+	first := c.must(c.send("POST", "/v1/usage", tokCMCC, "text/csv", body), 422)
+	if first.body["accepted"].(float64) != 1000 || first.body["rejected_count"].(float64) != unknown ||
+		len(first.body["errors"].([]any)) != 1000 || first.body["rejected_truncated"] != true {
+		t.Fatalf("accepted %v, rejected %v, %d errors listed", first.body["accepted"], first.body["rejected_count"], len(first.body["errors"].([]any)))
+	}
+	again := c.must(c.send("POST", "/v1/usage", tokCMCC, "text/csv", body), 422)
+	if again.header.Get("Idempotent-Replayed") != "true" || again.body["accepted"].(float64) != 1000 {
+		t.Fatalf("retry: replayed %q, accepted %v", again.header.Get("Idempotent-Replayed"), again.body["accepted"])
+	}
+	// every rejection is kept for audit, over several messages, once
+	l := c.must(c.send("GET", "/v1/rejections?carrier=cmcc&limit=10000&batch_id="+first.body["batch_id"].(string), tokRead, "", ""), 200)
+	if n := len(l.body["rejections"].([]any)); n != 10000 {
+		t.Fatalf("%d rejections listed", n)
+	}
+	st, err := p.JS.Stream(context.Background(), broker.StreamRejected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := 0
+	for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
+		m, err := st.GetMsg(context.Background(), seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Data) > int(p.NC.MaxPayload()) {
+			t.Fatalf("message %d of %d bytes", seq, len(m.Data))
+		}
+		var rb api.RejectedBatch
+		if err := json.Unmarshal(m.Data, &rb); err != nil {
+			t.Fatal(err)
+		}
+		held += len(rb.Rejections)
+	}
+	if info.State.Msgs < 2 || held != unknown {
+		t.Fatalf("%d rejections kept in %d messages, want %d in several", held, info.State.Msgs, unknown)
+	}
+	card := c.must(c.send("GET", fmt.Sprintf("/v1/cards/%s?min_position=%.0f", iccid(1), first.body["position"].(float64)), tokRead, "", ""), 200)
+	if u := card.body["cycle"].(map[string]any)["usage_bytes"].(float64); u != 1000 {
+		t.Fatalf("usage %v, want 1000", u)
+	}
+}
+
+// An Idempotency-Key reused with another body is refused (422, typed),
+// and the second body is not silently dropped as a duplicate: before, it
+// answered 200 with the first answer.
+func TestIdempotencyKeyReusedWithAnotherBody(t *testing.T) {
+	_, c := securedPipeline(t, nil)
+	post := func(body string) response {
+		req, _ := http.NewRequest("POST", c.base+"/v1/usage", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+tokCMCC)
+		req.Header.Set("Content-Type", "text/csv")
+		req.Header.Set("Idempotency-Key", "batch-7")
+		return c.sendReq(req)
+	}
+	first := c.must(post(csvOf(row("a1", iccid(1), "", 10))), 200)
+	if r := post(csvOf(row("a1", iccid(1), "", 10))); r.code != 200 || r.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("same body again: %d %s", r.code, r.raw)
+	}
+	r := post(csvOf(row("b1", iccid(1), "", 99)))
+	if r.code != 422 || r.body["type"] != "cardmeter:invalid/idempotency-key-reused" {
+		t.Fatalf("another body under the key: %d %s", r.code, r.raw)
+	}
+	// the refused body counted nothing; a new key stores it
+	third := c.must(c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(row("c1", iccid(1), "", 1))), 200)
+	if third.body["position"].(float64) <= first.body["position"].(float64) {
+		t.Fatalf("positions %v then %v", first.body["position"], third.body["position"])
+	}
+	card := c.must(c.send("GET", fmt.Sprintf("/v1/cards/%s?min_position=%.0f", iccid(1), third.body["position"].(float64)), tokRead, "", ""), 200)
+	if u := card.body["cycle"].(map[string]any)["usage_bytes"].(float64); u != 11 {
+		t.Fatalf("usage %v, want 11", u)
+	}
+}
+
+// Smaller defects: the Bearer scheme is case-insensitive; rows rejected
+// while parsing count towards the records limit.
+func TestBearerSchemeAndRecordLimit(t *testing.T) {
+	_, c := securedPipeline(t, nil)
+	for _, scheme := range []string{"bearer", "BEARER", "Bearer"} {
+		req, _ := http.NewRequest("GET", c.base+"/v1/cards/"+iccid(1), nil)
+		req.Header.Set("Authorization", scheme+" "+tokRead)
+		if r := c.sendReq(req); r.code != 200 {
+			t.Errorf("scheme %q: %d %s", scheme, r.code, r.raw)
+		}
+	}
+	var rows []string
+	for i := 0; i < 1001; i++ {
+		rows = append(rows, fmt.Sprintf("m%d,%s,,not-a-time,2026-03-10T10:30:00Z,0,1", i, iccid(1)))
+	}
+	if r := c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(rows...)); r.code != 413 || r.body["type"] != "cardmeter:limit/records" {
+		t.Fatalf("1,001 malformed rows against a limit of 1,000: %d %s", r.code, r.raw)
+	}
+}
+
+// A body that trickles in past the read timeout is the client's fault:
+// 408, not 500.
+func TestSlowBodyIs408(t *testing.T) {
+	p, _ := securedPipeline(t, func(c *Config) { c.ReadTimeout = 700 * time.Millisecond })
+	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	head := "POST /v1/usage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokCMCC + "\r\nContent-Type: text/csv\r\nContent-Length: 1000\r\n\r\nrecord_id,"
+	if _, err := conn.Write([]byte(head)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 4096)
+	n, _ := conn.Read(buf)
+	if got := string(buf[:n]); !strings.HasPrefix(got, "HTTP/1.1 408") || !strings.Contains(got, "cardmeter:client/timeout") {
+		t.Fatalf("slow body answered %q", got)
+	}
+}
