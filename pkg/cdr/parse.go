@@ -161,6 +161,15 @@ type CSVReader struct {
 // NewCSVReader reads the header row. maxLine bounds a line's length in bytes
 // (0: no bound).
 func NewCSVReader(in io.Reader, maxLine int) (*CSVReader, error) {
+	if maxLine > 0 {
+		// the header line is held to the limit too, before it is read
+		br := bufio.NewReaderSize(in, maxLine+1)
+		head, _ := br.Peek(maxLine + 1)
+		if len(head) > maxLine && bytes.IndexByte(head, '\n') < 0 {
+			return nil, &BatchError{Reason: fmt.Sprintf("line 1 (the header) is longer than the limit of %d bytes", maxLine), LineTooLong: true}
+		}
+		in = br
+	}
 	r := csv.NewReader(in)
 	r.ReuseRecord = true
 	r.FieldsPerRecord = -1
@@ -178,7 +187,14 @@ func NewCSVReader(in io.Reader, maxLine int) (*CSVReader, error) {
 		h = strings.ToLower(strings.TrimSpace(strings.TrimPrefix(h, "\ufeff")))
 		f, ok := fieldIndex[h]
 		if !ok {
-			unknown = append(unknown, strconv.Quote(h))
+			if len(unknown) < 10 { // an answer that stays short whatever the header
+				if len(h) > 64 {
+					h = h[:64] + "…"
+				}
+				unknown = append(unknown, strconv.Quote(h))
+			} else if len(unknown) == 10 {
+				unknown = append(unknown, "…")
+			}
 			continue
 		}
 		if seen[f] {

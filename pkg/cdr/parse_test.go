@@ -3,6 +3,7 @@ package cdr
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -253,5 +254,26 @@ func TestTextMustBeUTF8AndNumbersIntegers(t *testing.T) {
 		if fe := tc.rec.Validate(1768003200, DefaultLimits); fe == nil || fe.Field != tc.field || !strings.Contains(fe.Reason, "UTF-8") {
 			t.Errorf("validate %q: %v, want %s not UTF-8", tc.rec.RecordID, fe, tc.field)
 		}
+	}
+}
+
+// The CSV header line is held to the line limit, and a header of unknown
+// columns gets a short answer.
+func TestCSVHeaderLimits(t *testing.T) {
+	_, err := NewCSVReader(strings.NewReader("record_id,"+strings.Repeat("x", 5000)+"\nr1\n"), 1024)
+	var be *BatchError
+	if !errors.As(err, &be) || !be.LineTooLong || !strings.Contains(err.Error(), "header") {
+		t.Fatalf("a 5 kB header against a 1 kB limit: %v", err)
+	}
+	var cols []string
+	for i := 0; i < 1000; i++ {
+		cols = append(cols, fmt.Sprint("colour", i, strings.Repeat("y", 100)))
+	}
+	_, err = NewCSVReader(strings.NewReader(strings.Join(cols, ",")+"\n"), 0)
+	if !errors.As(err, &be) || len(err.Error()) > 2000 || !strings.Contains(err.Error(), "unknown column") {
+		t.Fatalf("1,000 unknown columns: %d bytes of error", len(err.Error()))
+	}
+	if _, err := NewCSVReader(strings.NewReader("record_id,iccid,start_time,end_time,bytes_up,bytes_down\n"), 1024); err != nil {
+		t.Fatalf("a good header under the limit: %v", err)
 	}
 }
