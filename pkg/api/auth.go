@@ -163,7 +163,9 @@ func (s *Server) carrierOf(r *http.Request, p *Principal) (string, error) {
 	asked := r.URL.Query().Get("carrier")
 	if p == nil {
 		if asked == "" {
-			asked = "default"
+			// no token to take it from: filed under a made-up carrier, the
+			// records would count on no card (a card counts its carrier's)
+			return "", invalid("carrier", "name the batch's carrier with ?carrier= (the API runs without tokens)")
 		}
 		return asked, checkID("carrier", asked)
 	}

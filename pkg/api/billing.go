@@ -18,6 +18,36 @@ func (s *Server) writeInput(r *http.Request, accountID string, in card.Input) (u
 	return s.publish(r.Context(), broker.BillingSubject(broker.Partition(accountID, s.cfg.Partitions)), in.ID, data)
 }
 
+// decide waits for the fold's decision on the input stored at pos in the
+// partition of accountID. A refusal is a 409 problem naming the rule
+// (cardmeter:refused/<code>). Applied, it answers "applied"; not known in
+// time (the projector is busy or restoring) it answers "pending": the
+// input is stored either way and the fold decides it, so the answer says
+// only what is known.
+func (s *Server) decide(r *http.Request, accountID string, pos uint64) (string, error) {
+	reply, err := s.query(r.Context(), broker.Partition(accountID, s.cfg.Partitions),
+		query.Request{Kind: query.KindInputs, Seqs: []uint64{pos}, MinPosition: pos})
+	if err != nil || !reply.Found {
+		return "pending", nil
+	}
+	if d := reply.Inputs[pos]; d.Refused {
+		return "", problem(http.StatusConflict, "refused/"+d.Code, "refused", d.Detail)
+	}
+	return "applied", nil
+}
+
+// decided answers a write with what the fold decided: 200 when applied,
+// 202 when the decision is pending.
+func decided(w http.ResponseWriter, decision string, body map[string]any) error {
+	body["decision"] = decision
+	status := http.StatusOK
+	if decision != "applied" {
+		status = http.StatusAccepted
+	}
+	writeJSON(w, status, "application/json", body)
+	return nil
+}
+
 type accountBody struct {
 	CreditLimitFen      int64 `json:"credit_limit_fen"`
 	LowBalanceFen       int64 `json:"low_balance_fen"`
@@ -45,7 +75,11 @@ func (s *Server) putAccount(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return ok(w, map[string]any{"account_id": id, "credit_limit_fen": b.CreditLimitFen, "low_balance_fen": b.LowBalanceFen,
+	d, err := s.decide(r, id, pos)
+	if err != nil {
+		return err
+	}
+	return decided(w, d, map[string]any{"account_id": id, "credit_limit_fen": b.CreditLimitFen, "low_balance_fen": b.LowBalanceFen,
 		"auto_resume_on_payment": b.AutoResumeOnPayment, "position": pos})
 }
 
@@ -120,7 +154,11 @@ func (s *Server) postPayment(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return ok(w, map[string]any{"account_id": id, "payment_id": b.PaymentID, "amount_fen": b.AmountFen, "position": pos})
+	d, err := s.decide(r, id, pos)
+	if err != nil {
+		return err
+	}
+	return decided(w, d, map[string]any{"account_id": id, "payment_id": b.PaymentID, "amount_fen": b.AmountFen, "position": pos})
 }
 
 // postCharge debits an account for a charge billing decided.
@@ -141,7 +179,11 @@ func (s *Server) postCharge(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return ok(w, map[string]any{"account_id": id, "charge_id": b.ChargeID, "amount_fen": b.AmountFen, "reason": b.Reason, "position": pos})
+	d, err := s.decide(r, id, pos)
+	if err != nil {
+		return err
+	}
+	return decided(w, d, map[string]any{"account_id": id, "charge_id": b.ChargeID, "amount_fen": b.AmountFen, "reason": b.Reason, "position": pos})
 }
 
 type poolBody struct {
@@ -181,7 +223,11 @@ func (s *Server) putPool(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return ok(w, map[string]any{"pool_id": id, "account_id": b.AccountID, "quota_bytes": *b.QuotaBytes, "time_zone": b.TimeZone, "position": pos})
+	d, err := s.decide(r, b.AccountID, pos)
+	if err != nil {
+		return err
+	}
+	return decided(w, d, map[string]any{"pool_id": id, "account_id": b.AccountID, "quota_bytes": *b.QuotaBytes, "time_zone": b.TimeZone, "position": pos})
 }
 
 type renewalBody struct {
@@ -217,5 +263,9 @@ func (s *Server) postRenewal(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return ok(w, map[string]any{"iccid": iccid, "renewal_id": b.RenewalID, "valid_until": rfc3339(until), "months": b.Months, "position": pos})
+	d, err := s.decide(r, entry.AccountID, pos)
+	if err != nil {
+		return err
+	}
+	return decided(w, d, map[string]any{"iccid": iccid, "renewal_id": b.RenewalID, "valid_until": rfc3339(until), "months": b.Months, "position": pos})
 }

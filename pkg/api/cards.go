@@ -54,7 +54,8 @@ func (s *Server) putCard(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	if b.Carrier == "" {
-		b.Carrier = "default"
+		// only its carrier's usage counts on a card (POST /v1/usage)
+		return invalid("carrier", "required: the carrier whose usage counts on the card")
 	}
 	if err := checkID("carrier", b.Carrier); err != nil {
 		return err
@@ -83,10 +84,14 @@ func (s *Server) putCard(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	d, err := s.decide(r, b.AccountID, pos)
+	if err != nil {
+		return err // refused: the directory keeps what the fold keeps
+	}
 	if err := s.dir.PutCard(r.Context(), CardEntry{ICCID: iccid, AccountID: b.AccountID, PlanID: b.PlanID, Carrier: b.Carrier, IMSI: b.IMSI, MSISDN: b.MSISDN}); err != nil {
 		return err
 	}
-	return ok(w, map[string]any{"iccid": iccid, "account_id": b.AccountID, "plan_id": b.PlanID, "carrier": b.Carrier,
+	return decided(w, d, map[string]any{"iccid": iccid, "account_id": b.AccountID, "plan_id": b.PlanID, "carrier": b.Carrier,
 		"auto_stop_over_quota": b.AutoStopOverQuota, "position": pos})
 }
 

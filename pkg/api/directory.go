@@ -79,6 +79,7 @@ func NewDirectory(ctx context.Context, kv jetstream.KeyValue, log *zap.Logger) (
 // map slot itself: finding it reads no other memory.
 type route struct {
 	accountHash uint32 // broker.AccountHash of its account
+	carrier     string // the card's carrier: only its records count on it
 }
 
 func (d *Directory) init() {
@@ -114,7 +115,7 @@ func (d *Directory) apply(e jetstream.KeyValueEntry) {
 func (d *Directory) putCardLocked(c CardEntry) {
 	d.cards[c.ICCID] = &c
 	if n, ok := cdr.PackICCID(c.ICCID); ok {
-		d.routes[n] = route{accountHash: broker.AccountHash(c.AccountID)}
+		d.routes[n] = route{accountHash: broker.AccountHash(c.AccountID), carrier: d.cards[c.ICCID].Carrier}
 	}
 	if c.IMSI != "" {
 		d.byIMSI[c.IMSI] = c.ICCID
@@ -149,20 +150,21 @@ func (d *Directory) Resolve(iccid, imsi, msisdn string) (*CardEntry, bool) {
 	return c, ok
 }
 
-// Route finds a card as Resolve does and returns its ICCID and the hash of
-// its account (broker.AccountHash), for routing a record to its partition.
-func (d *Directory) Route(iccid, imsi, msisdn string) (string, uint32, bool) {
+// Route finds a card as Resolve does and returns its ICCID, the hash of
+// its account (broker.AccountHash), for routing a record to its partition,
+// and its carrier.
+func (d *Directory) Route(iccid, imsi, msisdn string) (string, uint32, string, bool) {
 	if n, ok := cdr.PackICCID(iccid); ok {
 		d.mu.RLock()
 		r, found := d.routes[n]
 		d.mu.RUnlock()
-		return iccid, r.accountHash, found
+		return iccid, r.accountHash, r.carrier, found
 	}
 	c, found := d.Resolve(iccid, imsi, msisdn)
 	if !found {
-		return "", 0, false
+		return "", 0, "", false
 	}
-	return c.ICCID, broker.AccountHash(c.AccountID), true
+	return c.ICCID, broker.AccountHash(c.AccountID), c.Carrier, true
 }
 
 // Plan returns a plan.

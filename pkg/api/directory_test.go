@@ -36,18 +36,18 @@ func TestDirectoryResolve(t *testing.T) {
 			t.Errorf("Resolve(%q, %q, %q) = %+v, %v; want %s", c.iccid, c.imsi, c.msisdn, got, ok, c.want)
 			continue
 		}
-		iccid, h, ok := d.Route(c.iccid, c.imsi, c.msisdn)
-		if !ok || iccid != c.want || h != broker.AccountHash(got.AccountID) {
-			t.Errorf("Route(%q, %q, %q) = %s, %d, %v; want %s of account %s", c.iccid, c.imsi, c.msisdn, iccid, h, ok, c.want, got.AccountID)
+		iccid, h, carrier, ok := d.Route(c.iccid, c.imsi, c.msisdn)
+		if !ok || iccid != c.want || h != broker.AccountHash(got.AccountID) || carrier != got.Carrier || carrier == "" {
+			t.Errorf("Route(%q, %q, %q) = %s, %d, %q, %v; want %s of account %s, carrier %q", c.iccid, c.imsi, c.msisdn, iccid, h, carrier, ok, c.want, got.AccountID, got.Carrier)
 		}
 	}
 	if _, ok := d.Resolve("89860000000000000999", "", ""); ok {
 		t.Error("an unknown ICCID resolved")
 	}
-	if _, _, ok := d.Route("89860000000000000999", "", ""); ok {
+	if _, _, _, ok := d.Route("89860000000000000999", "", ""); ok {
 		t.Error("an unknown ICCID routed")
 	}
-	if _, _, ok := d.Route("card-7", "", ""); ok {
+	if _, _, _, ok := d.Route("card-7", "", ""); ok {
 		t.Error("an ICCID that does not pack routed")
 	}
 	if _, ok := d.Resolve("", "460999999999999", ""); ok {
@@ -66,7 +66,7 @@ func BenchmarkRoute(b *testing.B) {
 	d, iccids, order := benchDirectory()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if _, _, ok := d.Route(iccids[order[i&(len(order)-1)]], "", ""); !ok {
+		if _, _, _, ok := d.Route(iccids[order[i&(len(order)-1)]], "", ""); !ok {
 			b.Fatal("not found")
 		}
 	}

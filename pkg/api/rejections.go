@@ -240,7 +240,7 @@ func (s *Server) resubmit(w http.ResponseWriter, r *http.Request) error {
 			continue
 		}
 		rec := v.Record.record()
-		p, re := s.route(&rec, now, i, v.Error.Line)
+		p, re := s.route(&rec, carrier, now, i, v.Error.Line)
 		if re != nil {
 			re.Reason = v.ID + ": " + re.Reason
 			res.StillRejected = append(res.StillRejected, re)

@@ -186,7 +186,7 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 			rejected = append(rejected, Rejection{Error: re})
 			continue
 		}
-		p, re := s.route(&rec, now, res.Received-1, rd.Line())
+		p, re := s.route(&rec, carrier, now, res.Received-1, rd.Line())
 		if re != nil {
 			res.Rejected = append(res.Rejected, re)
 			rc := rec
@@ -233,19 +233,24 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 }
 
 // route validates a record, names its card by ICCID and returns its
-// partition, or the rejection when the record is not valid or its card
-// unknown.
-func (s *Server) route(rec *cdr.Record, now int64, idx, line int) (int, *cdr.RecordError) {
+// partition, or the rejection when the record is not valid, its card
+// unknown, or the card another carrier's: a carrier counts usage only on
+// its own cards.
+func (s *Server) route(rec *cdr.Record, carrier string, now int64, idx, line int) (int, *cdr.RecordError) {
 	if fe := rec.Validate(now, s.cfg.Limits); fe != nil {
 		return 0, &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: fe.Field, Reason: fe.Reason}
 	}
-	iccid, acct, found := s.dir.Route(rec.ICCID, rec.IMSI, rec.MSISDN)
+	iccid, acct, cardCarrier, found := s.dir.Route(rec.ICCID, rec.IMSI, rec.MSISDN)
+	field := "iccid"
+	if rec.ICCID == "" {
+		field = map[bool]string{true: "imsi", false: "msisdn"}[rec.IMSI != ""]
+	}
 	if !found {
-		field := "iccid"
-		if rec.ICCID == "" {
-			field = map[bool]string{true: "imsi", false: "msisdn"}[rec.IMSI != ""]
-		}
 		return 0, &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: field, Reason: "unknown card: provision it first"}
+	}
+	if cardCarrier != carrier {
+		// said as "not this carrier's": which carrier it is, is not this one's to know
+		return 0, &cdr.RecordError{Index: idx, Line: line, RecordID: rec.RecordID, Field: field, Reason: "the card is not one of carrier " + carrier + "'s cards"}
 	}
 	rec.ICCID = iccid
 	return broker.PartitionOfHash(acct, s.cfg.Partitions), nil

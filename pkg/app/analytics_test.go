@@ -41,10 +41,20 @@ func analyticsPipeline(t *testing.T) (*Pipeline, *authClient, sink.ClickHouseCon
 		c.must(c.send("PUT", "/v1/cards/"+iccid, tokBilling, "application/json",
 			fmt.Sprintf(`{"account_id":%q,"plan_id":%q,"carrier":"cmcc","auto_stop_over_quota":%v}`, acct, plan, plan == "capped")), 200)
 	}
+	// a second carrier's cards: each carrier counts usage on its own only
+	cucc := []string{iccid(110), iccid(111)}
+	for i, card := range cucc {
+		c.must(c.send("PUT", "/v1/cards/"+card, tokBilling, "application/json",
+			fmt.Sprintf(`{"account_id":%q,"plan_id":"metered","carrier":"cucc"}`, []string{"acme", "globex"}[i])), 200)
+	}
 	push := func(token, day string, n, size int, prefix string) {
+		own := cards
+		if token == tokCUCC {
+			own = cucc
+		}
 		var rows []string
 		for i := 0; i < n; i++ {
-			card := cards[i%len(cards)]
+			card := own[i%len(own)]
 			rows = append(rows, fmt.Sprintf("%s%d,%s,,%sT%02d:00:00+08:00,%sT%02d:30:00+08:00,%d,%d", prefix, i, card, day, i%10, day, i%10, size/4, size-size/4))
 		}
 		r := c.send("POST", "/v1/usage?wait=true", token, "text/csv", csvOf(rows...))

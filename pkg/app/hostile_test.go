@@ -12,6 +12,7 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/api"
 	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/testenv"
 )
 
 // Answers to careless and hostile clients (issue 11): each test failed on
@@ -149,5 +150,68 @@ func TestSlowBodyIs408(t *testing.T) {
 	n, _ := conn.Read(buf)
 	if got := string(buf[:n]); !strings.HasPrefix(got, "HTTP/1.1 408") || !strings.Contains(got, "cardmeter:client/timeout") {
 		t.Fatalf("slow body answered %q", got)
+	}
+}
+
+// A carrier counts usage only on its own cards: a usage:cmcc token's
+// record for a cucc card is rejected (kept, reason named) and counts
+// nothing. In the open API (no tokens) a batch and a card name their
+// carrier, rather than falling to a made-up "default".
+func TestCarrierLanes(t *testing.T) {
+	_, c := securedPipeline(t, nil)
+	r := c.must(c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(row("x1", iccid(2), "", 500), row("x2", iccid(1), "", 5))), 422)
+	errs := r.body["errors"].([]any)
+	if r.body["accepted"].(float64) != 1 || len(errs) != 1 {
+		t.Fatalf("a cmcc batch with a cucc card's record: %s", r.raw)
+	}
+	if e := errs[0].(map[string]any); e["record_id"] != "x1" || e["field"] != "iccid" || !strings.Contains(e["reason"].(string), "not one of carrier cmcc's cards") {
+		t.Fatalf("rejection %v", e)
+	}
+	own := c.must(c.send("POST", "/v1/usage", tokCUCC, "text/csv", csvOf(row("y1", iccid(2), "", 7))), 200)
+	card := c.must(c.send("GET", fmt.Sprintf("/v1/cards/%s?min_position=%.0f", iccid(2), own.body["position"].(float64)), tokRead, "", ""), 200)
+	if u := card.body["cycle"].(map[string]any)["usage_bytes"].(float64); u != 7 {
+		t.Fatalf("the cucc card's usage %v, want its own carrier's 7 only", u)
+	}
+
+	open, err := Start(context.Background(), Config{Roles: []string{RoleAPI, RoleProjector}, DataDir: t.TempDir(), NATSPort: -1, HTTPAddr: "127.0.0.1:0", Partitions: 1}, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(open.Stop)
+	o := &authClient{t: t, base: open.URL}
+	o.must(o.send("PUT", "/v1/plans/p", "", "application/json", `{"quota_bytes": 1000}`), 200)
+	if r := o.send("PUT", "/v1/cards/"+iccid(3), "", "application/json", `{"account_id":"a","plan_id":"p"}`); r.code != 400 || r.body["field"] != "carrier" {
+		t.Fatalf("a card without a carrier: %d %s", r.code, r.raw)
+	}
+	o.must(o.send("PUT", "/v1/cards/"+iccid(3), "", "application/json", `{"account_id":"a","plan_id":"p","carrier":"cmcc"}`), 200)
+	if r := o.send("POST", "/v1/usage", "", "text/csv", csvOf(row("z1", iccid(3), "", 1))); r.code != 400 || r.body["field"] != "carrier" {
+		t.Fatalf("a batch without a carrier: %d %s", r.code, r.raw)
+	}
+	o.must(o.send("POST", "/v1/usage?carrier=cmcc", "", "text/csv", csvOf(row("z1", iccid(3), "", 1))), 200)
+}
+
+// A write answers with what the fold decided: a renewal that ends in the
+// past and a card moved to another account are refused (409, the rule
+// named), not answered 200 while the fold ignores them; an applied write
+// says so.
+func TestWritesAnswerTheFoldsDecision(t *testing.T) {
+	_, c := securedPipeline(t, nil)
+	r := c.send("POST", "/v1/cards/"+iccid(1)+"/renewals", tokBilling, "application/json", `{"renewal_id":"r1","valid_until":"2026-01-01T00:00:00Z"}`)
+	if r.code != 409 || r.body["type"] != "cardmeter:refused/invalid" {
+		t.Fatalf("a renewal ending in the past: %d %s", r.code, r.raw)
+	}
+	r = c.send("PUT", "/v1/cards/"+iccid(1), tokBilling, "application/json", `{"account_id":"other","plan_id":"p","carrier":"cmcc"}`)
+	if r.code != 409 || r.body["type"] != "cardmeter:refused/account-change" {
+		t.Fatalf("a card moved to another account: %d %s", r.code, r.raw)
+	}
+	// its records still reach it
+	u := c.must(c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(row("w1", iccid(1), "", 3))), 200)
+	card := c.must(c.send("GET", fmt.Sprintf("/v1/cards/%s?min_position=%.0f", iccid(1), u.body["position"].(float64)), tokRead, "", ""), 200)
+	if card.body["account_id"] != "a" || card.body["cycle"].(map[string]any)["usage_bytes"].(float64) != 3 {
+		t.Fatalf("after the refused move: %s", card.raw)
+	}
+	ok := c.must(c.send("POST", "/v1/accounts/a/payments", tokBilling, "application/json", `{"payment_id":"p1","amount_fen":100}`), 200)
+	if ok.body["decision"] != "applied" {
+		t.Fatalf("a payment: %s", ok.raw)
 	}
 }

@@ -51,7 +51,7 @@ func TestCardLifecycleThroughTheAPI(t *testing.T) {
 	if code, out := c.post("/v1/accounts/acme/payments", map[string]any{"payment_id": "p1", "amount_fen": 2000}); code != 200 {
 		t.Fatalf("payment: %d %v", code, out)
 	}
-	last := pos(c.putJSON("/v1/cards/"+card, map[string]any{"account_id": "acme", "plan_id": "iot", "auto_stop_over_quota": true,
+	last := pos(c.putJSON("/v1/cards/"+card, map[string]any{"account_id": "acme", "plan_id": "iot", "carrier": "cmcc", "auto_stop_over_quota": true,
 		"valid_until": "2026-04-01T00:00:00+08:00"}))
 	if got := c.card(card, last); got.Status != "in_service" || got.Account.BalanceFen != 1000 {
 		t.Fatalf("provisioned: %+v", got)
@@ -61,7 +61,7 @@ func TestCardLifecycleThroughTheAPI(t *testing.T) {
 	c.setClock("2026-01-10T12:00:00+08:00")
 	nd := fmt.Sprintf(`{"record_id":"r1","iccid":"%s","start_time":"2026-01-10T10:00:00+08:00","end_time":"2026-01-10T11:00:00+08:00","bytes_up":100000,"bytes_down":1000000}`, card)
 	var res struct{ Position uint64 }
-	if code := c.do("POST", "/v1/usage", "application/x-ndjson", []byte(nd), &res); code != 200 {
+	if code := c.do("POST", "/v1/usage?carrier=cmcc", "application/x-ndjson", []byte(nd), &res); code != 200 {
 		t.Fatalf("usage: %d", code)
 	}
 	if got := c.card(card, res.Position); got.Status != "stopped" || !slices.Equal(got.StopReasons, []string{"over_quota"}) ||
@@ -129,8 +129,11 @@ func TestCardLifecycleThroughTheAPI(t *testing.T) {
 	if got.Status != "cancelled" {
 		t.Fatalf("cancellation: %+v", got)
 	}
-	_, out = c.post("/v1/cards/"+card+"/renewals", map[string]any{"renewal_id": "rn-2", "months": 12})
-	if got := c.card(card, pos(out)); got.Status != "cancelled" {
+	// the renewal is refused, and the answer says so (it once answered 200)
+	if code := c.do("POST", "/v1/cards/"+card+"/renewals", "application/json", []byte(`{"renewal_id": "rn-2", "months": 12}`), &prob); code != 409 || prob["type"] != "cardmeter:refused/cancelled" {
+		t.Fatalf("renewal of a cancelled card: %d %v", code, prob)
+	}
+	if got := c.card(card, 0); got.Status != "cancelled" {
 		t.Fatalf("a cancelled card was renewed: %+v", got)
 	}
 	if code := c.do("POST", "/v1/cards/"+card+"/resume", "application/json", b, &prob); code != 409 || prob["type"] != "cardmeter:refused/cancelled" {
@@ -156,7 +159,7 @@ func TestCardLifecycleThroughTheAPI(t *testing.T) {
 	}
 	want := []string{"stopped:over_quota", "card.command_refusedover-quota", "resumed:over_quota", "stopped:arrears",
 		"card.command_refusedin-arrears", "resumed:arrears", "stopped:expiry", "card.renewed", "resumed:expiry",
-		"stopped:expiry", "card.cancelled", "input.refused", "card.command_refusedcancelled"}
+		"stopped:expiry", "card.cancelled", "input.refusedcancelled", "card.command_refusedcancelled"}
 	if !slices.Equal(steps, want) {
 		t.Fatalf("history:\n got %v\nwant %v", steps, want)
 	}

@@ -86,12 +86,12 @@ func TestPipelineRidesOutNATSOutages(t *testing.T) {
 	c := &client{t: t, base: p.URL}
 	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1 << 30})
 	for i := 0; i < 8; i++ {
-		c.putJSON(fmt.Sprintf("/v1/cards/%s", iccid(i)), map[string]any{"account_id": fmt.Sprint("acct", i), "plan_id": "p"})
+		c.putJSON(fmt.Sprintf("/v1/cards/%s", iccid(i)), map[string]any{"account_id": fmt.Sprint("acct", i), "plan_id": "p", "carrier": "cmcc"})
 	}
 	post := func(rows ...string) uint64 {
 		var res api.BatchResult
 		for {
-			code := c.do("POST", "/v1/usage", "text/csv", usageCSV(rows...), &res)
+			code := c.do("POST", "/v1/usage?carrier=cmcc", "text/csv", usageCSV(rows...), &res)
 			if code == 200 {
 				return res.Position
 			}
@@ -138,11 +138,11 @@ func TestAPartitionThatCannotRestoreSaysSo(t *testing.T) {
 	cards := map[int]int{} // partition -> a card of it
 	for i := 0; len(cards) < 2; i++ {
 		acct := fmt.Sprint("acct", i)
-		c.putJSON("/v1/cards/"+iccid(i), map[string]any{"account_id": acct, "plan_id": "p"})
+		c.putJSON("/v1/cards/"+iccid(i), map[string]any{"account_id": acct, "plan_id": "p", "carrier": "cmcc"})
 		cards[broker.Partition(acct, 2)] = i
 	}
 	var res api.BatchResult
-	if code := c.do("POST", "/v1/usage", "text/csv", usageCSV(usageRow("r1", cards[0], 5), usageRow("r2", cards[1], 7)), &res); code != 200 {
+	if code := c.do("POST", "/v1/usage?carrier=cmcc", "text/csv", usageCSV(usageRow("r1", cards[0], 5), usageRow("r2", cards[1], 7)), &res); code != 200 {
 		t.Fatalf("usage: %d", code)
 	}
 	c.card(iccid(cards[0]), res.Position)

@@ -40,7 +40,7 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 100, "cycle_anchor_day": 27, "time_zone": "UTC"})
 	var last uint64
 	for i := 0; i < 5; i++ {
-		out := c.putJSON("/v1/cards/"+iccid(100+i), map[string]any{"account_id": fmt.Sprint("acct", i), "plan_id": "p", "auto_stop_over_quota": true})
+		out := c.putJSON("/v1/cards/"+iccid(100+i), map[string]any{"account_id": fmt.Sprint("acct", i), "plan_id": "p", "carrier": "cmcc", "auto_stop_over_quota": true})
 		last = uint64(out["position"].(float64))
 	}
 	for i := 0; i < 5; i++ {
@@ -51,7 +51,7 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	}
 	nd := fmt.Sprintf(`{"record_id":"x","iccid":"%s","start_time":"2026-03-04T00:00:00Z","end_time":"2026-03-04T01:00:00Z","bytes_up":101,"bytes_down":0}`, iccid(102))
 	var res api.BatchResult
-	if code := c.do("POST", "/v1/usage", "application/x-ndjson", []byte(nd), &res); code != 200 {
+	if code := c.do("POST", "/v1/usage?carrier=cmcc", "application/x-ndjson", []byte(nd), &res); code != 200 {
 		t.Fatalf("usage: %d %+v", code, res)
 	}
 	if got := c.card(iccid(102), res.Position); got.Status != "stopped" {
@@ -88,11 +88,11 @@ func TestAllInOneRestartKeepsState(t *testing.T) {
 	}
 	c := &client{t: t, base: p.URL}
 	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1 << 30})
-	c.putJSON("/v1/cards/"+iccid(7), map[string]any{"account_id": "a", "plan_id": "p"})
+	c.putJSON("/v1/cards/"+iccid(7), map[string]any{"account_id": "a", "plan_id": "p", "carrier": "cmcc"})
 	csv := "record_id,iccid,start_time,end_time,bytes_up,bytes_down\n" +
 		"r1," + iccid(7) + ",2026-05-09T00:00:00Z,2026-05-09T01:00:00Z,1000,2000\n"
 	var res api.BatchResult
-	if code := c.do("POST", "/v1/usage", "text/csv", []byte(csv), &res); code != 200 {
+	if code := c.do("POST", "/v1/usage?carrier=cmcc", "text/csv", []byte(csv), &res); code != 200 {
 		t.Fatalf("usage: %d", code)
 	}
 	c.card(iccid(7), res.Position)
@@ -107,7 +107,7 @@ func TestAllInOneRestartKeepsState(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, p.Projector.Ready)
 	// the same record again, in a new batch: counted once
 	csv2 := csv + "r2," + iccid(7) + ",2026-05-09T02:00:00Z,2026-05-09T03:00:00Z,1,2\n"
-	if code := c.do("POST", "/v1/usage", "text/csv", []byte(csv2), &res); code != 200 {
+	if code := c.do("POST", "/v1/usage?carrier=cmcc", "text/csv", []byte(csv2), &res); code != 200 {
 		t.Fatalf("usage after restart: %d", code)
 	}
 	if got := c.card(iccid(7), res.Position); got.Cycle.UsageBytes != 3003 {

@@ -38,7 +38,7 @@ func (a *account) emit(t EmittedType, at int64, cause string) Emitted {
 func (p *Partition) applyAccount(in *Input, out []Emitted) []Emitted {
 	ac := in.Account
 	if ac.CreditLimitFen < 0 || ac.LowBalanceFen < 0 {
-		return append(out, refused(in, "", "account "+ac.AccountID+": credit_limit_fen and low_balance_fen must be ≥ 0"))
+		return append(out, refused(in, "", RefusedInvalid, "account "+ac.AccountID+": credit_limit_fen and low_balance_fen must be ≥ 0"))
 	}
 	a := p.account(ac.AccountID)
 	a.creditLimit, a.lowBalance, a.autoResume = ac.CreditLimitFen, ac.LowBalanceFen, ac.AutoResumeOnPayment
@@ -50,7 +50,7 @@ func (p *Partition) applyAccount(in *Input, out []Emitted) []Emitted {
 func (p *Partition) applyPayment(in *Input, out []Emitted) []Emitted {
 	pm := in.Payment
 	if pm.AmountFen <= 0 {
-		return append(out, refused(in, "", "payment "+pm.PaymentID+": amount_fen must be > 0"))
+		return append(out, refused(in, "", RefusedInvalid, "payment "+pm.PaymentID+": amount_fen must be > 0"))
 	}
 	a := p.account(pm.AccountID)
 	if a.payments[pm.PaymentID] {
@@ -69,7 +69,7 @@ func (p *Partition) applyPayment(in *Input, out []Emitted) []Emitted {
 func (p *Partition) applyCharge(in *Input, out []Emitted) []Emitted {
 	ch := in.Charge
 	if ch.AmountFen <= 0 {
-		return append(out, refused(in, "", "charge "+ch.ChargeID+": amount_fen must be > 0"))
+		return append(out, refused(in, "", RefusedInvalid, "charge "+ch.ChargeID+": amount_fen must be > 0"))
 	}
 	a := p.account(ch.AccountID)
 	if a.charges[ch.ChargeID] {

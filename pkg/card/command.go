@@ -8,6 +8,11 @@ const (
 	RefusedInArrears   = "in-arrears"
 	RefusedOverQuota   = "over-quota"
 	RefusedUnknownCard = "unknown-card"
+	// refusals of billing and provisioning inputs
+	RefusedInvalid      = "invalid"       // a field the fold cannot take
+	RefusedUnknownPlan  = "unknown-plan"  // a card on a plan not defined
+	RefusedUnknownPool  = "unknown-pool"  // a card in a pool not defined for its account
+	RefusedOtherAccount = "other-account" // a card or pool already of another account
 )
 
 // applyCommand decides an operator's manual stop or resume against the

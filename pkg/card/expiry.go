@@ -46,7 +46,7 @@ func (p *Partition) applyRenewal(in *Input, out []Emitted) []Emitted {
 	r := in.Renewal
 	c := p.cards[r.ICCID]
 	if c == nil {
-		return append(out, refused(in, r.ICCID, "unknown card"))
+		return append(out, refused(in, r.ICCID, RefusedUnknownCard, "unknown card"))
 	}
 	now := p.at(in)
 	cause := "event:" + in.ID
@@ -55,7 +55,7 @@ func (p *Partition) applyRenewal(in *Input, out []Emitted) []Emitted {
 	// time may have passed deadlines the last tick did not reach
 	out = p.checkValidity(c, now, cause, out)
 	if c.cancelled {
-		return append(out, refused(in, r.ICCID, "card is cancelled: a cancelled card cannot be renewed"))
+		return append(out, refused(in, r.ICCID, RefusedCancelled, "card is cancelled: a cancelled card cannot be renewed"))
 	}
 	until := r.ValidUntil
 	if r.Months > 0 {
@@ -63,7 +63,7 @@ func (p *Partition) applyRenewal(in *Input, out []Emitted) []Emitted {
 		until = time.Unix(from, 0).In(pl.loc).AddDate(0, r.Months, 0).Unix()
 	}
 	if until <= now {
-		return append(out, refused(in, r.ICCID, "the renewal ends in the past"))
+		return append(out, refused(in, r.ICCID, RefusedInvalid, "the renewal ends in the past"))
 	}
 	c.validUntil = until
 	c.dirty = true

@@ -232,14 +232,14 @@ func (p *Partition) Apply(in *Input, out []Emitted) ([]Emitted, error) {
 // at is the time an input takes effect: its stamp, never before the log's.
 func (p *Partition) at(in *Input) int64 { return max(p.now, in.At) }
 
-func refused(in *Input, iccid, detail string) Emitted {
-	return Emitted{Type: EmitInputRefused, ICCID: iccid, At: in.At, Cause: "event:" + in.ID, Detail: detail}
+func refused(in *Input, iccid, code, detail string) Emitted {
+	return Emitted{Type: EmitInputRefused, ICCID: iccid, At: in.At, Cause: "event:" + in.ID, Code: code, Detail: detail}
 }
 
 func (p *Partition) applyPlan(in *Input, out []Emitted) []Emitted {
 	pc := *in.Plan
 	if err := pc.Validate(); err != nil {
-		return append(out, refused(in, "", "plan "+pc.PlanID+": "+err.Error()))
+		return append(out, refused(in, "", RefusedInvalid, "plan "+pc.PlanID+": "+err.Error()))
 	}
 	loc, _ := Zone(pc.TimeZone)
 	anchor := pc.CycleAnchorDay
@@ -271,19 +271,19 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	cause := "event:" + in.ID
 	pl, ok := p.plans[cp.PlanID]
 	if !ok {
-		return append(out, refused(in, cp.ICCID, "unknown plan "+strconv.Quote(cp.PlanID)))
+		return append(out, refused(in, cp.ICCID, RefusedUnknownPlan, "unknown plan "+strconv.Quote(cp.PlanID)))
 	}
 	c, exists := p.cards[cp.ICCID]
 	if exists && c.account != cp.AccountID {
-		return append(out, refused(in, cp.ICCID, "card belongs to account "+strconv.Quote(c.account)+"; moving a card between accounts is not supported"))
+		return append(out, refused(in, cp.ICCID, RefusedOtherAccount, "card belongs to account "+strconv.Quote(c.account)+"; moving a card between accounts is not supported"))
 	}
 	if exists && c.cancelled {
-		return append(out, refused(in, cp.ICCID, "card is cancelled"))
+		return append(out, refused(in, cp.ICCID, RefusedCancelled, "card is cancelled"))
 	}
 	var pl0 *pool
 	if cp.PoolID != "" {
 		if pl0 = p.pools[cp.PoolID]; pl0 == nil || pl0.account != cp.AccountID {
-			return append(out, refused(in, cp.ICCID, "unknown pool "+strconv.Quote(cp.PoolID)+" for account "+strconv.Quote(cp.AccountID)))
+			return append(out, refused(in, cp.ICCID, RefusedUnknownPool, "unknown pool "+strconv.Quote(cp.PoolID)+" for account "+strconv.Quote(cp.AccountID)))
 		}
 	}
 	now := p.at(in)

@@ -23,11 +23,11 @@ func (p *Partition) applyPool(in *Input, out []Emitted) []Emitted {
 	pc := *in.Pool
 	loc, err := Zone(pc.TimeZone)
 	if err != nil || pc.CycleAnchorDay < 0 || pc.CycleAnchorDay > 31 {
-		return append(out, refused(in, "", "pool "+pc.PoolID+": bad time_zone or cycle_anchor_day"))
+		return append(out, refused(in, "", RefusedInvalid, "pool "+pc.PoolID+": bad time_zone or cycle_anchor_day"))
 	}
 	po := p.pools[pc.PoolID]
 	if po != nil && po.account != pc.AccountID {
-		return append(out, refused(in, "", "pool "+pc.PoolID+" belongs to account "+po.account))
+		return append(out, refused(in, "", RefusedOtherAccount, "pool "+pc.PoolID+" belongs to account "+po.account))
 	}
 	now := p.at(in)
 	if po == nil {

@@ -50,6 +50,7 @@ type Output struct {
 	Events   []event.Envelope
 	Accepted *event.Accepted      // usage chunks whose records counted
 	Verdicts *query.ChunkVerdicts // usage chunks
+	Decision *query.Decision      // other inputs: applied, or refused and why
 }
 
 // Lookups is how many index lookups the filters let through so far.
@@ -103,6 +104,13 @@ func (f *Folder) Fold(subject string, seq uint64, data []byte) (Output, error) {
 		}
 		if f.emitted, err = f.State.Apply(&in, f.emitted); err != nil {
 			return out, fmt.Errorf("seq %d on %s: %w", seq, subject, err)
+		}
+		out.Decision = &query.Decision{}
+		for i := range f.emitted {
+			if e := &f.emitted[i]; e.Type == card.EmitInputRefused && e.Cause == "event:"+in.ID {
+				out.Decision = &query.Decision{Refused: true, Code: e.Code, Detail: e.Detail}
+				break
+			}
 		}
 	}
 	if len(f.emitted) > 0 {

@@ -127,6 +127,8 @@ type partition struct {
 	pending  uint64                          // log messages of the partition not yet delivered, as of the last one
 	chunks   map[uint64]*query.ChunkVerdicts // recent usage chunks' verdicts, by sequence
 	chunkQ   []uint64                        // their order, for eviction
+	inputs   map[uint64]*query.Decision      // recent other inputs' decisions, by sequence
+	inputQ   []uint64
 }
 
 // keptChunkVerdicts is how many recent chunks' verdicts a partition keeps
@@ -145,6 +147,25 @@ func (pt *partition) rememberChunk(seq uint64, v *query.ChunkVerdicts) {
 	if len(pt.chunkQ) > keptChunkVerdicts {
 		delete(pt.chunks, pt.chunkQ[0])
 		pt.chunkQ = pt.chunkQ[1:]
+	}
+}
+
+// keptDecisions is how many recent inputs' decisions a partition keeps
+// for the API's answers to writes (they read them at once).
+const keptDecisions = 10000
+
+// rememberDecision keeps an input's decision; callers hold mu.
+func (pt *partition) rememberDecision(seq uint64, d *query.Decision) {
+	if pt.inputs == nil {
+		pt.inputs = map[uint64]*query.Decision{}
+	}
+	if _, ok := pt.inputs[seq]; !ok {
+		pt.inputQ = append(pt.inputQ, seq)
+	}
+	pt.inputs[seq] = d
+	if len(pt.inputQ) > keptDecisions {
+		delete(pt.inputs, pt.inputQ[0])
+		pt.inputQ = pt.inputQ[1:]
 	}
 }
 

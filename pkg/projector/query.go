@@ -55,6 +55,14 @@ func (p *Projector) answer(ctx context.Context, pt *partition, m *nats.Msg) {
 					}
 				}
 				reply.Found = len(reply.Chunks) == len(q.Seqs)
+			case query.KindInputs:
+				reply.Inputs = map[uint64]*query.Decision{}
+				for _, seq := range q.Seqs {
+					if d, ok := pt.inputs[seq]; ok {
+						reply.Inputs[seq] = d
+					}
+				}
+				reply.Found = len(reply.Inputs) == len(q.Seqs)
 			default:
 				reply.Error = "unknown query kind " + string(q.Kind)
 			}

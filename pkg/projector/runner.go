@@ -249,6 +249,9 @@ func (r *runner) fold(m jetstream.Msg) error {
 	if err == nil && out.Verdicts != nil {
 		r.pt.rememberChunk(seq, out.Verdicts)
 	}
+	if err == nil && out.Decision != nil {
+		r.pt.rememberDecision(seq, out.Decision)
+	}
 	r.pt.mu.Unlock()
 	r.p.m.lookups.Add(float64(r.folder.Lookups() - before))
 	if err != nil {

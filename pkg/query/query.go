@@ -27,6 +27,9 @@ const (
 	KindPool    Kind = "pool"
 	// KindChunks asks for the verdicts of usage chunks (by position).
 	KindChunks Kind = "chunks"
+	// KindInputs asks what the fold decided of billing and provisioning
+	// inputs (by position): applied, or refused and why.
+	KindInputs Kind = "inputs"
 )
 
 // Reply answers a Request.
@@ -37,7 +40,9 @@ type Reply struct {
 	Pool    *card.PoolView    `json:"pool,omitempty"`
 	Cards   []card.View       `json:"cards,omitempty"`
 	// Chunks: the verdicts of each asked chunk the partition still keeps.
-	Chunks  map[uint64]*ChunkVerdicts `json:"chunks,omitempty"`
+	Chunks map[uint64]*ChunkVerdicts `json:"chunks,omitempty"`
+	// Inputs: the decision on each asked input the partition still keeps.
+	Inputs  map[uint64]*Decision `json:"inputs,omitempty"`
 	Now     int64                     `json:"now"`     // the partition's log time
 	Applied uint64                    `json:"applied"` // the partition's applied sequence
 	Error   string                    `json:"error,omitempty"`
@@ -45,6 +50,14 @@ type Reply struct {
 	// after a failure) and knows nothing yet; ask again shortly.
 	Restoring bool `json:"restoring,omitempty"`
 	Timeout   bool `json:"timeout,omitempty"` // min_position was not reached in time
+}
+
+// Decision is what the fold made of one input: applied, or refused with
+// the rule (card.Refused*) and why.
+type Decision struct {
+	Refused bool   `json:"refused,omitempty"`
+	Code    string `json:"code,omitempty"`
+	Detail  string `json:"detail,omitempty"`
 }
 
 // ChunkVerdicts counts what the fold made of the records of one usage chunk.
