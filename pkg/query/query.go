@@ -43,9 +43,9 @@ type Reply struct {
 	Chunks map[uint64]*ChunkVerdicts `json:"chunks,omitempty"`
 	// Inputs: the decision on each asked input the partition still keeps.
 	Inputs  map[uint64]*Decision `json:"inputs,omitempty"`
-	Now     int64                     `json:"now"`     // the partition's log time
-	Applied uint64                    `json:"applied"` // the partition's applied sequence
-	Error   string                    `json:"error,omitempty"`
+	Now     int64                `json:"now"`     // the partition's log time
+	Applied uint64               `json:"applied"` // the partition's applied sequence
+	Error   string               `json:"error,omitempty"`
 	// Restoring: the partition is restoring its checkpoint (or retrying
 	// after a failure) and knows nothing yet; ask again shortly.
 	Restoring bool `json:"restoring,omitempty"`
