@@ -148,6 +148,39 @@ func setTime(rec *Record, f int, unix int64) {
 	}
 }
 
+// lineLimiter fails a read once a line passes max bytes, before anything
+// holds the line.
+type lineLimiter struct {
+	r         io.Reader
+	max, n    int // the limit; bytes of the current line so far
+	line      int
+	exhausted error
+}
+
+func (l *lineLimiter) Read(p []byte) (int, error) {
+	if l.exhausted != nil {
+		return 0, l.exhausted
+	}
+	n, err := l.r.Read(p)
+	for i := 0; i < n; {
+		j := bytes.IndexByte(p[i:n], '\n')
+		if j < 0 {
+			l.n += n - i
+			break
+		}
+		if l.n+j > l.max {
+			l.n += j
+			break
+		}
+		l.n, l.line, i = 0, l.line+1, i+j+1
+	}
+	if l.n > l.max {
+		l.exhausted = &BatchError{Reason: fmt.Sprintf("line %d is longer than the limit of %d bytes", l.line, l.max), LineTooLong: true}
+		return 0, l.exhausted
+	}
+	return n, err
+}
+
 // CSVReader reads CSV with a header row; columns may come in any order.
 // Unknown columns are refused when the header is read.
 type CSVReader struct {
@@ -162,13 +195,10 @@ type CSVReader struct {
 // (0: no bound).
 func NewCSVReader(in io.Reader, maxLine int) (*CSVReader, error) {
 	if maxLine > 0 {
-		// the header line is held to the limit too, before it is read
-		br := bufio.NewReaderSize(in, maxLine+1)
-		head, _ := br.Peek(maxLine + 1)
-		if len(head) > maxLine && bytes.IndexByte(head, '\n') < 0 {
-			return nil, &BatchError{Reason: fmt.Sprintf("line 1 (the header) is longer than the limit of %d bytes", maxLine), LineTooLong: true}
-		}
-		in = br
+		// lines are held to the limit as they are read, the header too:
+		// encoding/csv would read a whole line into memory first (a gzip
+		// of one 1 GiB line once cost gigabytes)
+		in = &lineLimiter{r: in, max: maxLine, line: 1}
 	}
 	r := csv.NewReader(in)
 	r.ReuseRecord = true
@@ -176,6 +206,10 @@ func NewCSVReader(in io.Reader, maxLine int) (*CSVReader, error) {
 	header, err := r.Read()
 	if err == io.EOF {
 		return nil, &BatchError{Reason: "empty body: expected a CSV header row"}
+	}
+	var be *BatchError
+	if errors.As(err, &be) {
+		return nil, &BatchError{Reason: "CSV header: " + be.Reason, LineTooLong: be.LineTooLong}
 	}
 	if err != nil {
 		return nil, &BatchError{Reason: "CSV header: " + err.Error(), Err: err}
@@ -238,6 +272,10 @@ func (c *CSVReader) Next(rec *Record) error {
 			c.line = pe.StartLine
 			c.index++
 			return &RecordError{Index: idx, Line: pe.StartLine, Field: "", Reason: "malformed CSV: " + pe.Err.Error()}
+		}
+		var be *BatchError
+		if errors.As(err, &be) {
+			return be
 		}
 		return &BatchError{Reason: "reading body: " + err.Error(), Err: err}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -275,5 +276,53 @@ func TestCSVHeaderLimits(t *testing.T) {
 	}
 	if _, err := NewCSVReader(strings.NewReader("record_id,iccid,start_time,end_time,bytes_up,bytes_down\n"), 1024); err != nil {
 		t.Fatalf("a good header under the limit: %v", err)
+	}
+}
+
+// repeatReader yields n copies of b, never holding them.
+type repeatReader struct {
+	b byte
+	n int
+}
+
+func (r *repeatReader) Read(p []byte) (int, error) {
+	if r.n == 0 {
+		return 0, io.EOF
+	}
+	k := min(len(p), r.n)
+	for i := range p[:k] {
+		p[i] = r.b
+	}
+	r.n -= k
+	return k, nil
+}
+
+// One endless line (a gzip bomb's payload) is refused at the line limit
+// having cost about the limit in memory, not the line: encoding/csv would
+// read the whole line first.
+func TestLongLineCostsTheLimitNotTheLine(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   io.Reader
+	}{
+		{"header", &repeatReader{'a', 64 << 20}},
+		{"record", io.MultiReader(strings.NewReader("record_id,iccid,start_time,end_time,bytes_up,bytes_down\n"), &repeatReader{'a', 64 << 20})},
+	} {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		r, err := NewCSVReader(tc.in, 64<<10)
+		if err == nil {
+			var rec Record
+			err = r.Next(&rec)
+		}
+		runtime.ReadMemStats(&after)
+		var be *BatchError
+		if !errors.As(err, &be) || !be.LineTooLong {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if grew := after.TotalAlloc - before.TotalAlloc; grew > 4<<20 {
+			t.Errorf("%s: a 64 MiB line cost %d bytes of allocation", tc.name, grew)
+		}
 	}
 }
