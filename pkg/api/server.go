@@ -51,6 +51,10 @@ type Config struct {
 	// PublishTimeout bounds how long a write waits for JetStream before
 	// answering 503; default 10 s.
 	PublishTimeout time.Duration
+	// VerdictWait bounds how long a usage batch's answer waits for the
+	// projector's verdicts (?wait=false: not at all); past it the answer
+	// says they are pending. Default 2 s.
+	VerdictWait time.Duration
 }
 
 // BatchLimits bound one usage batch. Each refusal names its limit.
@@ -110,6 +114,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	}
 	if cfg.Batch.MaxLineBytes == 0 {
 		cfg.Batch.MaxLineBytes = DefaultBatchLimits.MaxLineBytes
+	}
+	if cfg.VerdictWait == 0 {
+		cfg.VerdictWait = 2 * time.Second
 	}
 	if cfg.PublishTimeout == 0 {
 		cfg.PublishTimeout = 10 * time.Second

@@ -24,21 +24,30 @@ import (
 
 // BatchResult answers POST /v1/usage.
 type BatchResult struct {
-	BatchID    string             `json:"batch_id"`
-	Carrier    string             `json:"carrier"`
-	Received   int                `json:"received"`
-	Accepted   int                `json:"accepted"`
-	Duplicates int                `json:"duplicates"`
-	Rejected   []*cdr.RecordError `json:"rejected"` // the first maxAnswerRejections
+	BatchID  string `json:"batch_id"`
+	Carrier  string `json:"carrier"`
+	Received int    `json:"received"`
+	// Stored is how many records of the batch are in the log, durable
+	// whatever follows (written by this request or by an earlier try of
+	// the same batch: a retry stores nothing twice).
+	Stored int `json:"stored"`
+	// Verdicts is "final" when the projector's verdicts on the records
+	// are in Accepted, Duplicates and Projected, and "pending" when they
+	// were not known within the wait (or not asked for, ?wait=false):
+	// then Accepted and Duplicates are absent, rather than numbers that
+	// look final and are not.
+	Verdicts   string             `json:"verdicts"`
+	Accepted   *int               `json:"accepted,omitempty"`   // counted (late ones too)
+	Duplicates *int               `json:"duplicates,omitempty"` // record ids counted before
+	Rejected   []*cdr.RecordError `json:"rejected"`             // the first maxAnswerRejections
 	// RejectedCount is how many were rejected; past maxAnswerRejections
 	// the answer lists the first ones only (RejectedTruncated), and GET
 	// /v1/rejections?batch_id= lists every one.
 	RejectedCount     int    `json:"rejected_count"`
 	RejectedTruncated bool   `json:"rejected_truncated,omitempty"`
 	Position          uint64 `json:"position"`
-	// Projected is what the projector made of the accepted records, when
-	// the request asked to wait for it (?wait=true): record ids it had
-	// counted before are duplicates there.
+	// Projected is what the projector made of the stored records, when
+	// the verdicts are final.
 	Projected *query.ChunkVerdicts `json:"projected,omitempty"`
 }
 
@@ -203,22 +212,29 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	res.Position, res.Duplicates = acks.position, acks.duplicates
+	res.Position = acks.position
 	res.RejectedCount = len(res.Rejected)
 	if res.RejectedCount > maxAnswerRejections {
 		res.Rejected, res.RejectedTruncated = res.Rejected[:maxAnswerRejections], true
 	}
-	res.Accepted = res.Received - res.RejectedCount - acks.duplicates
-	if r.URL.Query().Get("wait") == "true" {
-		res.Projected = s.projected(r.Context(), acks.seqs)
+	res.Stored = res.Received - res.RejectedCount
+	res.Verdicts = "pending"
+	if r.URL.Query().Get("wait") != "false" {
+		vctx, cancel := context.WithTimeout(r.Context(), s.cfg.VerdictWait)
+		res.Projected = s.projected(vctx, acks.seqs)
+		cancel()
 	}
-	s.metrics.records.WithLabelValues("accepted").Add(float64(res.Accepted))
+	if p := res.Projected; p != nil {
+		accepted, dups := p.Accepted+p.Late, p.Duplicate
+		res.Verdicts, res.Accepted, res.Duplicates = "final", &accepted, &dups
+	}
+	s.metrics.records.WithLabelValues("accepted").Add(float64(res.Stored))
 	s.metrics.records.WithLabelValues("rejected").Add(float64(res.RejectedCount))
 	s.metrics.records.WithLabelValues("duplicate_chunk").Add(float64(acks.duplicates))
 	status, answer := http.StatusOK, any(res)
 	ctype := "application/json"
 	if res.RejectedCount > 0 {
-		detail := fmt.Sprintf("%d of %d records rejected; the %d accepted are stored", res.RejectedCount, res.Received, res.Accepted)
+		detail := fmt.Sprintf("%d of %d records rejected; the others are stored", res.RejectedCount, res.Received)
 		if res.RejectedTruncated {
 			detail += fmt.Sprintf("; the first %d rejections are listed here, every one at GET /v1/rejections?batch_id=%s", maxAnswerRejections, key)
 		}
@@ -227,7 +243,10 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 		status, answer, ctype = p.Status, p, "application/problem+json"
 	}
 	body = encodeJSON(answer)
-	s.remember(key, content, status, ctype, body)
+	if res.Verdicts == "final" {
+		// a pending answer is not kept: a retry asks the projector again
+		s.remember(key, content, status, ctype, body)
+	}
 	writeRaw(w, status, ctype, body)
 	return nil
 }

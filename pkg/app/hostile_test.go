@@ -215,3 +215,40 @@ func TestWritesAnswerTheFoldsDecision(t *testing.T) {
 		t.Fatalf("a payment: %s", ok.raw)
 	}
 }
+
+// A usage answer waits (bounded) for the projector's verdicts by default
+// and says what it knows: final counts, or "pending" and no counts that
+// look final. Before, without ?wait=true a re-sent record answered
+// "duplicates": 0.
+func TestUsageAnswerSaysWhatItKnows(t *testing.T) {
+	_, c := securedPipeline(t, nil)
+	first := c.must(c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(row("s1", iccid(1), "", 5))), 200)
+	if first.body["verdicts"] != "final" || first.body["accepted"] != 1.0 || first.body["duplicates"] != 0.0 || first.body["stored"] != 1.0 {
+		t.Fatalf("a new record: %s", first.raw)
+	}
+	again := c.must(c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(row("s1", iccid(1), "", 5), row("s2", iccid(1), "", 5))), 200)
+	if again.body["verdicts"] != "final" || again.body["accepted"] != 1.0 || again.body["duplicates"] != 1.0 || again.body["stored"] != 2.0 {
+		t.Fatalf("a re-sent record beside a new one: %s", again.raw)
+	}
+	opt := c.must(c.send("POST", "/v1/usage?wait=false", tokCMCC, "text/csv", csvOf(row("s3", iccid(1), "", 5))), 200)
+	if _, has := opt.body["accepted"]; has || opt.body["verdicts"] != "pending" || opt.body["stored"] != 1.0 {
+		t.Fatalf("?wait=false: %s", opt.raw)
+	}
+
+	// no projector running: the verdicts are pending, and the answer says so
+	apiOnly, err := Start(context.Background(), Config{Roles: []string{RoleAPI}, DataDir: t.TempDir(), NATSPort: -1, HTTPAddr: "127.0.0.1:0", Partitions: 1,
+		API: api.Config{VerdictWait: 300 * time.Millisecond}}, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(apiOnly.Stop)
+	o := &authClient{t: t, base: apiOnly.URL}
+	o.must(o.send("PUT", "/v1/plans/p", "", "application/json", `{"quota_bytes": 1000}`), 200)
+	if r := o.send("PUT", "/v1/cards/"+iccid(3), "", "application/json", `{"account_id":"a","plan_id":"p","carrier":"cmcc"}`); r.code != 202 || r.body["decision"] != "pending" {
+		t.Fatalf("provisioning with no projector: %d %s", r.code, r.raw)
+	}
+	p := o.must(o.send("POST", "/v1/usage?carrier=cmcc", "", "text/csv", csvOf(row("q1", iccid(3), "", 1))), 200)
+	if _, has := p.body["duplicates"]; has || p.body["verdicts"] != "pending" || p.body["stored"] != 1.0 {
+		t.Fatalf("no projector: %s", p.raw)
+	}
+}

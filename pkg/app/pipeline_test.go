@@ -191,7 +191,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	if code := c.do("POST", "/v1/usage?carrier=cmcc", "text/csv", []byte(csv), &res); code != 422 {
 		t.Fatalf("mixed batch: status %d, want 422", code)
 	}
-	if res.Accepted != 2 || len(res.Rejected) != 3 || res.Type != "cardmeter:invalid/records" {
+	if res.Accepted == nil || *res.Accepted != 2 || len(res.Rejected) != 3 || res.Type != "cardmeter:invalid/records" {
 		t.Fatalf("mixed batch result: %+v", res)
 	}
 	wantErr := map[string]string{"bad1": "iccid", "bad2": "bytes_up", "bad3": "end_time"}
@@ -204,13 +204,14 @@ func TestPipelineEndToEnd(t *testing.T) {
 		t.Fatalf("after batch 1: %+v", got)
 	}
 
-	// Crash the projector, push more while it is down, restart it.
+	// Crash the projector, push more while it is down (stored; the answer
+	// says the verdicts are pending), restart it.
 	stopProjector()
 	ndjson := fmt.Sprintf(`{"record_id":"r3","iccid":"%s","start_time":"2026-01-10T09:00:00+08:00","end_time":"2026-01-10T09:30:00+08:00","bytes_up":100000,"bytes_down":350000}
 {"record_id":"r4","iccid":"%s","start_time":"2026-01-10T10:00:00+08:00","end_time":"2026-01-10T10:30:00+08:00","bytes_up":1000,"bytes_down":1000}
 `, a, a)
 	var res2 api.BatchResult
-	if code := c.do("POST", "/v1/usage?carrier=cmcc", "application/x-ndjson", []byte(ndjson), &res2); code != 200 || res2.Accepted != 2 {
+	if code := c.do("POST", "/v1/usage?carrier=cmcc", "application/x-ndjson", []byte(ndjson), &res2); code != 200 || res2.Stored != 2 || res2.Verdicts != "pending" || res2.Accepted != nil {
 		t.Fatalf("batch 2: %d %+v", code, res2)
 	}
 	// the same batch again (a carrier's retry) gets the same answer and adds nothing

@@ -432,12 +432,12 @@ func ingest(ctx context.Context, url, format string, bodies [][]byte, workers in
 				if limiter != nil {
 					<-limiter
 				}
-				resp, err := client.Post(url+"/v1/usage?carrier=cmcc", ctype, bytes.NewReader(bodies[i]))
+				resp, err := client.Post(url+"/v1/usage?carrier=cmcc&wait=false", ctype, bytes.NewReader(bodies[i]))
 				if err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					return
 				}
-				var res struct{ Accepted int }
+				var res struct{ Stored int }
 				b, _ := io.ReadAll(resp.Body)
 				resp.Body.Close()
 				if resp.StatusCode != 200 && resp.StatusCode != 422 {
@@ -445,7 +445,7 @@ func ingest(ctx context.Context, url, format string, bodies [][]byte, workers in
 					return
 				}
 				_ = jsonUnmarshal(b, &res)
-				accepted.Add(int64(res.Accepted))
+				accepted.Add(int64(res.Stored))
 			}
 		}()
 	}
@@ -587,7 +587,7 @@ func stopLatency(ctx context.Context, p *app.Pipeline, fl *fleet, cfg Config, no
 		body := fmt.Sprintf("record_id,iccid,start_time,end_time,bytes_up,bytes_down\nstop%d,%s,%s,%s,1000,1000\n", i, iccid,
 			now.Add(-time.Hour).Format(time.RFC3339), now.Add(-50*time.Minute).Format(time.RFC3339))
 		sent := time.Now()
-		resp, err := client.Post(p.URL+"/v1/usage?carrier=cmcc", "text/csv", bytes.NewReader([]byte(body)))
+		resp, err := client.Post(p.URL+"/v1/usage?carrier=cmcc&wait=false", "text/csv", bytes.NewReader([]byte(body)))
 		if err != nil {
 			return err
 		}

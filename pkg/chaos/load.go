@@ -197,7 +197,7 @@ func (w *writer) run(ctx context.Context, stop <-chan struct{}) error {
 		if w.csv {
 			ctype = "text/csv"
 		}
-		ans, err := w.api.do(ctx, http.MethodPost, "/v1/usage?carrier="+w.carrier, ctype, key, body, http.StatusUnprocessableEntity)
+		ans, err := w.api.do(ctx, http.MethodPost, "/v1/usage?wait=false&carrier="+w.carrier, ctype, key, body, http.StatusUnprocessableEntity)
 		if err != nil {
 			if _, ok := err.(*statusError); ok {
 				return fmt.Errorf("writer %d: %w", w.id, err)

@@ -98,14 +98,20 @@ type Projector struct {
 	log     *zap.Logger
 	parts   map[int]*partition
 	restore chan struct{} // a slot per partition restoring at once
-	m       *metrics
+	// answering holds a slot per query being answered; past them a query
+	// is answered "busy" at once, never queued behind the others
+	answering chan struct{}
+	m         *metrics
 }
+
+// maxAnswering is how many queries the projector answers at once.
+const maxAnswering = 4096
 
 // New returns a projector; it does nothing until Run.
 func New(nc *nats.Conn, js jetstream.JetStream, cfg Config, log *zap.Logger) *Projector {
 	cfg.defaults()
 	p := &Projector{cfg: cfg, nc: nc, js: js, log: log, parts: map[int]*partition{},
-		restore: make(chan struct{}, cfg.RestoreConcurrency), m: newMetrics(cfg.Registerer)}
+		restore: make(chan struct{}, cfg.RestoreConcurrency), answering: make(chan struct{}, maxAnswering), m: newMetrics(cfg.Registerer)}
 	for _, id := range cfg.Owned {
 		p.parts[id] = &partition{id: id, progress: make(chan struct{})}
 	}
@@ -175,7 +181,20 @@ func (pt *partition) rememberDecision(seq uint64, d *query.Decision) {
 func (p *Projector) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, pt := range p.parts {
-		sub, err := p.nc.QueueSubscribe(broker.QuerySubject(pt.id), "projector", func(m *nats.Msg) { p.answer(ctx, pt, m) })
+		// each query is answered on its own goroutine: one that waits for
+		// a position (a batch's verdicts, a write's decision) must not hold
+		// up the card reads behind it
+		sub, err := p.nc.QueueSubscribe(broker.QuerySubject(pt.id), "projector", func(m *nats.Msg) {
+			select {
+			case p.answering <- struct{}{}:
+				go func() {
+					defer func() { <-p.answering }()
+					p.answer(ctx, pt, m)
+				}()
+			default:
+				p.busy(m)
+			}
+		})
 		if err != nil {
 			return fmt.Errorf("projector: subscribing to queries: %w", err)
 		}

@@ -13,6 +13,12 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/query"
 )
 
+// busy answers a query when too many are being answered: ask again.
+func (p *Projector) busy(m *nats.Msg) {
+	b, _ := json.Marshal(&query.Reply{Timeout: true, Error: "the projector is answering too many queries at once"})
+	_ = m.Respond(b)
+}
+
 func (p *Projector) answer(ctx context.Context, pt *partition, m *nats.Msg) {
 	var q query.Request
 	var reply query.Reply

@@ -50,7 +50,8 @@ type Summary struct {
 	Batches    int
 	Records    int
 	Accepted   int
-	Duplicates int // records of batches already stored, and record ids counted before
+	Duplicates int // record ids counted before
+	Pending    int // stored, the projector's verdicts not in when the batch was answered
 	Conflicts  int
 	Late       int
 	Rejected   int
@@ -75,6 +76,7 @@ func (s *Summary) add(o *Summary) {
 	s.Records += o.Records
 	s.Accepted += o.Accepted
 	s.Duplicates += o.Duplicates
+	s.Pending += o.Pending
 	s.Conflicts += o.Conflicts
 	s.Late += o.Late
 	s.Rejected += o.Rejected
@@ -322,10 +324,9 @@ func readBatch(br *bufio.Reader, header []byte, format string, max int) (body []
 
 // answer is the API's answer to a batch (200 or 422).
 type answer struct {
-	Received   int `json:"received"`
-	Accepted   int `json:"accepted"`
-	Duplicates int `json:"duplicates"`
-	Rejected   []struct {
+	Received int `json:"received"`
+	Stored   int `json:"stored"` // written to the log by this request
+	Rejected []struct {
 		Line     int    `json:"line"`
 		RecordID string `json:"record_id"`
 		Field    string `json:"field"`
@@ -345,7 +346,6 @@ type answer struct {
 // absorb adds a batch's answer; firstLine is the file line of its first record.
 func (s *Summary) absorb(a *answer, file string, firstLine, n int) {
 	s.Records += n
-	s.Duplicates += a.Duplicates
 	s.Rejected += len(a.Rejected)
 	if p := a.Projected; p != nil {
 		s.Accepted += p.Accepted + p.Late
@@ -359,7 +359,7 @@ func (s *Summary) absorb(a *answer, file string, firstLine, n int) {
 			}
 		}
 	} else {
-		s.Accepted += a.Accepted
+		s.Pending += a.Stored // stored; the projector had not decided them yet
 	}
 	for _, r := range a.Rejected {
 		s.countReason(r.Field+": "+r.Reason, 1)
@@ -405,6 +405,8 @@ func send(ctx context.Context, cfg *Config, body []byte, format, key string) (*a
 	}
 	if cfg.Wait {
 		q = append(q, "wait=true")
+	} else {
+		q = append(q, "wait=false") // the summary counts the records as pending
 	}
 	if len(q) > 0 {
 		u += "?" + strings.Join(q, "&")
@@ -476,6 +478,9 @@ func (s *Summary) Print(w io.Writer) {
 		fmt.Fprintf(w, " (%d late, counted in their closed cycle)", s.Late)
 	}
 	fmt.Fprintf(w, "\n  duplicates  %d (counted once already)\n", s.Duplicates)
+	if s.Pending > 0 {
+		fmt.Fprintf(w, "  pending     %d (stored; the projector had not decided them when answered: see the cards)\n", s.Pending)
+	}
 	if s.Conflicts > 0 {
 		fmt.Fprintf(w, "  conflicts   %d (same record id, other content: not counted; see usage.conflict events)\n", s.Conflicts)
 	}
