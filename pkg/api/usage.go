@@ -293,13 +293,15 @@ func (s *Server) reserve(w http.ResponseWriter, r *http.Request, key, content st
 	if s.batches == nil {
 		return false, nil
 	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
+	defer cancel()
 	b, _ := json.Marshal(storedAnswer{Content: content})
-	if _, err := s.batches.Create(r.Context(), key, b); err == nil {
+	if _, err := s.batches.Create(ctx, key, b); err == nil {
 		return false, nil
 	} else if !errors.Is(err, jetstream.ErrKeyExists) {
 		return false, fmt.Errorf("%w: reserving the batch key: %v", errUnavailable, err)
 	}
-	e, err := s.batches.Get(r.Context(), key)
+	e, err := s.batches.Get(ctx, key)
 	if err != nil {
 		return false, fmt.Errorf("%w: reading the batch key: %v", errUnavailable, err)
 	}

@@ -83,6 +83,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.Int64Var(&cfg.API.Batch.MaxDecompressedBytes, "max-decompressed-bytes", int64(envInt("max-decompressed-bytes", int(api.DefaultBatchLimits.MaxDecompressedBytes))), "largest gzip batch once inflated")
 	fs.IntVar(&cfg.API.Batch.MaxRecords, "max-records", envInt("max-records", api.DefaultBatchLimits.MaxRecords), "most records in one batch")
 	fs.IntVar(&cfg.API.Batch.MaxLineBytes, "max-line-bytes", envInt("max-line-bytes", api.DefaultBatchLimits.MaxLineBytes), "longest line (or JSON array element)")
+	fs.DurationVar(&cfg.API.VerdictWait, "usage-verdict-wait", envDur("usage-verdict-wait", 2*time.Second), "how long a usage batch's answer waits for the projector's verdicts (past it they are \"pending\"; ?wait=false: no wait)")
 	fs.DurationVar(&cfg.API.Limits.MaxFutureSkew, "max-future-skew", envDur("max-future-skew", cdr.DefaultLimits.MaxFutureSkew), "how far past its receive time a record may end")
 	cfg.API.Limits.MaxBytes, cfg.API.Limits.MaxFieldLen = cdr.DefaultLimits.MaxBytes, cdr.DefaultLimits.MaxFieldLen
 	fs.DurationVar(&cfg.ReadHeaderTimeout, "http-header-timeout", envDur("http-header-timeout", 10*time.Second), "time a client has to send its request headers")
