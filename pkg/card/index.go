@@ -160,7 +160,11 @@ func (p *Partition) probeGroup(pr *Probe, lo, hi int) {
 // the index's order, and forgets them here: the caller adds them to the
 // index, which answers for them from then on.
 func (p *Partition) TakeIDs(dst []IndexEntry) []IndexEntry {
-	n := len(dst)
+	n, total := len(dst), 0
+	for _, c := range p.order {
+		total += c.recent.len()
+	}
+	dst = slices.Grow(dst, total)
 	for _, c := range p.order {
 		if c.recent.len() == 0 {
 			continue

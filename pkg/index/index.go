@@ -289,22 +289,39 @@ func (x *Index) WriteFrozen(seq uint64) ([]SegmentInfo, int, error) {
 	if len(sets) == 0 {
 		return nil, 0, nil
 	}
-	byGen := map[int64][]card.IndexEntry{}
+	// split by generation, each sized up front (a checkpoint's entries run
+	// to millions: grown by append they cost more than writing them)
+	counts := map[int64]int{}
 	for _, es := range sets {
-		for _, e := range es {
-			g := Gen(e.CycleStart())
-			byGen[g] = append(byGen[g], e)
+		for i := range es {
+			counts[Gen(es[i].CycleStart())]++
 		}
 	}
-	gens := make([]int64, 0, len(byGen))
-	for g := range byGen {
+	gens := make([]int64, 0, len(counts))
+	for g := range counts {
 		gens = append(gens, g)
 	}
 	slices.Sort(gens)
+	byGen := make(map[int64][]card.IndexEntry, len(gens))
+	if len(sets) == 1 && len(gens) == 1 {
+		byGen[gens[0]] = sets[0] // one sorted set of one generation: as it is
+	} else {
+		for _, g := range gens {
+			byGen[g] = make([]card.IndexEntry, 0, counts[g])
+		}
+		for _, es := range sets {
+			for i := range es {
+				g := Gen(es[i].CycleStart())
+				byGen[g] = append(byGen[g], es[i])
+			}
+		}
+	}
 	var out []SegmentInfo
 	for _, g := range gens {
 		es := byGen[g]
-		slices.SortStableFunc(es, card.CompareEntries)
+		if len(sets) > 1 {
+			slices.SortStableFunc(es, card.CompareEntries) // each set is sorted; together they are not
+		}
 		name := fmt.Sprintf("g%d-%016x.seg", g, seq)
 		si, err := x.write(name, g, func(emit func(card.IndexEntry) error) error {
 			for _, e := range es {
