@@ -113,7 +113,9 @@ func New(nc *nats.Conn, js jetstream.JetStream, cfg Config, log *zap.Logger) *Pr
 	p := &Projector{cfg: cfg, nc: nc, js: js, log: log, parts: map[int]*partition{},
 		restore: make(chan struct{}, cfg.RestoreConcurrency), answering: make(chan struct{}, maxAnswering), m: newMetrics(cfg.Registerer)}
 	for _, id := range cfg.Owned {
-		p.parts[id] = &partition{id: id, progress: make(chan struct{})}
+		p.parts[id] = &partition{id: id, progress: make(chan struct{}),
+			chunks: bySeq[*query.ChunkVerdicts]{max: 50000}, // a batch's answer reads them at once
+			inputs: bySeq[*query.Decision]{max: 10000}}
 	}
 	return p
 }
@@ -124,55 +126,49 @@ type partition struct {
 	id       int
 	mu       sync.Mutex
 	state    *card.Partition
-	applied  uint64                          // last METER sequence whose effects are published
-	progress chan struct{}                   // closed and replaced when applied moves
-	ready    bool                            // restored and folding
-	failure  error                           // why its last life ended, until it is ready again
-	stuck    bool                            // that failure is the log's: no retry can get past it
-	stuckAt  uint64                          // the message it could not fold: stuck until a life folds past it
-	pending  uint64                          // log messages of the partition not yet delivered, as of the last one
-	chunks   map[uint64]*query.ChunkVerdicts // recent usage chunks' verdicts, by sequence
-	chunkQ   []uint64                        // their order, for eviction
-	inputs   map[uint64]*query.Decision      // recent other inputs' decisions, by sequence
-	inputQ   []uint64
+	applied  uint64                      // last METER sequence whose effects are published
+	progress chan struct{}               // closed and replaced when applied moves
+	ready    bool                        // restored and folding
+	failure  error                       // why its last life ended, until it is ready again
+	stuck    bool                        // that failure is the log's: no retry can get past it
+	stuckAt  uint64                      // the message it could not fold: stuck until a life folds past it
+	pending  uint64                      // log messages of the partition not yet delivered, as of the last one
+	chunks   bySeq[*query.ChunkVerdicts] // recent usage chunks' verdicts
+	inputs   bySeq[*query.Decision]      // recent other inputs' decisions
 }
 
-// keptChunkVerdicts is how many recent chunks' verdicts a partition keeps
-// for batch answers (POST /v1/usage?wait=true) to read.
-const keptChunkVerdicts = 50000
+// bySeq keeps what the fold made of the latest messages, by log position,
+// for answers that read it soon after (a batch's verdicts, a write's
+// decision); the oldest go past max. Callers hold the partition's mu.
+type bySeq[V any] struct {
+	max   int
+	m     map[uint64]V
+	order []uint64
+}
 
-// rememberChunk keeps a chunk's verdicts; callers hold mu.
-func (pt *partition) rememberChunk(seq uint64, v *query.ChunkVerdicts) {
-	if pt.chunks == nil {
-		pt.chunks = map[uint64]*query.ChunkVerdicts{}
+func (b *bySeq[V]) put(seq uint64, v V) {
+	if b.m == nil {
+		b.m = map[uint64]V{}
 	}
-	if _, ok := pt.chunks[seq]; !ok {
-		pt.chunkQ = append(pt.chunkQ, seq)
+	if _, ok := b.m[seq]; !ok {
+		b.order = append(b.order, seq)
 	}
-	pt.chunks[seq] = v
-	if len(pt.chunkQ) > keptChunkVerdicts {
-		delete(pt.chunks, pt.chunkQ[0])
-		pt.chunkQ = pt.chunkQ[1:]
+	b.m[seq] = v
+	if len(b.order) > b.max {
+		delete(b.m, b.order[0])
+		b.order = b.order[1:]
 	}
 }
 
-// keptDecisions is how many recent inputs' decisions a partition keeps
-// for the API's answers to writes (they read them at once).
-const keptDecisions = 10000
-
-// rememberDecision keeps an input's decision; callers hold mu.
-func (pt *partition) rememberDecision(seq uint64, d *query.Decision) {
-	if pt.inputs == nil {
-		pt.inputs = map[uint64]*query.Decision{}
+// pick returns those of seqs it keeps, and whether it keeps them all.
+func (b *bySeq[V]) pick(seqs []uint64) (map[uint64]V, bool) {
+	out := make(map[uint64]V, len(seqs))
+	for _, seq := range seqs {
+		if v, ok := b.m[seq]; ok {
+			out[seq] = v
+		}
 	}
-	if _, ok := pt.inputs[seq]; !ok {
-		pt.inputQ = append(pt.inputQ, seq)
-	}
-	pt.inputs[seq] = d
-	if len(pt.inputQ) > keptDecisions {
-		delete(pt.inputs, pt.inputQ[0])
-		pt.inputQ = pt.inputQ[1:]
-	}
+	return out, len(out) == len(seqs)
 }
 
 // Run folds every owned partition until ctx ends, then each one flushes

@@ -54,21 +54,9 @@ func (p *Projector) answer(ctx context.Context, pt *partition, m *nats.Msg) {
 			case query.KindCards:
 				reply.Cards, reply.Found = pt.state.ListCards(q.Filter, q.After, max(1, min(q.Limit, 1000))), true
 			case query.KindChunks:
-				reply.Chunks = map[uint64]*query.ChunkVerdicts{}
-				for _, seq := range q.Seqs {
-					if v, ok := pt.chunks[seq]; ok {
-						reply.Chunks[seq] = v
-					}
-				}
-				reply.Found = len(reply.Chunks) == len(q.Seqs)
+				reply.Chunks, reply.Found = pt.chunks.pick(q.Seqs)
 			case query.KindInputs:
-				reply.Inputs = map[uint64]*query.Decision{}
-				for _, seq := range q.Seqs {
-					if d, ok := pt.inputs[seq]; ok {
-						reply.Inputs[seq] = d
-					}
-				}
-				reply.Found = len(reply.Inputs) == len(q.Seqs)
+				reply.Inputs, reply.Found = pt.inputs.pick(q.Seqs)
 			default:
 				reply.Error = "unknown query kind " + string(q.Kind)
 			}

@@ -247,10 +247,10 @@ func (r *runner) fold(m jetstream.Msg) error {
 	before := r.folder.Lookups()
 	out, err := r.folder.Fold(m.Subject(), seq, m.Data())
 	if err == nil && out.Verdicts != nil {
-		r.pt.rememberChunk(seq, out.Verdicts)
+		r.pt.chunks.put(seq, out.Verdicts)
 	}
 	if err == nil && out.Decision != nil {
-		r.pt.rememberDecision(seq, out.Decision)
+		r.pt.inputs.put(seq, out.Decision)
 	}
 	r.pt.mu.Unlock()
 	r.p.m.lookups.Add(float64(r.folder.Lookups() - before))
