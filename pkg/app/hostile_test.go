@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -86,13 +85,7 @@ func TestManyRejectionsInOneBatch(t *testing.T) {
 // answered 200 with the first answer.
 func TestIdempotencyKeyReusedWithAnotherBody(t *testing.T) {
 	_, c := securedPipeline(t, nil)
-	post := func(body string) response {
-		req, _ := http.NewRequest("POST", c.base+"/v1/usage", strings.NewReader(body))
-		req.Header.Set("Authorization", "Bearer "+tokCMCC)
-		req.Header.Set("Content-Type", "text/csv")
-		req.Header.Set("Idempotency-Key", "batch-7")
-		return c.sendReq(req)
-	}
+	post := func(body string) response { return c.postKeyed(tokCMCC, body, "batch-7") }
 	first := c.must(post(csvOf(row("a1", iccid(1), "", 10))), 200)
 	if r := post(csvOf(row("a1", iccid(1), "", 10))); r.code != 200 || r.header.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("same body again: %d %s", r.code, r.raw)
@@ -136,11 +129,7 @@ func TestBearerSchemeAndRecordLimit(t *testing.T) {
 // 408, not 500.
 func TestSlowBodyIs408(t *testing.T) {
 	p, _ := securedPipeline(t, func(c *Config) { c.ReadTimeout = 700 * time.Millisecond })
-	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialAPI(t, p)
 	head := "POST /v1/usage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tokCMCC + "\r\nContent-Type: text/csv\r\nContent-Length: 1000\r\n\r\nrecord_id,"
 	if _, err := conn.Write([]byte(head)); err != nil {
 		t.Fatal(err)

@@ -89,6 +89,28 @@ func (c *authClient) send(method, path, token, ctype, body string) response {
 	return c.sendReq(req)
 }
 
+// postKeyed posts a CSV usage batch with an Idempotency-Key.
+func (c *authClient) postKeyed(token, body, key string) response {
+	c.t.Helper()
+	req, _ := http.NewRequest("POST", c.base+"/v1/usage", strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "text/csv")
+	req.Header.Set("Idempotency-Key", key)
+	return c.sendReq(req)
+}
+
+// dialAPI opens a raw connection to the API, for clients that misbehave
+// below HTTP; it is closed when the test ends.
+func dialAPI(t *testing.T, p *Pipeline) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 func (c *authClient) must(r response, code int) response {
 	c.t.Helper()
 	if r.code != code {
@@ -289,13 +311,7 @@ func TestRejectionsResubmitAndDuplicates(t *testing.T) {
 		t.Fatalf("usage %v, want 105: a re-sent record counted twice", u)
 	}
 	// an Idempotency-Key retry gets the first answer back
-	req := func() response {
-		rq, _ := http.NewRequest("POST", c.base+"/v1/usage", strings.NewReader(csvOf(row("k1", iccid(1), "", 1))))
-		rq.Header.Set("Authorization", "Bearer "+tokCMCC)
-		rq.Header.Set("Content-Type", "text/csv")
-		rq.Header.Set("Idempotency-Key", "batch-42")
-		return c.sendReq(rq)
-	}
+	req := func() response { return c.postKeyed(tokCMCC, csvOf(row("k1", iccid(1), "", 1)), "batch-42") }
 	first, second := req(), req()
 	if first.code != 200 || second.code != 200 || !bytes.Equal(first.raw, second.raw) || second.header.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("idempotent retry:\n%s\n%s", first.raw, second.raw)
@@ -305,11 +321,7 @@ func TestRejectionsResubmitAndDuplicates(t *testing.T) {
 // A client that sends its headers slowly is cut off.
 func TestSlowClientIsCut(t *testing.T) {
 	p, _ := securedPipeline(t, func(c *Config) { c.ReadHeaderTimeout = 300 * time.Millisecond })
-	conn, err := net.Dial("tcp", strings.TrimPrefix(p.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialAPI(t, p)
 	_, _ = conn.Write([]byte("POST /v1/usage HTTP/1.1\r\nHost: x\r\n"))
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	// the server answers 408 or closes; either way the read ends well
