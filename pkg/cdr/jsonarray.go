@@ -1,88 +1,195 @@
 package cdr
 
 import (
-	"bytes"
+	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 )
 
-// JSONArrayReader reads a JSON array of record objects. Unknown fields are
-// refused per record; maxElem bounds one element's size in bytes, as the
-// line limit bounds a line of CSV or NDJSON.
+// JSONArrayReader reads a JSON array of record objects as a stream: it
+// holds one element at a time, and maxElem bounds an element's size in
+// bytes as the line limit bounds a line of CSV or NDJSON, so a body of any
+// size is read in bounded memory. Unknown fields are refused per record.
+// An element that is not well-formed JSON ends the batch (the array's
+// structure after it cannot be trusted).
 type JSONArrayReader struct {
-	data    []byte
-	dec     *json.Decoder
-	pos     int // offset up to which line counts
-	line    int // line at pos (1-based)
+	r       *bufio.Reader
+	elem    []byte
+	line    int // line of the next byte (1-based)
 	recLine int
 	index   int
 	maxElem int
 	done    bool
 }
 
-// NewJSONArrayReader reads the whole input (the caller bounds it) and
-// checks that it opens an array.
+// NewJSONArrayReader checks that the input opens an array.
 func NewJSONArrayReader(in io.Reader, maxElem int) (*JSONArrayReader, error) {
-	data, err := io.ReadAll(in)
-	if err != nil {
-		return nil, &BatchError{Reason: "reading body: " + err.Error(), Err: err}
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	tok, err := dec.Token()
-	if err == io.EOF {
-		return nil, &BatchError{Reason: "empty body: expected a JSON array of records"}
-	}
-	if d, ok := tok.(json.Delim); err != nil || !ok || d != '[' {
-		return nil, &BatchError{Reason: "the body is not a JSON array of records"}
-	}
 	if maxElem <= 0 {
 		maxElem = 1 << 20
 	}
-	return &JSONArrayReader{data: data, dec: dec, line: 1, maxElem: maxElem}, nil
+	j := &JSONArrayReader{r: bufio.NewReaderSize(in, 64<<10), line: 1, maxElem: maxElem}
+	c, err := j.skipSpace()
+	switch {
+	case err == io.EOF:
+		return nil, &BatchError{Reason: "empty body: expected a JSON array of records"}
+	case err != nil:
+		return nil, readError(err)
+	case c != '[':
+		return nil, &BatchError{Reason: "the body is not a JSON array of records"}
+	}
+	return j, nil
+}
+
+func readError(err error) error {
+	return &BatchError{Reason: "reading body: " + err.Error(), Err: err}
 }
 
 // Line implements Reader.
 func (j *JSONArrayReader) Line() int { return j.recLine }
 
-// advance counts lines up to offset off.
-func (j *JSONArrayReader) advance(off int) {
-	j.line += bytes.Count(j.data[j.pos:off], []byte{'\n'})
-	j.pos = off
+// skipSpace returns the next byte that is not JSON white space.
+func (j *JSONArrayReader) skipSpace() (byte, error) {
+	for {
+		c, err := j.r.ReadByte()
+		if err != nil {
+			return 0, err
+		}
+		switch c {
+		case '\n':
+			j.line++
+		case ' ', '\t', '\r':
+		default:
+			return c, nil
+		}
+	}
 }
 
 // Next implements Reader.
 func (j *JSONArrayReader) Next(rec *Record) error {
-	if j.done || !j.dec.More() {
-		if !j.done {
+	if j.done {
+		return io.EOF
+	}
+	c, err := j.skipSpace()
+	if err == nil && j.index > 0 {
+		// after an element: a comma and the next one, or the end
+		switch c {
+		case ',':
+			c, err = j.skipSpace()
+			if err == nil && c == ']' {
+				j.done = true
+				return &BatchError{Reason: fmt.Sprintf("malformed JSON at line %d: a comma before ]", j.line)}
+			}
+		case ']':
+		default:
 			j.done = true
-			if _, err := j.dec.Token(); err != nil { // the closing ]
-				return &BatchError{Reason: "the JSON array is not closed: " + err.Error()}
+			return &BatchError{Reason: fmt.Sprintf("malformed JSON at line %d: expected , or ] after a record", j.line)}
+		}
+	}
+	if err != nil {
+		j.done = true
+		if err == io.EOF {
+			return &BatchError{Reason: "the JSON array is not closed: unexpected end of body"}
+		}
+		return readError(err)
+	}
+	if c == ']' {
+		j.done = true
+		if _, err := j.skipSpace(); err != io.EOF {
+			if err != nil {
+				return readError(err)
 			}
-			if _, err := j.dec.Token(); err != io.EOF {
-				return &BatchError{Reason: "data after the JSON array"}
-			}
+			return &BatchError{Reason: "data after the JSON array"}
 		}
 		return io.EOF
 	}
-	// the element starts at the first non-space, non-comma byte
-	start := int(j.dec.InputOffset())
-	for start < len(j.data) && (j.data[start] == ' ' || j.data[start] == '\t' || j.data[start] == '\r' || j.data[start] == '\n' || j.data[start] == ',') {
-		start++
-	}
-	j.advance(start)
 	j.recLine = j.line
 	idx := j.index
 	j.index++
-	*rec = Record{}
-	var raw json.RawMessage
-	if err := j.dec.Decode(&raw); err != nil {
+	if err := j.scan(c); err != nil {
 		j.done = true
-		return &BatchError{Reason: fmt.Sprintf("malformed JSON at line %d: %v", j.line, err)}
+		return err
 	}
-	if len(raw) > j.maxElem {
-		return &BatchError{Reason: fmt.Sprintf("the record at line %d is longer than the limit of %d bytes", j.line, j.maxElem), LineTooLong: true}
+	if !json.Valid(j.elem) {
+		j.done = true
+		var se *json.SyntaxError
+		err := json.Unmarshal(j.elem, new(json.RawMessage))
+		if errors.As(err, &se) {
+			return &BatchError{Reason: fmt.Sprintf("malformed JSON at line %d: %v", j.recLine, se)}
+		}
+		return &BatchError{Reason: fmt.Sprintf("malformed JSON at line %d", j.recLine)}
 	}
-	return decodeJSONRecord(raw, rec, idx, j.recLine)
+	*rec = Record{}
+	return decodeJSONRecord(j.elem, rec, idx, j.recLine)
+}
+
+// scan reads one element, whose first byte is c, into j.elem: an object
+// or array up to its matching close, a string up to its closing quote, or
+// a number or literal up to the next delimiter (left unread).
+func (j *JSONArrayReader) scan(c byte) error {
+	j.elem = append(j.elem[:0], c)
+	depth, inString, escaped := 0, false, false
+	switch c {
+	case '{', '[':
+		depth = 1
+	case '"':
+		inString = true
+	}
+	for depth > 0 || inString || (c != '"' && len(j.elem) >= 1 && !isDelim(j.peek())) {
+		b, err := j.r.ReadByte()
+		if err != nil {
+			if err == io.EOF {
+				if depth == 0 && !inString {
+					return nil // a scalar at the end: the missing ] is found next
+				}
+				return &BatchError{Reason: "the JSON array is not closed: unexpected end of body"}
+			}
+			return readError(err)
+		}
+		if len(j.elem) == j.maxElem {
+			return &BatchError{Reason: fmt.Sprintf("the record at line %d is longer than the limit of %d bytes", j.recLine, j.maxElem), LineTooLong: true}
+		}
+		j.elem = append(j.elem, b)
+		switch {
+		case b == '\n':
+			j.line++
+		case escaped:
+			escaped = false
+		case inString && b == '\\':
+			escaped = true
+		case b == '"':
+			inString = !inString
+			if depth == 0 {
+				return nil // a string element ends at its closing quote
+			}
+		case inString:
+		case b == '{' || b == '[':
+			depth++
+		case b == '}' || b == ']':
+			depth--
+			if depth == 0 {
+				return nil
+			}
+		}
+	}
+	return nil
+}
+
+// peek returns the next byte without reading it, or ']' at the end (a
+// delimiter, so that a scalar's scan stops).
+func (j *JSONArrayReader) peek() byte {
+	b, err := j.r.Peek(1)
+	if err != nil {
+		return ']'
+	}
+	return b[0]
+}
+
+func isDelim(b byte) bool {
+	switch b {
+	case ',', ']', ' ', '\t', '\r', '\n':
+		return true
+	}
+	return false
 }

@@ -326,3 +326,63 @@ func TestLongLineCostsTheLimitNotTheLine(t *testing.T) {
 		}
 	}
 }
+
+// endless is a body that never ends: head, then fill forever. It counts
+// what was read from it.
+type endless struct {
+	head []byte
+	fill byte
+	read int
+}
+
+func (e *endless) Read(p []byte) (int, error) {
+	n := copy(p, e.head)
+	e.head = e.head[n:]
+	for i := n; i < len(p); i++ {
+		p[i] = e.fill
+	}
+	e.read += len(p)
+	return len(p), nil
+}
+
+// Every format reads a body as a stream in bounded memory: a line, header
+// or array element that never ends is refused as too long having read
+// little more than the limit (before, the JSON array reader read the
+// whole body first: a gzip bomb of a few hundred KiB took gigabytes).
+func TestEndlessLinesAreRefusedEarly(t *testing.T) {
+	const limit = 4096
+	open := map[string]func(io.Reader) (Reader, error){
+		"csv header": func(in io.Reader) (Reader, error) { return NewCSVReader(in, limit) },
+		"csv line": func(in io.Reader) (Reader, error) {
+			return NewCSVReader(io.MultiReader(strings.NewReader("record_id,iccid,start_time,end_time,bytes_up,bytes_down\n"), in), limit)
+		},
+		"ndjson line": func(in io.Reader) (Reader, error) { return NewNDJSONReader(in, limit), nil },
+		"json element": func(in io.Reader) (Reader, error) {
+			return NewJSONArrayReader(io.MultiReader(strings.NewReader(`[{"record_id":"`), in), limit)
+		},
+		"json string element": func(in io.Reader) (Reader, error) {
+			return NewJSONArrayReader(io.MultiReader(strings.NewReader(`[{"record_id":"r"},"`), in), limit)
+		},
+	}
+	for name, o := range open {
+		body := &endless{fill: 'a'}
+		r, err := o(body)
+		if err == nil {
+			var rec Record
+			for err == nil {
+				err = r.Next(&rec)
+				var re *RecordError
+				if errors.As(err, &re) {
+					err = nil
+				}
+			}
+		}
+		var be *BatchError
+		if !errors.As(err, &be) || !be.LineTooLong {
+			t.Errorf("%s: %v, want a line too long", name, err)
+		}
+		if body.read > limit+256<<10 {
+			t.Errorf("%s: read %d bytes of an endless body to refuse a line over %d", name, body.read, limit)
+		}
+	}
+}
