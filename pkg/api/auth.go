@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 )
 
 // Scopes (API.md "Auth").
@@ -17,6 +18,10 @@ const (
 	ScopeRead     = "read"
 	ScopeAdmin    = "admin"  // every scope
 	scopeUsage    = "usage:" // usage:<carrier>
+	// read:account:<id> and operator:account:<id> are read and operator
+	// for one account's cards, pools, events and rejections only: an
+	// enterprise customer's own token.
+	accountScope = ":account:"
 )
 
 // Principal is who a token speaks for.
@@ -29,6 +34,49 @@ type Principal struct {
 func (p *Principal) Has(scope string) bool {
 	for _, s := range p.Scopes {
 		if s == scope || s == ScopeAdmin {
+			return true
+		}
+	}
+	return false
+}
+
+// May reports whether the principal may use scope (read or operator) on
+// an account's things: with the scope itself, or with scope:account:<id>.
+// A nil principal (the open API) may do anything.
+func (p *Principal) May(scope, account string) bool {
+	if p == nil || p.Has(scope) {
+		return true
+	}
+	want := scope + accountScope + account
+	for _, s := range p.Scopes {
+		if s == want {
+			return true
+		}
+	}
+	return false
+}
+
+// Accounts lists the accounts the principal may use scope on, and
+// whether it is limited to them (false: it may on every account).
+func (p *Principal) Accounts(scope string) (accounts []string, limited bool) {
+	if p == nil || p.Has(scope) || (scope != ScopeRead && scope != ScopeOperator) {
+		return nil, false
+	}
+	for _, s := range p.Scopes {
+		if a, ok := strings.CutPrefix(s, scope+accountScope); ok {
+			accounts = append(accounts, a)
+		}
+	}
+	return accounts, true
+}
+
+// hasAny reports whether the principal holds scope, for all or some accounts.
+func (p *Principal) hasAny(scope string) bool {
+	if p.Has(scope) {
+		return true
+	}
+	for _, s := range p.Scopes {
+		if strings.HasPrefix(s, scope+accountScope) {
 			return true
 		}
 	}
@@ -48,10 +96,17 @@ func (p *Principal) Carriers() []string {
 
 // Tokens holds the bearer tokens. Only their SHA-256 digests are kept, and
 // a lookup compares against every entry in constant time, so neither the
-// tokens nor their lengths leak through timing.
+// tokens nor their lengths leak through timing. Replace swaps them all at
+// once while the API serves: a removed token is refused from then on.
 type Tokens struct {
-	entries []tokenEntry
+	entries atomic.Pointer[[]tokenEntry]
 }
+
+// Replace makes next's tokens the ones in force.
+func (t *Tokens) Replace(next *Tokens) { t.entries.Store(next.entries.Load()) }
+
+// Len is how many tokens are in force.
+func (t *Tokens) Len() int { return len(*t.entries.Load()) }
 
 type tokenEntry struct {
 	digest [32]byte
@@ -62,7 +117,7 @@ type tokenEntry struct {
 // Blank lines and lines starting with # are skipped; ';' also ends a line,
 // so the same text fits in one environment variable.
 func ParseTokens(text string) (*Tokens, error) {
-	t := &Tokens{}
+	var entries []tokenEntry
 	text = strings.ReplaceAll(text, ";", "\n")
 	sc := bufio.NewScanner(strings.NewReader(text))
 	n := 0
@@ -84,17 +139,29 @@ func ParseTokens(text string) (*Tokens, error) {
 			switch {
 			case s == ScopeBilling, s == ScopeOperator, s == ScopeRead, s == ScopeAdmin:
 			case strings.HasPrefix(s, scopeUsage) && idPattern.MatchString(strings.TrimPrefix(s, scopeUsage)):
+			case accountScoped(s):
 			default:
-				return nil, fmt.Errorf("token line %d (%s): unknown scope %q (usage:<carrier>, billing, operator, read, admin)", n, f[0], s)
+				return nil, fmt.Errorf("token line %d (%s): unknown scope %q (usage:<carrier>, billing, operator, read, read:account:<id>, operator:account:<id>, admin)", n, f[0], s)
 			}
 			scopes = append(scopes, s)
 		}
-		t.entries = append(t.entries, tokenEntry{digest: sha256.Sum256([]byte(f[1])), p: Principal{Name: f[0], Scopes: scopes}})
+		entries = append(entries, tokenEntry{digest: sha256.Sum256([]byte(f[1])), p: Principal{Name: f[0], Scopes: scopes}})
 	}
-	if len(t.entries) == 0 {
+	if len(entries) == 0 {
 		return nil, fmt.Errorf("no tokens")
 	}
+	t := &Tokens{}
+	t.entries.Store(&entries)
 	return t, nil
+}
+
+func accountScoped(s string) bool {
+	for _, scope := range []string{ScopeRead, ScopeOperator} {
+		if a, ok := strings.CutPrefix(s, scope+accountScope); ok && idPattern.MatchString(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // LoadTokens reads tokens from a file.
@@ -114,9 +181,10 @@ func LoadTokens(path string) (*Tokens, error) {
 func (t *Tokens) Lookup(token string) (*Principal, bool) {
 	d := sha256.Sum256([]byte(token))
 	var found *Principal
-	for i := range t.entries {
-		if subtle.ConstantTimeCompare(d[:], t.entries[i].digest[:]) == 1 {
-			found = &t.entries[i].p
+	entries := *t.entries.Load()
+	for i := range entries {
+		if subtle.ConstantTimeCompare(d[:], entries[i].digest[:]) == 1 {
+			found = &entries[i].p
 		}
 	}
 	return found, found != nil
@@ -124,7 +192,9 @@ func (t *Tokens) Lookup(token string) (*Principal, bool) {
 
 type principalKey struct{}
 
-// authorize checks the request's bearer token for scope ("" for none; a
+// authorize checks the request's bearer token for scope (returning the
+// principal, when the token is known, with a refusal too: the audit names
+// who was refused) ("" for none; a
 // scope ending in ':' is any usage:<carrier>). With no tokens configured
 // every request passes, as the open all-in-one on loopback.
 func (s *Server) authorize(r *http.Request, scope string) (*Principal, error) {
@@ -143,12 +213,12 @@ func (s *Server) authorize(r *http.Request, scope string) (*Principal, error) {
 	}
 	if scope == scopeUsage {
 		if len(p.Carriers()) == 0 && !p.Has(ScopeAdmin) {
-			return nil, problem(http.StatusForbidden, "auth/forbidden", "forbidden", "the token has no usage:<carrier> scope")
+			return p, problem(http.StatusForbidden, "auth/forbidden", "forbidden", "the token has no usage:<carrier> scope")
 		}
 		return p, nil
 	}
-	if !p.Has(scope) {
-		return nil, problem(http.StatusForbidden, "auth/forbidden", "forbidden", "the token lacks the "+scope+" scope")
+	if !p.hasAny(scope) {
+		return p, problem(http.StatusForbidden, "auth/forbidden", "forbidden", "the token lacks the "+scope+" scope")
 	}
 	return p, nil
 }

@@ -98,6 +98,9 @@ type AccountResponse struct {
 
 func (s *Server) getAccount(w http.ResponseWriter, r *http.Request) error {
 	id := r.PathValue("account_id")
+	if !principal(r).May(ScopeRead, id) {
+		return problem(http.StatusNotFound, "not-found/account", "no such account", id)
+	}
 	minPos, err := minPosition(r)
 	if err != nil {
 		return err

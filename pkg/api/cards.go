@@ -170,12 +170,28 @@ func cardResponse(v *card.View, now int64, applied uint64) CardResponse {
 	return r
 }
 
-// readCard asks the card's projector for it, at or after minPos.
-func (s *Server) readCard(r *http.Request, iccid string, minPos uint64) (*query.Reply, error) {
+// visibleCard finds a card the request's principal may use scope on: a
+// card of another account is, to an account's token, no such card.
+func (s *Server) visibleCard(r *http.Request, iccid, scope string) (CardEntry, error) {
 	entry, found := s.dir.Card(iccid)
-	if !found {
-		return nil, problem(http.StatusNotFound, "not-found/card", "no such card", iccid)
+	if !found || !principal(r).May(scope, entry.AccountID) {
+		return CardEntry{}, problem(http.StatusNotFound, "not-found/card", "no such card", iccid)
 	}
+	return entry, nil
+}
+
+// readCard asks the card's projector for it, at or after minPos, when the
+// request's principal may read it.
+func (s *Server) readCard(r *http.Request, iccid string, minPos uint64) (*query.Reply, error) {
+	entry, err := s.visibleCard(r, iccid, ScopeRead)
+	if err != nil {
+		return nil, err
+	}
+	return s.queryCard(r, entry, iccid, minPos)
+}
+
+// queryCard asks the projector of a card found in the directory.
+func (s *Server) queryCard(r *http.Request, entry CardEntry, iccid string, minPos uint64) (*query.Reply, error) {
 	reply, err := s.query(r.Context(), broker.Partition(entry.AccountID, s.cfg.Partitions), query.Request{Kind: query.KindCard, ID: iccid, MinPosition: minPos})
 	if err != nil {
 		return nil, err

@@ -22,9 +22,9 @@ type commandBody struct {
 func (s *Server) command(typ card.InputType) func(http.ResponseWriter, *http.Request) error {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		iccid := r.PathValue("iccid")
-		entry, found := s.dir.Card(iccid)
-		if !found {
-			return problem(http.StatusNotFound, "not-found/card", "no such card", iccid)
+		entry, err := s.visibleCard(r, iccid, ScopeOperator)
+		if err != nil {
+			return err
 		}
 		var b commandBody
 		if err := decodeBody(r, &b); err != nil {
@@ -41,7 +41,7 @@ func (s *Server) command(typ card.InputType) func(http.ResponseWriter, *http.Req
 		if err != nil {
 			return err
 		}
-		reply, err := s.readCard(r, iccid, pos)
+		reply, err := s.queryCard(r, entry, iccid, pos)
 		if err != nil {
 			return err
 		}

@@ -86,17 +86,31 @@ func (s *Server) listCards(w http.ResponseWriter, r *http.Request) error {
 		}
 		limit = n
 	}
-	parts := make([]int, 0, s.cfg.Partitions)
-	if f.AccountID != "" {
-		parts = append(parts, broker.Partition(f.AccountID, s.cfg.Partitions))
-	} else {
+	// the pages to merge: every partition's, or each account's
+	type page struct {
+		part    int
+		account string
+	}
+	var pages []page
+	switch accounts, limited := principal(r).Accounts(ScopeRead); {
+	case f.AccountID != "" && principal(r).May(ScopeRead, f.AccountID):
+		pages = append(pages, page{broker.Partition(f.AccountID, s.cfg.Partitions), f.AccountID})
+	case f.AccountID != "":
+		// another account's: none of its cards are there for this token
+	case limited:
+		for _, a := range accounts {
+			pages = append(pages, page{broker.Partition(a, s.cfg.Partitions), a})
+		}
+	default:
 		for p := 0; p < s.cfg.Partitions; p++ {
-			parts = append(parts, p)
+			pages = append(pages, page{part: p})
 		}
 	}
 	var all []CardResponse
-	for _, p := range parts {
-		reply, err := s.query(r.Context(), p, query.Request{Kind: query.KindCards, Filter: f, After: qv.Get("cursor"), Limit: limit})
+	for _, pg := range pages {
+		pf := f
+		pf.AccountID = pg.account
+		reply, err := s.query(r.Context(), pg.part, query.Request{Kind: query.KindCards, Filter: pf, After: qv.Get("cursor"), Limit: limit})
 		if err != nil {
 			return err
 		}

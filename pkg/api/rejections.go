@@ -161,7 +161,11 @@ func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) error {
 	pending := q.Get("pending") == "true"
 	batch := q.Get("batch_id")
 	out := []RejectionView{}
+	_, limited := principal(r).Accounts(ScopeRead)
 	err := s.readRejections(r.Context(), carrier, since, func(v RejectionView) bool {
+		if limited && !s.rejectionVisible(r, v) {
+			return true
+		}
 		if (!pending || v.Resubmitted == "") && (batch == "" || v.BatchID == batch) {
 			out = append(out, v)
 		}
@@ -171,6 +175,18 @@ func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return ok(w, map[string]any{"rejections": out})
+}
+
+// rejectionVisible reports whether an account's token may see a
+// rejection: one of a card of its account. The rejection of a record
+// that names no known card (or could not be read) belongs to no account:
+// it is the carrier's and the admin's.
+func (s *Server) rejectionVisible(r *http.Request, v RejectionView) bool {
+	if v.Record == nil {
+		return false
+	}
+	c, found := s.dir.Resolve(v.Record.ICCID, v.Record.IMSI, v.Record.MSISDN)
+	return found && principal(r).May(ScopeRead, c.AccountID)
 }
 
 type resubmitBody struct {
@@ -230,7 +246,9 @@ func (s *Server) resubmit(w http.ResponseWriter, r *http.Request) error {
 	sort.Strings(ids)
 	res.BatchID = "resubmit-" + contentID([]byte(carrier), []byte(strings.Join(ids, ",")))
 	now := s.clock.Now()
-	ch := s.newChunker(cdr.ChunkHeader{Carrier: carrier, BatchID: res.BatchID, ReceivedAt: now}, 256*len(picked))
+	l := s.budget.lease()
+	defer l.close()
+	bw := s.newBatchWriter(r.Context(), l, 0, cdr.ChunkHeader{Carrier: carrier, BatchID: res.BatchID, ReceivedAt: now}, res.BatchID)
 	var valid []string
 	for i, v := range picked {
 		if v.Record == nil || v.Resubmitted != "" {
@@ -246,13 +264,13 @@ func (s *Server) resubmit(w http.ResponseWriter, r *http.Request) error {
 			res.StillRejected = append(res.StillRejected, re)
 			continue
 		}
-		ch.add(p, &rec)
+		if err := bw.add(p, &rec); err != nil {
+			return err
+		}
 		valid = append(valid, v.ID)
 	}
 	sort.Strings(res.NotResubmittable)
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
-	defer cancel()
-	acks, err := s.publishChunks(ctx, carrier, res.BatchID, res.BatchID, now, ch.finish(), nil)
+	acks, err := bw.finish()
 	if err != nil {
 		return err
 	}

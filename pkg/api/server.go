@@ -16,6 +16,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -63,10 +64,15 @@ type BatchLimits struct {
 	MaxDecompressedBytes int64 // a gzip body inflated; default 512 MiB (413 limit/decompressed-size)
 	MaxRecords           int   // records in one batch; default 1,000,000 (413 limit/records)
 	MaxLineBytes         int   // one line; default 64 KiB (400 limit/line-length)
+	// InFlightBytes bounds the memory all batches in flight hold together
+	// (bodies, chunks being filled and unacknowledged, rejections); past
+	// it a batch is answered 503 with Retry-After. Default 512 MiB, and
+	// never less than twice the largest body.
+	InFlightBytes int64
 }
 
 // DefaultBatchLimits are used for zero fields.
-var DefaultBatchLimits = BatchLimits{MaxBodyBytes: 64 << 20, MaxDecompressedBytes: 512 << 20, MaxRecords: 1_000_000, MaxLineBytes: 64 << 10}
+var DefaultBatchLimits = BatchLimits{MaxBodyBytes: 64 << 20, MaxDecompressedBytes: 512 << 20, MaxRecords: 1_000_000, MaxLineBytes: 64 << 10, InFlightBytes: 512 << 20}
 
 // Server is the HTTP API. Create it with New; it is an http.Handler.
 type Server struct {
@@ -80,15 +86,19 @@ type Server struct {
 	ready   func() (Readiness, error)
 	metrics *metrics
 	routes  []string
+	budget  *budget // of the usage batches in flight
+
+	auditing sync.WaitGroup // audit entries awaiting their ack
 
 	batches  jetstream.KeyValue // first answers of usage batches
 	resolved jetstream.KeyValue // re-submitted rejections
 }
 
 type metrics struct {
-	records  *prometheus.CounterVec
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+	auditFailures prometheus.Counter
+	records       *prometheus.CounterVec
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
 }
 
 // Readiness is what /readyz reports besides ready or not: how far behind
@@ -115,6 +125,10 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	if cfg.Batch.MaxLineBytes == 0 {
 		cfg.Batch.MaxLineBytes = DefaultBatchLimits.MaxLineBytes
 	}
+	if cfg.Batch.InFlightBytes == 0 {
+		cfg.Batch.InFlightBytes = DefaultBatchLimits.InFlightBytes
+	}
+	cfg.Batch.InFlightBytes = max(cfg.Batch.InFlightBytes, 2*cfg.Batch.MaxBodyBytes)
 	if cfg.VerdictWait == 0 {
 		cfg.VerdictWait = 2 * time.Second
 	}
@@ -138,39 +152,44 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "cardmeter_http_request_seconds",
 			Help: "HTTP request latency by route.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}, []string{"route"}),
 	}
-	reg.MustRegister(m.records, m.requests, m.latency)
-	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m}
+	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_audit_failures_total",
+		Help: "Writes whose audit entry the log did not store (each is logged with who and what)."})
+	reg.MustRegister(m.records, m.requests, m.latency, m.auditFailures)
+	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m,
+		budget: newBudget(cfg.Batch.InFlightBytes, reg)}
 	s.batches, s.resolved = cfg.Batches, cfg.Resolved
 	routes := []struct {
 		pattern string
 		scope   string
 		h       func(http.ResponseWriter, *http.Request) error
+		tenant  bool // answers an account's token (read:account:<id>, operator:account:<id>) for that account's things only
 	}{
-		{"PUT /v1/plans/{plan_id}", ScopeBilling, s.putPlan},
-		{"GET /v1/plans/{plan_id}", ScopeRead, s.getPlan},
-		{"PUT /v1/cards/{iccid}", ScopeBilling, s.putCard},
-		{"GET /v1/cards/{iccid}", ScopeRead, s.getCard},
-		{"GET /v1/cards", ScopeRead, s.listCards},
-		{"GET /v1/cards/{iccid}/events", ScopeRead, s.getCardEvents},
-		{"POST /v1/cards/{iccid}/renewals", ScopeBilling, s.postRenewal},
-		{"POST /v1/cards/{iccid}/stop", ScopeOperator, s.command(card.TypeStopRequested)},
-		{"POST /v1/cards/{iccid}/resume", ScopeOperator, s.command(card.TypeResumeRequested)},
-		{"PUT /v1/accounts/{account_id}", ScopeBilling, s.putAccount},
-		{"GET /v1/accounts/{account_id}", ScopeRead, s.getAccount},
-		{"POST /v1/accounts/{account_id}/payments", ScopeBilling, s.postPayment},
-		{"POST /v1/accounts/{account_id}/charges", ScopeBilling, s.postCharge},
-		{"PUT /v1/pools/{pool_id}", ScopeBilling, s.putPool},
-		{"POST /v1/usage", scopeUsage, s.postUsage},
-		{"GET /v1/rejections", ScopeRead, s.listRejections},
-		{"POST /v1/rejections/resubmit", scopeUsage, s.resubmit},
-		{"PUT /v1/clock", ScopeAdmin, s.putClock},
-		{"GET /v1/clock", ScopeRead, s.getClock},
-		{"GET /healthz", "", s.healthz},
-		{"GET /readyz", "", s.readyz},
-		{"GET /openapi.yaml", "", s.openapi},
+		{"PUT /v1/plans/{plan_id}", ScopeBilling, s.putPlan, false},
+		{"GET /v1/plans/{plan_id}", ScopeRead, s.getPlan, false},
+		{"PUT /v1/cards/{iccid}", ScopeBilling, s.putCard, false},
+		{"GET /v1/cards/{iccid}", ScopeRead, s.getCard, true},
+		{"GET /v1/cards", ScopeRead, s.listCards, true},
+		{"GET /v1/cards/{iccid}/events", ScopeRead, s.getCardEvents, true},
+		{"POST /v1/cards/{iccid}/renewals", ScopeBilling, s.postRenewal, false},
+		{"POST /v1/cards/{iccid}/stop", ScopeOperator, s.command(card.TypeStopRequested), true},
+		{"POST /v1/cards/{iccid}/resume", ScopeOperator, s.command(card.TypeResumeRequested), true},
+		{"PUT /v1/accounts/{account_id}", ScopeBilling, s.putAccount, false},
+		{"GET /v1/accounts/{account_id}", ScopeRead, s.getAccount, true},
+		{"POST /v1/accounts/{account_id}/payments", ScopeBilling, s.postPayment, false},
+		{"POST /v1/accounts/{account_id}/charges", ScopeBilling, s.postCharge, false},
+		{"PUT /v1/pools/{pool_id}", ScopeBilling, s.putPool, false},
+		{"POST /v1/usage", scopeUsage, s.postUsage, false},
+		{"GET /v1/rejections", ScopeRead, s.listRejections, true},
+		{"POST /v1/rejections/resubmit", scopeUsage, s.resubmit, false},
+		{"PUT /v1/clock", ScopeAdmin, s.putClock, false},
+		{"GET /v1/audit", ScopeAdmin, s.listAudit, false},
+		{"GET /v1/clock", ScopeRead, s.getClock, false},
+		{"GET /healthz", "", s.healthz, false},
+		{"GET /readyz", "", s.readyz, false},
+		{"GET /openapi.yaml", "", s.openapi, false},
 	}
 	for _, r := range routes {
-		s.mux.Handle(r.pattern, s.wrap(r.pattern, r.scope, r.h))
+		s.mux.Handle(r.pattern, s.wrap(r.pattern, r.scope, r.tenant, r.h))
 		s.routes = append(s.routes, r.pattern)
 	}
 	var gatherer prometheus.Gatherer = prometheus.DefaultGatherer
@@ -193,16 +212,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.Serve
 // statusWriter remembers the status code for metrics.
 type statusWriter struct {
 	http.ResponseWriter
-	code int
+	code    int
+	problem string // the problem type answered, if one was
 }
 
 func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
 
-func (s *Server) wrap(route, scope string, h func(http.ResponseWriter, *http.Request) error) http.Handler {
+// wrap authorizes a route's requests, answers its errors and measures it.
+// An account's token reaches only the routes that show an account's
+// things (tenant), and finds nothing (404) at every other: what is not
+// its account's is not there for it.
+func (s *Server) wrap(route, scope string, tenant bool, h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, code: 200}
 		p, err := s.authorize(r, scope)
+		if _, limited := p.Accounts(scope); err == nil && limited && !tenant {
+			err = problem(http.StatusNotFound, "not-found", "not found", "nothing here for this token")
+		}
 		if err == nil {
 			if p != nil {
 				r = r.WithContext(context.WithValue(r.Context(), principalKey{}, p))
@@ -212,6 +239,7 @@ func (s *Server) wrap(route, scope string, h func(http.ResponseWriter, *http.Req
 		if err != nil {
 			s.writeError(sw, r, err)
 		}
+		s.audit(r, route, p, sw)
 		s.metrics.requests.WithLabelValues(route, strconv.Itoa(sw.code)).Inc()
 		s.metrics.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	})
@@ -274,6 +302,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	default:
 		s.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
 		p = problem(http.StatusInternalServerError, "internal", "internal error", "see the server log")
+	}
+	if sw, ok := w.(*statusWriter); ok {
+		sw.problem = p.Type
 	}
 	writeJSON(w, p.Status, "application/problem+json", p)
 }

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
@@ -55,12 +54,16 @@ type BatchResult struct {
 // answer stays small enough to send and to keep for the batch's retries.
 const maxAnswerRejections = 1000
 
-// readBody reads a request's body up to max bytes, into a buffer of the
-// declared length when there is one (io.ReadAll doubles its way there).
-func readBody(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+// readBody reads a request's body up to max bytes, holding it on the
+// batch's lease: into a buffer of the declared length when there is one
+// (io.ReadAll doubles its way there), else taking the lease as it reads.
+func readBody(w http.ResponseWriter, r *http.Request, max int64, l *lease) ([]byte, error) {
 	in := http.MaxBytesReader(w, r.Body, max)
 	if r.ContentLength <= 0 || r.ContentLength > max {
-		return io.ReadAll(in)
+		return io.ReadAll(&leaseReader{r: in, l: l})
+	}
+	if err := l.need(r.ContentLength + bytes.MinRead); err != nil {
+		return nil, err
 	}
 	buf := bytes.NewBuffer(make([]byte, 0, r.ContentLength+bytes.MinRead)) // room to read EOF without growing
 	_, err := buf.ReadFrom(in)
@@ -155,7 +158,9 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	body, err := readBody(w, r, s.cfg.Batch.MaxBodyBytes)
+	l := s.budget.lease()
+	defer l.close()
+	body, err := readBody(w, r, s.cfg.Batch.MaxBodyBytes, l)
 	if err != nil {
 		return err
 	}
@@ -172,53 +177,20 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	now := s.clock.Now()
-	res := &BatchResult{BatchID: key, Carrier: carrier, Rejected: []*cdr.RecordError{}}
-	ch := s.newChunker(cdr.ChunkHeader{Carrier: carrier, BatchID: key, ReceivedAt: now}, len(body))
-	var rejected []Rejection
-	var rec cdr.Record
-	for {
-		err := rd.Next(&rec)
-		if err == io.EOF {
-			break
-		}
-		var re *cdr.RecordError
-		if err != nil && !errors.As(err, &re) {
-			return s.batchProblem(err)
-		}
-		// every record counts towards the limit, a malformed one too
-		if res.Received++; res.Received > s.cfg.Batch.MaxRecords {
-			return problem(http.StatusRequestEntityTooLarge, "limit/records", "too many records",
-				fmt.Sprintf("a batch holds at most %d records: split it", s.cfg.Batch.MaxRecords))
-		}
-		if re != nil {
-			res.Rejected = append(res.Rejected, re)
-			rejected = append(rejected, Rejection{Error: re})
-			continue
-		}
-		p, re := s.route(&rec, carrier, now, res.Received-1, rd.Line())
-		if re != nil {
-			res.Rejected = append(res.Rejected, re)
-			rc := rec
-			rejected = append(rejected, Rejection{Error: re, Record: toRecordJSON(&rc)})
-			continue
-		}
-		ch.add(p, &rec)
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.PublishTimeout)
-	defer cancel()
+	res := &BatchResult{BatchID: key, Carrier: carrier, Rejected: []*cdr.RecordError{}, Verdicts: "pending"}
 	// message ids from the key and the body: a body the key's reservation
 	// did not cover (no bucket to reserve in) is never taken for another's
-	acks, err := s.publishChunks(ctx, carrier, key, contentID([]byte(key), []byte(content)), now, ch.finish(), rejected)
+	bw := s.newBatchWriter(r.Context(), l, int64(cap(body)), cdr.ChunkHeader{Carrier: carrier, BatchID: key, ReceivedAt: now},
+		contentID([]byte(key), []byte(content)))
+	if err := s.readBatch(rd, bw, res, carrier, now); err != nil {
+		return s.partly(bw, res, err)
+	}
+	acks, err := bw.finish()
 	if err != nil {
 		return err
 	}
 	res.Position = acks.position
-	res.RejectedCount = len(res.Rejected)
-	if res.RejectedCount > maxAnswerRejections {
-		res.Rejected, res.RejectedTruncated = res.Rejected[:maxAnswerRejections], true
-	}
 	res.Stored = res.Received - res.RejectedCount
-	res.Verdicts = "pending"
 	if r.URL.Query().Get("wait") != "false" {
 		vctx, cancel := context.WithTimeout(r.Context(), s.cfg.VerdictWait)
 		res.Projected = s.projected(vctx, acks.seqs)
@@ -249,6 +221,75 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeRaw(w, status, ctype, body)
 	return nil
+}
+
+// readBatch reads a batch's records into the writer, and the answer's
+// counts and first rejections into res. It stops at the first fault of
+// the batch as a whole (unreadable, over a limit, the log or the memory
+// budget not keeping up).
+func (s *Server) readBatch(rd cdr.Reader, bw *batchWriter, res *BatchResult, carrier string, now int64) error {
+	var rec cdr.Record
+	for {
+		err := rd.Next(&rec)
+		if err == io.EOF {
+			return nil
+		}
+		var re *cdr.RecordError
+		if err != nil && !errors.As(err, &re) {
+			return s.batchProblem(err)
+		}
+		// every record counts towards the limit, a malformed one too
+		if res.Received++; res.Received > s.cfg.Batch.MaxRecords {
+			res.Received--
+			return problem(http.StatusRequestEntityTooLarge, "limit/records", "too many records",
+				fmt.Sprintf("a batch holds at most %d records: split it", s.cfg.Batch.MaxRecords))
+		}
+		var rj Rejection
+		if re != nil {
+			rj = Rejection{Error: re}
+		} else if p, re := s.route(&rec, carrier, now, res.Received-1, rd.Line()); re != nil {
+			rj = Rejection{Error: re, Record: toRecordJSON(&rec)}
+		} else {
+			if err := bw.add(p, &rec); err != nil {
+				return err
+			}
+			continue
+		}
+		if res.RejectedCount++; len(res.Rejected) < maxAnswerRejections {
+			res.Rejected = append(res.Rejected, rj.Error)
+		} else {
+			res.RejectedTruncated = true
+		}
+		if err := bw.reject(rj); err != nil {
+			return err
+		}
+	}
+}
+
+// partly answers a batch that ended at a fault after part of it may have
+// gone to the log: it waits for what is in flight, so that the answer can
+// say how many records are stored (they count once when the batch, fixed,
+// is sent again), and answers the fault.
+func (s *Server) partly(bw *batchWriter, res *BatchResult, err error) error {
+	if !bw.published() {
+		return err
+	}
+	if derr := bw.drain(); derr != nil {
+		return derr
+	}
+	res.Stored, res.Position = bw.stored, bw.acks.position
+	var p *Problem
+	var rp *retryProblem
+	switch {
+	case errors.As(err, &rp):
+		p = rp.Problem
+	case errors.As(err, &p):
+	default:
+		return err
+	}
+	p.Detail += fmt.Sprintf("; %d records read before it are stored and count once when the batch is sent again", res.Stored)
+	p.BatchResult = res // with the rejections read so far (kept for audit too)
+	return err
 }
 
 // route validates a record, names its card by ICCID and returns its
@@ -340,136 +381,6 @@ type chunkAcks struct {
 	position   uint64
 	duplicates int
 	seqs       map[int][]uint64 // partition -> chunk positions
-}
-
-// chunk is one encoded log message of a batch.
-type chunk struct {
-	partition, records int
-	data               []byte
-}
-
-// chunker encodes a batch's records into their partitions' chunks as they
-// are read, so that a batch is never held as records; a full chunk is set
-// aside as a message.
-type chunker struct {
-	header cdr.ChunkHeader
-	max    int
-	parts  []cdr.ChunkBuilder
-	chunks []chunk
-	grow   int // bytes a partition's empty chunk makes room for
-}
-
-// newChunker sizes each partition's chunk for its share of sizeHint bytes
-// of input (the body), which the encoding does not exceed by much.
-func (s *Server) newChunker(h cdr.ChunkHeader, sizeHint int) *chunker {
-	return &chunker{header: h, max: s.cfg.ChunkRecords, parts: make([]cdr.ChunkBuilder, s.cfg.Partitions),
-		grow: min(sizeHint/s.cfg.Partitions+sizeHint/(8*s.cfg.Partitions), 4<<20)}
-}
-
-func (c *chunker) add(p int, rec *cdr.Record) {
-	b := &c.parts[p]
-	if b.Len() == 0 {
-		b.Grow(c.grow)
-	}
-	if b.Add(rec); b.Len() == c.max {
-		c.seal(p)
-	}
-}
-
-func (c *chunker) seal(p int) {
-	c.chunks = append(c.chunks, chunk{partition: p, records: c.parts[p].Len(), data: c.parts[p].Bytes(c.header)})
-	c.parts[p].Reset()
-}
-
-// finish seals the partly filled chunks and returns every chunk.
-func (c *chunker) finish() []chunk {
-	for p := range c.parts {
-		if c.parts[p].Len() > 0 {
-			c.seal(p)
-		}
-	}
-	return c.chunks
-}
-
-// publishChunks publishes the chunks and the rejected records and waits
-// for every ack. A chunk's message id is derived from the batch key, the
-// partition and the chunk's index within it, so a retried batch is stored
-// once.
-func (s *Server) publishChunks(ctx context.Context, carrier, key, msgKey string, now int64, chunks []chunk, rejected []Rejection) (chunkAcks, error) {
-	acks := chunkAcks{seqs: map[int][]uint64{}}
-	type pending struct {
-		fut  jetstream.PubAckFuture
-		n, p int
-	}
-	var futs []pending
-	index := make([]int, s.cfg.Partitions) // chunks published per partition
-	for _, c := range chunks {
-		m := nats.NewMsg(broker.UsageSubject(c.partition))
-		m.Data = c.data
-		m.Header.Set(jetstream.MsgIDHeader, "u-"+msgKey+"-"+strconv.Itoa(c.partition)+"-"+strconv.Itoa(index[c.partition]))
-		index[c.partition]++
-		f, err := s.js.PublishMsgAsync(m)
-		if err != nil {
-			return acks, fmt.Errorf("%w: %v", errUnavailable, err)
-		}
-		futs = append(futs, pending{f, c.records, c.partition})
-	}
-	for i, part := range s.rejectedMessages(carrier, key, now, rejected) {
-		m := nats.NewMsg(broker.RejectedSubject(carrier))
-		m.Data = part
-		m.Header.Set(jetstream.MsgIDHeader, "rej-"+msgKey+"-"+strconv.Itoa(i))
-		f, err := s.js.PublishMsgAsync(m)
-		if err != nil {
-			return acks, fmt.Errorf("%w: %v", errUnavailable, err)
-		}
-		futs = append(futs, pending{f, 0, -1})
-	}
-	for _, f := range futs {
-		select {
-		case ack := <-f.fut.Ok():
-			if f.p < 0 {
-				continue
-			}
-			acks.position = max(acks.position, ack.Sequence)
-			acks.seqs[f.p] = append(acks.seqs[f.p], ack.Sequence)
-			if ack.Duplicate {
-				acks.duplicates += f.n
-			}
-		case err := <-f.fut.Err():
-			return acks, fmt.Errorf("%w: %v", errUnavailable, err)
-		case <-ctx.Done():
-			return acks, fmt.Errorf("%w: %v", errUnavailable, ctx.Err())
-		}
-	}
-	return acks, nil
-}
-
-// rejectedMessages encodes a batch's rejections as REJECTED messages that
-// each fit half the server's largest payload: as one, many rejections
-// would never be stored, and the batch never answered.
-func (s *Server) rejectedMessages(carrier, key string, now int64, rejected []Rejection) [][]byte {
-	limit := 512 << 10
-	if s.nc != nil && s.nc.MaxPayload() > 0 {
-		limit = int(s.nc.MaxPayload() / 2)
-	}
-	var out [][]byte
-	encode := func(part []Rejection) {
-		b, _ := json.Marshal(RejectedBatch{Carrier: carrier, BatchID: key, ReceivedAt: now, Rejections: part})
-		out = append(out, b)
-	}
-	from, size := 0, 0
-	for i := range rejected {
-		b, _ := json.Marshal(&rejected[i])
-		if i > from && size+len(b)+1 > limit {
-			encode(rejected[from:i])
-			from, size = i, 0
-		}
-		size += len(b) + 1
-	}
-	if from < len(rejected) {
-		encode(rejected[from:])
-	}
-	return out
 }
 
 // projected waits for the projector to fold a batch's chunks and sums its

@@ -91,6 +91,7 @@ type Pipeline struct {
 	Sink *sink.Sink
 
 	httpSrv *http.Server
+	api     *api.Server
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	errMu   sync.Mutex
@@ -228,6 +229,11 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		if apiCfg.Tokens, err = loadTokens(cfg); err != nil {
 			return nil, err
 		}
+		if apiCfg.Tokens != nil && cfg.TokensFile != "" {
+			if err := watchTokens(runCtx, cfg.TokensFile, apiCfg.Tokens, reg, log.Named("tokens")); err != nil {
+				return nil, fmt.Errorf("api: watching the tokens file: %w", err)
+			}
+		}
 		if apiCfg.Tokens == nil && !loopback(cfg.HTTPAddr) {
 			return nil, fmt.Errorf("api: no tokens configured (--tokens-file or CARDMETER_TOKENS): an open API may listen on loopback only, not %s", cfg.HTTPAddr)
 		}
@@ -240,6 +246,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		if apiCfg.Tokens == nil {
 			log.Warn("NO TOKENS CONFIGURED: the API is open to anyone who can reach it; it listens on loopback only", zap.String("url", p.URL))
 		}
+		p.api = srv
 		p.httpSrv = &http.Server{Handler: srv, ReadHeaderTimeout: orDefault(cfg.ReadHeaderTimeout, 10*time.Second),
 			ReadTimeout: orDefault(cfg.ReadTimeout, 2*time.Minute), WriteTimeout: 5 * time.Minute, IdleTimeout: 2 * time.Minute}
 		p.goRun("api", func() error {
@@ -361,6 +368,9 @@ func (p *Pipeline) Stop() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_ = p.httpSrv.Shutdown(ctx) // in-flight requests finish or are cut at the deadline
 		cancel()
+	}
+	if p.api != nil {
+		p.api.Drain() // the audit entries of the last writes
 	}
 	if p.cancel != nil {
 		p.cancel()

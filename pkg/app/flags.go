@@ -82,6 +82,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.Int64Var(&cfg.API.Batch.MaxBodyBytes, "max-body-bytes", int64(envInt("max-body-bytes", int(api.DefaultBatchLimits.MaxBodyBytes))), "largest usage batch body")
 	fs.Int64Var(&cfg.API.Batch.MaxDecompressedBytes, "max-decompressed-bytes", int64(envInt("max-decompressed-bytes", int(api.DefaultBatchLimits.MaxDecompressedBytes))), "largest gzip batch once inflated")
 	fs.IntVar(&cfg.API.Batch.MaxRecords, "max-records", envInt("max-records", api.DefaultBatchLimits.MaxRecords), "most records in one batch")
+	fs.Int64Var(&cfg.API.Batch.InFlightBytes, "ingest-memory", int64(envInt("ingest-memory", int(api.DefaultBatchLimits.InFlightBytes))), "memory all usage batches in flight may hold together; past it a batch is answered 503 with Retry-After (at least twice --max-body-bytes)")
 	fs.IntVar(&cfg.API.Batch.MaxLineBytes, "max-line-bytes", envInt("max-line-bytes", api.DefaultBatchLimits.MaxLineBytes), "longest line (or JSON array element)")
 	fs.DurationVar(&cfg.API.VerdictWait, "usage-verdict-wait", envDur("usage-verdict-wait", 2*time.Second), "how long a usage batch's answer waits for the projector's verdicts (past it they are \"pending\"; ?wait=false: no wait)")
 	fs.DurationVar(&cfg.API.Limits.MaxFutureSkew, "max-future-skew", envDur("max-future-skew", cdr.DefaultLimits.MaxFutureSkew), "how far past its receive time a record may end")
@@ -134,9 +135,22 @@ func TuneGC(percent, limitMiB int, log *zap.Logger) {
 	}
 }
 
-// machineMemory is the memory this process may use: its cgroup's limit,
-// else the machine's total; 0 when unknown.
+// machineMemory is the memory this process may use: the smallest of its
+// cgroup's limit (else the machine's total) and its data limit (ulimit -d,
+// which counts the memory the process writes to, not what it reserves);
+// 0 when unknown.
 func machineMemory() int64 {
+	n := hostMemory()
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_DATA, &rl); err == nil && rl.Cur != ^uint64(0) && rl.Cur < 1<<62 {
+		if n == 0 || int64(rl.Cur) < n {
+			n = int64(rl.Cur)
+		}
+	}
+	return n
+}
+
+func hostMemory() int64 {
 	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
 		if n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64); err == nil && n > 0 {
 			return n

@@ -24,6 +24,7 @@ const (
 	StreamEvents      = "EVENTS"      // what the projector emits, for downstream services
 	StreamAccepted    = "ACCEPTED"    // usage the projector counted, for the sink
 	StreamRejected    = "REJECTED"    // records refused at ingest, kept for audit
+	StreamAudit       = "AUDIT"       // every write to the API: who, with which scope, what, and what came of it
 	BucketSnapshot    = "snapshots"   // projector checkpoint pieces and record-id index segments
 	BucketCheckpoints = "checkpoints" // each partition's checkpoint manifest, updated by compare-and-set
 	BucketDir         = "directory"   // cards and plans, for routing and validation at ingest
@@ -48,6 +49,9 @@ func AcceptedSubject(p int) string { return "accepted." + strconv.Itoa(p) }
 
 // RejectedSubject carries refused records of a carrier.
 func RejectedSubject(carrier string) string { return "rejected." + carrier }
+
+// AuditSubject carries the API's audit entries.
+const AuditSubject = "audit.api"
 
 // QuerySubject is where the projector owning partition p answers reads.
 func QuerySubject(p int) string { return "cardmeter.query." + strconv.Itoa(p) }
@@ -170,6 +174,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 			Duplicates: t.DuplicateWindow, MaxAge: t.EventsMaxAge, MaxMsgSize: 8 << 20},
 		{Name: StreamRejected, Subjects: []string{"rejected.>"}, Description: "records refused at ingest, for audit",
 			Duplicates: t.DuplicateWindow, MaxAge: 90 * 24 * time.Hour},
+		// entries can be neither deleted nor purged, only age out
+		{Name: StreamAudit, Subjects: []string{"audit.>"}, Description: "every write to the API: who, scope, what, decision",
+			MaxAge: 400 * 24 * time.Hour, DenyDelete: true, DenyPurge: true},
 	}
 	for _, cfg := range streams {
 		cfg.Storage = jetstream.FileStorage

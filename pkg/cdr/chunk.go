@@ -78,6 +78,9 @@ func (c *ChunkBuilder) Grow(n int) {
 // Len is how many records the builder holds.
 func (c *ChunkBuilder) Len() int { return c.n }
 
+// Cap is the memory the builder holds, in bytes.
+func (c *ChunkBuilder) Cap() int { return cap(c.body) }
+
 // Bytes returns a new slice holding the chunk of the records added.
 func (c *ChunkBuilder) Bytes(h ChunkHeader) []byte {
 	dst := make([]byte, 0, 16+len(h.Carrier)+len(h.BatchID)+len(c.body))
