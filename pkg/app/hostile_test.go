@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -240,4 +242,75 @@ func TestUsageAnswerSaysWhatItKnows(t *testing.T) {
 	if _, has := p.body["duplicates"]; has || p.body["verdicts"] != "pending" || p.body["stored"] != 1.0 {
 		t.Fatalf("no projector: %s", p.raw)
 	}
+}
+
+// A batch is published as it is read, so a fault of the batch as a whole
+// can come after part of it is stored: the answer says how much (before,
+// every chunk was held in memory until the end). The stored records count
+// once when the batch, split, is sent again.
+func TestBatchOverALimitSaysWhatItStored(t *testing.T) {
+	_, c := securedPipeline(t, func(cfg *Config) { cfg.API.ChunkRecords = 100 })
+	var rows []string
+	for i := 0; i < 1001; i++ {
+		rows = append(rows, row(fmt.Sprint("p", i), iccid(1), "", 1))
+	}
+	r := c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(rows...))
+	if r.code != 413 || r.body["type"] != "cardmeter:limit/records" || r.body["stored"] != 1000.0 ||
+		!strings.Contains(r.body["detail"].(string), "1000 records read before it are stored") {
+		t.Fatalf("1,001 records against a limit of 1,000, in chunks of 100: %d %s", r.code, r.raw)
+	}
+	// sent again in two halves: the first thousand count once
+	a := c.must(c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(rows[:500]...)), 200)
+	b := c.must(c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(rows[500:]...)), 200)
+	if a.body["duplicates"] != 500.0 || b.body["duplicates"] != 500.0 || b.body["accepted"] != 1.0 {
+		t.Fatalf("the halves: %s %s", a.raw, b.raw)
+	}
+	card := c.must(c.send("GET", fmt.Sprintf("/v1/cards/%s?min_position=%.0f", iccid(1), b.body["position"].(float64)), tokRead, "", ""), 200)
+	if u := card.body["cycle"].(map[string]any)["usage_bytes"].(float64); u != 1001 {
+		t.Fatalf("usage %v, want 1001", u)
+	}
+}
+
+// Batches in flight share one memory budget: a batch that finds it held
+// by others is answered 503 with Retry-After (and gets through once they
+// are done), rather than the process taking memory until it dies.
+func TestBatchesInFlightShareAMemoryBudget(t *testing.T) {
+	p, c := securedPipeline(t, func(cfg *Config) { cfg.API.Batch.InFlightBytes = 2 << 20 }) // bodies up to 1 MiB
+	// two batches that declare 700 KB and send it slowly hold most of it
+	var conns []net.Conn
+	for i := 0; i < 2; i++ {
+		conn := dialAPI(t, p)
+		fmt.Fprintf(conn, "POST /v1/usage HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Type: text/csv\r\nContent-Length: 700000\r\n\r\nrecord_id,", tokCMCC)
+		conns = append(conns, conn)
+	}
+	held := func() float64 {
+		m := c.send("GET", "/metrics", "", "", "")
+		for _, l := range strings.Split(string(m.raw), "\n") {
+			if v, ok := strings.CutPrefix(l, "cardmeter_ingest_memory_bytes "); ok {
+				f, _ := strconv.ParseFloat(v, 64)
+				return f
+			}
+		}
+		return -1
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if h := held(); h < 2*700000 {
+			return fmt.Errorf("the slow batches hold %v bytes", h)
+		}
+		return nil
+	})
+	body := csvOf(row("m1", iccid(1), "", 1))
+	r := c.send("POST", "/v1/usage", tokCMCC, "text/csv", body)
+	if r.code != 503 || r.body["type"] != "cardmeter:unavailable/busy" || r.header.Get("Retry-After") == "" {
+		t.Fatalf("with the budget held: %d %s", r.code, r.raw)
+	}
+	for _, conn := range conns {
+		conn.Close()
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if r := c.send("POST", "/v1/usage", tokCMCC, "text/csv", body); r.code != 200 {
+			return fmt.Errorf("after the others left: %d %s", r.code, r.raw)
+		}
+		return nil
+	})
 }
