@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"time"
 
@@ -42,20 +43,26 @@ var AllRoles = []string{RoleAPI, RoleProjector, RoleClock, RoleSink}
 
 // Config configures a process.
 type Config struct {
-	Roles        []string
-	DataDir      string // embedded JetStream keeps its files under DataDir/jetstream
-	NATSURL      string // empty: start the embedded JetStream server
-	NATSPort     int    // the embedded server's port: 0 picks a free one
-	HTTPAddr     string // the API's listen address
-	HealthAddr   string // without the API role: where /healthz, /readyz and /metrics listen ("" for none)
-	Partitions   int
-	ManualClock  bool
-	ClockStart   time.Time // where a manual clock starts on an empty log; zero: now
-	TickInterval time.Duration
-	ClickHouse   sink.ClickHouseConfig
-	Sink         sink.Config
-	Projector    projector.Config
-	API          api.Config // partitions are set from Partitions
+	Roles    []string
+	DataDir  string // embedded JetStream keeps its files under DataDir/jetstream
+	NATSURL  string // empty: start the embedded JetStream server
+	NATSPort int    // the embedded server's port: 0 picks a free one
+	NATS     NATSAuth
+	// WaitForTopology makes a role on an external NATS wait for the
+	// streams and buckets rather than create or update them at start, for
+	// a NATS user with least privilege: `cardmeter setup` (as the NATS
+	// admin) makes them. The embedded server's process always makes them.
+	WaitForTopology bool
+	HTTPAddr        string // the API's listen address
+	HealthAddr      string // without the API role: where /healthz, /readyz and /metrics listen ("" for none)
+	Partitions      int
+	ManualClock     bool
+	ClockStart      time.Time // where a manual clock starts on an empty log; zero: now
+	TickInterval    time.Duration
+	ClickHouse      sink.ClickHouseConfig
+	Sink            sink.Config
+	Projector       projector.Config
+	API             api.Config // partitions are set from Partitions
 	// TokensFile and Tokens (inline, ';' between lines) configure bearer
 	// tokens; with neither, the API runs open and only on loopback.
 	TokensFile string
@@ -72,6 +79,28 @@ type Config struct {
 	StartTimeout time.Duration
 
 	finishFlags func()
+}
+
+var consumerName = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// NATSAuth is who the process is to NATS, and who else the embedded
+// server lets in. Secrets come from the environment or files, never from
+// flags (a flag shows in the process list) and never reach the logs.
+type NATSAuth struct {
+	// An external server: a user and password (CARDMETER_NATS_USER,
+	// CARDMETER_NATS_PASSWORD) or a credentials file (--nats-creds).
+	User, Password, CredsFile string
+	// CAFile verifies the server of a tls:// URL (else the system's roots).
+	CAFile string
+	// The embedded server: the process's own roles connect in-process
+	// with a password made at each start. AdminPassword
+	// (CARDMETER_NATS_ADMIN_PASSWORD) adds the user "admin" for tools
+	// (rebuild, the nats CLI); SubscriberPassword
+	// (CARDMETER_NATS_SUBSCRIBER_PASSWORD) the user "subscriber" for
+	// downstream services: the emitted events only, through the durable
+	// consumers named in SubscriberConsumers. Nobody else gets in.
+	AdminPassword, SubscriberPassword string
+	SubscriberConsumers               []string
 }
 
 // Pipeline is a running process. Stop it with Stop.
@@ -129,11 +158,43 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		if port == 0 {
 			port = -1
 		}
-		p.embedded, err = broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Port: port}, log)
+		if len(cfg.NATS.SubscriberConsumers) == 0 {
+			cfg.NATS.SubscriberConsumers = []string{"subscriber"}
+		}
+		for _, c := range cfg.NATS.SubscriberConsumers {
+			if !consumerName.MatchString(c) {
+				return nil, fmt.Errorf("nats: subscriber consumer %q: a name is letters, digits, '_' and '-'", c)
+			}
+		}
+		own := broker.NewPassword()
+		users := []broker.User{{Name: broker.UserProcess, Password: own}}
+		if a := cfg.NATS.AdminPassword; a != "" {
+			users = append(users, broker.User{Name: broker.UserAdmin, Password: a})
+		}
+		if sp := cfg.NATS.SubscriberPassword; sp != "" {
+			users = append(users, broker.User{Name: broker.UserSubscriber, Password: sp, Permissions: broker.SubscriberPermissions(cfg.NATS.SubscriberConsumers)})
+		}
+		p.embedded, err = broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: filepath.Join(cfg.DataDir, "jetstream"), Port: port, Users: users}, log)
 		if err != nil {
 			return nil, err
 		}
 		url = p.embedded.ClientURL()
+		cfg.NATS.User, cfg.NATS.Password, cfg.NATS.CredsFile = broker.UserProcess, own, ""
+		names := make([]string, 0, len(users))
+		for _, u := range users {
+			names = append(names, u.Name)
+		}
+		log.Info("embedded NATS requires a user", zap.Strings("users", names))
+	}
+	var natsOpts []nats.Option
+	if cfg.NATS.CAFile != "" {
+		natsOpts = append(natsOpts, nats.RootCAs(cfg.NATS.CAFile))
+	}
+	switch {
+	case cfg.NATS.CredsFile != "":
+		natsOpts = append(natsOpts, nats.UserCredentials(cfg.NATS.CredsFile))
+	case cfg.NATS.User != "":
+		natsOpts = append(natsOpts, nats.UserInfo(cfg.NATS.User, cfg.NATS.Password))
 	}
 	// Start-up waits for NATS, retrying with backoff for up to
 	// StartTimeout (a server that starts after us, or a cluster electing
@@ -157,7 +218,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		}
 		return nil
 	}
-	if p.NC, err = broker.Connect(url, "cardmeter", log); err != nil {
+	if p.NC, err = broker.Connect(url, "cardmeter", log, natsOpts...); err != nil {
 		return nil, err
 	}
 	if p.JS, err = jetstream.New(p.NC); err != nil {
@@ -165,7 +226,11 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	}
 	topo := broker.DefaultTopology
 	topo.Partitions = cfg.Partitions
-	if err := retry("creating the streams and buckets", func() error { return broker.Ensure(startCtx, p.JS, topo) }); err != nil {
+	if p.embedded != nil || !cfg.WaitForTopology {
+		if err := retry("creating the streams and buckets", func() error { return broker.Ensure(startCtx, p.JS, topo) }); err != nil {
+			return nil, err
+		}
+	} else if err := retry("waiting for the streams and buckets", func() error { return broker.Check(startCtx, p.JS) }); err != nil {
 		return nil, err
 	}
 

@@ -47,6 +47,18 @@ func envDur(name string, def time.Duration) time.Duration {
 func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.StringVar(&cfg.DataDir, "data-dir", env("data-dir", ".data"), "folder for the embedded JetStream's files and the projector's record-id index")
 	fs.StringVar(&cfg.NATSURL, "nats-url", env("nats-url", ""), "external NATS URL; empty starts an embedded JetStream server")
+	cfg.NATS.User, cfg.NATS.Password = env("nats-user", ""), env("nats-password", "")
+	cfg.NATS.AdminPassword, cfg.NATS.SubscriberPassword = env("nats-admin-password", ""), env("nats-subscriber-password", "")
+	fs.StringVar(&cfg.NATS.CAFile, "nats-ca", env("nats-ca", ""), "external NATS over TLS (a tls:// URL): the CA that signed the server's certificate (default: the system's)")
+	fs.StringVar(&cfg.NATS.CredsFile, "nats-creds", env("nats-creds", ""), "external NATS: a credentials file (else CARDMETER_NATS_USER and CARDMETER_NATS_PASSWORD)")
+	fs.Func("nats-subscriber-consumers", "embedded NATS: the durable consumers on EVENTS the subscriber user may use, comma-separated (default subscriber; the user exists when CARDMETER_NATS_SUBSCRIBER_PASSWORD is set)", func(v string) error {
+		cfg.NATS.SubscriberConsumers = strings.Split(v, ",")
+		return nil
+	})
+	if v := env("nats-subscriber-consumers", ""); v != "" {
+		cfg.NATS.SubscriberConsumers = strings.Split(v, ",")
+	}
+	fs.BoolVar(&cfg.WaitForTopology, "wait-for-topology", env("wait-for-topology", "false") == "true", "on an external NATS, wait for the streams and buckets instead of creating them at start (for a NATS user with least privilege; `cardmeter setup` makes them as the NATS admin)")
 	fs.IntVar(&cfg.NATSPort, "nats-port", envInt("nats-port", 4222), "the embedded server's client port (-1: any free port)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", env("http-addr", "127.0.0.1:8080"), "the API's listen address")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", env("health-addr", ""), "without the API: listen address of /healthz, /readyz and /metrics")

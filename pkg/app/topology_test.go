@@ -2,9 +2,13 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cardmeter/cardmeter/pkg/api"
 	"github.com/cardmeter/cardmeter/pkg/broker"
@@ -13,16 +17,44 @@ import (
 
 // The services run as separate processes against an external JetStream
 // server, as in docker-compose: the API in one, the projector in another,
-// the sink in a third.
+// the clock and the sink in more; each with its own NATS user of least
+// privilege (broker.RolePermissions), none of which may create the
+// streams: the setup step does, as the admin. That the whole flow works
+// (provisioning, usage, a stop, reads, event history, rejections, the
+// audit, ClickHouse) shows each role's permissions are enough; the end
+// shows what each may not do.
 func TestServicesAgainstExternalNATS(t *testing.T) {
-	srv, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1}, testenv.Logger(t))
+	pass := map[string]string{broker.UserAdmin: broker.NewPassword()}
+	users := []broker.User{{Name: broker.UserAdmin, Password: pass[broker.UserAdmin]}}
+	for _, role := range broker.Roles {
+		pass[role] = broker.NewPassword()
+		users = append(users, broker.User{Name: role, Password: pass[role], Permissions: broker.RolePermissions(role)})
+	}
+	srv, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1, Users: users}, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	connect := func(user string) (*nats.Conn, jetstream.JetStream) {
+		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, pass[user]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		js, _ := jetstream.New(nc)
+		return nc, js
+	}
+	// the setup step, as the admin
+	_, adminJS := connect(broker.UserAdmin)
+	topo := broker.DefaultTopology
+	topo.Partitions = 3
+	if err := broker.Ensure(context.Background(), adminJS, topo); err != nil {
+		t.Fatal(err)
+	}
 	ch := testenv.ClickHouse(t)
-	start := func(roles ...string) *Pipeline {
-		p, err := Start(context.Background(), Config{Roles: roles, NATSURL: srv.ClientURL(), HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
+	start := func(role string, roles ...string) *Pipeline {
+		p, err := Start(context.Background(), Config{Roles: roles, NATSURL: srv.ClientURL(), NATS: NATSAuth{User: role, Password: pass[role]}, WaitForTopology: true,
+			HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
 			Partitions: 3, ManualClock: true, ClockStart: time.Date(2026, 3, 5, 0, 0, 0, 0, time.UTC), ClickHouse: ch,
 			Sink: sinkConfigForTests()}, testenv.Logger(t))
 		if err != nil {
@@ -31,9 +63,10 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 		t.Cleanup(p.Stop)
 		return p
 	}
-	apiProc := start(RoleAPI)
-	proj := start(RoleProjector)
-	start(RoleSink)
+	apiProc := start(broker.RoleIngest, RoleAPI)
+	proj := start(broker.RoleProjector, RoleProjector)
+	start(broker.RoleSink, RoleSink)
+	start(broker.RoleClock, RoleClock)
 	testenv.Eventually(t, 10*time.Second, proj.Projector.Ready)
 
 	c := &client{t: t, base: apiProc.URL}
@@ -73,6 +106,61 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 		}
 		return nil
 	})
+	// the ingest user reads history, rejections and the audit
+	if code := c.do("GET", "/v1/cards/"+iccid(102)+"/events", "", nil, &rd); code != 200 || len(rd["events"].([]any)) == 0 {
+		t.Fatalf("events: %d %v", code, rd)
+	}
+	if code := c.do("POST", "/v1/usage?carrier=cmcc", "application/x-ndjson", []byte(`{"record_id":"y"}`), &res); code != 422 {
+		t.Fatalf("a rejected record: %d", code)
+	}
+	if code := c.do("GET", "/v1/rejections", "", nil, &rd); code != 200 || len(rd["rejections"].([]any)) != 1 {
+		t.Fatalf("rejections: %d %v", code, rd)
+	}
+	testenv.Eventually(t, 5*time.Second, func() error {
+		if code := c.do("GET", "/v1/audit", "", nil, &rd); code != 200 || len(rd["entries"].([]any)) < 8 {
+			return fmt.Errorf("audit: %d %v", code, rd)
+		}
+		return nil
+	})
+
+	// and none may do what is not its role's
+	if _, err := nats.Connect(srv.ClientURL()); err == nil {
+		t.Error("a client without credentials connected")
+	}
+	short := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
+	}
+	refused := map[string][]string{
+		broker.RoleIngest:    {broker.EventSubject("card.stopped", iccid(101)), broker.AcceptedSubject(0)},
+		broker.RoleProjector: {broker.UsageSubject(0), broker.BillingSubject(0), broker.RejectedSubject("cmcc")},
+		broker.RoleClock:     {broker.UsageSubject(0), broker.EventSubject("card.stopped", iccid(101))},
+		broker.RoleSink:      {broker.UsageSubject(0), broker.EventSubject("card.stopped", iccid(101)), broker.AcceptedSubject(0)},
+	}
+	for role, subjects := range refused {
+		_, js := connect(role)
+		for _, subj := range subjects {
+			if _, err := js.Publish(short(), subj, []byte("{}")); err == nil {
+				t.Errorf("%s published to %s", role, subj)
+			}
+		}
+		if _, err := js.CreateOrUpdateStream(short(), jetstream.StreamConfig{Name: "EVIL", Subjects: []string{"evil.>"}}); err == nil {
+			t.Errorf("%s created a stream", role)
+		}
+		if err := js.DeleteStream(short(), broker.StreamMeter); err == nil {
+			t.Errorf("%s deleted METER", role)
+		}
+	}
+	_, sinkJS := connect(broker.RoleSink)
+	// it may see that the directory exists (stream info), not read it
+	kv, err := sinkJS.KeyValue(short(), broker.BucketDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(short(), "plan.p"); err == nil || errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("the sink read the directory: %v", err)
+	}
 }
 
 // The all-in-one keeps everything in its data folder: stopped and started

@@ -92,6 +92,10 @@ type EmbeddedConfig struct {
 	// fixtures that can be made again, such as the benchmark's fleet; the
 	// pipeline never runs so.
 	NoSync bool
+	// Users may connect, each with its password and permissions; none:
+	// anyone who reaches the port may (tests and benchmarks only: the
+	// all-in-one always names its users).
+	Users []User
 }
 
 // StartEmbedded starts a JetStream server in this process. It syncs every
@@ -110,6 +114,7 @@ func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, error) 
 		SyncAlways: !cfg.NoSync,
 		NoSigs:     true,
 		MaxPayload: 8 << 20,
+		Users:      serverUsers(cfg.Users),
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
@@ -124,20 +129,21 @@ func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, error) 
 	return s, nil
 }
 
-// Connect connects to NATS with reconnects and a name for monitoring.
-func Connect(url, name string, log *zap.Logger) (*nats.Conn, error) {
-	nc, err := nats.Connect(url,
+// Connect connects to NATS with reconnects and a name for monitoring; opts
+// add credentials (nats.UserInfo, nats.UserCredentials).
+func Connect(url, name string, log *zap.Logger, opts ...nats.Option) (*nats.Conn, error) {
+	nc, err := nats.Connect(url, append([]nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true), // a server that is not up yet is waited for, like a lost one
-		nats.ReconnectWait(500*time.Millisecond),
+		nats.ReconnectWait(500 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("nats disconnected", zap.Error(err))
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", zap.String("url", c.ConnectedUrl())) }),
-	)
+	}, opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to nats at %s: %w", url, err)
 	}
@@ -204,6 +210,22 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketDir,
 		Description: "card and plan directory for ingest routing", Storage: jetstream.FileStorage, Replicas: t.Replicas}); err != nil {
 		return fmt.Errorf("kv %s: %w", BucketDir, err)
+	}
+	return nil
+}
+
+// StreamNames are every stream of the topology, buckets included (a
+// bucket is a stream named KV_<bucket> or OBJ_<bucket>).
+var StreamNames = []string{StreamMeter, StreamEvents, StreamAccepted, StreamRejected, StreamAudit,
+	"OBJ_" + BucketSnapshot, "KV_" + BucketCheckpoints, "KV_" + BucketBatches, "KV_" + BucketResolved, "KV_" + BucketDir}
+
+// Check reports whether every stream and bucket exists, for a role whose
+// user may not create them (the setup step, `cardmeter setup`, does).
+func Check(ctx context.Context, js jetstream.JetStream) error {
+	for _, name := range StreamNames {
+		if _, err := js.Stream(ctx, name); err != nil {
+			return fmt.Errorf("stream %s: %w (run `cardmeter setup` as the NATS admin)", name, err)
+		}
 	}
 	return nil
 }

@@ -130,17 +130,18 @@ var clockStart = time.Date(2026, 6, 20, 12, 0, 0, 0, time.FixedZone("CST", 8*360
 
 // campaign is one run's state.
 type campaign struct {
-	cfg      Config
-	log      *zap.Logger
-	rnd      *rand.Rand
-	rep      *Report
-	ch       *chServer
-	node     *node
-	api      *apiClient
-	fleet    *fleet
-	ledger   *ledger
-	natsPort int
-	halts    map[string]bool // halted partitions seen, by process start and reason
+	cfg       Config
+	log       *zap.Logger
+	rnd       *rand.Rand
+	rep       *Report
+	ch        *chServer
+	node      *node
+	api       *apiClient
+	fleet     *fleet
+	ledger    *ledger
+	natsPort  int
+	natsAdmin string          // the admin user's password on the all-in-one's embedded NATS, for the checks
+	halts     map[string]bool // halted partitions seen, by process start and reason
 	// cycleStart is the current cycle's start as ClickHouse's
 	// toUnixTimestamp(cycle_start) prints it.
 	cycleStart string
@@ -179,7 +180,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		cfg: cfg, log: cfg.Log, rnd: rand.New(rand.NewPCG(cfg.Seed, 0x6368616f73)),
 		rep:    &Report{Kills: map[string]int{}, Cards: cfg.Cards, TargetRate: cfg.Rate},
 		ch:     &chServer{script: cfg.Script, dataDir: work, tcpPort: ports[0], http: ports[1], logPath: filepath.Join(work, "clickhouse.log")},
-		ledger: newLedger(), natsPort: ports[2], halts: map[string]bool{},
+		ledger: newLedger(), natsPort: ports[2], natsAdmin: broker.NewPassword(), halts: map[string]bool{},
 		cycleStart: strconv.FormatInt(time.Date(2026, 6, 1, 0, 0, 0, 0, clockStart.Location()).Unix(), 10),
 	}
 	httpAddr := "127.0.0.1:" + strconv.Itoa(ports[3])
@@ -188,7 +189,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		"--data-dir", filepath.Join(work, "data"), "--http-addr", httpAddr, "--nats-port", strconv.Itoa(c.natsPort),
 		"--clickhouse-addr", c.ch.addr(), "--clickhouse-db", cfg.Database,
 		"--clock", "manual", "--clock-start", clockStart.Format(time.RFC3339),
-		"--checkpoint-interval", cfg.CheckpointInterval.String(), "--log-level", "info"}}
+		"--checkpoint-interval", cfg.CheckpointInterval.String(), "--log-level", "info"},
+		env: []string{"CARDMETER_NATS_ADMIN_PASSWORD=" + c.natsAdmin}}
 	expected := uint64(cfg.Rate * cfg.Duration.Seconds() * avgRecordBytes)
 	c.fleet = newFleet(cfg.Cards, cfg.Accounts, cfg.Writers, expected)
 
@@ -563,7 +565,7 @@ func (c *campaign) catchUp(ctx context.Context) error {
 func (c *campaign) consumersBehind(ctx context.Context) string {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	nc, err := nats.Connect("nats://127.0.0.1:"+strconv.Itoa(c.natsPort), nats.Name("chaos-catch-up"))
+	nc, err := nats.Connect("nats://127.0.0.1:"+strconv.Itoa(c.natsPort), nats.Name("chaos-catch-up"), nats.UserInfo(broker.UserAdmin, c.natsAdmin))
 	if err != nil {
 		return err.Error()
 	}

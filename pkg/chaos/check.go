@@ -265,7 +265,7 @@ func (c *campaign) checkCHStops(ctx context.Context, conn driver.Conn) {
 func (c *campaign) checkEvents(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	nc, err := nats.Connect("nats://127.0.0.1:"+strconv.Itoa(c.natsPort), nats.Name("chaos-check"))
+	nc, err := nats.Connect("nats://127.0.0.1:"+strconv.Itoa(c.natsPort), nats.Name("chaos-check"), nats.UserInfo(broker.UserAdmin, c.natsAdmin))
 	if err != nil {
 		c.rep.fail("events: connecting to NATS: %v", err)
 		return

@@ -19,6 +19,7 @@ import (
 type node struct {
 	bin     string
 	args    []string
+	env     []string // added to the harness's environment
 	logPath string
 	api     *apiClient
 	log     *zap.Logger
@@ -40,6 +41,7 @@ func (n *node) start() error {
 	}
 	fmt.Fprintf(out, "\n==== chaos: start at %s ====\n", time.Now().UTC().Format(time.RFC3339Nano))
 	cmd := exec.Command(n.bin, n.args...)
+	cmd.Env = append(os.Environ(), n.env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	// Pdeathsig: the child dies with the harness, however the harness ends.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

@@ -13,10 +13,13 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/schollz/progressbar/v3"
 	"go.uber.org/zap"
@@ -180,7 +183,7 @@ func Rebuild(args []string, stdout, stderr io.Writer) int {
 	}
 	ch.Password = os.Getenv("CARDMETER_CLICKHOUSE_PASSWORD")
 	log := zap.NewNop()
-	nc, err := broker.Connect(*natsURL, "cardmeter-rebuild", log)
+	nc, err := broker.Connect(*natsURL, "cardmeter-rebuild", log, natsCredentials(getenv)...)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return ExitFailed
@@ -214,4 +217,76 @@ func Rebuild(args []string, stdout, stderr io.Writer) int {
 		ch.Database, st.UpTo, time.Since(start).Round(time.Millisecond), st.Messages, st.UsageRows, st.EventRows)
 	fmt.Fprintf(stdout, "now run the sink with --clickhouse-db %s: it goes on from position %d\n", ch.Database, st.UpTo)
 	return ExitOK
+}
+
+// natsCredentials are a tool's NATS credentials from the environment: a
+// credentials file (CARDMETER_NATS_CREDS), a user and password
+// (CARDMETER_NATS_USER, CARDMETER_NATS_PASSWORD), or the all-in-one's
+// admin user (CARDMETER_NATS_ADMIN_PASSWORD, as the all-in-one was given).
+func natsCredentials(getenv func(string, string) string) []nats.Option {
+	var tls []nats.Option
+	if ca := getenv("CARDMETER_NATS_CA", ""); ca != "" {
+		tls = append(tls, nats.RootCAs(ca))
+	}
+	return append(tls, natsUser(getenv)...)
+}
+
+func natsUser(getenv func(string, string) string) []nats.Option {
+	switch {
+	case getenv("CARDMETER_NATS_CREDS", "") != "":
+		return []nats.Option{nats.UserCredentials(getenv("CARDMETER_NATS_CREDS", ""))}
+	case getenv("CARDMETER_NATS_USER", "") != "":
+		return []nats.Option{nats.UserInfo(getenv("CARDMETER_NATS_USER", ""), getenv("CARDMETER_NATS_PASSWORD", ""))}
+	case getenv("CARDMETER_NATS_ADMIN_PASSWORD", "") != "":
+		return []nats.Option{nats.UserInfo(broker.UserAdmin, getenv("CARDMETER_NATS_ADMIN_PASSWORD", ""))}
+	}
+	return nil
+}
+
+// Setup is `cardmeter setup`: it creates or updates every stream and
+// bucket on a NATS server, as the NATS admin, so that the roles' users
+// need no right to change the topology (they wait for it:
+// --wait-for-topology). Credentials come from the environment as for
+// rebuild. It is idempotent: run it at every deployment.
+func Setup(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("setup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	natsURL := fs.String("nats-url", getenv("CARDMETER_NATS_URL", "nats://127.0.0.1:4222"), "the NATS server or cluster")
+	topo := broker.DefaultTopology
+	fs.IntVar(&topo.Partitions, "partitions", atoi(getenv("CARDMETER_PARTITIONS", ""), topo.Partitions), "partitions of the log (fixed for a deployment)")
+	fs.IntVar(&topo.Replicas, "replicas", atoi(getenv("CARDMETER_REPLICAS", ""), topo.Replicas), "copies of each stream (3 on a cluster)")
+	timeout := fs.Duration("timeout", 5*time.Minute, "how long to wait for NATS")
+	if err := fs.Parse(args); err != nil {
+		return ExitUsage
+	}
+	nc, err := broker.Connect(*natsURL, "cardmeter-setup", zap.NewNop(), natsCredentials(getenv)...)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitFailed
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return ExitFailed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0)), ctx)
+	err = backoff.RetryNotify(func() error { return broker.Ensure(ctx, js, topo) }, bo, func(err error, d time.Duration) {
+		fmt.Fprintf(stderr, "setup: %v; retrying in %s\n", err, d.Round(time.Millisecond))
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, "setup:", err)
+		return ExitFailed
+	}
+	fmt.Fprintf(stdout, "setup: %d streams and buckets ready (%d partitions, %d replicas)\n", len(broker.StreamNames), topo.Partitions, topo.Replicas)
+	return ExitOK
+}
+
+func atoi(s string, def int) int {
+	if n, err := strconv.Atoi(s); err == nil {
+		return n
+	}
+	return def
 }

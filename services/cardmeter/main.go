@@ -18,6 +18,7 @@ commands:
   push         stream usage files (CSV, NDJSON, plain or gzip) to the API
   rejections   list rejected records, or re-submit them once fixed
   rebuild      rebuild the ClickHouse tables from the log
+  setup        create the streams and buckets on a NATS server, as its admin
 `
 
 func main() {
@@ -34,6 +35,8 @@ func main() {
 		os.Exit(cli.Rejections(os.Args[2:], os.Stdout, os.Stderr))
 	case "rebuild":
 		os.Exit(cli.Rebuild(os.Args[2:], os.Stdout, os.Stderr))
+	case "setup":
+		os.Exit(cli.Setup(os.Args[2:], os.Stdout, os.Stderr))
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 	default:
