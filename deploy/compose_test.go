@@ -1,10 +1,17 @@
 package deploy
 
 import (
+	"flag"
+	"os"
 	"os/exec"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
 )
 
 // docker-compose validates the file without a Docker engine. `make test`
@@ -26,6 +33,55 @@ func TestComposeFileIsValid(t *testing.T) {
 	for _, svc := range []string{"nats", "clickhouse", "ingest", "projector", "clock", "sink"} {
 		if !slices.Contains(strings.Split(strings.TrimSpace(string(out)), "\n"), svc) {
 			t.Errorf("docker-compose.yml has no service %q (has: %s)", svc, out)
+		}
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite deploy/nats/users.conf from broker.RolePermissions")
+
+// The compose stack's NATS users are the roles' least privilege, as the
+// code defines it (broker.RolePermissions): users.conf is made from it and
+// must not drift; and nats.conf, as the NATS server reads it, gives every
+// role its user and nobody else a way in.
+func TestNATSUsers(t *testing.T) {
+	want := broker.UsersConf([]string{"subscriber"})
+	if *update {
+		if err := os.WriteFile("nats/users.conf", []byte(want), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := os.ReadFile("nats/users.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Fatal("deploy/nats/users.conf differs from broker.RolePermissions: run go test ./deploy -run TestNATSUsers -update")
+	}
+	names := append([]string{broker.UserAdmin, broker.UserSubscriber}, broker.Roles...)
+	for _, n := range names {
+		t.Setenv("CARDMETER_NATS_"+strings.ToUpper(n)+"_PASSWORD", "pw-"+n)
+	}
+	opts, err := server.ProcessConfigFile("nats/nats.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.NoAuthUser != "" || len(opts.Users) != len(names) {
+		t.Fatalf("nats.conf: %d users (want %d), no-auth user %q", len(opts.Users), len(names), opts.NoAuthUser)
+	}
+	for _, u := range opts.Users {
+		var want *server.Permissions
+		switch u.Username {
+		case broker.UserAdmin:
+		case broker.UserSubscriber:
+			want = broker.SubscriberPermissions([]string{"subscriber"})
+		default:
+			want = broker.RolePermissions(u.Username)
+		}
+		if u.Password != "pw-"+u.Username {
+			t.Errorf("user %s: the password is not its environment variable's", u.Username)
+		}
+		if !reflect.DeepEqual(u.Permissions, want) {
+			t.Errorf("user %s: permissions %+v (response %+v), want %+v (response %+v)", u.Username, u.Permissions, u.Permissions.Response, want, want.Response)
 		}
 	}
 }
