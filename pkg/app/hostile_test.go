@@ -11,8 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/cardmeter/cardmeter/pkg/api"
 	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/cdr"
 	"github.com/cardmeter/cardmeter/pkg/testenv"
 )
 
@@ -313,4 +316,54 @@ func TestBatchesInFlightShareAMemoryBudget(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Reads that wait for a position do not hold up the reads behind them:
+// each query is answered on its own goroutine (before, a partition
+// answered its queries one at a time, so a read waiting seconds for a
+// batch's verdicts stalled every card read of the partition). With a
+// backlog of 400,000 records to fold, twenty reads wait for its end while
+// a plain read of the same partition answers at once.
+func TestWaitingReadsDoNotStallOthers(t *testing.T) {
+	p, c := securedPipeline(t, nil)
+	part := broker.Partition("a", 2)
+	start := time.Date(2026, 3, 10, 10, 0, 0, 0, time.UTC).Unix()
+	recs := make([]cdr.Record, 4096)
+	var futs []jetstream.PubAckFuture
+	for n := 0; n < 100; n++ {
+		for i := range recs {
+			recs[i] = cdr.Record{RecordID: fmt.Sprintf("stall-%d-%d", n, i), ICCID: iccid(1), Start: start, End: start + 60, BytesDown: 1}
+		}
+		f, err := p.JS.PublishAsync(broker.UsageSubject(part), cdr.AppendChunk(nil, cdr.ChunkHeader{Carrier: "cmcc", BatchID: "stall", ReceivedAt: start}, recs))
+		if err != nil {
+			t.Fatal(err)
+		}
+		futs = append(futs, f)
+	}
+	var last uint64
+	for _, f := range futs {
+		select {
+		case ack := <-f.Ok():
+			last = max(last, ack.Sequence)
+		case err := <-f.Err():
+			t.Fatal(err)
+		}
+	}
+	waited := make(chan time.Time, 20)
+	for i := 0; i < 20; i++ {
+		go func() {
+			c.send("GET", fmt.Sprintf("/v1/cards/%s?min_position=%d", iccid(1), last), tokRead, "", "")
+			waited <- time.Now()
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // the waiting reads are asked first
+	r := c.must(c.send("GET", "/v1/cards/"+iccid(1), tokRead, "", ""), 200)
+	plain := time.Now()
+	first := <-waited
+	if !plain.Before(first) {
+		t.Fatalf("the plain read answered %s after the first waiting read (position %v of %d)", plain.Sub(first), r.body["position"], last)
+	}
+	if pos := r.body["position"].(float64); uint64(pos) >= last {
+		t.Fatalf("the backlog was folded (position %v) before the plain read: nothing was waiting", pos)
+	}
 }
