@@ -2,6 +2,7 @@ package cdr
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"io"
 	"slices"
@@ -85,12 +86,42 @@ func FuzzDecodeChunk(f *testing.F) {
 func FuzzJSONArrayReader(f *testing.F) {
 	f.Add([]byte(`[{"record_id":"r1","iccid":"89860012345678901231","start_time":"2026-01-10T08:00:00Z","end_time":"2026-01-10T08:10:00Z","bytes_up":1,"bytes_down":2},
  {"record_id":"r2","bytes_up":-1}]`))
+	f.Add([]byte(`[1, "a,]", {"x":"}"}, [], null]`))
+	f.Add([]byte(`  [ ]  `))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r, err := NewJSONArrayReader(bytes.NewReader(in), 4096)
 		if err != nil {
 			return
 		}
 		fuzzReader(t, r)
+		// the stream reader agrees with encoding/json: a valid array of
+		// short elements reads as one answer (a record or a record
+		// error) per element, and nothing else reads to the end
+		var elems []json.RawMessage
+		valid := json.Unmarshal(in, &elems) == nil
+		for _, e := range elems {
+			valid = valid && len(e) <= 4096
+		}
+		r, _ = NewJSONArrayReader(bytes.NewReader(in), 4096)
+		n := 0
+		for ; n <= 10000; n++ {
+			var rec Record
+			err := r.Next(&rec)
+			var re *RecordError
+			if err == nil || errors.As(err, &re) {
+				continue
+			}
+			if err == io.EOF {
+				if !valid || n != len(elems) {
+					t.Fatalf("read to the end with %d answers; encoding/json: valid %v, %d elements: %q", n, valid, len(elems), in)
+				}
+				return
+			}
+			if valid {
+				t.Fatalf("a valid array refused at element %d: %v: %q", n, err, in)
+			}
+			return
+		}
 	})
 }
 
