@@ -61,12 +61,23 @@ func TestNATSUsers(t *testing.T) {
 	for _, n := range names {
 		t.Setenv("CARDMETER_NATS_"+strings.ToUpper(n)+"_PASSWORD", "pw-"+n)
 	}
-	opts, err := server.ProcessConfigFile("nats/nats.conf")
+	t.Setenv("CARDMETER_NATS_SERVER_NAME", "nats-1")
+	t.Setenv("CARDMETER_NATS_ROUTE_PASSWORD", "pw-route")
+	for _, conf := range []string{"nats/nats.conf", "nats/cluster.conf"} {
+		checkUsers(t, conf, names)
+	}
+}
+
+func checkUsers(t *testing.T, conf string, names []string) {
+	opts, err := server.ProcessConfigFile(conf)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if opts.NoAuthUser != "" || len(opts.Users) != len(names) {
-		t.Fatalf("nats.conf: %d users (want %d), no-auth user %q", len(opts.Users), len(names), opts.NoAuthUser)
+		t.Fatalf("%s: %d users (want %d), no-auth user %q", conf, len(opts.Users), len(names), opts.NoAuthUser)
+	}
+	if conf == "nats/cluster.conf" && (opts.Cluster.Password != "pw-route" || len(opts.Routes) != 3) {
+		t.Errorf("%s: routes %v, route password set %v", conf, opts.Routes, opts.Cluster.Password != "")
 	}
 	for _, u := range opts.Users {
 		var want *server.Permissions
@@ -78,10 +89,10 @@ func TestNATSUsers(t *testing.T) {
 			want = broker.RolePermissions(u.Username)
 		}
 		if u.Password != "pw-"+u.Username {
-			t.Errorf("user %s: the password is not its environment variable's", u.Username)
+			t.Errorf("%s: user %s: the password is not its environment variable's", conf, u.Username)
 		}
 		if !reflect.DeepEqual(u.Permissions, want) {
-			t.Errorf("user %s: permissions %+v (response %+v), want %+v (response %+v)", u.Username, u.Permissions, u.Permissions.Response, want, want.Response)
+			t.Errorf("%s: user %s: permissions %+v (response %+v), want %+v (response %+v)", conf, u.Username, u.Permissions, u.Permissions.Response, want, want.Response)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/api"
 	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/sink"
 	"github.com/cardmeter/cardmeter/pkg/testenv"
 )
 
@@ -123,6 +124,12 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 		return nil
 	})
 
+	// the rebuild tool, as its own user, reads the whole log
+	_, rebuildJS := connect(broker.RoleRebuild)
+	if st, err := sink.Rebuild(context.Background(), rebuildJS, testenv.ClickHouse(t), 3, 0, nil, testenv.Logger(t)); err != nil || st.Messages == 0 {
+		t.Fatalf("rebuild as its user: %+v, %v", st, err)
+	}
+
 	// and none may do what is not its role's
 	if _, err := nats.Connect(srv.ClientURL()); err == nil {
 		t.Error("a client without credentials connected")
@@ -137,6 +144,7 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 		broker.RoleProjector: {broker.UsageSubject(0), broker.BillingSubject(0), broker.RejectedSubject("cmcc")},
 		broker.RoleClock:     {broker.UsageSubject(0), broker.EventSubject("card.stopped", iccid(101))},
 		broker.RoleSink:      {broker.UsageSubject(0), broker.EventSubject("card.stopped", iccid(101)), broker.AcceptedSubject(0)},
+		broker.RoleRebuild:   {broker.UsageSubject(0), broker.EventSubject("card.stopped", iccid(101))},
 	}
 	for role, subjects := range refused {
 		_, js := connect(role)

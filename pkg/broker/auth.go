@@ -71,10 +71,11 @@ const (
 	RoleProjector = "projector"
 	RoleClock     = "clock"
 	RoleSink      = "sink"
+	RoleRebuild   = "rebuild" // the `cardmeter rebuild` tool: reads the log
 )
 
 // Roles lists the roles RolePermissions knows.
-var Roles = []string{RoleIngest, RoleProjector, RoleClock, RoleSink}
+var Roles = []string{RoleIngest, RoleProjector, RoleClock, RoleSink, RoleRebuild}
 
 // reads are the JetStream API subjects that read stream: its messages by
 // sequence, and consumers on it (durable, ephemeral and ordered ones, whose
@@ -135,6 +136,8 @@ func RolePermissions(role string) *server.Permissions {
 	case RoleSink:
 		pub = append(pub, reads(StreamAccepted)...)
 		pub = append(pub, reads(StreamEvents)...)
+	case RoleRebuild:
+		pub = append(pub, reads(StreamMeter)...)
 	default:
 		return nil
 	}
