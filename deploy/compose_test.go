@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/cardmeter/cardmeter/pkg/api"
 	"github.com/cardmeter/cardmeter/pkg/broker"
 )
 
@@ -94,5 +95,18 @@ func checkUsers(t *testing.T, conf string, names []string) {
 		if !reflect.DeepEqual(u.Permissions, want) {
 			t.Errorf("%s: user %s: permissions %+v (response %+v), want %+v (response %+v)", conf, u.Username, u.Permissions, u.Permissions.Response, want, want.Response)
 		}
+	}
+}
+
+// The example tokens file the compose stack mounts parses, account scopes
+// included.
+func TestTokensExampleParses(t *testing.T) {
+	tokens, err := api.LoadTokens("tokens.example.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := tokens.Lookup("dev-acme-0123456789abcdef")
+	if !ok || !p.May(api.ScopeRead, "acme") || p.May(api.ScopeRead, "other") {
+		t.Fatalf("the account token: %+v", p)
 	}
 }
