@@ -38,6 +38,10 @@ type Partition struct {
 	poolOrd    []*pool
 	due        deadlines // cards by the time a tick next changes them
 	plansDirty bool      // a plan changed since the last checkpoint
+	// pieceCardBytes is what a card took in the last checkpoint piece: the
+	// next piece's buffer is sized from it (a buffer grown by doubling
+	// cleared and copied a third of a checkpoint's time). A hint only.
+	pieceCardBytes int
 }
 
 type plan struct {

@@ -215,7 +215,11 @@ func (p *Partition) encodeCards(head *snapshot, cards []*Card, perPiece, mode in
 	for i := 0; i == 0 || i < len(cards); i += perPiece {
 		part := cards[i:min(i+perPiece, len(cards))]
 		head.Delta = mode == modeDelta
-		b, err := encodePiece(head, len(part), func(emit func(cardSnapshot) error) error {
+		per := p.pieceCardBytes
+		if per == 0 {
+			per = 256
+		}
+		b, err := encodePiece(head, len(part)*per+len(part)*per/8, func(emit func(cardSnapshot) error) error {
 			for _, c := range part {
 				if err := emit(c.snapshot(mode)); err != nil {
 					return err
@@ -228,6 +232,9 @@ func (p *Partition) encodeCards(head *snapshot, cards []*Card, perPiece, mode in
 			return nil, err
 		}
 		pieces = append(pieces, b)
+		if len(part) > 0 {
+			p.pieceCardBytes = len(b) / len(part)
+		}
 		head = &snapshot{Version: snapshotVersion, Now: p.now}
 	}
 	return pieces, nil
@@ -235,7 +242,7 @@ func (p *Partition) encodeCards(head *snapshot, cards []*Card, perPiece, mode in
 
 // encodePiece writes a piece's JSON: the head's fields, then its cards one
 // at a time (a piece may hold many; no slice of them is built).
-func encodePiece(head *snapshot, sizeHint int, cards func(emit func(cardSnapshot) error) error) ([]byte, error) {
+func encodePiece(head *snapshot, sizeHint int, cards func(emit func(cardSnapshot) error) error) ([]byte, error) { // sizeHint: the cards' bytes
 	h, err := json.Marshal(head)
 	if err != nil {
 		return nil, err
@@ -247,7 +254,7 @@ func encodePiece(head *snapshot, sizeHint int, cards func(emit func(cardSnapshot
 		return nil, fmt.Errorf("encoding a checkpoint piece: no cards field in %q", h)
 	}
 	var buf bytes.Buffer
-	buf.Grow(len(h) + 256*sizeHint)
+	buf.Grow(len(h) + sizeHint)
 	buf.Write(h[:i])
 	buf.WriteString(`"cards":[`)
 	enc := json.NewEncoder(&buf)
