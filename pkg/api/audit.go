@@ -19,7 +19,9 @@ import (
 // what (the route and path), and what came of it (the status, and the
 // problem type or the decision). The stream is written by the API alone,
 // after each write is answered; no API call writes to it, and it denies
-// deletes and purges: entries only age out.
+// deletes and purges: entries only age out (400 days, or the oldest first
+// past the stream's 1 GiB). Requests without a known token are not
+// entries; a path and a key are clipped.
 type AuditEntry struct {
 	At       string   `json:"at"` // wall clock, RFC 3339
 	Who      string   `json:"who"`
@@ -36,11 +38,14 @@ type AuditEntry struct {
 // audit publishes a write's entry without holding up its answer; a
 // failure to store it is logged and counted.
 func (s *Server) audit(r *http.Request, route string, p *Principal, sw *statusWriter) {
-	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead || sw.code == http.StatusUnauthorized {
+		// a request with no known token is nobody's write: counted in
+		// cardmeter_http_requests_total, not kept (anyone could fill the
+		// stream with them)
 		return
 	}
 	e := AuditEntry{At: time.Now().UTC().Format(time.RFC3339Nano), Remote: r.RemoteAddr, Method: r.Method, Route: route,
-		Path: r.URL.RequestURI(), Key: r.Header.Get("Idempotency-Key"), Status: sw.code, Decision: sw.problem}
+		Path: clip(r.URL.RequestURI(), 512), Key: clip(r.Header.Get("Idempotency-Key"), 128), Status: sw.code, Decision: sw.problem}
 	if p != nil {
 		e.Who, e.Scopes = p.Name, p.Scopes
 	} else if s.cfg.Tokens == nil {
@@ -76,6 +81,14 @@ func (s *Server) audit(r *http.Request, route string, p *Principal, sw *statusWr
 			s.auditFailed(e, jetstream.ErrNoStreamResponse)
 		}
 	}()
+}
+
+// clip bounds a client's text in an entry.
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 // Drain waits for the audit entries in flight (after the HTTP server has

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -21,9 +22,10 @@ import (
 // wait for their acknowledgement. Everything it holds is on its lease.
 //
 // A chunk's message id is the batch's key and content, the partition and
-// the chunk's index within it; a rejections message's, the key, content
-// and its index. A retry of the batch (the same body, read in the same
-// order) therefore stores nothing twice, however far the first try got.
+// a digest of the records it holds; a rejections message's, the key,
+// content and its index. A retry of the batch therefore stores no chunk
+// twice, however far the first try got (and a record in two different
+// chunks counts once).
 type batchWriter struct {
 	s      *Server
 	ctx    context.Context // the request's
@@ -33,9 +35,8 @@ type batchWriter struct {
 	msgKey string
 
 	parts []cdr.ChunkBuilder
-	grow  int   // bytes an empty builder makes room for
-	index []int // chunks published per partition
-	since int   // records added since the lease was last checked
+	grow  int // bytes an empty builder makes room for
+	since int // records added since the lease was last checked
 
 	inflight []inflight
 	held     int64 // bytes of the messages in flight
@@ -67,7 +68,7 @@ func (s *Server) newBatchWriter(ctx context.Context, l *lease, body int64, h cdr
 	// encoding does not exceed by much, up to a full chunk's usual size
 	grow := min(int(body)/s.cfg.Partitions+int(body)/(8*s.cfg.Partitions), s.cfg.ChunkRecords*96)
 	return &batchWriter{s: s, ctx: ctx, lease: l, body: body, header: h, msgKey: msgKey,
-		parts: make([]cdr.ChunkBuilder, s.cfg.Partitions), index: make([]int, s.cfg.Partitions), grow: grow,
+		parts: make([]cdr.ChunkBuilder, s.cfg.Partitions), grow: grow,
 		acks: chunkAcks{seqs: map[int][]uint64{}}, rejLimit: limit}
 }
 
@@ -97,12 +98,19 @@ func (w *batchWriter) check() error {
 	return w.lease.need(n)
 }
 
+// seal publishes a partition's chunk. Its message id names the batch and
+// the records it holds, not its place in the batch: a retry whose valid
+// records differ from the first try's (a card provisioned since, the
+// clock moved on) fills its chunks differently, and a chunk named by its
+// index would be taken for the first try's and dropped with records it
+// never held. Records that are stored twice that way count once (the
+// fold knows their ids).
 func (w *batchWriter) seal(p int) error {
 	b := &w.parts[p]
+	sum := b.Sum()
 	data, n := b.Bytes(w.header), b.Len()
 	b.Reset()
-	id := "u-" + w.msgKey + "-" + strconv.Itoa(p) + "-" + strconv.Itoa(w.index[p])
-	w.index[p]++
+	id := "u-" + w.msgKey + "-" + strconv.Itoa(p) + "-" + hex.EncodeToString(sum[:12])
 	return w.publish(broker.UsageSubject(p), id, data, n, p)
 }
 

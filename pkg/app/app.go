@@ -194,7 +194,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	case cfg.NATS.CredsFile != "":
 		natsOpts = append(natsOpts, nats.UserCredentials(cfg.NATS.CredsFile))
 	case cfg.NATS.User != "":
-		natsOpts = append(natsOpts, nats.UserInfo(cfg.NATS.User, cfg.NATS.Password))
+		natsOpts = append(natsOpts, nats.UserInfo(cfg.NATS.User, cfg.NATS.Password), nats.CustomInboxPrefix(broker.InboxPrefix(cfg.NATS.User)))
 	}
 	// Start-up waits for NATS, retrying with backoff for up to
 	// StartTimeout (a server that starts after us, or a cluster electing

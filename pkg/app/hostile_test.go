@@ -367,3 +367,31 @@ func TestWaitingReadsDoNotStallOthers(t *testing.T) {
 		t.Fatalf("the backlog was folded (position %v) before the plain read: nothing was waiting", pos)
 	}
 }
+
+// A retried batch whose valid records differ from the first try's (a
+// card provisioned in between) stores the record that is valid now: a
+// chunk is named by the records it holds, not by its place in the batch.
+// Before, the retry's first chunk took the first try's id and was dropped
+// as a duplicate, with the newly valid record in it, while the answer
+// said it was stored.
+func TestRetryAfterACardIsProvisionedStoresItsRecord(t *testing.T) {
+	_, c := securedPipeline(t, nil)
+	body := csvOf(row("late-card", iccid(5), "", 7), row("k1", iccid(1), "", 1), row("k2", iccid(1), "", 1))
+	first := c.send("POST", "/v1/usage?wait=false", tokCMCC, "text/csv", body)
+	if first.code != 422 || first.body["stored"] != 2.0 {
+		t.Fatalf("first try: %d %s", first.code, first.raw)
+	}
+	c.must(c.send("PUT", "/v1/cards/"+iccid(5), tokBilling, "application/json", `{"account_id":"a","plan_id":"p","carrier":"cmcc"}`), 200)
+	again := c.must(c.send("POST", "/v1/usage?wait=false", tokCMCC, "text/csv", body), 200)
+	if again.body["stored"] != 3.0 {
+		t.Fatalf("the retry: %s", again.raw)
+	}
+	card := c.must(c.send("GET", fmt.Sprintf("/v1/cards/%s?min_position=%.0f", iccid(5), again.body["position"].(float64)), tokRead, "", ""), 200)
+	if u := card.body["cycle"].(map[string]any)["usage_bytes"].(float64); u != 7 {
+		t.Fatalf("the newly provisioned card's usage %v, want 7", u)
+	}
+	one := c.must(c.send("GET", "/v1/cards/"+iccid(1), tokRead, "", ""), 200)
+	if u := one.body["cycle"].(map[string]any)["usage_bytes"].(float64); u != 2 {
+		t.Fatalf("the other card's usage %v, want 2 (each record once)", u)
+	}
+}

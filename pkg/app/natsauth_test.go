@@ -42,7 +42,7 @@ func TestEmbeddedNATSLetsInOnlyItsUsers(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	sub, err := nats.Connect(url, nats.UserInfo(broker.UserSubscriber, subPass))
+	sub, err := nats.Connect(url, nats.UserInfo(broker.UserSubscriber, subPass), nats.CustomInboxPrefix(broker.InboxPrefix(broker.UserSubscriber)))
 	if err != nil {
 		t.Fatal(err)
 	}

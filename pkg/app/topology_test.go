@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,7 +38,7 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
 	connect := func(user string) (*nats.Conn, jetstream.JetStream) {
-		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, pass[user]))
+		nc, err := nats.Connect(srv.ClientURL(), nats.UserInfo(user, pass[user]), nats.CustomInboxPrefix(broker.InboxPrefix(user)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -160,7 +161,26 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 			t.Errorf("%s deleted METER", role)
 		}
 	}
-	_, sinkJS := connect(broker.RoleSink)
+	// nor read another's replies (JetStream answers, delivered messages)
+	sinkNC, sinkJS := connect(broker.RoleSink)
+	denied := make(chan error, 4)
+	sinkNC.SetErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { denied <- err })
+	if _, err := sinkNC.SubscribeSync(broker.InboxPrefix(broker.RoleIngest) + ".>"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sinkNC.SubscribeSync("_INBOX.>"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ {
+		select {
+		case err := <-denied:
+			if !strings.Contains(err.Error(), "Permissions Violation for Subscription") {
+				t.Errorf("subscribing to another's inbox: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the sink subscribed to another's inbox")
+		}
+	}
 	// it may see that the directory exists (stream info), not read it
 	kv, err := sinkJS.KeyValue(short(), broker.BucketDir)
 	if err != nil {

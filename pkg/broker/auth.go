@@ -23,6 +23,13 @@ const (
 	UserSubscriber = "subscriber" // downstream services reading the emitted events
 )
 
+// InboxPrefix is a user's own reply subjects: JetStream's answers and the
+// messages its consumers deliver go there, and only that user may
+// subscribe to them (with the shared _INBOX.> any user could read every
+// other's replies: the directory, the inputs, the audit). Connect with
+// nats.CustomInboxPrefix(InboxPrefix(user)).
+func InboxPrefix(user string) string { return "_INBOX_" + user }
+
 // NewPassword returns a random password (128 bits, hex).
 func NewPassword() string {
 	b := make([]byte, 16)
@@ -50,7 +57,7 @@ func SubscriberPermissions(consumers []string) *server.Permissions {
 	}
 	return &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: pub},
-		Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>", "cardmeter.events.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{InboxPrefix(UserSubscriber) + ".>", "cardmeter.events.>"}},
 	}
 }
 
@@ -111,7 +118,7 @@ func objects(bucket string) []string {
 // not its messages), so that it can wait for the topology at start.
 func RolePermissions(role string) *server.Permissions {
 	pub := []string{"$JS.API.INFO", "$JS.API.STREAM.INFO.*"}
-	sub := []string{"_INBOX.>"}
+	sub := []string{InboxPrefix(role) + ".>"}
 	var resp *server.ResponsePermission
 	switch role {
 	case RoleIngest:

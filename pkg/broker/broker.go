@@ -182,7 +182,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 			Duplicates: t.DuplicateWindow, MaxAge: 90 * 24 * time.Hour},
 		// entries can be neither deleted nor purged, only age out
 		{Name: StreamAudit, Subjects: []string{"audit.>"}, Description: "every write to the API: who, scope, what, decision",
-			MaxAge: 400 * 24 * time.Hour, DenyDelete: true, DenyPurge: true},
+			MaxAge: 400 * 24 * time.Hour, MaxBytes: 1 << 30, Discard: jetstream.DiscardOld, DenyDelete: true, DenyPurge: true},
 	}
 	for _, cfg := range streams {
 		cfg.Storage = jetstream.FileStorage

@@ -1,6 +1,7 @@
 package cdr
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -77,6 +78,10 @@ func (c *ChunkBuilder) Grow(n int) {
 
 // Len is how many records the builder holds.
 func (c *ChunkBuilder) Len() int { return c.n }
+
+// Sum is a digest of the records added (not the header), for a message id
+// that names the chunk by what it holds.
+func (c *ChunkBuilder) Sum() [32]byte { return sha256.Sum256(c.body) }
 
 // Cap is the memory the builder holds, in bytes.
 func (c *ChunkBuilder) Cap() int { return cap(c.body) }

@@ -236,7 +236,8 @@ func natsUser(getenv func(string, string) string) []nats.Option {
 	case getenv("CARDMETER_NATS_CREDS", "") != "":
 		return []nats.Option{nats.UserCredentials(getenv("CARDMETER_NATS_CREDS", ""))}
 	case getenv("CARDMETER_NATS_USER", "") != "":
-		return []nats.Option{nats.UserInfo(getenv("CARDMETER_NATS_USER", ""), getenv("CARDMETER_NATS_PASSWORD", ""))}
+		user := getenv("CARDMETER_NATS_USER", "")
+		return []nats.Option{nats.UserInfo(user, getenv("CARDMETER_NATS_PASSWORD", "")), nats.CustomInboxPrefix(broker.InboxPrefix(user))}
 	case getenv("CARDMETER_NATS_ADMIN_PASSWORD", "") != "":
 		return []nats.Option{nats.UserInfo(broker.UserAdmin, getenv("CARDMETER_NATS_ADMIN_PASSWORD", ""))}
 	}
