@@ -141,7 +141,9 @@ func ParseTokens(text string) (*Tokens, error) {
 			case strings.HasPrefix(s, scopeUsage) && idPattern.MatchString(strings.TrimPrefix(s, scopeUsage)):
 			case accountScoped(s):
 			default:
-				return nil, fmt.Errorf("token line %d (%s): unknown scope %q (usage:<carrier>, billing, operator, read, read:account:<id>, operator:account:<id>, admin)", n, f[0], s)
+				// the value is not shown: on a line with its fields out of
+				// order it could be the token
+				return nil, fmt.Errorf("token line %d (%s): an unknown scope in its third field (usage:<carrier>, billing, operator, read, read:account:<id>, operator:account:<id>, admin)", n, f[0])
 			}
 			scopes = append(scopes, s)
 		}

@@ -149,7 +149,8 @@ func (s *Server) batchProblem(err error) error {
 // Answers: 200 when every record was accepted; 422 (problem+json with the
 // same counts and an errors array) when some or all were rejected: the
 // accepted ones of that batch are stored all the same; 400/413 when the
-// batch as a whole is unreadable or over a limit (nothing stored); 503 with
+// batch as a whole is unreadable or over a limit (what was read before the
+// fault is stored, and the answer says how many: see partly); 503 with
 // Retry-After when the log did not store it (a retry with the same body or
 // Idempotency-Key adds nothing twice). A retried batch gets the first answer
 // again (header Idempotent-Replayed: true) for a day.
@@ -271,6 +272,9 @@ func (s *Server) readBatch(rd cdr.Reader, bw *batchWriter, res *BatchResult, car
 // say how many records are stored (they count once when the batch, fixed,
 // is sent again), and answers the fault.
 func (s *Server) partly(bw *batchWriter, res *BatchResult, err error) error {
+	if bw.rejItems > 0 {
+		_ = bw.flushRejections() // the rejections the answer lists are kept too; a failure shows in drain
+	}
 	if !bw.published() {
 		return err
 	}
@@ -283,11 +287,14 @@ func (s *Server) partly(bw *batchWriter, res *BatchResult, err error) error {
 	switch {
 	case errors.As(err, &rp):
 		p = rp.Problem
+		p.Detail += fmt.Sprintf("; %d records read before it are stored: retry the same batch (or Idempotency-Key), they count once", res.Stored)
 	case errors.As(err, &p):
+		// the same body would end the same way: the fixed batch is
+		// another body, under a new Idempotency-Key
+		p.Detail += fmt.Sprintf("; %d records read before it are stored and count once if sent again: send the fixed batch (with a new Idempotency-Key)", res.Stored)
 	default:
 		return err
 	}
-	p.Detail += fmt.Sprintf("; %d records read before it are stored and count once when the batch is sent again", res.Stored)
 	p.BatchResult = res // with the rejections read so far (kept for audit too)
 	return err
 }

@@ -259,7 +259,7 @@ func TestBatchOverALimitSaysWhatItStored(t *testing.T) {
 	}
 	r := c.send("POST", "/v1/usage", tokCMCC, "text/csv", csvOf(rows...))
 	if r.code != 413 || r.body["type"] != "cardmeter:limit/records" || r.body["stored"] != 1000.0 ||
-		!strings.Contains(r.body["detail"].(string), "1000 records read before it are stored") {
+		!strings.Contains(r.body["detail"].(string), "1000 records read before it are stored and count once if sent again") {
 		t.Fatalf("1,001 records against a limit of 1,000, in chunks of 100: %d %s", r.code, r.raw)
 	}
 	// sent again in two halves: the first thousand count once
