@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"sort"
 	"strconv"
@@ -28,28 +29,24 @@ func (s *Server) getCardEvents(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.readCard(r, iccid, minPos); err != nil {
 		return err // unknown, or min_position not applied (and so not published) yet
 	}
-	cons, err := s.js.OrderedConsumer(r.Context(), broker.StreamEvents, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{broker.EventSubject("*.*", iccid)}})
+	// read message by message (the next one on the card's subjects after
+	// the last), not through a consumer: the API's NATS user may create
+	// no consumer on EVENTS, where the sink's and subscribers' are
+	stream, err := s.js.Stream(r.Context(), broker.StreamEvents)
 	if err != nil {
 		return err
 	}
 	events := []json.RawMessage{}
-	for len(events) < maxHistory {
-		batch, err := cons.FetchNoWait(500)
+	for seq := uint64(1); len(events) < maxHistory; {
+		m, err := stream.GetMsg(r.Context(), seq, jetstream.WithGetMsgSubject(broker.EventSubject("*.*", iccid)))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
 		if err != nil {
 			return err
 		}
-		n := 0
-		for m := range batch.Messages() {
-			events = append(events, json.RawMessage(m.Data()))
-			n++
-		}
-		if err := batch.Error(); err != nil {
-			return err
-		}
-		if n == 0 {
-			break
-		}
+		events = append(events, json.RawMessage(m.Data))
+		seq = m.Sequence + 1
 	}
 	return ok(w, map[string]any{"iccid": iccid, "events": events})
 }

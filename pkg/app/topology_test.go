@@ -161,6 +161,18 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 			t.Errorf("%s deleted METER", role)
 		}
 	}
+	// the API's user may touch no consumer on EVENTS (the sink's is there)
+	// nor on METER (the projector's)
+	_, ingestJS := connect(broker.RoleIngest)
+	for _, stream := range []string{broker.StreamEvents, broker.StreamMeter} {
+		if _, err := ingestJS.CreateOrUpdateConsumer(short(), stream, jetstream.ConsumerConfig{Durable: "x"}); err == nil {
+			t.Errorf("ingest made a consumer on %s", stream)
+		}
+		if err := ingestJS.DeleteConsumer(short(), stream, "sink-"+ch.Database+"-events"); err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			t.Errorf("ingest could delete a consumer on %s: %v", stream, err)
+		}
+	}
+
 	// nor read another's replies (JetStream answers, delivered messages)
 	sinkNC, sinkJS := connect(broker.RoleSink)
 	denied := make(chan error, 4)

@@ -101,6 +101,12 @@ func reads(stream string) []string {
 	}
 }
 
+// gets are the subjects that read single messages of stream, by sequence
+// or by subject, without a consumer.
+func gets(stream string) []string {
+	return []string{"$JS.API.STREAM.MSG.GET." + stream, "$JS.API.DIRECT.GET." + stream, "$JS.API.DIRECT.GET." + stream + ".>"}
+}
+
 // kv are the subjects that read and write a key-value bucket.
 func kv(bucket string) []string { return append(reads("KV_"+bucket), "$KV."+bucket+".>") }
 
@@ -123,9 +129,12 @@ func RolePermissions(role string) *server.Permissions {
 	switch role {
 	case RoleIngest:
 		pub = append(pub, "meter.*.usage", "meter.*.billing", "meter.*.clock", "rejected.>", "audit.>", "cardmeter.query.*")
-		pub = append(pub, reads(StreamMeter)...) // the clock's last tick
+		// single messages of METER (the clock's last tick) and EVENTS (a
+		// card's history), no consumers there: those streams hold the
+		// projector's, the sink's and subscribers'
+		pub = append(pub, gets(StreamMeter)...)
+		pub = append(pub, gets(StreamEvents)...)
 		pub = append(pub, reads(StreamRejected)...)
-		pub = append(pub, reads(StreamEvents)...) // a card's event history
 		pub = append(pub, reads(StreamAudit)...)
 		pub = append(pub, kv(BucketDir)...)
 		pub = append(pub, kv(BucketBatches)...)
@@ -139,7 +148,7 @@ func RolePermissions(role string) *server.Permissions {
 		resp = &server.ResponsePermission{MaxMsgs: 1, Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION} // answers to queries
 	case RoleClock:
 		pub = append(pub, "meter.*.clock")
-		pub = append(pub, reads(StreamMeter)...)
+		pub = append(pub, gets(StreamMeter)...) // its last tick
 	case RoleSink:
 		pub = append(pub, reads(StreamAccepted)...)
 		pub = append(pub, reads(StreamEvents)...)
