@@ -28,9 +28,14 @@ import (
 func TestServicesAgainstExternalNATS(t *testing.T) {
 	pass := map[string]string{broker.UserAdmin: broker.NewPassword()}
 	users := []broker.User{{Name: broker.UserAdmin, Password: pass[broker.UserAdmin]}}
+	ch := testenv.ClickHouse(t)
 	for _, role := range broker.Roles {
 		pass[role] = broker.NewPassword()
-		users = append(users, broker.User{Name: role, Password: pass[role], Permissions: broker.RolePermissions(role)})
+		perms := broker.RolePermissions(role)
+		if role == broker.RoleSink {
+			perms = broker.SinkPermissions("sink-"+ch.Database, 3)
+		}
+		users = append(users, broker.User{Name: role, Password: pass[role], Permissions: perms})
 	}
 	srv, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1, Users: users}, testenv.Logger(t))
 	if err != nil {
@@ -53,7 +58,6 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	if err := broker.Ensure(context.Background(), adminJS, topo); err != nil {
 		t.Fatal(err)
 	}
-	ch := testenv.ClickHouse(t)
 	start := func(role string, roles ...string) *Pipeline {
 		p, err := Start(context.Background(), Config{Roles: roles, NATSURL: srv.ClientURL(), NATS: NATSAuth{User: role, Password: pass[role]}, WaitForTopology: true,
 			HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
@@ -171,6 +175,12 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 		if err := ingestJS.DeleteConsumer(short(), stream, "sink-"+ch.Database+"-events"); err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
 			t.Errorf("ingest could delete a consumer on %s: %v", stream, err)
 		}
+	}
+
+	// the sink uses its own consumers only: not a subscriber's on EVENTS
+	_, sinkOnly := connect(broker.RoleSink)
+	if _, err := sinkOnly.CreateOrUpdateConsumer(short(), broker.StreamEvents, jetstream.ConsumerConfig{Durable: "subscriber"}); err == nil {
+		t.Error("the sink made or changed another's consumer on EVENTS")
 	}
 
 	// nor read another's replies (JetStream answers, delivered messages)

@@ -150,14 +150,44 @@ func RolePermissions(role string) *server.Permissions {
 		pub = append(pub, "meter.*.clock")
 		pub = append(pub, gets(StreamMeter)...) // its last tick
 	case RoleSink:
-		pub = append(pub, reads(StreamAccepted)...)
-		pub = append(pub, reads(StreamEvents)...)
+		return SinkPermissions(DefaultSinkConsumer, DefaultTopology.Partitions)
 	case RoleRebuild:
 		pub = append(pub, reads(StreamMeter)...)
 	default:
 		return nil
 	}
 	return &server.Permissions{Publish: &server.SubjectPermission{Allow: pub}, Subscribe: &server.SubjectPermission{Allow: sub}, Response: resp}
+}
+
+// DefaultSinkConsumer is the sink's consumer name prefix in the compose
+// stack ("sink-" and its ClickHouse database).
+const DefaultSinkConsumer = "sink-cardmeter"
+
+// consumer are the subjects that use one named consumer of stream.
+func consumer(stream, name string) []string {
+	return []string{
+		"$JS.API.CONSUMER.CREATE." + stream + "." + name, "$JS.API.CONSUMER.CREATE." + stream + "." + name + ".>",
+		"$JS.API.CONSUMER.DURABLE.CREATE." + stream + "." + name,
+		"$JS.API.CONSUMER.INFO." + stream + "." + name,
+		"$JS.API.CONSUMER.DELETE." + stream + "." + name,
+		"$JS.API.CONSUMER.MSG.NEXT." + stream + "." + name,
+		"$JS.ACK." + stream + "." + name + ".>",
+	}
+}
+
+// SinkPermissions are the sink's: its own consumers by name (prefix-usage
+// on ACCEPTED, prefix-events on EVENTS, and the per-partition usage
+// consumers of older sinks, which it deletes), so that it can neither
+// read through nor change a subscriber's consumer on EVENTS.
+func SinkPermissions(prefix string, partitions int) *server.Permissions {
+	pub := []string{"$JS.API.INFO", "$JS.API.STREAM.INFO.*"}
+	pub = append(pub, consumer(StreamAccepted, prefix+"-usage")...)
+	pub = append(pub, consumer(StreamEvents, prefix+"-events")...)
+	for p := 0; p < partitions; p++ {
+		pub = append(pub, consumer(StreamAccepted, fmt.Sprintf("%s-usage-%d", prefix, p))...)
+	}
+	return &server.Permissions{Publish: &server.SubjectPermission{Allow: pub},
+		Subscribe: &server.SubjectPermission{Allow: []string{InboxPrefix(RoleSink) + ".>"}}}
 }
 
 // UsersConf renders the users of a NATS server the roles share, in the
