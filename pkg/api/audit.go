@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -68,7 +69,16 @@ func (s *Server) audit(r *http.Request, route string, p *Principal, sw *statusWr
 		s.auditFailed(e, err)
 		return
 	}
+	s.auditMu.Lock()
+	if s.drained {
+		// a handler that outlived the HTTP server's shutdown: its entry
+		// is logged, as Drain no longer waits
+		s.auditMu.Unlock()
+		s.auditFailed(e, errors.New("the API was stopping"))
+		return
+	}
 	s.auditing.Add(1)
+	s.auditMu.Unlock()
 	go func() {
 		defer s.auditing.Done()
 		t := time.NewTimer(s.cfg.PublishTimeout)
@@ -93,7 +103,12 @@ func clip(s string, n int) string {
 
 // Drain waits for the audit entries in flight (after the HTTP server has
 // stopped taking requests).
-func (s *Server) Drain() { s.auditing.Wait() }
+func (s *Server) Drain() {
+	s.auditMu.Lock()
+	s.drained = true
+	s.auditMu.Unlock()
+	s.auditing.Wait()
+}
 
 func (s *Server) auditFailed(e AuditEntry, err error) {
 	s.metrics.auditFailures.Inc()

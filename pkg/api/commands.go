@@ -33,6 +33,11 @@ func (s *Server) command(typ card.InputType) func(http.ResponseWriter, *http.Req
 		if strings.TrimSpace(b.Operator) == "" {
 			return invalid("operator", "required: who asks is recorded")
 		}
+		if pr := principal(r); pr != nil && !pr.Has(ScopeOperator) {
+			// an account's token speaks for its holder: the events name
+			// the token, then who the holder says asked
+			b.Operator = pr.Name + ": " + b.Operator
+		}
 		id := "cmd-" + nuid.Next()
 		if k := r.Header.Get("Idempotency-Key"); k != "" {
 			id = "cmd-" + contentID([]byte(iccid), []byte(typ), []byte(k))

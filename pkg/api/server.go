@@ -89,6 +89,8 @@ type Server struct {
 	budget  *budget // of the usage batches in flight
 
 	auditing sync.WaitGroup // audit entries awaiting their ack
+	auditMu  sync.Mutex     // guards drained, so that no Add follows Drain's Wait
+	drained  bool
 
 	batches  jetstream.KeyValue // first answers of usage batches
 	resolved jetstream.KeyValue // re-submitted rejections

@@ -214,6 +214,9 @@ func Main(name string, roles []string, args []string) int {
 	}
 	defer log.Sync() //nolint:errcheck // best effort at exit
 	TuneGC(cfg.GCPercent, cfg.MemoryLimitMiB, log)
+	// SIGHUP reloads the tokens file when there is one (watchTokens);
+	// without one it must not end the process
+	signal.Ignore(syscall.SIGHUP)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	p, err := Start(ctx, cfg, log)

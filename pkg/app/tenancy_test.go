@@ -76,6 +76,9 @@ func TestAccountTokensSeeTheirAccountOnly(t *testing.T) {
 		t.Errorf("stopping with a reader's token: %d %s", r.code, r.raw)
 	}
 	c.must(c.send("POST", "/v1/cards/"+iccid(1)+"/stop", tokAcctAOp, "application/json", stop), 200)
+	if h := c.must(c.send("GET", "/v1/cards/"+iccid(1)+"/events", tokAcctA, "", ""), 200); !strings.Contains(string(h.raw), `acme-ops: acme-noc`) {
+		t.Errorf("an account operator's stop does not name the token: %s", h.raw)
+	}
 	// and writes other than its own stop and resume are not there for it
 	for _, w := range [][2]string{{"PUT", "/v1/plans/q"}, {"POST", "/v1/accounts/a/payments"}, {"POST", "/v1/usage"}} {
 		if r := c.send(w[0], w[1], tokAcctAOp, "application/json", "{}"); r.code != 403 {
