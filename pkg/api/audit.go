@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -128,13 +127,9 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
 		}
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &t
 	}
-	limit := 1000
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 10000 {
-			return invalid("limit", "1 to 10000")
-		}
-		limit = n
+	limit, err := queryLimit(q, 1000, 10000)
+	if err != nil {
+		return err
 	}
 	who := q.Get("who")
 	cons, err := s.js.OrderedConsumer(r.Context(), broker.StreamAudit, cfg)

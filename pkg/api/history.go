@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net/http"
 	"sort"
-	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -75,13 +74,9 @@ func (s *Server) listCards(w http.ResponseWriter, r *http.Request) error {
 		}
 		f.Reason = rs
 	}
-	limit := 100
-	if v := qv.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 1000 {
-			return invalid("limit", "1 to 1000")
-		}
-		limit = n
+	limit, err := queryLimit(qv, 100, 1000)
+	if err != nil {
+		return err
 	}
 	// the pages to merge: every partition's, or each account's
 	type page struct {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -150,19 +149,15 @@ func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) error {
 		}
 		since = t
 	}
-	limit := 1000
-	if v := q.Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 || n > 10000 {
-			return invalid("limit", "1 to 10000")
-		}
-		limit = n
+	limit, err := queryLimit(q, 1000, 10000)
+	if err != nil {
+		return err
 	}
 	pending := q.Get("pending") == "true"
 	batch := q.Get("batch_id")
 	out := []RejectionView{}
 	_, limited := principal(r).Accounts(ScopeRead)
-	err := s.readRejections(r.Context(), carrier, since, func(v RejectionView) bool {
+	err = s.readRejections(r.Context(), carrier, since, func(v RejectionView) bool {
 		if limited && !s.rejectionVisible(r, v) {
 			return true
 		}

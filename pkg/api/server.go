@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"strconv"
@@ -338,6 +339,19 @@ func ok(w http.ResponseWriter, v any) error {
 var errUnavailable = errors.New("the log (JetStream) did not store the write; retry later")
 
 var errProjectorUnavailable = errors.New("the projector owning the card did not answer; retry later")
+
+// queryLimit reads ?limit= (1 to most; def when absent).
+func queryLimit(q url.Values, def, most int) (int, error) {
+	v := q.Get("limit")
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > most {
+		return 0, invalid("limit", fmt.Sprintf("1 to %d", most))
+	}
+	return n, nil
+}
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 

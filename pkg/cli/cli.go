@@ -183,17 +183,12 @@ func Rebuild(args []string, stdout, stderr io.Writer) int {
 	}
 	ch.Password = os.Getenv("CARDMETER_CLICKHOUSE_PASSWORD")
 	log := zap.NewNop()
-	nc, err := broker.Connect(*natsURL, "cardmeter-rebuild", log, natsCredentials(getenv)...)
+	nc, js, err := connectTool(*natsURL, "cardmeter-rebuild")
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return ExitFailed
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return ExitFailed
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var bar *progressbar.ProgressBar
@@ -217,6 +212,20 @@ func Rebuild(args []string, stdout, stderr io.Writer) int {
 		ch.Database, st.UpTo, time.Since(start).Round(time.Millisecond), st.Messages, st.UsageRows, st.EventRows)
 	fmt.Fprintf(stdout, "now run the sink with --clickhouse-db %s: it goes on from position %d\n", ch.Database, st.UpTo)
 	return ExitOK
+}
+
+// connectTool connects a tool to NATS with its credentials.
+func connectTool(url, name string) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := broker.Connect(url, name, zap.NewNop(), natsCredentials(getenv)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
 }
 
 // natsCredentials are a tool's NATS credentials from the environment: a
@@ -260,17 +269,12 @@ func Setup(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return ExitUsage
 	}
-	nc, err := broker.Connect(*natsURL, "cardmeter-setup", zap.NewNop(), natsCredentials(getenv)...)
+	nc, js, err := connectTool(*natsURL, "cardmeter-setup")
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return ExitFailed
 	}
 	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		return ExitFailed
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0)), ctx)
