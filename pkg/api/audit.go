@@ -132,30 +132,16 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	who := q.Get("who")
-	cons, err := s.js.OrderedConsumer(r.Context(), broker.StreamAudit, cfg)
+	out := []AuditEntry{}
+	err = s.scan(r.Context(), broker.StreamAudit, cfg, func(m jetstream.Msg) (bool, error) {
+		var e AuditEntry
+		if json.Unmarshal(m.Data(), &e) == nil && (who == "" || strings.EqualFold(e.Who, who)) {
+			out = append(out, e)
+		}
+		return len(out) < limit, nil
+	})
 	if err != nil {
 		return err
-	}
-	out := []AuditEntry{}
-	for len(out) < limit {
-		batch, err := cons.FetchNoWait(500)
-		if err != nil {
-			return err
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			var e AuditEntry
-			if json.Unmarshal(m.Data(), &e) == nil && (who == "" || strings.EqualFold(e.Who, who)) && len(out) < limit {
-				out = append(out, e)
-			}
-		}
-		if err := batch.Error(); err != nil {
-			return err
-		}
-		if n == 0 {
-			break
-		}
 	}
 	return ok(w, map[string]any{"entries": out})
 }

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
@@ -25,28 +24,9 @@ import (
 // fuzzer reaches them, and no projector (verdicts are pending).
 func fuzzServer(tb testing.TB) *Server {
 	{
-		// a real JetStream, acknowledging before the disk has the writes:
-		// the fuzzer tests the handler's answers, not the disk, and at
-		// thousands of requests a second fsyncs would only slow it down
-		log := testenv.Logger(tb)
-		srv, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: tb.TempDir(), Port: -1, NoSync: true}, log)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-		nc, err := broker.Connect(srv.ClientURL(), "fuzz", log)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(nc.Close)
-		js, err := jetstream.New(nc)
-		if err != nil {
-			tb.Fatal(err)
-		}
+		// a real JetStream, acknowledging before the disk has the writes
+		nc, js := testenv.JetStreamNoSync(tb)
 		ctx := context.Background()
-		if err := broker.Ensure(ctx, js, broker.DefaultTopology); err != nil {
-			tb.Fatal(err)
-		}
 		batches, err := js.KeyValue(ctx, broker.BucketBatches)
 		if err != nil {
 			tb.Fatal(err)

@@ -90,37 +90,48 @@ func (s *Server) readRejections(ctx context.Context, carrier string, since time.
 	if !since.IsZero() {
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
 	}
-	cons, err := s.js.OrderedConsumer(ctx, broker.StreamRejected, cfg)
+	return s.scan(ctx, broker.StreamRejected, cfg, func(m jetstream.Msg) (bool, error) {
+		meta, err := m.Metadata()
+		if err != nil {
+			return false, err
+		}
+		var rb RejectedBatch
+		if err := json.Unmarshal(m.Data(), &rb); err != nil {
+			return true, nil // not ours to read; the stream keeps it
+		}
+		for i, rj := range rb.Rejections {
+			v := RejectionView{ID: fmt.Sprintf("%d.%d", meta.Sequence.Stream, i), Carrier: rb.Carrier, BatchID: rb.BatchID,
+				ReceivedAt: rfc3339(rb.ReceivedAt), Error: rj.Error, Record: rj.Record}
+			if s.resolved != nil {
+				if e, err := s.resolved.Get(ctx, v.ID); err == nil {
+					v.Resubmitted = string(e.Value())
+				}
+			}
+			if !f(v) {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
+// scan reads a stream's messages (as cfg filters them) to its end through
+// an ordered consumer, until f says stop or fails.
+func (s *Server) scan(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig, f func(jetstream.Msg) (bool, error)) error {
+	cons, err := s.js.OrderedConsumer(ctx, stream, cfg)
 	if err != nil {
 		return err
 	}
 	for {
-		batch, err := cons.FetchNoWait(200)
+		batch, err := cons.FetchNoWait(500)
 		if err != nil {
 			return err
 		}
 		n := 0
 		for m := range batch.Messages() {
 			n++
-			meta, err := m.Metadata()
-			if err != nil {
+			if more, err := f(m); err != nil || !more {
 				return err
-			}
-			var rb RejectedBatch
-			if err := json.Unmarshal(m.Data(), &rb); err != nil {
-				continue // not ours to read; the stream keeps it
-			}
-			for i, rj := range rb.Rejections {
-				v := RejectionView{ID: fmt.Sprintf("%d.%d", meta.Sequence.Stream, i), Carrier: rb.Carrier, BatchID: rb.BatchID,
-					ReceivedAt: rfc3339(rb.ReceivedAt), Error: rj.Error, Record: rj.Record}
-				if s.resolved != nil {
-					if e, err := s.resolved.Get(ctx, v.ID); err == nil {
-						v.Resubmitted = string(e.Value())
-					}
-				}
-				if !f(v) {
-					return nil
-				}
 			}
 		}
 		if err := batch.Error(); err != nil {

@@ -77,8 +77,21 @@ func ClickHouseConn(t testing.TB, cfg sink.ClickHouseConfig) driver.Conn {
 // a temp dir), creates the topology, and returns a connection to it.
 func JetStream(t testing.TB) (*nats.Conn, jetstream.JetStream) {
 	t.Helper()
+	return jetStream(t, false)
+}
+
+// JetStreamNoSync is JetStream acknowledging writes before the disk has
+// them: for a fuzzer, which tests answers, not the disk, at thousands of
+// requests a second.
+func JetStreamNoSync(t testing.TB) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	return jetStream(t, true)
+}
+
+func jetStream(t testing.TB, noSync bool) (*nats.Conn, jetstream.JetStream) {
+	t.Helper()
 	log := Logger(t)
-	s, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1}, log)
+	s, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1, NoSync: noSync}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
