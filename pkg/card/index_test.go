@@ -2,7 +2,6 @@ package card
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"reflect"
@@ -282,8 +281,8 @@ func TestDeltaHeadHoldsWhatChanged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var s snapshot
-	if err := json.Unmarshal(d[0], &s); err != nil {
+	s, err := decodePiece(d[0])
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(s.Accounts) != 1 || s.Accounts[0].AccountID != "acct7" || len(s.Plans) != 0 {

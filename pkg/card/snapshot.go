@@ -1,11 +1,11 @@
 package card
 
 import (
-	"bytes"
+	"cmp"
 	"container/heap"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 )
 
@@ -76,10 +76,12 @@ type cardSnapshot struct {
 	Added []byte `json:"added,omitempty"`
 }
 
-// snapshotVersion is the version written; 5 (before young filter slots)
-// is read too, as a subset of 6.
+// snapshotVersion is the version written (binary pieces, piece.go); 6
+// and 5 (before young filter slots, a subset of 6) were JSON and are read
+// too.
 const (
-	snapshotVersion       = 6
+	snapshotVersion       = 7
+	lastJSONVersion       = 6
 	oldestSnapshotVersion = 5
 )
 
@@ -158,13 +160,9 @@ func (c *Card) snapshot(mode int) cardSnapshot {
 		cs.Added = encodeSeen(&c.recent)
 		return cs
 	}
-	empty := true
 	filters := make([][]byte, len(c.fps))
 	for i := range c.fps {
 		f := &c.fps[i]
-		if len(f.data) > 0 || f.saturated || f.k != 0 || f.young {
-			empty = false
-		}
 		b := make([]byte, 2, 4+2*len(f.data))
 		b[0] = f.k
 		switch {
@@ -181,20 +179,31 @@ func (c *Card) snapshot(mode int) cardSnapshot {
 		}
 		filters[i] = b
 	}
-	if !empty || mode == modeDelta {
-		cs.Filters = filters
-	}
+	cs.Filters = filters // empty slots too: a piece says exactly what the card holds
 	return cs
 }
 
-// MarshalSnapshot encodes the whole state as one piece.
+// MarshalSnapshot encodes the whole state as one piece. Equal states give
+// equal bytes.
 func (p *Partition) MarshalSnapshot() ([]byte, error) {
-	s := p.head(false)
-	s.Cards = make([]cardSnapshot, 0, len(p.order))
-	for _, c := range p.order {
-		s.Cards = append(s.Cards, c.snapshot(modeWhole))
+	b, err := encodePiece(p.head(false), len(p.order), len(p.order)*p.cardBytes(), func(emit func(*cardSnapshot)) {
+		for _, c := range p.order {
+			cs := c.snapshot(modeWhole)
+			emit(&cs)
+		}
+	})
+	if len(p.order) > 0 {
+		p.pieceCardBytes = len(b) / len(p.order)
 	}
-	return json.Marshal(s)
+	return b, err
+}
+
+// cardBytes is about what a card takes in a piece: as in the last piece.
+func (p *Partition) cardBytes() int {
+	if p.pieceCardBytes == 0 {
+		return 256
+	}
+	return p.pieceCardBytes + p.pieceCardBytes/8
 }
 
 // MarshalBase encodes the whole state for a checkpoint as pieces of at
@@ -215,18 +224,12 @@ func (p *Partition) encodeCards(head *snapshot, cards []*Card, perPiece, mode in
 	for i := 0; i == 0 || i < len(cards); i += perPiece {
 		part := cards[i:min(i+perPiece, len(cards))]
 		head.Delta = mode == modeDelta
-		per := p.pieceCardBytes
-		if per == 0 {
-			per = 256
-		}
-		b, err := encodePiece(head, len(part)*per+len(part)*per/8, func(emit func(cardSnapshot) error) error {
+		b, err := encodePiece(head, len(part), len(part)*p.cardBytes(), func(emit func(*cardSnapshot)) {
 			for _, c := range part {
-				if err := emit(c.snapshot(mode)); err != nil {
-					return err
-				}
+				cs := c.snapshot(mode)
+				emit(&cs)
 				c.dirty, c.fpsMoved = false, false
 			}
-			return nil
 		})
 		if err != nil {
 			return nil, err
@@ -238,40 +241,6 @@ func (p *Partition) encodeCards(head *snapshot, cards []*Card, perPiece, mode in
 		head = &snapshot{Version: snapshotVersion, Now: p.now}
 	}
 	return pieces, nil
-}
-
-// encodePiece writes a piece's JSON: the head's fields, then its cards one
-// at a time (a piece may hold many; no slice of them is built).
-func encodePiece(head *snapshot, sizeHint int, cards func(emit func(cardSnapshot) error) error) ([]byte, error) { // sizeHint: the cards' bytes
-	h, err := json.Marshal(head)
-	if err != nil {
-		return nil, err
-	}
-	// the head's own "cards" is null: replace it with the stream
-	const tail = `"cards":null`
-	i := bytes.LastIndex(h, []byte(tail))
-	if i < 0 {
-		return nil, fmt.Errorf("encoding a checkpoint piece: no cards field in %q", h)
-	}
-	var buf bytes.Buffer
-	buf.Grow(len(h) + sizeHint)
-	buf.Write(h[:i])
-	buf.WriteString(`"cards":[`)
-	enc := json.NewEncoder(&buf)
-	n := 0
-	err = cards(func(cs cardSnapshot) error {
-		if n > 0 {
-			buf.WriteByte(',')
-		}
-		n++
-		return enc.Encode(&cs)
-	})
-	if err != nil {
-		return nil, err
-	}
-	buf.WriteByte(']')
-	buf.Write(h[i+len(tail):])
-	return buf.Bytes(), nil
 }
 
 // MarshalDelta encodes what changed since the last MarshalDelta or
@@ -305,17 +274,14 @@ func NewRestorer() *Restorer { return &Restorer{p: NewPartition(), cards: map[st
 
 // Add applies one piece.
 func (r *Restorer) Add(piece []byte) error {
-	var s snapshot
-	if err := json.Unmarshal(piece, &s); err != nil {
-		return fmt.Errorf("decoding checkpoint piece: %w", err)
-	}
-	if s.Version < oldestSnapshotVersion || s.Version > snapshotVersion {
-		return fmt.Errorf("checkpoint piece version %d, this build reads %d to %d", s.Version, oldestSnapshotVersion, snapshotVersion)
+	s, err := decodePiece(piece)
+	if err != nil {
+		return err
 	}
 	p := r.p
 	p.now = max(p.now, s.Now)
 	if len(s.Plans) > 0 || len(s.Accounts) > 0 || len(s.Pools) > 0 {
-		if err := r.setHead(&s, s.Delta); err != nil {
+		if err := r.setHead(s, s.Delta); err != nil {
 			return err
 		}
 	}
@@ -497,7 +463,7 @@ func encodeSeen(seen *idSet) []byte {
 	}
 	pairs := make([][2]uint64, 0, seen.len())
 	seen.each(func(k uint64, v seenRecord) { pairs = append(pairs, [2]uint64{k, uint64(v)}) })
-	sort.Slice(pairs, func(i, j int) bool { return pairs[i][0] < pairs[j][0] })
+	slices.SortFunc(pairs, func(a, b [2]uint64) int { return cmp.Compare(a[0], b[0]) })
 	b := make([]byte, 0, 16*len(pairs))
 	for _, kv := range pairs {
 		b = binary.LittleEndian.AppendUint64(b, kv[0])

@@ -92,3 +92,25 @@ func (r *Reader) Byte() byte {
 	r.B = r.B[1:]
 	return c
 }
+
+// Bytes reads a length-prefixed byte string. It shares B's memory: copy
+// what is kept after B changes.
+func (r *Reader) Bytes() []byte {
+	n := r.Uvarint()
+	if r.Err != nil {
+		return nil
+	}
+	if n > uint64(len(r.B)) {
+		r.Err = ErrCorrupt
+		return nil
+	}
+	b := r.B[:n:n]
+	r.B = r.B[n:]
+	return b
+}
+
+// AppendBytes appends a uvarint length and b.
+func AppendBytes(b, s []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
