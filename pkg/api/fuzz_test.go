@@ -35,12 +35,12 @@ func fuzzServer(tb testing.TB) *Server {
 		if err != nil {
 			tb.Fatal(err)
 		}
-		clk := clock.New(js, clock.Config{Manual: true, Start: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC).Unix()}, testenv.Logger(tb))
+		clk := clock.New(js, clock.Config{Partitions: broker.DefaultTopology.Partitions, Manual: true, Start: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC).Unix()}, testenv.Logger(tb))
 		if err := clk.Start(ctx); err != nil {
 			tb.Fatal(err)
 		}
 		dir, _ := newTestDirectory(20)
-		return New(Config{Batches: batches, Resolved: resolved, VerdictWait: time.Millisecond, ChunkRecords: 64,
+		return New(Config{Partitions: broker.DefaultTopology.Partitions, Batches: batches, Resolved: resolved, VerdictWait: time.Millisecond, ChunkRecords: 64,
 			Batch: BatchLimits{MaxBodyBytes: 1 << 20, MaxDecompressedBytes: 4 << 20, MaxRecords: 2000, MaxLineBytes: 4096}},
 			nc, js, dir, clk, prometheus.NewRegistry(), func() (Readiness, error) { return Readiness{}, nil }, testenv.Logger(tb))
 	}

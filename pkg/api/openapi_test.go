@@ -21,7 +21,7 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	if err := yaml.Unmarshal(schemas.OpenAPI, &doc); err != nil {
 		t.Fatalf("openapi.yaml: %v", err)
 	}
-	s := New(Config{}, nil, nil, nil, nil, prometheus.NewRegistry(), nil, zap.NewNop())
+	s := New(Config{Partitions: 1}, nil, nil, nil, nil, prometheus.NewRegistry(), nil, zap.NewNop())
 	documented := 0
 	for path, ops := range doc.Paths {
 		for method := range ops {

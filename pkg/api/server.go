@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -113,8 +114,8 @@ type Readiness struct {
 
 // New wires the API. ready reports the pipeline's readiness for /readyz.
 func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk *clock.Clock, reg prometheus.Registerer, ready func() (Readiness, error), log *zap.Logger) *Server {
-	if cfg.Partitions == 0 {
-		cfg.Partitions = broker.DefaultTopology.Partitions
+	if cfg.Partitions <= 0 {
+		panic("api: Config.Partitions is required: the log's, from broker.Ensure or broker.Check")
 	}
 	if cfg.Batch.MaxBodyBytes == 0 {
 		cfg.Batch.MaxBodyBytes = DefaultBatchLimits.MaxBodyBytes
@@ -544,7 +545,19 @@ func (s *Server) query(ctx context.Context, part int, q query.Request) (*query.R
 	b, _ := json.Marshal(q)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadTimeout+2*time.Second)
 	defer cancel()
-	m, err := s.nc.RequestWithContext(ctx, broker.QuerySubject(part), b)
+	// No responder: no instance holds the partition this moment (one is
+	// handing it over, or its lease is passing after a crash); ask again
+	// until the read's deadline.
+	var m *nats.Msg
+	err := backoff.Retry(func() error {
+		var err error
+		m, err = s.nc.RequestWithContext(ctx, broker.QuerySubject(part), b)
+		if err != nil && !errors.Is(err, nats.ErrNoResponders) {
+			return backoff.Permanent(err)
+		}
+		return err
+	}, backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithInitialInterval(50*time.Millisecond),
+		backoff.WithMaxInterval(time.Second), backoff.WithMaxElapsedTime(0)), ctx))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errProjectorUnavailable, err)
 	}

@@ -56,6 +56,7 @@ type Config struct {
 	HTTPAddr        string // the API's listen address
 	HealthAddr      string // without the API role: where /healthz, /readyz and /metrics listen ("" for none)
 	Partitions      int
+	LeaseTTL        time.Duration // partition leases' time to live, where this process sets the topology up
 	ManualClock     bool
 	ClockStart      time.Time // where a manual clock starts on an empty log; zero: now
 	TickInterval    time.Duration
@@ -137,15 +138,14 @@ func has(roles []string, r string) bool {
 	return false
 }
 
+// Partitions is the log's partition count.
+func (p *Pipeline) Partitions() int { return p.cfg.Partitions }
+
 // Start starts the configured roles and returns once they run.
 func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err error) {
 	if len(cfg.Roles) == 0 {
 		cfg.Roles = AllRoles
 	}
-	if cfg.Partitions == 0 {
-		cfg.Partitions = broker.DefaultTopology.Partitions
-	}
-	cfg.Projector.Partitions = cfg.Partitions
 	p := &Pipeline{cfg: cfg, log: log, stopped: make(chan struct{})}
 	defer func() {
 		if err != nil {
@@ -224,15 +224,39 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	if p.JS, err = jetstream.New(p.NC); err != nil {
 		return nil, err
 	}
+	// the partition count is the log's (cfg.Partitions 0), or must equal it
 	topo := broker.DefaultTopology
 	topo.Partitions = cfg.Partitions
+	if cfg.LeaseTTL > 0 {
+		topo.LeaseTTL = cfg.LeaseTTL
+	}
 	if p.embedded != nil || !cfg.WaitForTopology {
-		if err := retry("creating the streams and buckets", func() error { return broker.Ensure(startCtx, p.JS, topo) }); err != nil {
+		if err := retry("creating the streams and buckets", func() error {
+			t, err := broker.Ensure(startCtx, p.JS, topo)
+			if errors.Is(err, broker.ErrTopology) {
+				return backoff.Permanent(err)
+			}
+			topo = t
+			return err
+		}); err != nil {
 			return nil, err
 		}
-	} else if err := retry("waiting for the streams and buckets", func() error { return broker.Check(startCtx, p.JS) }); err != nil {
+	} else if err := retry("waiting for the streams and buckets", func() error {
+		t, err := broker.Check(startCtx, p.JS)
+		if err != nil {
+			return err
+		}
+		if _, err := broker.CheckPartitions(cfg.Partitions, t); err != nil {
+			return backoff.Permanent(err)
+		}
+		topo = t
+		return nil
+	}); err != nil {
 		return nil, err
 	}
+	cfg.Partitions = topo.Partitions
+	cfg.Projector.Partitions = cfg.Partitions
+	p.cfg = cfg
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel

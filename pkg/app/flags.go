@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/cardmeter/cardmeter/pkg/api"
+	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
 )
 
@@ -62,7 +63,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.IntVar(&cfg.NATSPort, "nats-port", envInt("nats-port", 4222), "the embedded server's client port (-1: any free port)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", env("http-addr", "127.0.0.1:8080"), "the API's listen address")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", env("health-addr", ""), "without the API: listen address of /healthz, /readyz and /metrics")
-	fs.IntVar(&cfg.Partitions, "partitions", envInt("partitions", 8), "partitions of the log (fixed for a deployment)")
+	fs.IntVar(&cfg.Partitions, "partitions", envInt("partitions", 0), "partitions of a new log (default 8); an existing log's count is written in it and read from there (a different value is refused)")
 	clockMode := env("clock", "real")
 	fs.Func("clock", "real (ticks on the wall clock) or manual (time set by PUT /v1/clock); default "+clockMode, func(s string) error {
 		if s != "real" && s != "manual" {
@@ -88,6 +89,8 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.DurationVar(&cfg.Projector.CheckpointInterval, "checkpoint-interval", envDur("checkpoint-interval", 10*time.Second), "longest time between projector checkpoints while it folds")
 	fs.IntVar(&cfg.Projector.CheckpointEvery, "checkpoint-every", envInt("checkpoint-every", 50000), "projector checkpoint after this many folded log messages")
 	fs.DurationVar(&cfg.StartTimeout, "start-timeout", envDur("start-timeout", 5*time.Minute), "how long start-up waits for NATS and its streams before it exits non-zero")
+	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", envDur("lease-ttl", broker.DefaultTopology.LeaseTTL), "where this process sets the streams up (embedded NATS, or without --wait-for-topology): how long a partition's lease outlives its owner's last renewal")
+	fs.StringVar(&cfg.Projector.Owner, "instance", env("instance", ""), "this projector among those running, for partition leases: unique among them and the same across restarts (default: host and absolute data folder)")
 	fs.IntVar(&cfg.Projector.RestoreConcurrency, "restore-concurrency", envInt("restore-concurrency", 4), "partitions restoring their checkpoint at once")
 	fs.StringVar(&cfg.TokensFile, "tokens-file", env("tokens-file", ""), "bearer tokens, one per line: <name> <token> <scope>[,<scope>...]")
 	cfg.Tokens = env("tokens", "") // inline tokens, ';' between lines; never a flag (it would show in ps)

@@ -55,7 +55,7 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	_, adminJS := connect(broker.UserAdmin)
 	topo := broker.DefaultTopology
 	topo.Partitions = 3
-	if err := broker.Ensure(context.Background(), adminJS, topo); err != nil {
+	if _, err := broker.Ensure(context.Background(), adminJS, topo); err != nil {
 		t.Fatal(err)
 	}
 	start := func(role string, roles ...string) *Pipeline {

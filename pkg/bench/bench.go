@@ -37,6 +37,7 @@ type Config struct {
 	DataDir       string
 	ClickHouse    sink.ClickHouseConfig
 	Cards         int           // fleet size
+	Partitions    int           // of the log; 0: the default for a new log
 	Accounts      int           // accounts the fleet spreads over
 	IngestRecords int           // records per format for the ingest figure
 	BatchRecords  int           // records per HTTP batch
@@ -108,7 +109,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := app.Start(ctx, app.Config{DataDir: cfg.DataDir, NATSPort: -1, HTTPAddr: "127.0.0.1:0", Partitions: 8,
+	p, err := app.Start(ctx, app.Config{DataDir: cfg.DataDir, NATSPort: -1, HTTPAddr: "127.0.0.1:0", Partitions: cfg.Partitions,
 		ManualClock: true, ClockStart: time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC), ClickHouse: cfg.ClickHouse,
 		Sink: sink.Config{}}, zap.NewNop()) // the sink as deployed: blocks of up to 200,000 rows or 1 s
 	if err != nil {
@@ -267,8 +268,8 @@ func provision(ctx context.Context, cfg Config) (*fleet, error) {
 		return nil, err
 	}
 	topo := broker.DefaultTopology
-	topo.Partitions = 8
-	if err := broker.Ensure(ctx, js, topo); err != nil {
+	topo.Partitions = cfg.Partitions
+	if topo, err = broker.Ensure(ctx, js, topo); err != nil {
 		return nil, err
 	}
 	dirSubject := "$KV." + broker.BucketDir + "."
@@ -298,7 +299,7 @@ func provision(ctx context.Context, cfg Config) (*fleet, error) {
 		acct := fl.accounts[i%len(fl.accounts)]
 		cp := card.CardProvisioned{ICCID: iccid, AccountID: acct, PlanID: "bench", Carrier: "cmcc", AutoStopOverQuota: true}
 		b, _ := jsonMarshal(card.Input{Type: card.TypeCardProvisioned, ID: "card-" + iccid, At: at, Card: &cp})
-		if err := publishAsync(js, broker.BillingSubject(broker.Partition(acct, 8)), b); err != nil {
+		if err := publishAsync(js, broker.BillingSubject(broker.Partition(acct, topo.Partitions)), b); err != nil {
 			return nil, err
 		}
 		eb, _ := jsonMarshal(map[string]string{"iccid": iccid, "account_id": acct, "plan_id": "bench", "carrier": "cmcc"})
@@ -559,7 +560,7 @@ func stopLatency(ctx context.Context, p *app.Pipeline, fl *fleet, cfg Config, no
 		acct := fl.accounts[i%len(fl.accounts)]
 		cp := card.CardProvisioned{ICCID: iccid, AccountID: acct, PlanID: "tiny", Carrier: "cmcc", AutoStopOverQuota: true}
 		b, _ := jsonMarshal(card.Input{Type: card.TypeCardProvisioned, ID: "card-" + iccid, At: at, Card: &cp})
-		if _, err := p.JS.Publish(ctx, broker.BillingSubject(broker.Partition(acct, 8)), b); err != nil {
+		if _, err := p.JS.Publish(ctx, broker.BillingSubject(broker.Partition(acct, p.Partitions())), b); err != nil {
 			return err
 		}
 		eb, _ := jsonMarshal(map[string]string{"iccid": iccid, "account_id": acct, "plan_id": "tiny", "carrier": "cmcc"})

@@ -110,6 +110,12 @@ func gets(stream string) []string {
 // kv are the subjects that read and write a key-value bucket.
 func kv(bucket string) []string { return append(reads("KV_"+bucket), "$KV."+bucket+".>") }
 
+// leases are the subjects that read the lease bucket and write role's
+// keys in it (its partitions' leases and its members).
+func leases(role string) []string {
+	return append(reads("KV_"+BucketLeases), "$KV."+BucketLeases+"."+role+".>")
+}
+
 // objects are the subjects that read, write and delete in an object store.
 func objects(bucket string) []string {
 	return append(reads("OBJ_"+bucket), "$O."+bucket+".>", "$JS.API.STREAM.PURGE.OBJ_"+bucket)
@@ -144,6 +150,7 @@ func RolePermissions(role string) *server.Permissions {
 		pub = append(pub, reads(StreamMeter)...)
 		pub = append(pub, objects(BucketSnapshot)...)
 		pub = append(pub, kv(BucketCheckpoints)...)
+		pub = append(pub, leases(RoleProjector)...)
 		sub = append(sub, "cardmeter.query.*")
 		resp = &server.ResponsePermission{MaxMsgs: 1, Expires: server.DEFAULT_ALLOW_RESPONSE_EXPIRATION} // answers to queries
 	case RoleClock:

@@ -30,6 +30,7 @@ const (
 	BucketDir         = "directory"   // cards and plans, for routing and validation at ingest
 	BucketBatches     = "batches"     // the first answer to each usage batch, for idempotent retries
 	BucketResolved    = "resubmitted" // rejected records that were re-submitted, by rejection id
+	BucketLeases      = "leases"      // which instance of a role holds each partition (pkg/lease)
 )
 
 // Subjects of partition p in METER.
@@ -156,6 +157,10 @@ type Topology struct {
 	Replicas        int           // 1 on the embedded server; 3 on a cluster
 	DuplicateWindow time.Duration // how long a retried publish is recognised
 	EventsMaxAge    time.Duration // how long downstream services can lag
+	// LeaseTTL is how long a partition's lease outlives its owner's last
+	// renewal (the leases bucket's MaxAge): the longest a partition waits
+	// for a new owner after its owner dies.
+	LeaseTTL time.Duration
 }
 
 // BatchAnswerTTL is how long the answer to a usage batch is kept for a
@@ -163,17 +168,47 @@ type Topology struct {
 const BatchAnswerTTL = 24 * time.Hour
 
 // DefaultTopology is used by the all-in-one and tests.
-var DefaultTopology = Topology{Partitions: 8, Replicas: 1, DuplicateWindow: 30 * time.Minute, EventsMaxAge: 30 * 24 * time.Hour}
+var DefaultTopology = Topology{Partitions: 8, Replicas: 1, DuplicateWindow: 30 * time.Minute, EventsMaxAge: 30 * 24 * time.Hour, LeaseTTL: 10 * time.Second}
 
-// Ensure creates or updates every stream and bucket. It is idempotent, so
-// every service calls it at start.
-func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
+// The log's metadata keys: the topology is written on METER at its first
+// start, and read from there by every role and command.
+const (
+	MetaPartitions = "cardmeter_partitions"
+	MetaReplicas   = "cardmeter_replicas"
+)
+
+// ErrTopology is a setting that conflicts with the log's topology.
+var ErrTopology = errors.New("conflicts with the log's topology")
+
+// Ensure creates or updates every stream and bucket, and returns the
+// topology in force. It is idempotent, so every service may call it at
+// start. The partition count is the log's for good once written: t's
+// Partitions, when not 0, must equal it (0 takes the log's, or the
+// default for a new log). Replicas are t's: an existing deployment's
+// streams are updated to them.
+func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, error) {
 	if t.Replicas == 0 {
 		t.Replicas = 1
 	}
+	if t.LeaseTTL == 0 {
+		t.LeaseTTL = DefaultTopology.LeaseTTL
+	}
+	switch had, err := ReadTopology(ctx, js); {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return t, err
+	case had.Partitions != 0 && t.Partitions != 0 && had.Partitions != t.Partitions:
+		return t, fmt.Errorf("%d partitions %w: the log has %d, written at its first start and fixed for good; drop the setting or set it to %d", t.Partitions, ErrTopology, had.Partitions, had.Partitions)
+	case had.Partitions != 0:
+		t.Partitions = had.Partitions
+	}
+	if t.Partitions == 0 {
+		t.Partitions = DefaultTopology.Partitions
+	}
+	meta := map[string]string{MetaPartitions: strconv.Itoa(t.Partitions), MetaReplicas: strconv.Itoa(t.Replicas)}
 	streams := []jetstream.StreamConfig{
 		{Name: StreamMeter, Subjects: []string{"meter.>"}, Description: "cardmeter inputs: the log that is the truth",
-			Duplicates: t.DuplicateWindow, MaxMsgSize: 8 << 20},
+			Duplicates: t.DuplicateWindow, MaxMsgSize: 8 << 20, Metadata: meta},
 		{Name: StreamEvents, Subjects: []string{"cardmeter.events.>"}, Description: "events emitted by the projector",
 			Duplicates: t.DuplicateWindow, MaxAge: t.EventsMaxAge},
 		{Name: StreamAccepted, Subjects: []string{"accepted.>"}, Description: "usage counted by the projector, for the sink",
@@ -188,44 +223,82 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) error {
 		cfg.Storage = jetstream.FileStorage
 		cfg.Replicas = t.Replicas
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
-			return fmt.Errorf("stream %s: %w", cfg.Name, err)
+			return t, fmt.Errorf("stream %s: %w", cfg.Name, err)
 		}
 	}
 	if _, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: BucketSnapshot,
 		Description: "projector checkpoint pieces and record-id index segments", Storage: jetstream.FileStorage, Replicas: t.Replicas}); err != nil {
-		return fmt.Errorf("object store %s: %w", BucketSnapshot, err)
+		return t, fmt.Errorf("object store %s: %w", BucketSnapshot, err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketCheckpoints,
 		Description: "projector checkpoint manifests, one per partition", Storage: jetstream.FileStorage, Replicas: t.Replicas, History: 4}); err != nil {
-		return fmt.Errorf("kv %s: %w", BucketCheckpoints, err)
+		return t, fmt.Errorf("kv %s: %w", BucketCheckpoints, err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketBatches,
 		Description: "first answers of usage batches", Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: BatchAnswerTTL}); err != nil {
-		return fmt.Errorf("kv %s: %w", BucketBatches, err)
+		return t, fmt.Errorf("kv %s: %w", BucketBatches, err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketResolved,
 		Description: "re-submitted rejections", Storage: jetstream.FileStorage, Replicas: t.Replicas, TTL: 90 * 24 * time.Hour}); err != nil {
-		return fmt.Errorf("kv %s: %w", BucketResolved, err)
+		return t, fmt.Errorf("kv %s: %w", BucketResolved, err)
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketDir,
 		Description: "card and plan directory for ingest routing", Storage: jetstream.FileStorage, Replicas: t.Replicas}); err != nil {
-		return fmt.Errorf("kv %s: %w", BucketDir, err)
+		return t, fmt.Errorf("kv %s: %w", BucketDir, err)
 	}
-	return nil
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketLeases,
+		Description: "partition leases of the projector and sink instances", Storage: jetstream.FileStorage, Replicas: t.Replicas,
+		TTL: t.LeaseTTL, History: 1}); err != nil {
+		return t, fmt.Errorf("kv %s: %w", BucketLeases, err)
+	}
+	return t, nil
 }
 
 // StreamNames are every stream of the topology, buckets included (a
 // bucket is a stream named KV_<bucket> or OBJ_<bucket>).
 var StreamNames = []string{StreamMeter, StreamEvents, StreamAccepted, StreamRejected, StreamAudit,
-	"OBJ_" + BucketSnapshot, "KV_" + BucketCheckpoints, "KV_" + BucketBatches, "KV_" + BucketResolved, "KV_" + BucketDir}
+	"OBJ_" + BucketSnapshot, "KV_" + BucketCheckpoints, "KV_" + BucketBatches, "KV_" + BucketResolved, "KV_" + BucketDir, "KV_" + BucketLeases}
 
 // Check reports whether every stream and bucket exists, for a role whose
-// user may not create them (the setup step, `cardmeter setup`, does).
-func Check(ctx context.Context, js jetstream.JetStream) error {
+// user may not create them (the setup step, `cardmeter setup`, does), and
+// returns the log's topology.
+func Check(ctx context.Context, js jetstream.JetStream) (Topology, error) {
 	for _, name := range StreamNames {
 		if _, err := js.Stream(ctx, name); err != nil {
-			return fmt.Errorf("stream %s: %w (run `cardmeter setup` as the NATS admin)", name, err)
+			return Topology{}, fmt.Errorf("stream %s: %w (run `cardmeter setup` as the NATS admin)", name, err)
 		}
 	}
-	return nil
+	t, err := ReadTopology(ctx, js)
+	if err == nil && t.Partitions == 0 {
+		err = fmt.Errorf("stream %s has no partition count in its metadata (run `cardmeter setup` as the NATS admin)", StreamMeter)
+	}
+	return t, err
+}
+
+// ReadTopology reads the topology the log was set up with: its partition
+// count and replicas (0 partitions for a log set up before they were
+// written there).
+func ReadTopology(ctx context.Context, js jetstream.JetStream) (Topology, error) {
+	st, err := js.Stream(ctx, StreamMeter)
+	if err != nil {
+		return Topology{}, err
+	}
+	info := st.CachedInfo()
+	t := DefaultTopology
+	t.Partitions, t.Replicas = 0, info.Config.Replicas
+	if v, ok := info.Config.Metadata[MetaPartitions]; ok {
+		if t.Partitions, err = strconv.Atoi(v); err != nil || t.Partitions <= 0 {
+			return t, fmt.Errorf("stream %s: partition count %q in its metadata is not a positive number", StreamMeter, v)
+		}
+	}
+	return t, nil
+}
+
+// CheckPartitions compares a configured partition count with the log's:
+// 0 takes the log's.
+func CheckPartitions(configured int, t Topology) (int, error) {
+	if configured != 0 && configured != t.Partitions {
+		return 0, fmt.Errorf("%d partitions %w: the log has %d; drop the setting or set it to %d", configured, ErrTopology, t.Partitions, t.Partitions)
+	}
+	return t.Partitions, nil
 }

@@ -164,7 +164,7 @@ func Rebuild(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("rebuild", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	natsURL := fs.String("nats-url", getenv("CARDMETER_NATS_URL", "nats://127.0.0.1:4222"), "NATS with the log (the all-in-one's embedded server listens on 4222)")
-	partitions := fs.Int("partitions", 8, "partitions of the deployment")
+	partitions := fs.Int("partitions", 0, "partitions of the log (default: as the log says; a different value is refused)")
 	var ch sink.ClickHouseConfig
 	fs.StringVar(&ch.Addr, "clickhouse-addr", getenv("CARDMETER_CLICKHOUSE_ADDR", "127.0.0.1:19000"), "ClickHouse native address")
 	fs.StringVar(&ch.Database, "clickhouse-db", "", "the database to write (required); it should hold no rows")
@@ -191,6 +191,17 @@ func Rebuild(args []string, stdout, stderr io.Writer) int {
 	defer nc.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	topo, err := broker.ReadTopology(ctx, js)
+	if err == nil && topo.Partitions == 0 {
+		err = fmt.Errorf("the log has no partition count in its metadata: run `cardmeter setup` (or start the pipeline) once")
+	}
+	if err == nil {
+		*partitions, err = broker.CheckPartitions(*partitions, topo)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "rebuild:", err)
+		return ExitFailed
+	}
 	var bar *progressbar.ProgressBar
 	start := time.Now()
 	st, err := sink.Rebuild(ctx, js, ch, *partitions, *batch, func(done, total uint64) {
@@ -263,7 +274,9 @@ func Setup(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	natsURL := fs.String("nats-url", getenv("CARDMETER_NATS_URL", "nats://127.0.0.1:4222"), "the NATS server or cluster")
 	topo := broker.DefaultTopology
-	fs.IntVar(&topo.Partitions, "partitions", atoi(getenv("CARDMETER_PARTITIONS", ""), topo.Partitions), "partitions of the log (fixed for a deployment)")
+	topo.Partitions = 0
+	fs.IntVar(&topo.Partitions, "partitions", atoi(getenv("CARDMETER_PARTITIONS", ""), 0), "partitions of a new log (default 8); an existing log keeps its count, and a different value is refused")
+	fs.DurationVar(&topo.LeaseTTL, "lease-ttl", topo.LeaseTTL, "how long a partition's lease outlives its owner's last renewal: the longest a dead instance's partitions wait for another")
 	fs.IntVar(&topo.Replicas, "replicas", atoi(getenv("CARDMETER_REPLICAS", ""), topo.Replicas), "copies of each stream (3 on a cluster)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to wait for NATS")
 	if err := fs.Parse(args); err != nil {
@@ -278,7 +291,14 @@ func Setup(args []string, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0)), ctx)
-	err = backoff.RetryNotify(func() error { return broker.Ensure(ctx, js, topo) }, bo, func(err error, d time.Duration) {
+	err = backoff.RetryNotify(func() error {
+		t, err := broker.Ensure(ctx, js, topo)
+		if errors.Is(err, broker.ErrTopology) {
+			return backoff.Permanent(err)
+		}
+		topo = t
+		return err
+	}, bo, func(err error, d time.Duration) {
 		fmt.Fprintf(stderr, "setup: %v; retrying in %s\n", err, d.Round(time.Millisecond))
 	})
 	if err != nil {

@@ -55,8 +55,8 @@ func New(js jetstream.JetStream, cfg Config, log *zap.Logger) *Clock {
 	if cfg.Interval == 0 {
 		cfg.Interval = time.Minute
 	}
-	if cfg.Partitions == 0 {
-		cfg.Partitions = broker.DefaultTopology.Partitions
+	if cfg.Partitions <= 0 {
+		panic("clock: Config.Partitions is required: the log's, from broker.Ensure or broker.Check")
 	}
 	return &Clock{cfg: cfg, js: js, log: log}
 }

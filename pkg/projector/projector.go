@@ -18,7 +18,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -29,13 +32,13 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
+	"github.com/cardmeter/cardmeter/pkg/lease"
 	"github.com/cardmeter/cardmeter/pkg/query"
 )
 
 // Config configures a projector.
 type Config struct {
-	Partitions int    // partitions in the deployment
-	Owned      []int  // the partitions this instance folds; nil: all
+	Partitions int    // partitions in the deployment; the instances running share them by leases
 	DataDir    string // local folder of the record-id index (a cache of what checkpoints keep)
 	// CheckpointEvery and CheckpointInterval: a checkpoint after this many
 	// applied messages, or after this long with unsaved ones.
@@ -47,7 +50,12 @@ type Config struct {
 	// RestoreConcurrency is how many partitions restore at once.
 	RestoreConcurrency int
 	MaxQueryWait       time.Duration // bound on a read's min_position wait
-	Owner              string        // who holds the partitions, as manifests record it
+	// Owner is this instance, as leases and manifests record it: unique
+	// among the projectors running, and the same across its restarts, so
+	// that a restart after a crash takes its partitions back at once
+	// rather than waiting for their leases to age out. Default: the host
+	// and the absolute data folder (which a running projector locks).
+	Owner string
 	// Registerer takes the projector's metrics; nil: none.
 	Registerer prometheus.Registerer
 	// CrashOnStop makes Run end as a crash would: no flush, no final
@@ -58,11 +66,6 @@ type Config struct {
 func (c *Config) defaults() {
 	if c.Partitions == 0 {
 		c.Partitions = broker.DefaultTopology.Partitions
-	}
-	if c.Owned == nil {
-		for i := 0; i < c.Partitions; i++ {
-			c.Owned = append(c.Owned, i)
-		}
 	}
 	if c.DataDir == "" {
 		c.DataDir = "projector-data"
@@ -86,7 +89,11 @@ func (c *Config) defaults() {
 	}
 	if c.Owner == "" {
 		host, _ := os.Hostname()
-		c.Owner = fmt.Sprintf("%s/%d", host, os.Getpid())
+		dir, err := filepath.Abs(c.DataDir)
+		if err != nil {
+			dir = c.DataDir
+		}
+		c.Owner = host + ":" + dir
 	}
 }
 
@@ -96,7 +103,8 @@ type Projector struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
 	log     *zap.Logger
-	parts   map[int]*partition
+	parts   map[int]*partition // every partition; this instance folds those it holds a lease of
+	leases  atomic.Pointer[lease.Manager]
 	restore chan struct{} // a slot per partition restoring at once
 	// answering holds a slot per query being answered; past them a query
 	// is answered "busy" at once, never queued behind the others
@@ -112,7 +120,7 @@ func New(nc *nats.Conn, js jetstream.JetStream, cfg Config, log *zap.Logger) *Pr
 	cfg.defaults()
 	p := &Projector{cfg: cfg, nc: nc, js: js, log: log, parts: map[int]*partition{},
 		restore: make(chan struct{}, cfg.RestoreConcurrency), answering: make(chan struct{}, maxAnswering), m: newMetrics(cfg.Registerer)}
-	for _, id := range cfg.Owned {
+	for id := 0; id < cfg.Partitions; id++ {
 		p.parts[id] = &partition{id: id, progress: make(chan struct{}),
 			chunks: bySeq[*query.ChunkVerdicts]{max: 50000}, // a batch's answer reads them at once
 			inputs: bySeq[*query.Decision]{max: 10000}}
@@ -125,6 +133,7 @@ func New(nc *nats.Conn, js jetstream.JetStream, cfg Config, log *zap.Logger) *Pr
 type partition struct {
 	id       int
 	mu       sync.Mutex
+	lease    *lease.Lease                // while this instance holds the partition
 	state    *card.Partition
 	applied  uint64                      // last METER sequence whose effects are published
 	progress chan struct{}               // closed and replaced when applied moves
@@ -171,38 +180,68 @@ func (b *bySeq[V]) pick(seqs []uint64) (map[uint64]V, bool) {
 	return out, len(out) == len(seqs)
 }
 
-// Run folds every owned partition until ctx ends, then each one flushes
-// and checkpoints. A partition's failure is retried, never final; Run
-// returns an error only when it cannot start.
+// Run takes this instance's share of the partitions (a lease each, shared
+// with the other projectors running) and folds them until ctx ends, then
+// each one flushes, checkpoints and gives its lease back. A partition's
+// failure is retried, never final; one whose lease is lost stops at once
+// and another instance goes on from its last checkpoint. Run returns an
+// error only when it cannot start.
 func (p *Projector) Run(ctx context.Context) error {
-	var wg sync.WaitGroup
-	for _, pt := range p.parts {
-		// each query is answered on its own goroutine: one that waits for
-		// a position (a batch's verdicts, a write's decision) must not hold
-		// up the card reads behind it
-		sub, err := p.nc.QueueSubscribe(broker.QuerySubject(pt.id), "projector", func(m *nats.Msg) {
-			select {
-			case p.answering <- struct{}{}:
-				go func() {
-					defer func() { <-p.answering }()
-					p.answer(ctx, pt, m)
-				}()
-			default:
-				p.busy(m)
-			}
-		})
-		if err != nil {
-			return fmt.Errorf("projector: subscribing to queries: %w", err)
-		}
-		defer sub.Unsubscribe() //nolint:errcheck // shutting down
-		wg.Add(1)
-		go func(pt *partition) {
-			defer wg.Done()
-			p.keep(ctx, pt)
-		}(pt)
+	unlock, err := lockDir(p.cfg.DataDir)
+	if err != nil {
+		return err
 	}
-	wg.Wait()
-	return nil
+	defer unlock()
+	kv, err := p.js.KeyValue(ctx, broker.BucketLeases)
+	if err != nil {
+		return fmt.Errorf("projector: the lease bucket %s: %w", broker.BucketLeases, err)
+	}
+	mgr, err := lease.New(ctx, kv, lease.Config{Role: broker.RoleProjector, Instance: p.cfg.Owner, Partitions: p.cfg.Partitions,
+		OnChange: func(held []int) {
+			p.m.held.Set(float64(len(held)))
+			p.log.Info("partitions held", zap.Ints("partitions", held))
+		}}, p.log.Named("lease"))
+	if err != nil {
+		return fmt.Errorf("projector: %w", err)
+	}
+	p.leases.Store(mgr)
+	return mgr.Run(ctx, p.own)
+}
+
+// own folds a partition while this instance holds its lease: it answers
+// the partition's queries and runs its lives.
+func (p *Projector) own(ctx context.Context, l *lease.Lease) {
+	pt := p.parts[l.Partition]
+	log := p.log.With(zap.Int("partition", pt.id), zap.Uint64("lease_epoch", l.Epoch))
+	pt.mu.Lock()
+	pt.lease, pt.failure, pt.stuck = l, nil, false
+	pt.mu.Unlock()
+	defer func() {
+		pt.mu.Lock()
+		pt.lease, pt.state, pt.ready, pt.failure, pt.stuck, pt.pending = nil, nil, false, nil, false, 0
+		pt.mu.Unlock()
+		log.Info("partition left", zap.NamedError("cause", context.Cause(ctx)))
+	}()
+	// each query is answered on its own goroutine: one that waits for a
+	// position (a batch's verdicts, a write's decision) must not hold up
+	// the card reads behind it
+	sub, err := p.nc.QueueSubscribe(broker.QuerySubject(pt.id), "projector", func(m *nats.Msg) {
+		select {
+		case p.answering <- struct{}{}:
+			go func() {
+				defer func() { <-p.answering }()
+				p.answer(ctx, pt, m)
+			}()
+		default:
+			p.busy(m)
+		}
+	})
+	if err != nil {
+		log.Warn("subscribing to the partition's queries; giving it back", zap.Error(err))
+		return
+	}
+	defer sub.Unsubscribe() //nolint:errcheck // leaving it
+	p.keep(ctx, pt)
 }
 
 // keep runs the partition's lives one after another until ctx ends: a life
@@ -213,7 +252,10 @@ func (p *Projector) keep(ctx context.Context, pt *partition) {
 	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond),
 		backoff.WithMaxInterval(30*time.Second), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
-		r := &runner{p: p, pt: pt, log: log}
+		pt.mu.Lock()
+		l := pt.lease
+		pt.mu.Unlock()
+		r := &runner{p: p, pt: pt, lease: l, log: log}
 		started := time.Now()
 		err := r.life(ctx)
 		if ctx.Err() != nil {
@@ -243,13 +285,24 @@ func (p *Projector) keep(ctx context.Context, pt *partition) {
 	}
 }
 
-// Ready reports whether every partition has restored and is folding.
+// Ready reports whether this instance has taken its share of the
+// partitions and every one it holds has restored and is folding.
 func (p *Projector) Ready() error {
-	for _, pt := range p.parts {
+	mgr := p.leases.Load()
+	if mgr == nil {
+		return errors.New("projector starting")
+	}
+	select {
+	case <-mgr.Started():
+	default:
+		return errors.New("projector taking its partitions")
+	}
+	for _, pt := range p.sorted() {
 		pt.mu.Lock()
-		ready, failure := pt.ready, pt.failure
+		held, ready, failure := pt.lease != nil, pt.ready, pt.failure
 		pt.mu.Unlock()
 		switch {
+		case !held:
 		case failure != nil:
 			return fmt.Errorf("partition %d is retrying after: %w", pt.id, failure)
 		case !ready:
@@ -259,12 +312,28 @@ func (p *Projector) Ready() error {
 	return nil
 }
 
+// Held lists the partitions this instance holds now.
+func (p *Projector) Held() []int {
+	if mgr := p.leases.Load(); mgr != nil {
+		return mgr.Held()
+	}
+	return nil
+}
+
+func (p *Projector) sorted() []*partition {
+	out := make([]*partition, 0, len(p.parts))
+	for i := 0; i < p.cfg.Partitions; i++ {
+		out = append(out, p.parts[i])
+	}
+	return out
+}
+
 // Healthy reports whether every partition can make progress: one that
 // cannot fold what the log holds fails it, so that a supervisor restarts
 // the process (and someone looks at the log) instead of a process that
 // looks alive and folds nothing.
 func (p *Projector) Healthy() error {
-	for _, pt := range p.parts {
+	for _, pt := range p.sorted() {
 		pt.mu.Lock()
 		stuck, failure := pt.stuck, pt.failure
 		pt.mu.Unlock()
@@ -322,6 +391,7 @@ type metrics struct {
 	lookups        prometheus.Counter
 	publishRetries prometheus.Counter
 	indexEntries   *prometheus.GaugeVec
+	held           prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -342,11 +412,30 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Failed attempts to publish what the fold emitted (retried with backoff; /readyz says so meanwhile)."}),
 		lookups: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_projector_index_lookups_total",
 			Help: "Record ids looked up in the exact index (the filters could not rule them out)."}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cardmeter_projector_partitions_held",
+			Help: "Partitions this instance holds the lease of (the projectors running share them)."}),
 		indexEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cardmeter_projector_index_entries",
 			Help: "Record ids in the exact index, by partition."}, []string{"partition"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.restarts, m.ready, m.restoreSeconds, m.checkpointSecs, m.checkpointB, m.checkpointErrs, m.lookups, m.publishRetries, m.indexEntries)
+		reg.MustRegister(m.restarts, m.ready, m.restoreSeconds, m.checkpointSecs, m.checkpointB, m.checkpointErrs, m.lookups, m.publishRetries, m.indexEntries, m.held)
 	}
 	return m
+}
+
+// lockDir takes the data folder for this process alone: two projectors on
+// one folder would share an index, and one instance name.
+func lockDir(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("projector: data folder: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(dir, "LOCK"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("projector: data folder: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("projector: data folder %s is in use by another process (%w): give each projector a folder of its own", dir, err)
+	}
+	return func() { _ = f.Close() }, nil
 }

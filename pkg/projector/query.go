@@ -23,7 +23,7 @@ func (p *Projector) answer(ctx context.Context, pt *partition, m *nats.Msg) {
 	var q query.Request
 	var reply query.Reply
 	pt.mu.Lock()
-	restoring := !pt.ready
+	restoring := !pt.ready || pt.lease == nil || !pt.lease.Valid() // a late renewal: another may hold it soon
 	pt.mu.Unlock()
 	if err := json.Unmarshal(m.Data, &q); err != nil {
 		reply.Error = "bad query: " + err.Error()

@@ -17,6 +17,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/fold"
 	"github.com/cardmeter/cardmeter/pkg/index"
+	"github.com/cardmeter/cardmeter/pkg/lease"
 )
 
 // errStuck marks a failure no retry gets past: a message of the log this
@@ -28,9 +29,10 @@ var errStuck = errors.New("cannot go on")
 // runner is one life of a partition: acquire, restore, fold, checkpoint,
 // release.
 type runner struct {
-	p   *Projector
-	pt  *partition
-	log *zap.Logger
+	p     *Projector
+	pt    *partition
+	lease *lease.Lease
+	log   *zap.Logger
 
 	store  *store
 	idx    *index.Index
@@ -184,7 +186,7 @@ func (r *runner) run(ctx context.Context) error {
 				}
 			}
 			if err := r.flush(ctx); err != nil {
-				if errors.Is(err, context.Canceled) {
+				if ctx.Err() != nil {
 					return r.shutdown(ctx)
 				}
 				return r.failed(err)
@@ -216,6 +218,11 @@ func (r *runner) shutdown(ctx context.Context) error {
 	if r.p.cfg.CrashOnStop {
 		return nil
 	}
+	if errors.Is(context.Cause(ctx), lease.ErrLost) {
+		// another instance may hold the partition already: no last word
+		r.log.Warn("lease lost: the partition stops without a final checkpoint")
+		return nil
+	}
 	if !r.p.nc.IsConnected() {
 		r.log.Warn("no final checkpoint: not connected to NATS; the next start folds from the last one")
 		return nil
@@ -228,6 +235,20 @@ func (r *runner) shutdown(ctx context.Context) error {
 	}
 	if r.saveErr.Load() == nil {
 		r.store.release(fctx)
+	}
+	return nil
+}
+
+// fenced waits while the lease is not valid (its renewal is late): the
+// partition publishes nothing meanwhile. It returns the context's cause
+// once the lease is lost or the life ends.
+func (r *runner) fenced(ctx context.Context) error {
+	for !r.lease.Valid() {
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 	return nil
 }
@@ -296,6 +317,9 @@ func (r *runner) fold(m jetstream.Msg) error {
 // restart folds the same messages again, emits the same events with the
 // same ids, and JetStream's duplicate window drops the ones it has.
 func (r *runner) flush(ctx context.Context) error {
+	if err := r.fenced(ctx); err != nil {
+		return err
+	}
 	if len(r.pending) > 0 {
 		op := func() error {
 			futs := make([]jetstream.PubAckFuture, 0, len(r.pending))
@@ -363,6 +387,9 @@ func (r *runner) flush(ctx context.Context) error {
 func (r *runner) checkpoint(ctx context.Context) {
 	if r.busy.Load() {
 		return // the previous one is still being stored; try again later
+	}
+	if !r.lease.Valid() {
+		return // the lease's renewal is late: nothing leaves this instance
 	}
 	r.pt.mu.Lock()
 	seq := r.pt.applied

@@ -63,8 +63,8 @@ type Sink struct {
 
 // New returns a sink; it connects and works in Run.
 func New(js jetstream.JetStream, ch ClickHouseConfig, cfg Config, reg prometheus.Registerer, log *zap.Logger) *Sink {
-	if cfg.Partitions == 0 {
-		cfg.Partitions = broker.DefaultTopology.Partitions
+	if cfg.Partitions <= 0 {
+		panic("sink: Config.Partitions is required: the log's, from broker.Ensure or broker.Check")
 	}
 	if cfg.Owned == nil {
 		for i := 0; i < cfg.Partitions; i++ {

@@ -105,7 +105,7 @@ func jetStream(t testing.TB, noSync bool) (*nats.Conn, jetstream.JetStream) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := broker.Ensure(context.Background(), js, broker.DefaultTopology); err != nil {
+	if _, err := broker.Ensure(context.Background(), js, broker.DefaultTopology); err != nil {
 		t.Fatal(err)
 	}
 	return nc, js

@@ -1,0 +1,186 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cardmeter/cardmeter/pkg/api"
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/testenv"
+)
+
+// cluster is a NATS server the roles share as separate processes would,
+// each as its own user, with the topology set up by the admin.
+type cluster struct {
+	t    *testing.T
+	srv  interface{ ClientURL() string }
+	pass map[string]string
+	cfg  Config // what every process shares
+}
+
+func newCluster(t *testing.T, topo broker.Topology) *cluster {
+	pass := map[string]string{broker.UserAdmin: broker.NewPassword()}
+	users := []broker.User{{Name: broker.UserAdmin, Password: pass[broker.UserAdmin]}}
+	ch := testenv.ClickHouse(t)
+	for _, role := range broker.Roles {
+		pass[role] = broker.NewPassword()
+		perms := broker.RolePermissions(role)
+		if role == broker.RoleSink {
+			perms = broker.SinkPermissions("sink-"+ch.Database, topo.Partitions)
+		}
+		users = append(users, broker.User{Name: role, Password: pass[role], Permissions: perms})
+	}
+	srv, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1, Users: users}, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	c := &cluster{t: t, srv: srv, pass: pass, cfg: Config{NATSURL: srv.ClientURL(), WaitForTopology: true, HTTPAddr: "127.0.0.1:0",
+		ManualClock: true, ClockStart: time.Date(2026, 3, 5, 0, 0, 0, 0, time.UTC), ClickHouse: ch, Sink: sinkConfigForTests()}}
+	_, js := c.connect(broker.UserAdmin)
+	if _, err := broker.Ensure(context.Background(), js, topo); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *cluster) connect(user string) (*nats.Conn, jetstream.JetStream) {
+	nc, err := nats.Connect(c.cfg.NATSURL, nats.UserInfo(user, c.pass[user]), nats.CustomInboxPrefix(broker.InboxPrefix(user)))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(nc.Close)
+	js, _ := jetstream.New(nc)
+	return nc, js
+}
+
+// start runs roles as user, in a data folder of their own.
+func (c *cluster) start(user string, roles ...string) *Pipeline {
+	cfg := c.cfg
+	cfg.Roles, cfg.NATS, cfg.DataDir = roles, NATSAuth{User: user, Password: c.pass[user]}, c.t.TempDir()
+	p, err := Start(context.Background(), cfg, testenv.Logger(c.t))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(p.Stop)
+	return p
+}
+
+func held(p *Pipeline) []int { return p.Projector.Held() }
+
+// Two projectors share the partitions; one crashes under load (its
+// connection cut, no final checkpoint, no lease released) and the other
+// takes its partitions once their leases lapse. Every accepted record is
+// counted once, and each card that crossed its quota was stopped once.
+func TestProjectorsShareAndHandOver(t *testing.T) {
+	c := newCluster(t, broker.Topology{Partitions: 4, Replicas: 1, DuplicateWindow: time.Hour, EventsMaxAge: time.Hour, LeaseTTL: 2 * time.Second})
+	apiProc := c.start(broker.RoleIngest, RoleAPI)
+	c.start(broker.RoleClock, RoleClock)
+	a := c.start(broker.RoleProjector, RoleProjector)
+	b := c.start(broker.RoleProjector, RoleProjector)
+	testenv.Eventually(t, 20*time.Second, func() error {
+		if ha, hb := held(a), held(b); len(ha) != 2 || len(hb) != 2 {
+			return fmt.Errorf("a holds %v, b %v: want two each", ha, hb)
+		}
+		if err := a.Projector.Ready(); err != nil {
+			return err
+		}
+		return b.Projector.Ready()
+	})
+	cl := &client{t: t, base: apiProc.URL}
+	cl.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1000, "cycle_anchor_day": 1, "time_zone": "UTC"})
+	const cards = 24
+	var last uint64
+	for i := 0; i < cards; i++ {
+		out := cl.putJSON("/v1/cards/"+iccid(500+i), map[string]any{"account_id": fmt.Sprint("acct", i%8), "plan_id": "p", "carrier": "cmcc", "auto_stop_over_quota": true})
+		last = uint64(out["position"].(float64))
+	}
+	onB := map[int]bool{}
+	for _, p := range held(b) {
+		onB[p] = true
+	}
+	ledger := make([]uint64, cards)
+	round := func(r int) {
+		var body strings.Builder
+		for i := 0; i < cards; i++ {
+			fmt.Fprintf(&body, `{"record_id":"r%d-%d","iccid":"%s","start_time":"2026-03-04T00:00:00Z","end_time":"2026-03-04T00:01:00Z","bytes_up":%d,"bytes_down":0}`+"\n", r, i, iccid(500+i), 60+i)
+		}
+		var res api.BatchResult
+		code := cl.do("POST", "/v1/usage?carrier=cmcc", "application/x-ndjson", []byte(body.String()), &res)
+		// while a partition has no owner the verdicts are pending: the
+		// records are stored all the same
+		if code != 200 || res.Stored != cards {
+			t.Fatalf("round %d: %d %+v", r, code, res)
+		}
+		for i := range ledger {
+			ledger[i] += uint64(60 + i)
+		}
+		last = max(last, res.Position)
+	}
+	for r := 0; r < 8; r++ {
+		round(r)
+	}
+	// b crashes: its connection is cut first, so nothing of it gets out
+	// (no final checkpoint, no lease given back), then it ends
+	b.NC.Close()
+	var stopped sync.WaitGroup
+	stopped.Add(1)
+	go func() { defer stopped.Done(); b.Stop() }()
+	crashed := time.Now()
+	for r := 8; r < 24; r++ { // records keep coming for b's partitions while nobody folds them
+		round(r)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if h := held(a); len(h) != 4 {
+			return fmt.Errorf("a holds %v", h)
+		}
+		return a.Projector.Ready()
+	})
+	t.Logf("b's partitions %v folded again by a %s after the crash", onB, time.Since(crashed).Round(time.Millisecond))
+	for i := 0; i < cards; i++ {
+		got := cl.card(iccid(500+i), last)
+		if got.Cycle.UsageBytes != ledger[i] {
+			t.Errorf("card %d: usage %d, the accepted records sum to %d", i, got.Cycle.UsageBytes, ledger[i])
+		}
+		if got.Status != "stopped" {
+			t.Errorf("card %d: %s at %d bytes of 1000", i, got.Status, got.Cycle.UsageBytes)
+		}
+	}
+	// one stopped event per card, whichever projector emitted it
+	_, js := c.connect(broker.UserAdmin)
+	stoppedBy := map[string]int{}
+	cons, err := js.OrderedConsumer(context.Background(), broker.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"cardmeter.events.card.stopped.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		batch, err := cons.FetchNoWait(100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			stoppedBy[m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:]]++
+			n++
+		}
+		if n == 0 {
+			break
+		}
+	}
+	for i := 0; i < cards; i++ {
+		if n := stoppedBy[iccid(500+i)]; n != 1 {
+			t.Errorf("card %d: %d stopped events", i, n)
+		}
+	}
+	if len(onB) != 2 {
+		t.Errorf("b held %v before the crash", onB)
+	}
+	stopped.Wait()
+}

@@ -1,0 +1,412 @@
+// Package lease shares a role's partitions among its running instances,
+// one owner per partition at a time, on a JetStream key-value bucket and
+// nothing else: no consensus of our own.
+//
+// A partition's lease is the key <role>.partition.<n>, created by the
+// instance that takes it (create fails if the key exists) and renewed by
+// compare-and-set on its revision. The bucket's MaxAge is the lease's time
+// to live: a key its owner stopped renewing ages out, and another instance
+// creates it. (A per-key TTL would not do: an update drops it.) The owner
+// acts on a partition only while its lease is Valid: within half the time
+// to live of the start of its last successful renewal, so that it has
+// stopped well before the key can age out and pass, even if it was paused
+// or cut off in between. What it may still send after that is fenced
+// elsewhere: checkpoints by compare-and-set on their manifest, emitted
+// events and accepted usage by their deterministic ids.
+//
+// Each instance also keeps a member key, <role>.member.<instance>, alive,
+// and takes its share of the partitions: ceil(partitions / members). An
+// instance over its share gives one partition back per round, so that the
+// partitions spread again when an instance joins.
+package lease
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Config names the role, the instance and the partitions.
+type Config struct {
+	Role       string // whose partitions: "projector", "sink"
+	Instance   string // this process; unique among the role's running instances, stable across its restarts
+	Partitions int
+	// Round is how often leases are renewed and the share is looked at;
+	// default a fifth of the bucket's time to live.
+	Round time.Duration
+	// OnChange, if set, is called after a round that took or gave up
+	// partitions, with the partitions held: for metrics and logs.
+	OnChange func(held []int)
+}
+
+// ErrLost is the cause of a lease's context when the lease was lost: not
+// renewed in time, or taken by another instance. Its owner must stop at
+// once, without a last word (no final checkpoint).
+var ErrLost = errors.New("lease lost")
+
+// ErrGivenUp is the cause of a lease's context when the instance gives the
+// partition back (it holds more than its share, or it stops): the owner
+// ends as on a stop, with its last checkpoint, and the lease is released.
+var ErrGivenUp = errors.New("lease given up")
+
+// Lease is one partition held by this instance.
+type Lease struct {
+	Partition int
+	Epoch     uint64 // the key's revision when taken: grows with every owner
+	ttl       time.Duration
+	mu        sync.Mutex
+	rev       uint64
+	renewed   time.Time // start of the last successful renewal (monotonic)
+	cancel    context.CancelCauseFunc
+	done      chan struct{} // closed when the owner's run returned
+}
+
+// Valid reports whether the owner may still act on the partition: its
+// last renewal began less than half the time to live ago.
+func (l *Lease) Valid() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return time.Since(l.renewed) < l.ttl/2
+}
+
+// Manager keeps this instance's leases.
+type Manager struct {
+	kv   jetstream.KeyValue
+	cfg  Config
+	ttl  time.Duration
+	log  *zap.Logger
+	key  string // the instance, as a key token
+	mu   sync.Mutex
+	held map[int]*Lease
+	wg   sync.WaitGroup
+	// first is closed after the first round: the instance has taken its
+	// share of what was free, or found none.
+	first chan struct{}
+}
+
+type value struct {
+	Instance string    `json:"instance"`
+	Since    time.Time `json:"since"`
+}
+
+// New returns a manager of leases in kv, whose bucket's MaxAge is the
+// lease's time to live. It does nothing until Run.
+func New(ctx context.Context, kv jetstream.KeyValue, cfg Config, log *zap.Logger) (*Manager, error) {
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("lease bucket: %w", err)
+	}
+	if st.TTL() <= 0 {
+		return nil, fmt.Errorf("lease bucket %s has no time to live (MaxAge): leases would never pass", st.Bucket())
+	}
+	if cfg.Round <= 0 {
+		cfg.Round = st.TTL() / 5
+	}
+	if cfg.Round >= st.TTL()/2 {
+		return nil, fmt.Errorf("lease round %s is not well inside half the time to live %s", cfg.Round, st.TTL())
+	}
+	return &Manager{kv: kv, cfg: cfg, ttl: st.TTL(), log: log, key: Token(cfg.Instance), held: map[int]*Lease{}, first: make(chan struct{})}, nil
+}
+
+var unsafeKey = regexp.MustCompile(`[^-_=a-zA-Z0-9]`)
+
+// Token is s as one token of a key: characters a key may not hold become
+// '_', and a hash of s keeps two names apart that this would make equal.
+func Token(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return fmt.Sprintf("%s-%x", unsafeKey.ReplaceAllString(s, "_"), h[:4])
+}
+
+// PartitionKey is partition n's lease key of role.
+func PartitionKey(role string, n int) string { return fmt.Sprintf("%s.partition.%d", role, n) }
+
+func (m *Manager) memberKey() string { return m.cfg.Role + ".member." + m.key }
+
+// TTL is the leases' time to live.
+func (m *Manager) TTL() time.Duration { return m.ttl }
+
+// Started is closed once the first round is done.
+func (m *Manager) Started() <-chan struct{} { return m.first }
+
+// Held lists the partitions this instance holds now.
+func (m *Manager) Held() []int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]int, 0, len(m.held))
+	for p := range m.held {
+		out = append(out, p)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// Run takes and keeps leases until ctx ends. For each partition it takes
+// it calls run on a goroutine of its own, with a context that ends when
+// the lease is lost (cause ErrLost) or given up (ErrGivenUp) or ctx ends;
+// once run returns, a lease not lost is released. Run returns when ctx has
+// ended and every run has returned and released its lease.
+func (m *Manager) Run(ctx context.Context, run func(ctx context.Context, l *Lease)) error {
+	defer m.wg.Wait()
+	tick := time.NewTicker(m.cfg.Round)
+	defer tick.Stop()
+	defer m.leaveMembers()
+	first := true
+	for {
+		changed := m.round(ctx, run)
+		if first {
+			close(m.first)
+			first = false
+		}
+		if changed && m.cfg.OnChange != nil {
+			m.cfg.OnChange(m.Held())
+		}
+		select {
+		case <-ctx.Done():
+			m.mu.Lock()
+			for _, l := range m.held {
+				l.cancel(ErrGivenUp)
+			}
+			m.mu.Unlock()
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// round renews what is held, ends what is lost, then takes or gives back
+// partitions toward this instance's share. It reports whether what is
+// held changed.
+func (m *Manager) round(ctx context.Context, run func(ctx context.Context, l *Lease)) bool {
+	changed := m.renew(ctx)
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.Round)
+	defer cancel()
+	if _, err := m.kv.Put(rctx, m.memberKey(), []byte(m.cfg.Instance)); err != nil {
+		m.log.Warn("lease: announcing this instance", zap.Error(err))
+		return changed
+	}
+	members, err := m.count(rctx, m.cfg.Role+".member.*")
+	if err != nil {
+		m.log.Warn("lease: counting instances", zap.Error(err))
+		return changed
+	}
+	share := (m.cfg.Partitions + max(members, 1) - 1) / max(members, 1)
+	m.mu.Lock()
+	held := len(m.held)
+	m.mu.Unlock()
+	if held > share {
+		m.giveBack()
+		return true
+	}
+	if held == share {
+		return changed
+	}
+	taken, err := m.keys(rctx, m.cfg.Role+".partition.*")
+	if err != nil {
+		m.log.Warn("lease: listing leases", zap.Error(err))
+		return changed
+	}
+	// start at a place of the instance's own, so that instances starting
+	// together do not all race for partition 0
+	h := sha256.Sum256([]byte(m.cfg.Instance))
+	off := int(binary.BigEndian.Uint32(h[:]) % uint32(max(m.cfg.Partitions, 1)))
+	for i := 0; i < m.cfg.Partitions && held < share && rctx.Err() == nil; i++ {
+		p := (off + i) % m.cfg.Partitions
+		m.mu.Lock()
+		_, mine := m.held[p]
+		m.mu.Unlock()
+		if mine {
+			continue
+		}
+		l, err := m.take(rctx, p, taken[PartitionKey(m.cfg.Role, p)])
+		if err != nil {
+			m.log.Warn("lease: taking a partition", zap.Int("partition", p), zap.Error(err))
+			continue
+		}
+		if l == nil {
+			continue
+		}
+		held++
+		changed = true
+		m.start(ctx, l, run)
+	}
+	return changed
+}
+
+// take creates partition p's lease, or takes it over from a previous life
+// of this instance (a key whose value names it); nil if another holds it.
+func (m *Manager) take(ctx context.Context, p int, exists bool) (*Lease, error) {
+	key := PartitionKey(m.cfg.Role, p)
+	now := time.Now()
+	b, _ := json.Marshal(value{Instance: m.cfg.Instance, Since: now.UTC()})
+	var rev uint64
+	var err error
+	if exists {
+		e, gerr := m.kv.Get(ctx, key)
+		switch {
+		case errors.Is(gerr, jetstream.ErrKeyNotFound) || errors.Is(gerr, jetstream.ErrKeyDeleted):
+			rev, err = m.kv.Create(ctx, key, b)
+		case gerr != nil:
+			return nil, gerr
+		default:
+			var v value
+			if json.Unmarshal(e.Value(), &v) != nil || v.Instance != m.cfg.Instance {
+				return nil, nil // another's
+			}
+			// a previous life of this instance held it (a crash): take it
+			// over now rather than wait for it to age out
+			rev, err = m.kv.Update(ctx, key, b, e.Revision())
+		}
+	} else {
+		rev, err = m.kv.Create(ctx, key, b)
+	}
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return nil, nil // another instance got there first
+	}
+	if err != nil {
+		return nil, err
+	}
+	m.log.Info("lease taken", zap.Int("partition", p), zap.Uint64("epoch", rev))
+	return &Lease{Partition: p, Epoch: rev, ttl: m.ttl, rev: rev, renewed: now, done: make(chan struct{})}, nil
+}
+
+func (m *Manager) start(ctx context.Context, l *Lease, run func(ctx context.Context, l *Lease)) {
+	lctx, cancel := context.WithCancelCause(ctx)
+	l.cancel = cancel
+	m.mu.Lock()
+	m.held[l.Partition] = l
+	m.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer close(l.done)
+		run(lctx, l)
+		cancel(ErrGivenUp)
+		m.mu.Lock()
+		if m.held[l.Partition] == l {
+			delete(m.held, l.Partition)
+		}
+		m.mu.Unlock()
+		if !errors.Is(context.Cause(lctx), ErrLost) {
+			m.release(l)
+		}
+	}()
+}
+
+// release deletes a lease this instance still holds, so that another takes
+// it at once rather than after it ages out.
+func (m *Manager) release(l *Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), m.ttl/2)
+	defer cancel()
+	l.mu.Lock()
+	rev := l.rev
+	l.mu.Unlock()
+	if err := m.kv.Delete(ctx, PartitionKey(m.cfg.Role, l.Partition), jetstream.LastRevision(rev)); err != nil {
+		m.log.Warn("lease: releasing (it ages out instead)", zap.Int("partition", l.Partition), zap.Error(err))
+		return
+	}
+	m.log.Info("lease released", zap.Int("partition", l.Partition))
+}
+
+// renew renews every lease held, and ends those lost: taken by another, or
+// not renewed within their validity.
+func (m *Manager) renew(ctx context.Context) bool {
+	m.mu.Lock()
+	leases := make([]*Lease, 0, len(m.held))
+	for _, l := range m.held {
+		leases = append(leases, l)
+	}
+	m.mu.Unlock()
+	changed := false
+	b, _ := json.Marshal(value{Instance: m.cfg.Instance, Since: time.Now().UTC()})
+	for _, l := range leases {
+		l.mu.Lock()
+		rev := l.rev
+		l.mu.Unlock()
+		start := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, m.cfg.Round)
+		nrev, err := m.kv.Update(rctx, PartitionKey(m.cfg.Role, l.Partition), b, rev)
+		cancel()
+		switch {
+		case err == nil:
+			l.mu.Lock()
+			l.rev, l.renewed = nrev, start
+			l.mu.Unlock()
+			continue
+		case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyExists):
+			m.log.Warn("lease lost: another instance holds the partition", zap.Int("partition", l.Partition), zap.Error(err))
+		case ctx.Err() != nil:
+			return changed
+		case l.Valid():
+			m.log.Warn("lease: renewing failed; retrying", zap.Int("partition", l.Partition), zap.Error(err))
+			continue
+		default:
+			m.log.Warn("lease lost: not renewed in time", zap.Int("partition", l.Partition), zap.Error(err))
+		}
+		m.lose(l)
+		changed = true
+	}
+	return changed
+}
+
+func (m *Manager) lose(l *Lease) {
+	l.cancel(ErrLost)
+	m.mu.Lock()
+	if m.held[l.Partition] == l {
+		delete(m.held, l.Partition)
+	}
+	m.mu.Unlock()
+}
+
+// giveBack ends the owner of one partition (the highest numbered) so that
+// its lease is released for an instance under its share.
+func (m *Manager) giveBack() {
+	m.mu.Lock()
+	var last *Lease
+	for _, l := range m.held {
+		if last == nil || l.Partition > last.Partition {
+			last = l
+		}
+	}
+	m.mu.Unlock()
+	if last != nil {
+		m.log.Info("lease: giving a partition back to spread them", zap.Int("partition", last.Partition))
+		last.cancel(ErrGivenUp)
+		<-last.done // one at a time: its release counts before the next round
+	}
+}
+
+func (m *Manager) leaveMembers() {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.Round)
+	defer cancel()
+	m.wg.Wait()
+	_ = m.kv.Delete(ctx, m.memberKey()) // else it ages out
+}
+
+// keys lists the keys matching filter that hold a value.
+func (m *Manager) keys(ctx context.Context, filter string) (map[string]bool, error) {
+	kl, err := m.kv.ListKeysFiltered(ctx, filter)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]bool{}
+	for k := range kl.Keys() {
+		out[k] = true
+	}
+	_ = kl.Stop() // stopped already once every key came: an error then says so, nothing more
+	return out, ctx.Err()
+}
+
+func (m *Manager) count(ctx context.Context, filter string) (int, error) {
+	ks, err := m.keys(ctx, filter)
+	return len(ks), err
+}
