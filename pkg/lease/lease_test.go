@@ -22,12 +22,12 @@ const ttl = 1500 * time.Millisecond
 // tracker records who runs which partition when, and fails the test the
 // moment two instances run one partition at once.
 type tracker struct {
-	t      *testing.T
-	mu     sync.Mutex
-	active map[int]string
+	t       *testing.T
+	mu      sync.Mutex
+	active  map[int]string
 	ended   map[int]time.Time // when the last run of each partition returned
 	started map[int]time.Time // when the last run of each partition began
-	causes map[string][]error
+	causes  map[string][]error
 }
 
 func newTracker(t *testing.T) *tracker {

@@ -133,7 +133,7 @@ func New(nc *nats.Conn, js jetstream.JetStream, cfg Config, log *zap.Logger) *Pr
 type partition struct {
 	id       int
 	mu       sync.Mutex
-	lease    *lease.Lease                // while this instance holds the partition
+	lease    *lease.Lease // while this instance holds the partition
 	state    *card.Partition
 	applied  uint64                      // last METER sequence whose effects are published
 	progress chan struct{}               // closed and replaced when applied moves
