@@ -222,10 +222,17 @@ func (p *Projector) own(ctx context.Context, l *lease.Lease) {
 		pt.mu.Unlock()
 		log.Info("partition left", zap.NamedError("cause", context.Cause(ctx)))
 	}()
-	// each query is answered on its own goroutine: one that waits for a
+	// Each query is answered on its own goroutine: one that waits for a
 	// position (a batch's verdicts, a write's decision) must not hold up
-	// the card reads behind it
-	sub, err := p.nc.QueueSubscribe(broker.QuerySubject(pt.id), "projector", func(m *nats.Msg) {
+	// the card reads behind it. A plain subscription, not a queue group:
+	// during a hand-over the old owner may still be subscribed (paused,
+	// or not yet aware), and a queue group could give it the query to
+	// answer; this way every subscriber gets it, an owner whose lease is
+	// not valid says nothing, and the asker takes the owner's answer.
+	sub, err := p.nc.Subscribe(broker.QuerySubject(pt.id), func(m *nats.Msg) {
+		if !l.Valid() {
+			return
+		}
 		select {
 		case p.answering <- struct{}{}:
 			go func() {
@@ -392,6 +399,7 @@ type metrics struct {
 	publishRetries prometheus.Counter
 	indexEntries   *prometheus.GaugeVec
 	held           prometheus.Gauge
+	published      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -412,13 +420,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Failed attempts to publish what the fold emitted (retried with backoff; /readyz says so meanwhile)."}),
 		lookups: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_projector_index_lookups_total",
 			Help: "Record ids looked up in the exact index (the filters could not rule them out)."}),
+		published: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_projector_published_total",
+			Help: "Messages the fold emitted and this instance published (events and counted usage), acknowledged."}),
 		held: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cardmeter_projector_partitions_held",
 			Help: "Partitions this instance holds the lease of (the projectors running share them)."}),
 		indexEntries: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cardmeter_projector_index_entries",
 			Help: "Record ids in the exact index, by partition."}, []string{"partition"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.restarts, m.ready, m.restoreSeconds, m.checkpointSecs, m.checkpointB, m.checkpointErrs, m.lookups, m.publishRetries, m.indexEntries, m.held)
+		reg.MustRegister(m.restarts, m.ready, m.restoreSeconds, m.checkpointSecs, m.checkpointB, m.checkpointErrs, m.lookups, m.publishRetries, m.indexEntries, m.held, m.published)
 	}
 	return m
 }

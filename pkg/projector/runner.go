@@ -353,6 +353,7 @@ func (r *runner) flush(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		r.p.m.published.Add(float64(len(r.pending)))
 		r.pending = r.pending[:0]
 		if failed {
 			r.pt.mu.Lock()
