@@ -57,6 +57,7 @@ type Config struct {
 	HealthAddr      string // without the API role: where /healthz, /readyz and /metrics listen ("" for none)
 	Partitions      int
 	LeaseTTL        time.Duration // partition leases' time to live, where this process sets the topology up
+	Replicas        int           // copies of each stream, where this process sets the topology up; 0: as the log has them
 	ManualClock     bool
 	ClockStart      time.Time // where a manual clock starts on an empty log; zero: now
 	TickInterval    time.Duration
@@ -230,6 +231,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	if cfg.LeaseTTL > 0 {
 		topo.LeaseTTL = cfg.LeaseTTL
 	}
+	topo.Replicas = cfg.Replicas
 	if p.embedded != nil || !cfg.WaitForTopology {
 		if err := retry("creating the streams and buckets", func() error {
 			t, err := broker.Ensure(startCtx, p.JS, topo)

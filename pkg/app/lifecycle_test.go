@@ -42,6 +42,7 @@ func TestCardLifecycleThroughTheAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Stop)
+	testenv.Eventually(t, 20*time.Second, p.Projector.Ready) // a write's decision is final (200) once its partition folds
 	c := &client{t: t, base: p.URL}
 	seen := events(t, p.JS)
 	card := iccid(42)

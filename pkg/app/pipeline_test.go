@@ -37,12 +37,21 @@ type client struct {
 // status code.
 func (c *client) do(method, path, ctype string, body []byte, out any) int {
 	c.t.Helper()
+	return c.doKey(method, path, ctype, "", body, out)
+}
+
+// doKey is do with an Idempotency-Key, when key is not empty.
+func (c *client) doKey(method, path, ctype, key string, body []byte, out any) int {
+	c.t.Helper()
 	req, err := http.NewRequest(method, c.base+path, bytes.NewReader(body))
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
+	}
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

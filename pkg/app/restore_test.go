@@ -83,6 +83,7 @@ func TestPipelineRidesOutNATSOutages(t *testing.T) {
 		t.Fatalf("start-up gave up on a NATS server that came up 1.5 s later: %v", err)
 	}
 	t.Cleanup(p.Stop)
+	testenv.Eventually(t, 20*time.Second, p.Projector.Ready) // a write's decision is final (200) once its partition folds
 	c := &client{t: t, base: p.URL}
 	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1 << 30})
 	for i := 0; i < 8; i++ {
@@ -133,6 +134,7 @@ func TestAPartitionThatCannotRestoreSaysSo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	testenv.Eventually(t, 10*time.Second, p.Projector.Ready) // a write's decision is final (200) only once its partition folds
 	c := &client{t: t, base: p.URL}
 	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1 << 30})
 	cards := map[int]int{} // partition -> a card of it

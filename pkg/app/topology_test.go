@@ -224,6 +224,7 @@ func TestAllInOneRestartKeepsState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	testenv.Eventually(t, 20*time.Second, p.Projector.Ready) // a write's decision is final (200) once its partition folds
 	c := &client{t: t, base: p.URL}
 	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1 << 30})
 	c.putJSON("/v1/cards/"+iccid(7), map[string]any{"account_id": "a", "plan_id": "p", "carrier": "cmcc"})

@@ -97,6 +97,16 @@ type EmbeddedConfig struct {
 	// anyone who reaches the port may (tests and benchmarks only: the
 	// all-in-one always names its users).
 	Users []User
+	// Name is the server's name (default cardmeter-embedded): unique in a
+	// cluster.
+	Name string
+	// ClusterPort, when not 0, makes the server a node of the cluster
+	// ClusterName (default cardmeter) whose other nodes' route URLs are
+	// Routes (nats://host:port): for tests of a JetStream cluster in one
+	// process. Production clusters run nats-server (deploy/nats).
+	ClusterPort int
+	ClusterName string
+	Routes      []string
 }
 
 // StartEmbedded starts a JetStream server in this process. It syncs every
@@ -106,8 +116,11 @@ func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, error) 
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
 	}
+	if cfg.Name == "" {
+		cfg.Name = "cardmeter-embedded"
+	}
 	opts := &server.Options{
-		ServerName: "cardmeter-embedded",
+		ServerName: cfg.Name,
 		Host:       cfg.Host,
 		Port:       cfg.Port,
 		JetStream:  true,
@@ -116,6 +129,13 @@ func StartEmbedded(cfg EmbeddedConfig, log *zap.Logger) (*server.Server, error) 
 		NoSigs:     true,
 		MaxPayload: 8 << 20,
 		Users:      serverUsers(cfg.Users),
+	}
+	if cfg.ClusterPort != 0 {
+		if cfg.ClusterName == "" {
+			cfg.ClusterName = "cardmeter"
+		}
+		opts.Cluster = server.ClusterOpts{Name: cfg.ClusterName, Host: cfg.Host, Port: cfg.ClusterPort}
+		opts.Routes = server.RoutesFromStr(strings.Join(cfg.Routes, ","))
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
@@ -154,7 +174,7 @@ func Connect(url, name string, log *zap.Logger, opts ...nats.Option) (*nats.Conn
 // Topology sizes the streams.
 type Topology struct {
 	Partitions      int
-	Replicas        int           // 1 on the embedded server; 3 on a cluster
+	Replicas        int           // copies of each stream: 1 on one server, 3 on a cluster; 0 in Ensure: as the log has them
 	DuplicateWindow time.Duration // how long a retried publish is recognised
 	EventsMaxAge    time.Duration // how long downstream services can lag
 	// LeaseTTL is how long a partition's lease outlives its owner's last
@@ -168,7 +188,7 @@ type Topology struct {
 const BatchAnswerTTL = 24 * time.Hour
 
 // DefaultTopology is used by the all-in-one and tests.
-var DefaultTopology = Topology{Partitions: 8, Replicas: 1, DuplicateWindow: 30 * time.Minute, EventsMaxAge: 30 * 24 * time.Hour, LeaseTTL: 10 * time.Second}
+var DefaultTopology = Topology{Partitions: 8, Replicas: 0, DuplicateWindow: 30 * time.Minute, EventsMaxAge: 30 * 24 * time.Hour, LeaseTTL: 10 * time.Second}
 
 // The log's metadata keys: the topology is written on METER at its first
 // start, and read from there by every role and command.
@@ -184,17 +204,17 @@ var ErrTopology = errors.New("conflicts with the log's topology")
 // topology in force. It is idempotent, so every service may call it at
 // start. The partition count is the log's for good once written: t's
 // Partitions, when not 0, must equal it (0 takes the log's, or the
-// default for a new log). Replicas are t's: an existing deployment's
-// streams are updated to them.
+// default for a new log). Replicas, when not 0, are set: an existing
+// deployment's streams and buckets are updated to them (0 keeps the
+// log's, 1 for a new log).
 func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, error) {
-	if t.Replicas == 0 {
-		t.Replicas = 1
-	}
 	if t.LeaseTTL == 0 {
 		t.LeaseTTL = DefaultTopology.LeaseTTL
 	}
-	switch had, err := ReadTopology(ctx, js); {
+	had, err := ReadTopology(ctx, js)
+	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
+		had = Topology{}
 	case err != nil:
 		return t, err
 	case had.Partitions != 0 && t.Partitions != 0 && had.Partitions != t.Partitions:
@@ -204,6 +224,9 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 	}
 	if t.Partitions == 0 {
 		t.Partitions = DefaultTopology.Partitions
+	}
+	if t.Replicas == 0 { // as the log has them (1 for a new log)
+		t.Replicas = max(had.Replicas, 1)
 	}
 	meta := map[string]string{MetaPartitions: strconv.Itoa(t.Partitions), MetaReplicas: strconv.Itoa(t.Replicas)}
 	streams := []jetstream.StreamConfig{
