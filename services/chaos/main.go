@@ -34,6 +34,10 @@ func main() {
 	flag.StringVar(&cfg.Binary, "binary", "", "the cardmeter binary (default: built into the workdir's parent)")
 	flag.DurationVar(&cfg.ReadyTimeout, "ready-timeout", cfg.ReadyTimeout, "a restart not ready by then fails the campaign")
 	flag.DurationVar(&cfg.CheckpointInterval, "checkpoint-interval", cfg.CheckpointInterval, "the projector's checkpoint interval")
+	handover := flag.Int("handover-kills", 0, "instead: the hand-over campaign, two projectors sharing the partitions, one killed (kill -9) this many times under load")
+	leaseTTL := flag.Duration("lease-ttl", 10*time.Second, "with -handover-kills: the partition leases' time to live")
+	partitions := flag.Int("partitions", 8, "with -handover-kills: partitions of the log")
+	chAddr := flag.String("clickhouse-addr", "127.0.0.1:19000", "with -handover-kills: ClickHouse (the local one: make deps starts it)")
 	flag.Parse()
 
 	log, err := zap.NewDevelopment(zap.IncreaseLevel(zap.InfoLevel), zap.AddStacktrace(zap.DPanicLevel))
@@ -56,6 +60,9 @@ func main() {
 			os.Exit(2)
 		}
 	}
+	if *handover > 0 {
+		os.Exit(runHandover(ctx, cfg, *handover, *leaseTTL, *partitions, *chAddr, log))
+	}
 	rep, err := chaos.Run(ctx, cfg)
 	if rep != nil {
 		rep.Print(os.Stdout)
@@ -67,4 +74,28 @@ func main() {
 	case rep.Failed():
 		os.Exit(1)
 	}
+}
+
+// runHandover runs the hand-over campaign and prints its report.
+func runHandover(ctx context.Context, cfg chaos.Config, kills int, ttl time.Duration, partitions int, chAddr string, log *zap.Logger) int {
+	pbin, err := chaos.BuildProjector(ctx, filepath.Dir(cfg.Binary))
+	if err != nil {
+		log.Error("build failed", zap.Error(err))
+		return 2
+	}
+	_ = os.RemoveAll(cfg.WorkDir)
+	rep, err := chaos.RunHandover(ctx, chaos.HandoverConfig{Kills: kills, Seed: cfg.Seed, PairConfig: chaos.PairConfig{
+		Binary: cfg.Binary, ProjectorBinary: pbin, Dir: cfg.WorkDir, ClickHouseAddr: chAddr, ClickHouseDB: "cardmeter_handover",
+		Partitions: partitions, LeaseTTL: ttl, Cards: 64, Log: log}})
+	if rep != nil {
+		rep.Print(os.Stdout)
+	}
+	switch {
+	case err != nil:
+		log.Error("the campaign could not run", zap.Error(err))
+		return 2
+	case rep.Failed():
+		return 1
+	}
+	return 0
 }

@@ -1,0 +1,390 @@
+package chaos
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/cdr"
+)
+
+// pair is two projectors sharing a log's partitions, as two machines
+// would: A, the all-in-one (embedded NATS, API, clock, sink and a
+// projector), and B, a projector process on A's NATS as the admin user.
+type pair struct {
+	a, b       *node
+	api, bHTTP string // A's API, B's health and metrics
+	partitions int
+	ids        []string // the cards
+	want       uint64   // bytes sent to each card, all acknowledged
+	mu         sync.Mutex
+	lastPos    uint64
+	round      int
+}
+
+// PairConfig configures a pair.
+type PairConfig struct {
+	Binary, ProjectorBinary string // the all-in-one and the projector service
+	Dir                     string // data folders and logs
+	ClickHouseAddr          string
+	ClickHouseDB            string
+	Partitions              int
+	LeaseTTL                time.Duration
+	Cards                   int
+	Log                     *zap.Logger
+}
+
+// BuildProjector compiles the projector service into dir.
+func BuildProjector(ctx context.Context, dir string) (string, error) {
+	bin := filepath.Join(dir, "projector")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/cardmeter/cardmeter/services/projector")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// startPair starts A, then B, and waits until each holds half the
+// partitions and is ready; then it provisions the cards.
+func startPair(ctx context.Context, cfg PairConfig) (*pair, error) {
+	ports, err := freePorts(3)
+	if err != nil {
+		return nil, err
+	}
+	admin := broker.NewPassword()
+	p := &pair{api: fmt.Sprintf("http://127.0.0.1:%d", ports[1]), bHTTP: fmt.Sprintf("http://127.0.0.1:%d", ports[2]), partitions: cfg.Partitions}
+	p.a = &node{bin: cfg.Binary, logPath: filepath.Join(cfg.Dir, "a.log"), log: cfg.Log, args: []string{"run",
+		"--data-dir", filepath.Join(cfg.Dir, "a"), "--http-addr", "127.0.0.1:" + strconv.Itoa(ports[1]), "--nats-port", strconv.Itoa(ports[0]),
+		"--clickhouse-addr", cfg.ClickHouseAddr, "--clickhouse-db", cfg.ClickHouseDB, "--partitions", strconv.Itoa(cfg.Partitions),
+		"--lease-ttl", cfg.LeaseTTL.String(), "--clock", "manual", "--clock-start", "2026-06-20T12:00:00Z"},
+		env: []string{"CARDMETER_NATS_ADMIN_PASSWORD=" + admin}}
+	p.b = &node{bin: cfg.ProjectorBinary, logPath: filepath.Join(cfg.Dir, "b.log"), log: cfg.Log, args: []string{
+		"--data-dir", filepath.Join(cfg.Dir, "b"), "--health-addr", "127.0.0.1:" + strconv.Itoa(ports[2]),
+		"--nats-url", fmt.Sprintf("nats://127.0.0.1:%d", ports[0]), "--wait-for-topology"},
+		env: []string{"CARDMETER_NATS_USER=" + broker.UserAdmin, "CARDMETER_NATS_PASSWORD=" + admin}}
+	if err := p.a.start(); err != nil {
+		return p, err
+	}
+	if err := until(ctx, time.Minute, func() error { return ready(p.api) }); err != nil {
+		return p, err
+	}
+	if err := p.b.start(); err != nil {
+		return p, err
+	}
+	if err := p.spread(ctx, time.Minute); err != nil {
+		return p, err
+	}
+	if err := send(http.MethodPut, p.api+"/v1/plans/p", `{"quota_bytes": 1000000000000, "cycle_anchor_day": 1, "time_zone": "UTC"}`); err != nil {
+		return p, err
+	}
+	for i := 0; i < cfg.Cards; i++ {
+		pre := fmt.Sprintf("898600%013d", 900+i)
+		id := pre + string(cdr.LuhnDigit(pre))
+		p.ids = append(p.ids, id)
+		if err := send(http.MethodPut, p.api+"/v1/cards/"+id, fmt.Sprintf(`{"account_id": "acct%d", "plan_id": "p", "carrier": "cmcc"}`, i)); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+// stop ends both processes.
+func (p *pair) stop() {
+	for _, n := range []*node{p.b, p.a} {
+		if n != nil && n.running() {
+			n.signal(syscall.SIGCONT)
+			n.kill()
+		}
+	}
+}
+
+// held is how many partitions the instance at base holds.
+func held(base string) (int, error) {
+	v, err := metric(base, "cardmeter_projector_partitions_held")
+	return int(v), err
+}
+
+// spread waits until A and B each hold half the partitions and are ready.
+func (p *pair) spread(ctx context.Context, within time.Duration) error {
+	return until(ctx, within, func() error {
+		ha, err := held(p.api)
+		if err != nil {
+			return err
+		}
+		hb, err := held(p.bHTTP)
+		if err != nil {
+			return err
+		}
+		if ha != p.partitions/2 || hb != p.partitions/2 {
+			return fmt.Errorf("A holds %d partitions, B %d", ha, hb)
+		}
+		if err := ready(p.api); err != nil {
+			return err
+		}
+		return ready(p.bHTTP)
+	})
+}
+
+// alone waits until A holds every partition and is ready.
+func (p *pair) alone(ctx context.Context, within time.Duration) error {
+	return until(ctx, within, func() error {
+		if h, err := held(p.api); err != nil || h != p.partitions {
+			return fmt.Errorf("A holds %d partitions (%v)", h, err)
+		}
+		return ready(p.api)
+	})
+}
+
+// write sends 100 bytes to every card in one batch, with an idempotency
+// key, until it is stored; it returns the batch's log position.
+func (p *pair) write(ctx context.Context) (uint64, error) {
+	p.mu.Lock()
+	r := p.round
+	p.round++
+	p.mu.Unlock()
+	var body bytes.Buffer
+	for i, id := range p.ids {
+		fmt.Fprintf(&body, `{"record_id":"r%d-%d","iccid":"%s","start_time":"2026-06-20T10:00:00Z","end_time":"2026-06-20T10:01:00Z","bytes_up":100,"bytes_down":0}`+"\n", r, i, id)
+	}
+	for ctx.Err() == nil {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, p.api+"/v1/usage?carrier=cmcc&wait=false", bytes.NewReader(body.Bytes()))
+		req.Header.Set("Content-Type", "application/x-ndjson")
+		req.Header.Set("Idempotency-Key", fmt.Sprint("handover-", r))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var res struct {
+			Stored   int    `json:"stored"`
+			Position uint64 `json:"position"`
+		}
+		if resp.StatusCode == http.StatusOK && json.Unmarshal(b, &res) == nil && res.Stored == len(p.ids) {
+			p.mu.Lock()
+			p.want += 100
+			p.lastPos = max(p.lastPos, res.Position)
+			p.mu.Unlock()
+			return res.Position, nil
+		}
+		if resp.StatusCode != http.StatusServiceUnavailable {
+			return 0, fmt.Errorf("a batch: %d %s", resp.StatusCode, b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return 0, ctx.Err()
+}
+
+// counted checks every card's usage, as of the last write, against what
+// was sent: it returns the cards whose count differs.
+func (p *pair) counted(ctx context.Context) (lost, doubled int, err error) {
+	p.mu.Lock()
+	want, pos := p.want, p.lastPos
+	p.mu.Unlock()
+	for _, id := range p.ids {
+		var got uint64
+		err := until(ctx, 30*time.Second, func() error {
+			resp, err := http.Get(fmt.Sprintf("%s/v1/cards/%s?min_position=%d", p.api, id, pos))
+			if err != nil {
+				return err
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var c struct {
+				Cycle struct {
+					UsageBytes uint64 `json:"usage_bytes"`
+				} `json:"cycle"`
+			}
+			if resp.StatusCode != http.StatusOK || json.Unmarshal(b, &c) != nil {
+				return fmt.Errorf("card %s: %d %s", id, resp.StatusCode, b)
+			}
+			got = c.Cycle.UsageBytes
+			return nil
+		})
+		switch {
+		case err != nil:
+			return lost, doubled, err
+		case got < want:
+			lost++
+		case got > want:
+			doubled++
+		}
+	}
+	return lost, doubled, nil
+}
+
+// HandoverConfig configures a hand-over campaign.
+type HandoverConfig struct {
+	PairConfig
+	Kills int // kill -9 of B, each followed by its restart
+	Seed  uint64
+}
+
+// HandoverReport is what a hand-over campaign measured.
+type HandoverReport struct {
+	Kills      int
+	Handover   []time.Duration // kill -9 of B to A folding all partitions, ready
+	Respread   []time.Duration // B restarted to both holding half, ready
+	Writes     int             // batches acknowledged during the campaign
+	Lost       int             // cards with fewer bytes counted than acknowledged
+	Doubled    int             // cards with more
+	Partitions int
+	LeaseTTL   time.Duration
+}
+
+// RunHandover kills B (kill -9) Kills times at random moments under load,
+// each time measuring how long A takes to fold B's partitions and, after
+// B restarts, how long until they are spread again; then it checks every
+// card's count against what was acknowledged.
+func RunHandover(ctx context.Context, cfg HandoverConfig) (*HandoverReport, error) {
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	rep := &HandoverReport{Partitions: cfg.Partitions, LeaseTTL: cfg.LeaseTTL}
+	p, err := startPair(ctx, cfg.PairConfig)
+	defer p.stop()
+	if err != nil {
+		return rep, err
+	}
+	rnd := rand.New(rand.NewPCG(cfg.Seed, 0x68616e646f766572))
+	wctx, stopWriting := context.WithCancel(ctx)
+	var werr error
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { // the load: a batch to every card, back to back
+		defer wg.Done()
+		for wctx.Err() == nil {
+			if _, err := p.write(wctx); err != nil && !errors.Is(err, context.Canceled) {
+				werr = err
+				return
+			}
+			rep.Writes++
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	for i := 0; i < cfg.Kills && ctx.Err() == nil && werr == nil; i++ {
+		// anywhere within a renewal round of B's leases
+		time.Sleep(time.Duration(rnd.Int64N(int64(cfg.LeaseTTL/5)+1)) + time.Second)
+		p.b.kill()
+		killed := time.Now()
+		if err := p.alone(ctx, 10*cfg.LeaseTTL+time.Minute); err != nil {
+			stopWriting()
+			wg.Wait()
+			return rep, fmt.Errorf("kill %d: B's partitions never came to A: %w", i+1, err)
+		}
+		rep.Handover = append(rep.Handover, time.Since(killed))
+		if err := p.b.start(); err != nil {
+			stopWriting()
+			wg.Wait()
+			return rep, err
+		}
+		restarted := time.Now()
+		if err := p.spread(ctx, 10*cfg.LeaseTTL+time.Minute); err != nil {
+			stopWriting()
+			wg.Wait()
+			return rep, fmt.Errorf("kill %d: never spread again: %w", i+1, err)
+		}
+		rep.Respread = append(rep.Respread, time.Since(restarted))
+		rep.Kills++
+		cfg.Log.Info("hand-over", zap.Int("kill", i+1), zap.Duration("handover", rep.Handover[i]), zap.Duration("respread", rep.Respread[i]))
+	}
+	stopWriting()
+	wg.Wait()
+	if werr != nil {
+		return rep, werr
+	}
+	rep.Lost, rep.Doubled, err = p.counted(ctx)
+	return rep, err
+}
+
+// Print writes the report as Markdown.
+func (r *HandoverReport) Print(w io.Writer) {
+	fmt.Fprintf(w, "| hand-over campaign: %d partitions, lease TTL %s, %d kill -9 of one of two projectors under load | |\n|---|---|\n", r.Partitions, r.LeaseTTL, r.Kills)
+	fmt.Fprintf(w, "| kill -9 to its partitions folding on the survivor (ready), p50 / max | %s / %s |\n",
+		percentile(r.Handover, 0.5).Round(time.Millisecond), percentile(r.Handover, 1).Round(time.Millisecond))
+	fmt.Fprintf(w, "| restart to the partitions spread again (both ready), p50 / max | %s / %s |\n",
+		percentile(r.Respread, 0.5).Round(time.Millisecond), percentile(r.Respread, 1).Round(time.Millisecond))
+	fmt.Fprintf(w, "| batches acknowledged during the campaign | %d |\n| cards with records lost / counted twice | %d / %d |\n", r.Writes, r.Lost, r.Doubled)
+}
+
+// Failed reports whether the campaign found a loss or a double count.
+func (r *HandoverReport) Failed() bool { return r.Lost > 0 || r.Doubled > 0 || r.Kills == 0 }
+
+// until polls cond until it returns nil, ctx ends or within passes.
+func until(ctx context.Context, within time.Duration, cond func() error) error {
+	deadline := time.Now().Add(within)
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("not within %s: %w", within, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// metric reads one unlabelled metric from a /metrics page.
+func metric(base, name string) (float64, error) {
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
+			return strconv.ParseFloat(f[1], 64)
+		}
+	}
+	return 0, fmt.Errorf("no %s at %s", name, base)
+}
+
+func ready(base string) error {
+	resp, err := http.Get(base + "/readyz")
+	if err != nil {
+		return err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s/readyz: %d %s", base, resp.StatusCode, b)
+	}
+	return nil
+}
+
+// send sends a JSON body and wants a 200.
+func send(method, url, body string) error {
+	req, _ := http.NewRequest(method, url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %d %s", method, url, resp.StatusCode, b)
+	}
+	return nil
+}
