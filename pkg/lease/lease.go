@@ -16,8 +16,9 @@
 //
 // Each instance also keeps a member key, <role>.member.<instance>, alive,
 // and takes its share of the partitions: ceil(partitions / members). An
-// instance over its share gives one partition back per round, so that the
-// partitions spread again when an instance joins.
+// instance over its share gives the excess back (each owner ends with its
+// last checkpoint), so that the partitions spread again when an instance
+// joins.
 package lease
 
 import (
@@ -204,7 +205,7 @@ func (m *Manager) round(ctx context.Context, run func(ctx context.Context, l *Le
 	held := len(m.held)
 	m.mu.Unlock()
 	if held > share {
-		m.giveBack()
+		m.giveBack(held - share)
 		return true
 	}
 	if held == share {
@@ -367,21 +368,24 @@ func (m *Manager) lose(l *Lease) {
 	m.mu.Unlock()
 }
 
-// giveBack ends the owner of one partition (the highest numbered) so that
-// its lease is released for an instance under its share.
-func (m *Manager) giveBack() {
+// giveBack ends the owners of n partitions (the highest numbered) at
+// once and waits until they have ended and their leases are released, so
+// that the instances under their share take them in their next round.
+func (m *Manager) giveBack(n int) {
 	m.mu.Lock()
-	var last *Lease
+	leases := make([]*Lease, 0, len(m.held))
 	for _, l := range m.held {
-		if last == nil || l.Partition > last.Partition {
-			last = l
-		}
+		leases = append(leases, l)
 	}
 	m.mu.Unlock()
-	if last != nil {
-		m.log.Info("lease: giving a partition back to spread them", zap.Int("partition", last.Partition))
-		last.cancel(ErrGivenUp)
-		<-last.done // one at a time: its release counts before the next round
+	sort.Slice(leases, func(i, j int) bool { return leases[i].Partition > leases[j].Partition })
+	leases = leases[:min(n, len(leases))]
+	for _, l := range leases {
+		m.log.Info("lease: giving a partition back to spread them", zap.Int("partition", l.Partition))
+		l.cancel(ErrGivenUp)
+	}
+	for _, l := range leases {
+		<-l.done
 	}
 }
 
