@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -16,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -196,6 +196,12 @@ func (p *pair) write(ctx context.Context) (uint64, error) {
 // counted checks every card's usage, as of the last write, against what
 // was sent: it returns the cards whose count differs.
 func (p *pair) counted(ctx context.Context) (lost, doubled int, err error) {
+	lost, doubled, _, err = p.countedSaying(ctx)
+	return lost, doubled, err
+}
+
+// countedSaying is counted, and says how the first card that differs does.
+func (p *pair) countedSaying(ctx context.Context) (lost, doubled int, first string, err error) {
 	p.mu.Lock()
 	want, pos := p.want, p.lastPos
 	p.mu.Unlock()
@@ -219,16 +225,20 @@ func (p *pair) counted(ctx context.Context) (lost, doubled int, err error) {
 			got = c.Cycle.UsageBytes
 			return nil
 		})
+		if err != nil {
+			return lost, doubled, first, err
+		}
+		if got != want && first == "" {
+			first = fmt.Sprintf("card %s: %d bytes counted, %d acknowledged", id, got, want)
+		}
 		switch {
-		case err != nil:
-			return lost, doubled, err
 		case got < want:
 			lost++
 		case got > want:
 			doubled++
 		}
 	}
-	return lost, doubled, nil
+	return lost, doubled, first, nil
 }
 
 // HandoverConfig configures a hand-over campaign.
@@ -246,6 +256,7 @@ type HandoverReport struct {
 	Writes     int             // batches acknowledged during the campaign
 	Lost       int             // cards with fewer bytes counted than acknowledged
 	Doubled    int             // cards with more
+	Mismatch   string          // the first card that differs, how
 	Partitions int
 	LeaseTTL   time.Duration
 }
@@ -265,14 +276,17 @@ func RunHandover(ctx context.Context, cfg HandoverConfig) (*HandoverReport, erro
 		return rep, err
 	}
 	rnd := rand.New(rand.NewPCG(cfg.Seed, 0x68616e646f766572))
-	wctx, stopWriting := context.WithCancel(ctx)
+	// the load: a batch to every card, back to back; stopping lets the
+	// batch in flight finish (cut short, it could be stored unbeknown to
+	// the ledger)
+	var stopped atomic.Bool
 	var werr error
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { // the load: a batch to every card, back to back
+	go func() {
 		defer wg.Done()
-		for wctx.Err() == nil {
-			if _, err := p.write(wctx); err != nil && !errors.Is(err, context.Canceled) {
+		for !stopped.Load() && ctx.Err() == nil {
+			if _, err := p.write(ctx); err != nil {
 				werr = err
 				return
 			}
@@ -280,6 +294,7 @@ func RunHandover(ctx context.Context, cfg HandoverConfig) (*HandoverReport, erro
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
+	stopWriting := func() { stopped.Store(true) }
 	for i := 0; i < cfg.Kills && ctx.Err() == nil && werr == nil; i++ {
 		// anywhere within a renewal round of B's leases
 		time.Sleep(time.Duration(rnd.Int64N(int64(cfg.LeaseTTL/5)+1)) + time.Second)
@@ -311,7 +326,7 @@ func RunHandover(ctx context.Context, cfg HandoverConfig) (*HandoverReport, erro
 	if werr != nil {
 		return rep, werr
 	}
-	rep.Lost, rep.Doubled, err = p.counted(ctx)
+	rep.Lost, rep.Doubled, rep.Mismatch, err = p.countedSaying(ctx)
 	return rep, err
 }
 
@@ -323,6 +338,9 @@ func (r *HandoverReport) Print(w io.Writer) {
 	fmt.Fprintf(w, "| restart to the partitions spread again (both ready), p50 / max | %s / %s |\n",
 		percentile(r.Respread, 0.5).Round(time.Millisecond), percentile(r.Respread, 1).Round(time.Millisecond))
 	fmt.Fprintf(w, "| batches acknowledged during the campaign | %d |\n| cards with records lost / counted twice | %d / %d |\n", r.Writes, r.Lost, r.Doubled)
+	if r.Mismatch != "" {
+		fmt.Fprintf(w, "| first difference | %s |\n", r.Mismatch)
+	}
 }
 
 // Failed reports whether the campaign found a loss or a double count.
