@@ -106,11 +106,11 @@ func TestClusterNodeLossLosesNothing(t *testing.T) {
 		return b.Projector.Ready()
 	})
 	cl := &client{t: t, base: apiProc.URL}
-	cl.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1 << 40, "cycle_anchor_day": 1, "time_zone": "UTC"})
+	cl.putStored("/v1/plans/p", map[string]any{"quota_bytes": 1 << 40, "cycle_anchor_day": 1, "time_zone": "UTC"})
 	const cards = 16
 	var last uint64
 	for i := 0; i < cards; i++ {
-		out := cl.putJSON("/v1/cards/"+iccid(700+i), map[string]any{"account_id": fmt.Sprint("acct", i%8), "plan_id": "p", "carrier": "cmcc"})
+		out := cl.putStored("/v1/cards/"+iccid(700+i), map[string]any{"account_id": fmt.Sprint("acct", i%8), "plan_id": "p", "carrier": "cmcc"})
 		last = uint64(out["position"].(float64))
 	}
 	var want uint64

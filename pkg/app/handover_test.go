@@ -95,11 +95,11 @@ func TestProjectorsShareAndHandOver(t *testing.T) {
 		return b.Projector.Ready()
 	})
 	cl := &client{t: t, base: apiProc.URL}
-	cl.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1000, "cycle_anchor_day": 1, "time_zone": "UTC"})
+	cl.putStored("/v1/plans/p", map[string]any{"quota_bytes": 1000, "cycle_anchor_day": 1, "time_zone": "UTC"})
 	const cards = 24
 	var last uint64
 	for i := 0; i < cards; i++ {
-		out := cl.putJSON("/v1/cards/"+iccid(500+i), map[string]any{"account_id": fmt.Sprint("acct", i%8), "plan_id": "p", "carrier": "cmcc", "auto_stop_over_quota": true})
+		out := cl.putStored("/v1/cards/"+iccid(500+i), map[string]any{"account_id": fmt.Sprint("acct", i%8), "plan_id": "p", "carrier": "cmcc", "auto_stop_over_quota": true})
 		last = uint64(out["position"].(float64))
 	}
 	onB := map[int]bool{}

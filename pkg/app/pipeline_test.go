@@ -77,6 +77,19 @@ func (c *client) putJSON(path string, v any) map[string]any {
 	return out
 }
 
+// putStored is putJSON for a test about what is stored rather than when
+// it is decided: a 202 (the decision pending on a loaded machine) is as
+// good as a 200; later reads wait for the position.
+func (c *client) putStored(path string, v any) map[string]any {
+	c.t.Helper()
+	b, _ := json.Marshal(v)
+	var out map[string]any
+	if code := c.do("PUT", path, "application/json", b, &out); code != 200 && code != 202 {
+		c.t.Fatalf("PUT %s: %d %v", path, code, out)
+	}
+	return out
+}
+
 // card reads a card as a client would: a 503 (a partition restoring after
 // a start) is asked again, for up to 10 s.
 func (c *client) card(iccid string, minPos uint64) api.CardResponse {

@@ -6,6 +6,7 @@ package broker
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -158,6 +159,12 @@ func Connect(url, name string, log *zap.Logger, opts ...nats.Option) (*nats.Conn
 		nats.MaxReconnects(-1),
 		nats.RetryOnFailedConnect(true), // a server that is not up yet is waited for, like a lost one
 		nats.ReconnectWait(500 * time.Millisecond),
+		// nothing is kept to send after a reconnect: a publish while
+		// disconnected fails now (JetStream publishes are acknowledged and
+		// retried by their callers), rather than leave later, when a
+		// partition may be another instance's and the duplicate window
+		// past
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				log.Warn("nats disconnected", zap.Error(err))
@@ -208,18 +215,39 @@ var ErrTopology = errors.New("conflicts with the log's topology")
 // deployment's streams and buckets are updated to them (0 keeps the
 // log's, 1 for a new log).
 func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, error) {
-	if t.LeaseTTL == 0 {
+	if t.LeaseTTL == 0 { // as the bucket has it (the default for a new one)
 		t.LeaseTTL = DefaultTopology.LeaseTTL
+		if kv, err := js.KeyValue(ctx, BucketLeases); err == nil {
+			if st, err := kv.Status(ctx); err == nil && st.TTL() > 0 {
+				t.LeaseTTL = st.TTL()
+			}
+		}
 	}
 	had, err := ReadTopology(ctx, js)
+	isNew := errors.Is(err, jetstream.ErrStreamNotFound)
 	switch {
-	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case isNew:
 		had = Topology{}
 	case err != nil:
 		return t, err
-	case had.Partitions != 0 && t.Partitions != 0 && had.Partitions != t.Partitions:
+	case had.Partitions == 0:
+		// a log set up before the count was written in it: take the count
+		// its checkpoints were made with, or the one given; never a
+		// default, which could differ from what routed its messages
+		n, err := countOfCheckpoints(ctx, js)
+		switch {
+		case err != nil:
+			return t, err
+		case n != 0 && t.Partitions != 0 && n != t.Partitions:
+			return t, fmt.Errorf("%d partitions %w: the log's checkpoints were made with %d; set it to %d", t.Partitions, ErrTopology, n, n)
+		case n != 0:
+			t.Partitions = n
+		case t.Partitions == 0:
+			return t, fmt.Errorf("the log was set up before its partition count was written in it, and no checkpoint says it: %w; give the count it was made with (--partitions) once", ErrTopology)
+		}
+	case t.Partitions != 0 && had.Partitions != t.Partitions:
 		return t, fmt.Errorf("%d partitions %w: the log has %d, written at its first start and fixed for good; drop the setting or set it to %d", t.Partitions, ErrTopology, had.Partitions, had.Partitions)
-	case had.Partitions != 0:
+	default:
 		t.Partitions = had.Partitions
 	}
 	if t.Partitions == 0 {
@@ -229,6 +257,18 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 		t.Replicas = max(had.Replicas, 1)
 	}
 	meta := map[string]string{MetaPartitions: strconv.Itoa(t.Partitions), MetaReplicas: strconv.Itoa(t.Replicas)}
+	if isNew {
+		// created, not created-or-updated: of two first starts at once,
+		// the second reads the count the first wrote
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: StreamMeter, Subjects: []string{"meter.>"}, Description: "cardmeter inputs: the log that is the truth",
+			Duplicates: t.DuplicateWindow, MaxMsgSize: 8 << 20, Metadata: meta, Storage: jetstream.FileStorage, Replicas: t.Replicas})
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			return Ensure(ctx, js, t)
+		}
+		if err != nil {
+			return t, fmt.Errorf("stream %s: %w", StreamMeter, err)
+		}
+	}
 	streams := []jetstream.StreamConfig{
 		{Name: StreamMeter, Subjects: []string{"meter.>"}, Description: "cardmeter inputs: the log that is the truth",
 			Duplicates: t.DuplicateWindow, MaxMsgSize: 8 << 20, Metadata: meta},
@@ -296,6 +336,32 @@ func Check(ctx context.Context, js jetstream.JetStream) (Topology, error) {
 		err = fmt.Errorf("stream %s has no partition count in its metadata (run `cardmeter setup` as the NATS admin)", StreamMeter)
 	}
 	return t, err
+}
+
+// countOfCheckpoints is the partition count the projector's checkpoint
+// manifests record (0: none).
+func countOfCheckpoints(ctx context.Context, js jetstream.JetStream) (int, error) {
+	kv, err := js.KeyValue(ctx, BucketCheckpoints)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	e, err := kv.Get(ctx, "partition-0")
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var m struct {
+		Partitions int `json:"partitions"`
+	}
+	if err := json.Unmarshal(e.Value(), &m); err != nil {
+		return 0, fmt.Errorf("checkpoint manifest of partition 0: %w", err)
+	}
+	return m.Partitions, nil
 }
 
 // ReadTopology reads the topology the log was set up with: its partition

@@ -83,6 +83,10 @@ func TestOlderLogGetsItsCountWritten(t *testing.T) {
 		t.Fatal("Check passed a log with no buckets and no count")
 	}
 	topo := broker.DefaultTopology
+	topo.Partitions = 0
+	if _, err := broker.Ensure(ctx, js, topo); !errors.Is(err, broker.ErrTopology) {
+		t.Fatalf("an older log with nothing to say its count took a default: %v", err)
+	}
 	topo.Partitions = 4
 	if got, err := broker.Ensure(ctx, js, topo); err != nil || got.Partitions != 4 {
 		t.Fatalf("%+v, %v", got, err)
@@ -90,5 +94,34 @@ func TestOlderLogGetsItsCountWritten(t *testing.T) {
 	topo.Partitions = 0
 	if got, err := broker.Ensure(ctx, js, topo); err != nil || got.Partitions != 4 {
 		t.Fatalf("the count written: %+v, %v", got, err)
+	}
+}
+
+// An older log whose checkpoints say their partition count gets that
+// count, not a default, and a different one is refused.
+func TestOlderLogTakesItsCheckpointsCount(t *testing.T) {
+	js := bareServer(t)
+	ctx := context.Background()
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: broker.StreamMeter, Subjects: []string{"meter.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: broker.BucketCheckpoints})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "partition-0", []byte(`{"version":1,"partition":0,"partitions":16}`)); err != nil {
+		t.Fatal(err)
+	}
+	topo := broker.DefaultTopology
+	topo.Partitions = 8
+	if _, err := broker.Ensure(ctx, js, topo); !errors.Is(err, broker.ErrTopology) || !strings.Contains(err.Error(), "made with 16") {
+		t.Fatalf("8 against checkpoints of 16: %v", err)
+	}
+	topo.Partitions = 0
+	if got, err := broker.Ensure(ctx, js, topo); err != nil || got.Partitions != 16 {
+		t.Fatalf("%+v, %v", got, err)
+	}
+	if got, err := broker.ReadTopology(ctx, js); err != nil || got.Partitions != 16 {
+		t.Fatalf("written: %+v, %v", got, err)
 	}
 }

@@ -276,7 +276,8 @@ func Setup(args []string, stdout, stderr io.Writer) int {
 	topo := broker.DefaultTopology
 	topo.Partitions = 0
 	fs.IntVar(&topo.Partitions, "partitions", atoi(getenv("CARDMETER_PARTITIONS", ""), 0), "partitions of a new log (default 8); an existing log keeps its count, and a different value is refused")
-	fs.DurationVar(&topo.LeaseTTL, "lease-ttl", topo.LeaseTTL, "how long a partition's lease outlives its owner's last renewal: the longest a dead instance's partitions wait for another")
+	topo.LeaseTTL = 0
+	fs.DurationVar(&topo.LeaseTTL, "lease-ttl", 0, fmt.Sprintf("how long a partition's lease outlives its owner's last renewal: the longest a dead instance's partitions wait for another; 0: as the leases bucket has it (%s for a new one)", broker.DefaultTopology.LeaseTTL))
 	fs.IntVar(&topo.Replicas, "replicas", atoi(getenv("CARDMETER_REPLICAS", ""), topo.Replicas), "copies of each stream and bucket: 3 on a cluster (existing ones are updated to it); 0: as the log has them, 1 for a new log")
 	timeout := fs.Duration("timeout", 5*time.Minute, "how long to wait for NATS")
 	if err := fs.Parse(args); err != nil {
@@ -296,7 +297,9 @@ func Setup(args []string, stdout, stderr io.Writer) int {
 		if errors.Is(err, broker.ErrTopology) {
 			return backoff.Permanent(err)
 		}
-		topo = t
+		if err == nil {
+			topo = t
+		}
 		return err
 	}, bo, func(err error, d time.Duration) {
 		fmt.Fprintf(stderr, "setup: %v; retrying in %s\n", err, d.Round(time.Millisecond))

@@ -23,6 +23,7 @@ package lease
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
@@ -31,6 +32,7 @@ import (
 	"regexp"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -64,32 +66,40 @@ var ErrGivenUp = errors.New("lease given up")
 type Lease struct {
 	Partition int
 	Epoch     uint64 // the key's revision when taken: grows with every owner
-	ttl       time.Duration
+	m         *Manager
 	mu        sync.Mutex
 	rev       uint64
 	renewed   time.Time // start of the last successful renewal (monotonic)
+	lost      bool      // no longer this instance's: not renewed, not released
+	released  bool      // being deleted: not renewed any more
 	cancel    context.CancelCauseFunc
 	done      chan struct{} // closed when the owner's run returned
 }
 
 // Valid reports whether the owner may still act on the partition: its
-// last renewal began less than half the time to live ago.
+// last renewal began less than half the time to live ago (the bucket's,
+// as last read) and it was not lost.
 func (l *Lease) Valid() bool {
+	ttl := time.Duration(l.m.ttl.Load())
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return time.Since(l.renewed) < l.ttl/2
+	return !l.lost && time.Since(l.renewed) < ttl/2
 }
 
 // Manager keeps this instance's leases.
 type Manager struct {
-	kv   jetstream.KeyValue
-	cfg  Config
-	ttl  time.Duration
-	log  *zap.Logger
-	key  string // the instance, as a key token
-	mu   sync.Mutex
-	held map[int]*Lease
-	wg   sync.WaitGroup
+	kv    jetstream.KeyValue
+	cfg   Config
+	ttl   atomic.Int64 // the bucket's MaxAge, read every round
+	log   *zap.Logger
+	key   string // the instance, as a key token
+	nonce string // this process: tells its own writes from a previous life's
+	mu    sync.Mutex
+	held  map[int]*Lease // runs this instance keeps
+	// leaving are runs ended (lost or given up) that have not returned:
+	// their partition is not taken again until they have
+	leaving map[int]*Lease
+	wg      sync.WaitGroup
 	// first is closed after the first round: the instance has taken its
 	// share of what was free, or found none.
 	first chan struct{}
@@ -97,6 +107,7 @@ type Manager struct {
 
 type value struct {
 	Instance string    `json:"instance"`
+	Nonce    string    `json:"nonce"`
 	Since    time.Time `json:"since"`
 }
 
@@ -116,7 +127,12 @@ func New(ctx context.Context, kv jetstream.KeyValue, cfg Config, log *zap.Logger
 	if cfg.Round >= st.TTL()/2 {
 		return nil, fmt.Errorf("lease round %s is not well inside half the time to live %s", cfg.Round, st.TTL())
 	}
-	return &Manager{kv: kv, cfg: cfg, ttl: st.TTL(), log: log, key: Token(cfg.Instance), held: map[int]*Lease{}, first: make(chan struct{})}, nil
+	var nonce [8]byte
+	_, _ = rand.Read(nonce[:])
+	m := &Manager{kv: kv, cfg: cfg, log: log, key: Token(cfg.Instance), nonce: fmt.Sprintf("%x", nonce),
+		held: map[int]*Lease{}, leaving: map[int]*Lease{}, first: make(chan struct{})}
+	m.ttl.Store(int64(st.TTL()))
+	return m, nil
 }
 
 var unsafeKey = regexp.MustCompile(`[^-_=a-zA-Z0-9]`)
@@ -134,7 +150,7 @@ func PartitionKey(role string, n int) string { return fmt.Sprintf("%s.partition.
 func (m *Manager) memberKey() string { return m.cfg.Role + ".member." + m.key }
 
 // TTL is the leases' time to live.
-func (m *Manager) TTL() time.Duration { return m.ttl }
+func (m *Manager) TTL() time.Duration { return time.Duration(m.ttl.Load()) }
 
 // Started is closed once the first round is done.
 func (m *Manager) Started() <-chan struct{} { return m.first }
@@ -155,14 +171,13 @@ func (m *Manager) Held() []int {
 // it calls run on a goroutine of its own, with a context that ends when
 // the lease is lost (cause ErrLost) or given up (ErrGivenUp) or ctx ends;
 // once run returns, a lease not lost is released. Run returns when ctx has
-// ended and every run has returned and released its lease.
+// ended and every run has returned and released its lease; it renews the
+// leases meanwhile (a run's last checkpoint may take a while).
 func (m *Manager) Run(ctx context.Context, run func(ctx context.Context, l *Lease)) error {
-	defer m.wg.Wait()
 	tick := time.NewTicker(m.cfg.Round)
 	defer tick.Stop()
-	defer m.leaveMembers()
 	first := true
-	for {
+	for ctx.Err() == nil {
 		changed := m.round(ctx, run)
 		if first {
 			close(m.first)
@@ -173,13 +188,26 @@ func (m *Manager) Run(ctx context.Context, run func(ctx context.Context, l *Leas
 		}
 		select {
 		case <-ctx.Done():
-			m.mu.Lock()
-			for _, l := range m.held {
-				l.cancel(ErrGivenUp)
-			}
-			m.mu.Unlock()
+		case <-tick.C:
+		}
+	}
+	m.mu.Lock()
+	for p, l := range m.held {
+		l.cancel(ErrGivenUp)
+		delete(m.held, p)
+		m.leaving[p] = l
+	}
+	m.mu.Unlock()
+	all := make(chan struct{})
+	go func() { m.wg.Wait(); close(all) }()
+	bg := context.WithoutCancel(ctx)
+	for {
+		select {
+		case <-all:
+			m.leaveMembers(bg)
 			return nil
 		case <-tick.C:
+			m.renew(bg)
 		}
 	}
 }
@@ -188,9 +216,17 @@ func (m *Manager) Run(ctx context.Context, run func(ctx context.Context, l *Leas
 // partitions toward this instance's share. It reports whether what is
 // held changed.
 func (m *Manager) round(ctx context.Context, run func(ctx context.Context, l *Lease)) bool {
-	changed := m.renew(ctx)
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.Round)
 	defer cancel()
+	if st, err := m.kv.Status(rctx); err == nil && st.TTL() > 0 && st.TTL() != m.TTL() {
+		// a setup changed it: validity follows the bucket as it is now
+		m.log.Warn("lease: the bucket's time to live changed", zap.Duration("was", m.TTL()), zap.Duration("now", st.TTL()))
+		m.ttl.Store(int64(st.TTL()))
+		if m.cfg.Round >= st.TTL()/2 {
+			m.log.Error("lease: renewals are no longer well inside half the time to live: restart the instances", zap.Duration("round", m.cfg.Round))
+		}
+	}
+	changed := m.renew(ctx)
 	if _, err := m.kv.Put(rctx, m.memberKey(), []byte(m.cfg.Instance)); err != nil {
 		m.log.Warn("lease: announcing this instance", zap.Error(err))
 		return changed
@@ -224,8 +260,9 @@ func (m *Manager) round(ctx context.Context, run func(ctx context.Context, l *Le
 		p := (off + i) % m.cfg.Partitions
 		m.mu.Lock()
 		_, mine := m.held[p]
+		_, ending := m.leaving[p] // its last run here has not returned
 		m.mu.Unlock()
-		if mine {
+		if mine || ending {
 			continue
 		}
 		l, err := m.take(rctx, p, taken[PartitionKey(m.cfg.Role, p)])
@@ -244,11 +281,13 @@ func (m *Manager) round(ctx context.Context, run func(ctx context.Context, l *Le
 }
 
 // take creates partition p's lease, or takes it over from a previous life
-// of this instance (a key whose value names it); nil if another holds it.
+// of this instance (a key whose value names this instance, written by
+// another process: one that crashed, since a running one holds the data
+// folder's lock); nil if another holds it.
 func (m *Manager) take(ctx context.Context, p int, exists bool) (*Lease, error) {
 	key := PartitionKey(m.cfg.Role, p)
 	now := time.Now()
-	b, _ := json.Marshal(value{Instance: m.cfg.Instance, Since: now.UTC()})
+	b, _ := json.Marshal(value{Instance: m.cfg.Instance, Nonce: m.nonce, Since: now.UTC()})
 	var rev uint64
 	var err error
 	if exists {
@@ -270,14 +309,21 @@ func (m *Manager) take(ctx context.Context, p int, exists bool) (*Lease, error) 
 	} else {
 		rev, err = m.kv.Create(ctx, key, b)
 	}
-	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) || wrongLastSequence(err) {
 		return nil, nil // another instance got there first
 	}
 	if err != nil {
 		return nil, err
 	}
 	m.log.Info("lease taken", zap.Int("partition", p), zap.Uint64("epoch", rev))
-	return &Lease{Partition: p, Epoch: rev, ttl: m.ttl, rev: rev, renewed: now, done: make(chan struct{})}, nil
+	return &Lease{Partition: p, Epoch: rev, m: m, rev: rev, renewed: now, done: make(chan struct{})}, nil
+}
+
+// wrongLastSequence is JetStream's answer to a compare-and-set that lost
+// (10071, or 10164 on a replicated stream), however it is wrapped.
+func wrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == 10164)
 }
 
 func (m *Manager) start(ctx context.Context, l *Lease, run func(ctx context.Context, l *Lease)) {
@@ -296,17 +342,26 @@ func (m *Manager) start(ctx context.Context, l *Lease, run func(ctx context.Cont
 		if m.held[l.Partition] == l {
 			delete(m.held, l.Partition)
 		}
+		l.mu.Lock()
+		lost := l.lost
+		l.released = !lost
+		l.mu.Unlock()
 		m.mu.Unlock()
-		if !errors.Is(context.Cause(lctx), ErrLost) {
+		if !lost {
 			m.release(l)
 		}
+		m.mu.Lock()
+		if m.leaving[l.Partition] == l {
+			delete(m.leaving, l.Partition)
+		}
+		m.mu.Unlock()
 	}()
 }
 
 // release deletes a lease this instance still holds, so that another takes
 // it at once rather than after it ages out.
 func (m *Manager) release(l *Lease) {
-	ctx, cancel := context.WithTimeout(context.Background(), m.ttl/2)
+	ctx, cancel := context.WithTimeout(context.Background(), m.TTL()/2)
 	defer cancel()
 	l.mu.Lock()
 	rev := l.rev
@@ -318,81 +373,121 @@ func (m *Manager) release(l *Lease) {
 	m.log.Info("lease released", zap.Int("partition", l.Partition))
 }
 
-// renew renews every lease held, and ends those lost: taken by another, or
-// not renewed within their validity.
+// renew renews, at once, every lease this instance still holds (those
+// whose runs it keeps, and those given up whose runs are ending), and ends
+// those lost: taken by another, or not renewed within their validity.
 func (m *Manager) renew(ctx context.Context) bool {
 	m.mu.Lock()
-	leases := make([]*Lease, 0, len(m.held))
+	leases := make([]*Lease, 0, len(m.held)+len(m.leaving))
 	for _, l := range m.held {
 		leases = append(leases, l)
 	}
+	for _, l := range m.leaving {
+		leases = append(leases, l)
+	}
 	m.mu.Unlock()
-	changed := false
-	b, _ := json.Marshal(value{Instance: m.cfg.Instance, Since: time.Now().UTC()})
+	var changed atomic.Bool
+	var wg sync.WaitGroup
 	for _, l := range leases {
 		l.mu.Lock()
-		rev := l.rev
+		skip := l.lost || l.released
 		l.mu.Unlock()
-		start := time.Now()
-		rctx, cancel := context.WithTimeout(ctx, m.cfg.Round)
-		nrev, err := m.kv.Update(rctx, PartitionKey(m.cfg.Role, l.Partition), b, rev)
-		cancel()
-		switch {
-		case err == nil:
-			l.mu.Lock()
-			l.rev, l.renewed = nrev, start
-			l.mu.Unlock()
+		if skip {
 			continue
-		case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyExists):
-			m.log.Warn("lease lost: another instance holds the partition", zap.Int("partition", l.Partition), zap.Error(err))
-		case ctx.Err() != nil:
-			return changed
-		case l.Valid():
-			m.log.Warn("lease: renewing failed; retrying", zap.Int("partition", l.Partition), zap.Error(err))
-			continue
-		default:
-			m.log.Warn("lease lost: not renewed in time", zap.Int("partition", l.Partition), zap.Error(err))
 		}
-		m.lose(l)
-		changed = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !m.renewOne(ctx, l) {
+				m.lose(l)
+				changed.Store(true)
+			}
+		}()
 	}
-	return changed
+	wg.Wait()
+	return changed.Load()
 }
 
+// renewOne renews l; false when it is lost.
+func (m *Manager) renewOne(ctx context.Context, l *Lease) bool {
+	key := PartitionKey(m.cfg.Role, l.Partition)
+	b, _ := json.Marshal(value{Instance: m.cfg.Instance, Nonce: m.nonce, Since: time.Now().UTC()})
+	l.mu.Lock()
+	rev := l.rev
+	l.mu.Unlock()
+	start := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.Round)
+	defer cancel()
+	nrev, err := m.kv.Update(rctx, key, b, rev)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || wrongLastSequence(err) {
+		// a renewal whose answer was lost may have been stored: the key
+		// is still ours if it holds this process's own value
+		if e, gerr := m.kv.Get(rctx, key); gerr == nil {
+			var v value
+			if json.Unmarshal(e.Value(), &v) == nil && v.Instance == m.cfg.Instance && v.Nonce == m.nonce && e.Revision() > rev {
+				nrev, err = m.kv.Update(rctx, key, b, e.Revision())
+			}
+		}
+	}
+	switch {
+	case err == nil:
+		l.mu.Lock()
+		l.rev, l.renewed = nrev, start
+		l.mu.Unlock()
+		return true
+	case errors.Is(err, jetstream.ErrKeyRevisionMismatch) || wrongLastSequence(err):
+		m.log.Warn("lease lost: another instance holds the partition", zap.Int("partition", l.Partition), zap.Error(err))
+		return false
+	case ctx.Err() != nil:
+		return true // stopping: the next round or the release settles it
+	case l.Valid():
+		m.log.Warn("lease: renewing failed; retrying", zap.Int("partition", l.Partition), zap.Error(err))
+		return true
+	default:
+		m.log.Warn("lease lost: not renewed in time", zap.Int("partition", l.Partition), zap.Error(err))
+		return false
+	}
+}
+
+// lose ends a lost lease's run at once, without a last word: the
+// partition is another's, or soon will be. It is not taken again here
+// until that run has returned.
 func (m *Manager) lose(l *Lease) {
+	l.mu.Lock()
+	l.lost = true
+	l.mu.Unlock()
 	l.cancel(ErrLost)
 	m.mu.Lock()
 	if m.held[l.Partition] == l {
 		delete(m.held, l.Partition)
+		m.leaving[l.Partition] = l
 	}
 	m.mu.Unlock()
 }
 
-// giveBack ends the owners of n partitions (the highest numbered) at
-// once and waits until they have ended and their leases are released, so
-// that the instances under their share take them in their next round.
+// giveBack ends the runs of n partitions (the highest numbered): each
+// ends with its last checkpoint while its lease is still renewed, then
+// releases it, and the instances under their share take them. It does
+// not wait: renewals go on meanwhile.
 func (m *Manager) giveBack(n int) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	leases := make([]*Lease, 0, len(m.held))
 	for _, l := range m.held {
 		leases = append(leases, l)
 	}
-	m.mu.Unlock()
 	sort.Slice(leases, func(i, j int) bool { return leases[i].Partition > leases[j].Partition })
-	leases = leases[:min(n, len(leases))]
-	for _, l := range leases {
+	for _, l := range leases[:min(n, len(leases))] {
 		m.log.Info("lease: giving a partition back to spread them", zap.Int("partition", l.Partition))
+		delete(m.held, l.Partition)
+		m.leaving[l.Partition] = l
 		l.cancel(ErrGivenUp)
-	}
-	for _, l := range leases {
-		<-l.done
 	}
 }
 
-func (m *Manager) leaveMembers() {
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.Round)
+func (m *Manager) leaveMembers(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.Round)
 	defer cancel()
-	m.wg.Wait()
 	_ = m.kv.Delete(ctx, m.memberKey()) // else it ages out
 }
 

@@ -248,3 +248,56 @@ func TestCutOffOwnerStopsBeforeLeasePasses(t *testing.T) {
 		}
 	}
 }
+
+// A run that is slow to end (a last checkpoint) does not stop the
+// renewals of the others, and its partition is not run again here, nor
+// anywhere, until it has ended: lose it (cut the connection past its
+// validity) and take it back, and no two runs overlap.
+func TestSlowRunsNeitherBlockRenewalsNorOverlap(t *testing.T) {
+	url, _ := bucket(t)
+	tr := newTracker(t)
+	slow := make(chan struct{})
+	nc, err := nats.Connect(url, nats.Name("a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, _ := js.KeyValue(context.Background(), "leases-test")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	mgr, err := lease.New(ctx, kv, lease.Config{Role: broker.RoleProjector, Instance: "a", Partitions: 4}, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := tr.run("a")
+	var mu sync.Mutex
+	slowRuns := 0
+	go mgr.Run(ctx, func(ctx context.Context, l *lease.Lease) { //nolint:errcheck // ends with ctx
+		base(ctx, l)
+		if l.Partition >= 2 { // two runs take long to end, as a last checkpoint may
+			mu.Lock()
+			slowRuns++
+			mu.Unlock()
+			<-slow
+		}
+	})
+	wantSpread(t, tr, 5*time.Second, map[string]int{"a": 4})
+	// b joins: a gives 2 and 3 back, whose runs hang; its renewals of 0
+	// and 1 must go on meanwhile (else they lapse and b takes them too)
+	_, _, _ = instance(t, url, "b", 4, tr)
+	time.Sleep(3 * ttl)
+	if got := mgr.Held(); len(got) != 2 {
+		t.Fatalf("a holds %v while two of its runs end slowly; want its two others, renewed", got)
+	}
+	if got := tr.held("b"); len(got) != 0 {
+		t.Fatalf("b runs %v while a's runs of them have not ended", got)
+	}
+	close(slow)
+	wantSpread(t, tr, 10*time.Second, map[string]int{"a": 2, "b": 2})
+	mu.Lock()
+	defer mu.Unlock()
+	if slowRuns < 2 {
+		t.Fatalf("%d slow runs ended", slowRuns)
+	}
+}

@@ -218,7 +218,9 @@ func (p *Projector) own(ctx context.Context, l *lease.Lease) {
 	pt.mu.Unlock()
 	defer func() {
 		pt.mu.Lock()
-		pt.lease, pt.state, pt.ready, pt.failure, pt.stuck, pt.pending = nil, nil, false, nil, false, 0
+		if pt.lease == l { // not a later run's (the manager starts one only after this returns)
+			pt.lease, pt.state, pt.ready, pt.failure, pt.stuck, pt.pending = nil, nil, false, nil, false, 0
+		}
 		pt.mu.Unlock()
 		log.Info("partition left", zap.NamedError("cause", context.Cause(ctx)))
 	}()
@@ -248,20 +250,17 @@ func (p *Projector) own(ctx context.Context, l *lease.Lease) {
 		return
 	}
 	defer sub.Unsubscribe() //nolint:errcheck // leaving it
-	p.keep(ctx, pt)
+	p.keep(ctx, pt, l)
 }
 
 // keep runs the partition's lives one after another until ctx ends: a life
 // that fails is followed by another after a backoff that grows while the
 // failures go on, and resets once a life has run for a while.
-func (p *Projector) keep(ctx context.Context, pt *partition) {
+func (p *Projector) keep(ctx context.Context, pt *partition, l *lease.Lease) {
 	log := p.log.With(zap.Int("partition", pt.id))
 	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond),
 		backoff.WithMaxInterval(30*time.Second), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
-		pt.mu.Lock()
-		l := pt.lease
-		pt.mu.Unlock()
 		r := &runner{p: p, pt: pt, lease: l, log: log}
 		started := time.Now()
 		err := r.life(ctx)

@@ -58,6 +58,12 @@ func (r *runner) life(ctx context.Context) error {
 		return fmt.Errorf("opening the checkpoint manifests: %w", err)
 	}
 	r.store = &store{p: r.p, part: r.pt.id, objs: objs, kv: kv, log: r.log}
+	// a life acquires the manifest (bumping its epoch) and collects
+	// garbage only while the lease is valid: a stale owner's new life
+	// must not fence out, or delete the objects of, the partition's owner
+	if err := r.fenced(ctx); err != nil {
+		return err
+	}
 	if err := r.store.acquire(ctx); err != nil {
 		return err
 	}
@@ -65,6 +71,9 @@ func (r *runner) life(ctx context.Context) error {
 		return err
 	}
 	defer r.idx.Close()
+	if err := r.fenced(ctx); err != nil {
+		return err
+	}
 	r.store.collectGarbage(ctx)
 	r.p.m.ready.Inc()
 	defer r.p.m.ready.Dec()
@@ -322,6 +331,9 @@ func (r *runner) flush(ctx context.Context) error {
 	}
 	if len(r.pending) > 0 {
 		op := func() error {
+			if !r.lease.Valid() {
+				return errors.New("the lease's renewal is late: publishing waits") // retried; a lost lease ends the context
+			}
 			futs := make([]jetstream.PubAckFuture, 0, len(r.pending))
 			for _, m := range r.pending {
 				f, err := r.p.js.PublishMsgAsync(m)
