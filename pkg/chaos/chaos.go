@@ -115,8 +115,18 @@ func (c Config) withDefaults() Config {
 // Build compiles the all-in-one into dir and returns its path. It runs
 // the go tool, so it works from anywhere inside the module.
 func Build(ctx context.Context, dir string) (string, error) {
-	bin := filepath.Join(dir, "cardmeter")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/cardmeter/cardmeter/services/cardmeter")
+	return buildService(ctx, dir, "cardmeter")
+}
+
+// BuildProjector compiles the projector service into dir.
+func BuildProjector(ctx context.Context, dir string) (string, error) {
+	return buildService(ctx, dir, "projector")
+}
+
+// buildService compiles services/<name> into dir/<name>.
+func buildService(ctx context.Context, dir, name string) (string, error) {
+	bin := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/cardmeter/cardmeter/services/"+name)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build: %w\n%s", err, out)
 	}

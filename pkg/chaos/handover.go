@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -49,16 +48,6 @@ type PairConfig struct {
 	LeaseTTL                time.Duration
 	Cards                   int
 	Log                     *zap.Logger
-}
-
-// BuildProjector compiles the projector service into dir.
-func BuildProjector(ctx context.Context, dir string) (string, error) {
-	bin := filepath.Join(dir, "projector")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/cardmeter/cardmeter/services/projector")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build: %w\n%s", err, out)
-	}
-	return bin, nil
 }
 
 // startPair starts A, then B, and waits until each holds half the
@@ -295,36 +284,36 @@ func RunHandover(ctx context.Context, cfg HandoverConfig) (*HandoverReport, erro
 		}
 	}()
 	stopWriting := func() { stopped.Store(true) }
-	for i := 0; i < cfg.Kills && ctx.Err() == nil && werr == nil; i++ {
-		// anywhere within a renewal round of B's leases
-		time.Sleep(time.Duration(rnd.Int64N(int64(cfg.LeaseTTL/5)+1)) + time.Second)
-		p.b.kill()
-		killed := time.Now()
-		if err := p.alone(ctx, 10*cfg.LeaseTTL+time.Minute); err != nil {
-			stopWriting()
-			wg.Wait()
-			return rep, fmt.Errorf("kill %d: B's partitions never came to A: %w", i+1, err)
+	err = func() error {
+		for i := 0; i < cfg.Kills && ctx.Err() == nil && werr == nil; i++ {
+			// anywhere within a renewal round of B's leases
+			time.Sleep(time.Duration(rnd.Int64N(int64(cfg.LeaseTTL/5)+1)) + time.Second)
+			p.b.kill()
+			killed := time.Now()
+			if err := p.alone(ctx, 10*cfg.LeaseTTL+time.Minute); err != nil {
+				return fmt.Errorf("kill %d: B's partitions never came to A: %w", i+1, err)
+			}
+			rep.Handover = append(rep.Handover, time.Since(killed))
+			if err := p.b.start(); err != nil {
+				return err
+			}
+			restarted := time.Now()
+			if err := p.spread(ctx, 10*cfg.LeaseTTL+time.Minute); err != nil {
+				return fmt.Errorf("kill %d: never spread again: %w", i+1, err)
+			}
+			rep.Respread = append(rep.Respread, time.Since(restarted))
+			rep.Kills++
+			cfg.Log.Info("hand-over", zap.Int("kill", i+1), zap.Duration("handover", rep.Handover[i]), zap.Duration("respread", rep.Respread[i]))
 		}
-		rep.Handover = append(rep.Handover, time.Since(killed))
-		if err := p.b.start(); err != nil {
-			stopWriting()
-			wg.Wait()
-			return rep, err
-		}
-		restarted := time.Now()
-		if err := p.spread(ctx, 10*cfg.LeaseTTL+time.Minute); err != nil {
-			stopWriting()
-			wg.Wait()
-			return rep, fmt.Errorf("kill %d: never spread again: %w", i+1, err)
-		}
-		rep.Respread = append(rep.Respread, time.Since(restarted))
-		rep.Kills++
-		cfg.Log.Info("hand-over", zap.Int("kill", i+1), zap.Duration("handover", rep.Handover[i]), zap.Duration("respread", rep.Respread[i]))
-	}
+		return nil
+	}()
 	stopWriting()
 	wg.Wait()
-	if werr != nil {
-		return rep, werr
+	if err == nil {
+		err = werr
+	}
+	if err != nil {
+		return rep, err
 	}
 	rep.Lost, rep.Doubled, rep.Mismatch, err = p.countedSaying(ctx)
 	return rep, err
