@@ -78,24 +78,34 @@ func bucket(t *testing.T) (string, jetstream.KeyValue) {
 	return nc.ConnectedUrl(), kv
 }
 
-// instance runs a manager on a connection of its own; the returned stop
-// ends it as a stop does, crash as a crash does (the connection cut, no
-// release).
-func instance(t *testing.T, url, name string, parts int, tr *tracker) (mgr *lease.Manager, stop, crash func()) {
-	nc, err := nats.Connect(url, nats.Name(name), nats.MaxReconnects(0))
+// manager makes a manager of the test bucket's leases on a connection of
+// its own (closed, and the context cancelled, when the test ends).
+func manager(t *testing.T, url, name string, parts int, opts ...nats.Option) (*nats.Conn, *lease.Manager, context.Context, context.CancelFunc) {
+	t.Helper()
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Name(name)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
 	kv, err := js.KeyValue(context.Background(), "leases-test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err = lease.New(ctx, kv, lease.Config{Role: broker.RoleProjector, Instance: name, Partitions: parts}, testenv.Logger(t))
+	t.Cleanup(cancel)
+	mgr, err := lease.New(ctx, kv, lease.Config{Role: broker.RoleProjector, Instance: name, Partitions: parts}, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
+	return nc, mgr, ctx, cancel
+}
+
+// instance runs a manager on a connection of its own; the returned stop
+// ends it as a stop does, crash as a crash does (the connection cut, no
+// release).
+func instance(t *testing.T, url, name string, parts int, tr *tracker) (mgr *lease.Manager, stop, crash func()) {
+	nc, mgr, ctx, cancel := manager(t, url, name, parts, nats.MaxReconnects(0))
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -201,19 +211,7 @@ func TestRestartTakesLeasesBack(t *testing.T) {
 func TestCutOffOwnerStopsBeforeLeasePasses(t *testing.T) {
 	url, _ := bucket(t)
 	tr := newTracker(t)
-	nc, err := nats.Connect(url, nats.Name("a"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	kv, _ := js.KeyValue(context.Background(), "leases-test")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	mgr, err := lease.New(ctx, kv, lease.Config{Role: broker.RoleProjector, Instance: "a", Partitions: 2}, testenv.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, mgr, ctx, _ := manager(t, url, "a", 2)
 	var invalidAt sync.Map
 	go mgr.Run(ctx, func(ctx context.Context, l *lease.Lease) { //nolint:errcheck // ends with ctx
 		for l.Valid() {
@@ -257,19 +255,7 @@ func TestSlowRunsNeitherBlockRenewalsNorOverlap(t *testing.T) {
 	url, _ := bucket(t)
 	tr := newTracker(t)
 	slow := make(chan struct{})
-	nc, err := nats.Connect(url, nats.Name("a"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	kv, _ := js.KeyValue(context.Background(), "leases-test")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	mgr, err := lease.New(ctx, kv, lease.Config{Role: broker.RoleProjector, Instance: "a", Partitions: 4}, testenv.Logger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, mgr, ctx, _ := manager(t, url, "a", 4)
 	base := tr.run("a")
 	var mu sync.Mutex
 	slowRuns := 0
