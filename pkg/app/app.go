@@ -268,6 +268,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	if has(cfg.Roles, RoleSink) {
 		sc := cfg.Sink
 		sc.Partitions = cfg.Partitions
+		if sc.Instance == "" {
+			sc.Instance = cfg.Projector.Owner // --instance names the process in every role
+		}
 		p.Sink = sink.New(p.JS, cfg.ClickHouse, sc, reg, log.Named("sink"))
 		p.goRun("sink", func() error { return p.Sink.Run(runCtx) })
 	}

@@ -91,7 +91,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.DurationVar(&cfg.StartTimeout, "start-timeout", envDur("start-timeout", 5*time.Minute), "how long start-up waits for NATS and its streams before it exits non-zero")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", envDur("lease-ttl", 0), fmt.Sprintf("where this process sets the streams up (embedded NATS, or without --wait-for-topology): how long a partition's lease outlives its owner's last renewal; 0: as the leases bucket has it (%s for a new one)", broker.DefaultTopology.LeaseTTL))
 	fs.IntVar(&cfg.Replicas, "replicas", envInt("replicas", 0), "where this process sets the streams up (without --wait-for-topology): copies of each stream and bucket, existing ones updated to it (3 on a cluster); 0: as the log has them, 1 for a new log")
-	fs.StringVar(&cfg.Projector.Owner, "instance", env("instance", ""), "this projector among those running, for partition leases: unique among them and the same across restarts (default: host and absolute data folder)")
+	fs.StringVar(&cfg.Projector.Owner, "instance", env("instance", ""), "this process among the running instances of its roles, for partition leases: unique among them and the same across restarts (default: the projector's host and absolute data folder; the sink's host and process id)")
 	fs.IntVar(&cfg.Projector.RestoreConcurrency, "restore-concurrency", envInt("restore-concurrency", 4), "partitions restoring their checkpoint at once")
 	fs.StringVar(&cfg.TokensFile, "tokens-file", env("tokens-file", ""), "bearer tokens, one per line: <name> <token> <scope>[,<scope>...]")
 	cfg.Tokens = env("tokens", "") // inline tokens, ';' between lines; never a flag (it would show in ps)

@@ -31,11 +31,7 @@ func newCluster(t *testing.T, topo broker.Topology) *cluster {
 	ch := testenv.ClickHouse(t)
 	for _, role := range broker.Roles {
 		pass[role] = broker.NewPassword()
-		perms := broker.RolePermissions(role)
-		if role == broker.RoleSink {
-			perms = broker.SinkPermissions("sink-"+ch.Database, topo.Partitions)
-		}
-		users = append(users, broker.User{Name: role, Password: pass[role], Permissions: perms})
+		users = append(users, broker.User{Name: role, Password: pass[role], Permissions: broker.RolePermissions(role)})
 	}
 	srv, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1, Users: users}, testenv.Logger(t))
 	if err != nil {
@@ -75,19 +71,27 @@ func (c *cluster) start(user string, roles ...string) *Pipeline {
 
 func held(p *Pipeline) []int { return p.Projector.Held() }
 
-// Two projectors share the partitions; one crashes under load (its
-// connection cut, no final checkpoint, no lease released) and the other
-// takes its partitions once their leases lapse. Every accepted record is
-// counted once, and each card that crossed its quota was stopped once.
+// Two projectors share the partitions, and two sinks the sink's units;
+// one of each crashes under load (its connection cut, no final checkpoint
+// or position, no lease released) and the other takes its partitions once
+// their leases lapse. Every accepted record is counted once, in card state
+// and in ClickHouse (rows and rollups), and each card that crossed its
+// quota was stopped once.
 func TestProjectorsShareAndHandOver(t *testing.T) {
 	c := newCluster(t, broker.Topology{Partitions: 4, Replicas: 1, DuplicateWindow: time.Hour, EventsMaxAge: time.Hour, LeaseTTL: 2 * time.Second})
 	apiProc := c.start(broker.RoleIngest, RoleAPI)
 	c.start(broker.RoleClock, RoleClock)
 	a := c.start(broker.RoleProjector, RoleProjector)
 	b := c.start(broker.RoleProjector, RoleProjector)
+	sa := c.start(broker.RoleSink, RoleSink)
+	sb := c.start(broker.RoleSink, RoleSink)
 	testenv.Eventually(t, 20*time.Second, func() error {
 		if ha, hb := held(a), held(b); len(ha) != 2 || len(hb) != 2 {
 			return fmt.Errorf("a holds %v, b %v: want two each", ha, hb)
+		}
+		// five units (four partitions' usage and the events): three and two
+		if ha, hb := sa.Sink.Held(), sb.Sink.Held(); len(ha)+len(hb) != 5 || len(ha) < 2 || len(hb) < 2 {
+			return fmt.Errorf("sink a holds %v, sink b %v: want them shared", ha, hb)
 		}
 		if err := a.Projector.Ready(); err != nil {
 			return err
@@ -127,12 +131,16 @@ func TestProjectorsShareAndHandOver(t *testing.T) {
 	for r := 0; r < 8; r++ {
 		round(r)
 	}
-	// b crashes: its connection is cut first, so nothing of it gets out
-	// (no final checkpoint, no lease given back), then it ends
+	// b and sink b crash: their connections are cut first, so nothing of
+	// them gets out (no final checkpoint or position, no lease given
+	// back), then they end
+	sinkB := sb.Sink.Held()
 	b.NC.Close()
+	sb.NC.Close()
 	var stopped sync.WaitGroup
-	stopped.Add(1)
+	stopped.Add(2)
 	go func() { defer stopped.Done(); b.Stop() }()
+	go func() { defer stopped.Done(); sb.Stop() }()
 	crashed := time.Now()
 	for r := 8; r < 24; r++ { // records keep coming for b's partitions while nobody folds them
 		round(r)
@@ -140,6 +148,9 @@ func TestProjectorsShareAndHandOver(t *testing.T) {
 	testenv.Eventually(t, 30*time.Second, func() error {
 		if h := held(a); len(h) != 4 {
 			return fmt.Errorf("a holds %v", h)
+		}
+		if h := sa.Sink.Held(); len(h) != 5 {
+			return fmt.Errorf("sink a holds %v", h)
 		}
 		return a.Projector.Ready()
 	})
@@ -169,5 +180,41 @@ func TestProjectorsShareAndHandOver(t *testing.T) {
 	if len(onB) != 2 {
 		t.Errorf("b held %v before the crash", onB)
 	}
+	// ClickHouse: every row once, each card's sum and rollup its ledger,
+	// one stopped row per card
+	conn := testenv.ClickHouseConn(t, c.cfg.ClickHouse)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		var n, distinct uint64
+		if err := conn.QueryRow(context.Background(), "SELECT count(), uniqExact(partition, src_seq, idx) FROM usage_records").Scan(&n, &distinct); err != nil {
+			return err
+		}
+		if n != 24*cards || distinct != n {
+			return fmt.Errorf("%d usage rows (%d distinct), want %d once each", n, distinct, 24*cards)
+		}
+		return nil
+	})
+	for i := 0; i < cards; i++ {
+		var rows, rolled uint64
+		if err := conn.QueryRow(context.Background(), "SELECT sum(bytes_up + bytes_down) FROM usage_records WHERE iccid = ?", iccid(500+i)).Scan(&rows); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.QueryRow(context.Background(), "SELECT sum(bytes_up + bytes_down) FROM usage_daily_card WHERE iccid = ?", iccid(500+i)).Scan(&rolled); err != nil {
+			t.Fatal(err)
+		}
+		if rows != ledger[i] || rolled != ledger[i] {
+			t.Errorf("card %d in ClickHouse: rows sum to %d, the daily rollup to %d; the ledger %d", i, rows, rolled, ledger[i])
+		}
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		var n, cardsStopped uint64
+		if err := conn.QueryRow(context.Background(), "SELECT count(), uniqExact(iccid) FROM card_events WHERE type = 'cardmeter.card.stopped.v1'").Scan(&n, &cardsStopped); err != nil {
+			return err
+		}
+		if n != cards || cardsStopped != cards {
+			return fmt.Errorf("%d stopped rows for %d cards, want one for each of %d", n, cardsStopped, cards)
+		}
+		return nil
+	})
+	t.Logf("sink b held %v before the crash", sinkB)
 	stopped.Wait()
 }

@@ -31,11 +31,7 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	ch := testenv.ClickHouse(t)
 	for _, role := range broker.Roles {
 		pass[role] = broker.NewPassword()
-		perms := broker.RolePermissions(role)
-		if role == broker.RoleSink {
-			perms = broker.SinkPermissions("sink-"+ch.Database, 3)
-		}
-		users = append(users, broker.User{Name: role, Password: pass[role], Permissions: perms})
+		users = append(users, broker.User{Name: role, Password: pass[role], Permissions: broker.RolePermissions(role)})
 	}
 	srv, err := broker.StartEmbedded(broker.EmbeddedConfig{StoreDir: t.TempDir(), Port: -1, Users: users}, testenv.Logger(t))
 	if err != nil {

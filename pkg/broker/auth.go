@@ -157,7 +157,7 @@ func RolePermissions(role string) *server.Permissions {
 		pub = append(pub, "meter.*.clock")
 		pub = append(pub, gets(StreamMeter)...) // its last tick
 	case RoleSink:
-		return SinkPermissions(DefaultSinkConsumer, DefaultTopology.Partitions)
+		return SinkPermissions()
 	case RoleRebuild:
 		pub = append(pub, reads(StreamMeter)...)
 	default:
@@ -166,33 +166,24 @@ func RolePermissions(role string) *server.Permissions {
 	return &server.Permissions{Publish: &server.SubjectPermission{Allow: pub}, Subscribe: &server.SubjectPermission{Allow: sub}, Response: resp}
 }
 
-// DefaultSinkConsumer is the sink's consumer name prefix in the compose
-// stack ("sink-" and its ClickHouse database).
-const DefaultSinkConsumer = "sink-cardmeter"
-
-// consumer are the subjects that use one named consumer of stream.
-func consumer(stream, name string) []string {
-	return []string{
-		"$JS.API.CONSUMER.CREATE." + stream + "." + name, "$JS.API.CONSUMER.CREATE." + stream + "." + name + ".>",
-		"$JS.API.CONSUMER.DURABLE.CREATE." + stream + "." + name,
-		"$JS.API.CONSUMER.INFO." + stream + "." + name,
-		"$JS.API.CONSUMER.DELETE." + stream + "." + name,
-		"$JS.API.CONSUMER.MSG.NEXT." + stream + "." + name,
-		"$JS.ACK." + stream + "." + name + ".>",
-	}
-}
-
-// SinkPermissions are the sink's: its own consumers by name (prefix-usage
-// on ACCEPTED, prefix-events on EVENTS, and the per-partition usage
-// consumers of older sinks, which it deletes), so that it can neither
-// read through nor change a subscriber's consumer on EVENTS.
-func SinkPermissions(prefix string, partitions int) *server.Permissions {
+// SinkPermissions are the sink's: it reads ACCEPTED with ordered
+// consumers, and EVENTS with ordered consumers created with the filter of
+// all events in the request's subject (the consumer names are made up as
+// they are created; a subscriber's consumer on EVENTS made without that
+// filter is out of the sink's reach); it takes its units' leases, writes
+// its positions, and deletes the consumers of older sinks (on EVENTS,
+// only the compose stack's; its ordered consumers there age out when
+// left).
+func SinkPermissions() *server.Permissions {
 	pub := []string{"$JS.API.INFO", "$JS.API.STREAM.INFO.*"}
-	pub = append(pub, consumer(StreamAccepted, prefix+"-usage")...)
-	pub = append(pub, consumer(StreamEvents, prefix+"-events")...)
-	for p := 0; p < partitions; p++ {
-		pub = append(pub, consumer(StreamAccepted, fmt.Sprintf("%s-usage-%d", prefix, p))...)
-	}
+	pub = append(pub, reads(StreamAccepted)...)
+	pub = append(pub,
+		"$JS.API.CONSUMER.CREATE."+StreamEvents+".*.cardmeter.events.>",
+		"$JS.API.CONSUMER.INFO."+StreamEvents+".*",
+		"$JS.API.CONSUMER.DELETE."+StreamEvents+".sink-cardmeter-events", // an older sink's, in the compose stack
+		"$JS.API.CONSUMER.MSG.NEXT."+StreamEvents+".*")
+	pub = append(pub, leases(RoleSink)...)
+	pub = append(pub, kv(BucketSink)...)
 	return &server.Permissions{Publish: &server.SubjectPermission{Allow: pub},
 		Subscribe: &server.SubjectPermission{Allow: []string{InboxPrefix(RoleSink) + ".>"}}}
 }

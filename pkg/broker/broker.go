@@ -32,6 +32,7 @@ const (
 	BucketBatches     = "batches"     // the first answer to each usage batch, for idempotent retries
 	BucketResolved    = "resubmitted" // rejected records that were re-submitted, by rejection id
 	BucketLeases      = "leases"      // which instance of a role holds each partition (pkg/lease)
+	BucketSink        = "sink"        // how far the sink has written each partition into ClickHouse, and the block it is writing
 )
 
 // Subjects of partition p in METER.
@@ -314,13 +315,18 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 		TTL: t.LeaseTTL, History: 1}); err != nil {
 		return t, fmt.Errorf("kv %s: %w", BucketLeases, err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketSink,
+		Description: "the sink's position in each partition and the block it is writing", Storage: jetstream.FileStorage, Replicas: t.Replicas,
+		History: 1}); err != nil {
+		return t, fmt.Errorf("kv %s: %w", BucketSink, err)
+	}
 	return t, nil
 }
 
 // StreamNames are every stream of the topology, buckets included (a
 // bucket is a stream named KV_<bucket> or OBJ_<bucket>).
 var StreamNames = []string{StreamMeter, StreamEvents, StreamAccepted, StreamRejected, StreamAudit,
-	"OBJ_" + BucketSnapshot, "KV_" + BucketCheckpoints, "KV_" + BucketBatches, "KV_" + BucketResolved, "KV_" + BucketDir, "KV_" + BucketLeases}
+	"OBJ_" + BucketSnapshot, "KV_" + BucketCheckpoints, "KV_" + BucketBatches, "KV_" + BucketResolved, "KV_" + BucketDir, "KV_" + BucketLeases, "KV_" + BucketSink}
 
 // Check reports whether every stream and bucket exists, for a role whose
 // user may not create them (the setup step, `cardmeter setup`, does), and

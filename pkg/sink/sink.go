@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -16,33 +19,53 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/event"
+	"github.com/cardmeter/cardmeter/pkg/lease"
 )
 
 // Config configures the sink.
 type Config struct {
-	Partitions    int           // partitions in the deployment
-	Owned         []int         // the partitions this instance writes; nil: all. The owner of partition 0 also writes EVENTS.
+	Partitions int // partitions in the deployment
+	// Instance is this sink among those running, for the leases: unique
+	// among them. Default: the host name, the process id and a count.
+	Instance      string
 	BatchRows     int           // rows in one insert at most; default 200000
 	FlushInterval time.Duration // a block waits at most this long; default 1 s
-	AckWait       time.Duration // JetStream redelivers what is not acked within this; default 30 s
-	Consumer      string        // durable consumer name prefix; default "sink-" + the database
-	// AfterInsert, when set, runs between a block's insert and its ack; an
-	// error ends Run there without the ack, as a crash would (tests).
+	// Consumer names this database's positions in the sink bucket (and
+	// the consumers of older sinks, which it takes over and deletes);
+	// default "sink-" + the database.
+	Consumer string
+	// AfterInsert, when set, runs between a block's insert and the next
+	// step; an error ends Run there with that error, as a crash would:
+	// no position written, the block redone by the next owner (tests).
 	AfterInsert func(stream string) error
 }
 
-// Sink consumes ACCEPTED and EVENTS and inserts them into ClickHouse:
-// one writer for the usage of every partition it owns and one for the
-// events, in blocks, acking after the insert.
+// Sink writes ACCEPTED and EVENTS into ClickHouse. Its work comes in units,
+// each shared among the running sinks by a lease (pkg/lease, role "sink"),
+// so that one instance at a time writes it: the usage of each partition
+// (ACCEPTED's accepted.<n>), and the events (all of EVENTS, one more
+// unit). A unit's owner reads its subjects with an ordered consumer and
+// inserts them in blocks.
 //
-// Exactly once in effect: every row carries its log position. At start,
-// after a failed insert and when JetStream delivers a message again, each
-// writer reads the highest position ClickHouse holds; before inserting a
-// block that reaches back to it, it reads which of the block's rows
-// ClickHouse already has and leaves them out. So a crash between insert and
-// ack (or a half-done insert) inserts nothing twice when JetStream delivers
-// the block again, and a sink starting on a rebuilt database skips what
-// the rebuild wrote.
+// A block is decided before it is inserted: its first and last stream
+// position go, by compare-and-set, into the unit's key in the sink bucket
+// (which also says how far the unit is written), and only then is it
+// inserted. A new owner (after a crash, a hand-over or a stale owner
+// losing the partition) first inserts that same block again, the same
+// messages in the same order, and goes on past it. So a repeat is always
+// the same block:
+//
+//   - on one ClickHouse server, the repeat reads which of the block's rows
+//     ClickHouse holds (every row carries its log position) and leaves
+//     them out, so a crash between insert and position, or a half-done
+//     insert, inserts nothing twice;
+//   - on replicated tables (--clickhouse-cluster), a replica that does not
+//     have the block yet receives exactly the block it would deduplicate,
+//     so the repeat is dropped there too, and the summed rollups fed by
+//     the insert are not inflated.
+//
+// An owner inserts only while its lease is valid, and the compare-and-set
+// fails for one that lost its unit while it was paused: it stops there.
 type Sink struct {
 	cfg  Config
 	js   jetstream.JetStream
@@ -50,26 +73,36 @@ type Sink struct {
 	log  *zap.Logger
 	conn driver.Conn
 
-	mu        sync.Mutex
-	lastErr   error
-	pendingBy map[string]uint64 // messages waiting, by consumer
+	leases atomic.Pointer[lease.Manager]
+	pos    jetstream.KeyValue
+	crash  context.CancelCauseFunc // AfterInsert's error ends Run as a crash
 
-	inserted *prometheus.CounterVec
-	skipped  *prometheus.CounterVec
-	failures prometheus.Counter
-	up       prometheus.Gauge
-	pending  *prometheus.GaugeVec
+	mu      sync.Mutex
+	lastErr error
+	units   map[int]*unitStatus // the units this instance holds
+
+	inserted  *prometheus.CounterVec
+	skipped   *prometheus.CounterVec
+	failures  prometheus.Counter
+	up        prometheus.Gauge
+	pending   *prometheus.GaugeVec
+	unitsHeld prometheus.Gauge
+	blocks    prometheus.Counter
 }
+
+// unitStatus is what Healthy and Pending know of a unit held.
+type unitStatus struct {
+	pending uint64 // messages after the last one read, as of the last block
+	failure error  // the last life's, while it is retried
+}
+
+// instances tells apart the sinks of one process (tests run several).
+var instances atomic.Int64
 
 // New returns a sink; it connects and works in Run.
 func New(js jetstream.JetStream, ch ClickHouseConfig, cfg Config, reg prometheus.Registerer, log *zap.Logger) *Sink {
 	if cfg.Partitions <= 0 {
 		panic("sink: Config.Partitions is required: the log's, from broker.Ensure or broker.Check")
-	}
-	if cfg.Owned == nil {
-		for i := 0; i < cfg.Partitions; i++ {
-			cfg.Owned = append(cfg.Owned, i)
-		}
 	}
 	if cfg.BatchRows == 0 {
 		cfg.BatchRows = 200000
@@ -77,41 +110,77 @@ func New(js jetstream.JetStream, ch ClickHouseConfig, cfg Config, reg prometheus
 	if cfg.FlushInterval == 0 {
 		cfg.FlushInterval = time.Second
 	}
-	if cfg.AckWait == 0 {
-		cfg.AckWait = 30 * time.Second
-	}
 	if cfg.Consumer == "" {
 		cfg.Consumer = "sink-" + ch.Database
 	}
-	s := &Sink{cfg: cfg, js: js, ch: ch, log: log, lastErr: errors.New("connecting to ClickHouse"),
-		inserted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_sink_rows_inserted_total", Help: "Rows inserted into ClickHouse, by table."}, []string{"table"}),
-		skipped:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_sink_rows_skipped_total", Help: "Redelivered rows ClickHouse already held, by table."}, []string{"table"}),
-		failures: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_sink_insert_failures_total", Help: "Failed ClickHouse inserts (retried)."}),
-		up:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "cardmeter_sink_clickhouse_up", Help: "1 while the last ClickHouse operation succeeded."}),
-		pending:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cardmeter_sink_pending_messages", Help: "Messages waiting for the sink, by consumer."}, []string{"consumer"}),
+	if cfg.Instance == "" {
+		host, _ := os.Hostname()
+		cfg.Instance = fmt.Sprintf("%s:%d:%d", host, os.Getpid(), instances.Add(1))
+	}
+	s := &Sink{cfg: cfg, js: js, ch: ch, log: log, lastErr: errors.New("connecting to ClickHouse"), units: map[int]*unitStatus{},
+		inserted:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_sink_rows_inserted_total", Help: "Rows inserted into ClickHouse, by table."}, []string{"table"}),
+		skipped:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_sink_rows_skipped_total", Help: "Rows of repeated blocks ClickHouse already held, by table."}, []string{"table"}),
+		failures:  prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_sink_insert_failures_total", Help: "Failed ClickHouse inserts (retried)."}),
+		up:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "cardmeter_sink_clickhouse_up", Help: "1 while the last ClickHouse operation succeeded."}),
+		pending:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cardmeter_sink_pending_messages", Help: "Messages waiting for the sink, by unit this instance holds."}, []string{"unit"}),
+		unitsHeld: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cardmeter_sink_units_held", Help: "Units (partitions' usage, and the events) this instance writes now."}),
+		blocks:    prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_sink_blocks_repeated_total", Help: "Blocks a previous owner had decided, inserted again exactly."}),
 	}
 	if reg != nil {
-		reg.MustRegister(s.inserted, s.skipped, s.failures, s.up, s.pending)
+		reg.MustRegister(s.inserted, s.skipped, s.failures, s.up, s.pending, s.unitsHeld, s.blocks)
 	}
 	return s
 }
 
-// Pending is how many messages wait for the sink, as of the last block.
+// Pending is how many messages wait for the units this instance holds, as
+// of their last blocks.
 func (s *Sink) Pending() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var n uint64
-	for _, v := range s.pendingBy {
-		n += v
+	for _, u := range s.units {
+		n += u.pending
 	}
 	return n
 }
 
-// Healthy returns why the sink cannot write now, or nil.
+// Healthy returns why the sink cannot write now, or nil: ClickHouse out of
+// reach, the units not yet taken, or a unit retrying after a failure.
 func (s *Sink) Healthy() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lastErr
+	if s.lastErr != nil {
+		return s.lastErr
+	}
+	mgr := s.leases.Load()
+	if mgr == nil {
+		return errors.New("sink starting")
+	}
+	select {
+	case <-mgr.Started():
+	default:
+		return errors.New("sink taking its partitions")
+	}
+	ids := make([]int, 0, len(s.units))
+	for id := range s.units {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	for _, id := range ids {
+		if err := s.units[id].failure; err != nil {
+			return fmt.Errorf("sink %s is retrying after: %w", s.unitName(id), err)
+		}
+	}
+	return nil
+}
+
+// Held lists the units this instance writes now: partitions, and
+// Partitions for the events.
+func (s *Sink) Held() []int {
+	if mgr := s.leases.Load(); mgr != nil {
+		return mgr.Held()
+	}
+	return nil
 }
 
 func (s *Sink) setErr(err error) {
@@ -126,7 +195,8 @@ func (s *Sink) setErr(err error) {
 }
 
 // connect opens ClickHouse and applies the schema, retrying with backoff
-// until it answers: the backlog waits in JetStream meanwhile.
+// until it answers: the backlog waits in JetStream meanwhile, and the
+// units are left to the sinks that can write.
 func (s *Sink) connect(ctx context.Context) error {
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(0), backoff.WithMaxInterval(10*time.Second)), ctx)
 	return backoff.RetryNotify(func() error {
@@ -146,111 +216,51 @@ func (s *Sink) connect(ctx context.Context) error {
 	})
 }
 
-// Run consumes until ctx ends.
+// Run connects to ClickHouse, then takes this instance's share of the
+// units and writes them until ctx ends; each unit then ends with its
+// position written and its lease given back. A unit's failure is retried,
+// never final. Run returns an error only when it cannot start (or an
+// AfterInsert hook failed).
 func (s *Sink) Run(ctx context.Context) error {
 	if err := s.connect(ctx); err != nil {
 		return nil // ctx ended
 	}
 	defer s.conn.Close()
 	s.setErr(nil)
-	type loop struct {
-		name, stream string
-		filters      []string
-		w            writer
+	leases, err := s.js.KeyValue(ctx, broker.BucketLeases)
+	if err != nil {
+		return fmt.Errorf("sink: the lease bucket %s: %w", broker.BucketLeases, err)
 	}
-	// one usage writer for every partition this instance owns, so that
-	// ClickHouse gets few large inserts (its cost per row halves from
-	// blocks of 20,000 rows to blocks of 200,000); the events writer with
-	// partition 0
-	usage := loop{name: s.cfg.Consumer + "-usage", stream: broker.StreamAccepted, w: &usageWriter{s: s}}
-	loops := []loop{usage}
-	for _, p := range s.cfg.Owned {
-		loops[0].filters = append(loops[0].filters, broker.AcceptedSubject(p))
-		if p == 0 {
-			loops = append(loops, loop{name: s.cfg.Consumer + "-events", stream: broker.StreamEvents, filters: []string{"cardmeter.events.>"}, w: &eventsWriter{s: s}})
-		}
+	if s.pos, err = s.js.KeyValue(ctx, broker.BucketSink); err != nil {
+		return fmt.Errorf("sink: the position bucket %s: %w", broker.BucketSink, err)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	conss := make([]jetstream.Consumer, len(loops))
-	for i, l := range loops {
-		cc := jetstream.ConsumerConfig{
-			Durable: l.name, FilterSubjects: l.filters, AckPolicy: jetstream.AckExplicitPolicy,
-			AckWait: s.cfg.AckWait, MaxAckPending: 100000,
-		}
-		if l.stream == broker.StreamAccepted {
-			if start := s.legacyStart(ctx, l.name); start > 0 {
-				cc.DeliverPolicy, cc.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start
-				s.log.Info("the usage consumer starts where the older per-partition ones had acked", zap.Uint64("seq", start))
+	mgr, err := lease.New(ctx, leases, lease.Config{Role: broker.RoleSink, Instance: s.cfg.Instance, Partitions: s.cfg.Partitions + 1,
+		OnChange: func(held []int) {
+			s.unitsHeld.Set(float64(len(held)))
+			names := make([]string, len(held))
+			for i, id := range held {
+				names[i] = s.unitName(id)
 			}
-		}
-		cons, err := s.js.CreateOrUpdateConsumer(ctx, l.stream, cc)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil // stopped while starting
-			}
-			return fmt.Errorf("sink: consumer %s: %w", l.name, err)
-		}
-		conss[i] = cons
+			s.log.Info("units held", zap.Strings("units", names))
+		}}, s.log.Named("lease"))
+	if err != nil {
+		return fmt.Errorf("sink: %w", err)
 	}
-	s.dropLegacyConsumers(ctx)
-	var wg sync.WaitGroup
-	errs := make(chan error, len(loops))
-	for i, l := range loops {
-		cons := conss[i]
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := s.loop(ctx, cons, l.name, l.stream, l.w); err != nil {
-				errs <- err
-				cancel() // as a crash: the others stop too
-			}
-		}()
+	s.leases.Store(mgr)
+	ctx, crash := context.WithCancelCause(ctx)
+	defer crash(nil)
+	s.crash = crash
+	if err := mgr.Run(ctx, s.own); err != nil {
+		return err
 	}
-	wg.Wait()
-	close(errs)
-	return <-errs
+	if err := context.Cause(ctx); errors.Is(err, errCrash) {
+		return err
+	}
+	return nil
 }
 
-// legacyStart is where a new usage consumer named name should start when
-// an older sink's per-partition consumers cover every owned partition: past
-// the lowest of their ack floors, rather than at the start of the stream
-// (which the held-position check would also get right, slowly). 0: from
-// the start, or the consumer exists already.
-func (s *Sink) legacyStart(ctx context.Context, name string) uint64 {
-	if _, err := s.js.Consumer(ctx, broker.StreamAccepted, name); err == nil {
-		return 0
-	}
-	var floor uint64
-	for i, p := range s.cfg.Owned {
-		c, err := s.js.Consumer(ctx, broker.StreamAccepted, fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, p))
-		if err != nil {
-			return 0
-		}
-		f := c.CachedInfo().AckFloor.Stream
-		if i == 0 || f < floor {
-			floor = f
-		}
-	}
-	return floor + 1
-}
-
-// dropLegacyConsumers deletes the per-partition usage consumers that sinks
-// before one writer per instance used ("<prefix>-usage-<p>"): the usage
-// consumer has replaced them, and its held-position check leaves out what
-// they had inserted.
-func (s *Sink) dropLegacyConsumers(ctx context.Context) {
-	for _, p := range s.cfg.Owned {
-		name := fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, p)
-		err := s.js.DeleteConsumer(ctx, broker.StreamAccepted, name)
-		switch {
-		case err == nil:
-			s.log.Info("deleted a per-partition usage consumer of an older sink", zap.String("consumer", name))
-		case !errors.Is(err, jetstream.ErrConsumerNotFound):
-			s.log.Warn("deleting an older sink's consumer", zap.String("consumer", name), zap.Error(err))
-		}
-	}
-}
+// errCrash wraps an AfterInsert hook's error.
+var errCrash = errors.New("sink stopped by its AfterInsert hook")
 
 // writer turns a block of messages into one insert.
 type writer interface {
@@ -261,143 +271,6 @@ type writer interface {
 	// holds. It returns the rows inserted and skipped.
 	insertBlock(ctx context.Context, block []blockMsg, reload bool) (int, int, error)
 	table() string
-}
-
-func (s *Sink) loop(ctx context.Context, cons jetstream.Consumer, name, stream string, w writer) error {
-	log := s.log.With(zap.String("consumer", name))
-	check := true // at start, the block may reach back into what ClickHouse holds: read how far
-	for ctx.Err() == nil {
-		msgs, block, err := s.fill(ctx, cons, w)
-		if err != nil {
-			return err
-		}
-		if len(msgs) == 0 {
-			continue
-		}
-		if meta, err := msgs[len(msgs)-1].Metadata(); err == nil {
-			s.pending.WithLabelValues(name).Set(float64(meta.NumPending))
-			s.mu.Lock()
-			if s.pendingBy == nil {
-				s.pendingBy = map[string]uint64{}
-			}
-			s.pendingBy[name] = meta.NumPending
-			s.mu.Unlock()
-		}
-		// Insert, then ack. A crash between the two (or a half-done
-		// insert) re-delivers the block; the check before the next insert
-		// leaves out what ClickHouse already has, so nothing is inserted
-		// twice. The insert runs on its own context, so a graceful stop
-		// finishes the block in hand.
-		// A message delivered before went to a sink that may have inserted
-		// it and died before its ack: check what ClickHouse holds.
-		for _, m := range msgs {
-			if meta, err := m.Metadata(); err == nil && meta.NumDelivered > 1 {
-				check = true
-			}
-		}
-		var ins, skip int
-		bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(0), backoff.WithMaxInterval(10*time.Second)), ctx)
-		err = backoff.RetryNotify(func() error {
-			ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-			defer cancel()
-			var err error
-			ins, skip, err = w.insertBlock(ictx, block, check)
-			if err != nil {
-				check = true // it may have half happened
-				var perm *backoff.PermanentError
-				if !errors.As(err, &perm) {
-					s.failures.Inc()
-				}
-			}
-			return err
-		}, bo, func(err error, d time.Duration) {
-			s.setErr(err)
-			log.Warn("clickhouse insert failed; retrying", zap.Error(err), zap.Duration("in", d))
-			for _, m := range msgs {
-				_ = m.InProgress() // keep the block ours while we retry
-			}
-		})
-		if err != nil {
-			for _, m := range msgs {
-				_ = m.Nak() // stopping with the block not inserted: hand it back at once
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		check = false
-		s.setErr(nil)
-		s.inserted.WithLabelValues(w.table()).Add(float64(ins))
-		s.skipped.WithLabelValues(w.table()).Add(float64(skip))
-		if skip > 0 {
-			log.Info("left out rows ClickHouse already held", zap.Int("rows", skip))
-		}
-		if s.cfg.AfterInsert != nil {
-			if err := s.cfg.AfterInsert(stream); err != nil {
-				return err
-			}
-		}
-		// Each message is acked on its own: with a cumulative ack, a later
-		// message would also ack an earlier one that a dead sink held and
-		// never inserted. A lost ack only re-delivers, which the check mends.
-		for _, m := range msgs {
-			if err := m.Ack(); err != nil {
-				log.Warn("ack", zap.Error(err))
-				break
-			}
-		}
-	}
-	return nil
-}
-
-// fill fetches messages until the block holds BatchRows rows or the flush
-// interval has passed since its first message.
-func (s *Sink) fill(ctx context.Context, cons jetstream.Consumer, w writer) ([]jetstream.Msg, []blockMsg, error) {
-	var msgs []jetstream.Msg
-	var block []blockMsg
-	rows := 0
-	deadline := time.Now().Add(s.cfg.FlushInterval)
-	for rows < s.cfg.BatchRows && ctx.Err() == nil {
-		wait := time.Until(deadline)
-		if len(msgs) == 0 {
-			wait = s.cfg.FlushInterval
-		} else if wait <= 0 {
-			break
-		}
-		// ask for as many messages as should fill the block, going by the
-		// rows per message seen so far (one at first)
-		want := 1
-		if len(msgs) > 0 {
-			want = max(1, (s.cfg.BatchRows-rows)/max(1, rows/len(msgs)))
-		}
-		batch, err := cons.Fetch(min(1000, want), jetstream.FetchMaxWait(max(wait, 10*time.Millisecond)))
-		if err != nil {
-			if ctx.Err() != nil {
-				break
-			}
-			s.log.Warn("fetch", zap.Error(err))
-			time.Sleep(200 * time.Millisecond)
-			continue
-		}
-		got := 0
-		for m := range batch.Messages() {
-			bm, n, err := w.decode(m)
-			if err != nil {
-				// not a message this sink can read: it would stall the
-				// partition; stop and say so, as the projector does
-				return nil, nil, fmt.Errorf("sink: %s: %w", m.Subject(), err)
-			}
-			msgs = append(msgs, m)
-			block = append(block, bm)
-			rows += n
-			got++
-		}
-		if got == 0 && len(msgs) > 0 {
-			break
-		}
-	}
-	return msgs, block, nil
 }
 
 // ---- usage

@@ -94,7 +94,7 @@ func TestCrashBetweenInsertAndAck(t *testing.T) {
 	}
 	crashed := errors.New("killed between insert and ack")
 	var once sync.Once
-	cfg := Config{Partitions: 2, BatchRows: 1000, FlushInterval: 200 * time.Millisecond, AckWait: time.Second,
+	cfg := Config{Partitions: 2, BatchRows: 1000, FlushInterval: 200 * time.Millisecond,
 		AfterInsert: func(stream string) error {
 			err := error(nil)
 			if stream == broker.StreamAccepted {
@@ -106,12 +106,9 @@ func TestCrashBetweenInsertAndAck(t *testing.T) {
 	if err := s1.Run(context.Background()); !errors.Is(err, crashed) {
 		t.Fatalf("first sink: %v", err)
 	}
-	// the first block is in ClickHouse, unacked
+	// the first block is in ClickHouse, its position not past it
 	if n := count(t, s1, ch, "SELECT count() FROM usage_records"); n == 0 {
 		t.Fatal("the crashed sink inserted nothing: the test shows nothing")
-	}
-	if _, err := js.Consumer(context.Background(), broker.StreamAccepted, legacy); !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		t.Fatalf("the older sink's consumer %s is still there (%v)", legacy, err)
 	}
 	cfg.AfterInsert = nil
 	reg := prometheus.NewRegistry()
@@ -132,8 +129,14 @@ func TestCrashBetweenInsertAndAck(t *testing.T) {
 		if skipped := metric(t, reg, "cardmeter_sink_rows_skipped_total"); skipped == 0 {
 			return errors.New("the sink has not yet seen the crashed block again")
 		}
+		if repeated := metric(t, reg, "cardmeter_sink_blocks_repeated_total"); repeated == 0 {
+			return errors.New("the crashed block was not repeated from its position")
+		}
 		return nil
 	})
+	if _, err := js.Consumer(context.Background(), broker.StreamAccepted, legacy); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		t.Fatalf("the older sink's consumer %s is still there (%v)", legacy, err)
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -243,25 +246,44 @@ func TestClickHouseOutage(t *testing.T) {
 	})
 }
 
-// A sink instance writes the usage of the partitions it owns, in one
-// stream of large inserts, and leaves the others to their owner.
-func TestOwnedPartitions(t *testing.T) {
+// Two sinks share the units (each partition's usage, and the events):
+// each writes some, together every row once; when one stops, the other
+// takes its units and goes on from their positions.
+func TestSinksShareUnits(t *testing.T) {
 	_, js := testenv.JetStream(t)
 	ch := testenv.ClickHouse(t)
 	for p := 0; p < 4; p++ {
 		publishAccepted(t, js, p, 5, 10, 1)
 	}
-	s := New(js, ch, Config{Partitions: 4, Owned: []int{1, 3}, FlushInterval: 200 * time.Millisecond}, nil, testenv.Logger(t))
-	stop := runSink(t, s)
+	cfg := Config{Partitions: 4, BatchRows: 20, FlushInterval: 100 * time.Millisecond}
+	a, b := New(js, ch, cfg, nil, testenv.Logger(t)), New(js, ch, cfg, nil, testenv.Logger(t))
+	stopA := runSink(t, a)
+	stopB := runSink(t, b)
 	testenv.Eventually(t, 30*time.Second, func() error {
-		if n := count(t, s, ch, "SELECT count() FROM usage_records"); n != 100 {
-			return fmt.Errorf("%d rows, want 100 (partitions 1 and 3)", n)
+		if n := count(t, a, ch, "SELECT count() FROM usage_records"); n != 200 {
+			return fmt.Errorf("%d rows, want 200", n)
+		}
+		if ha, hb := a.Held(), b.Held(); len(ha) == 0 || len(hb) == 0 || len(ha)+len(hb) != 5 {
+			return fmt.Errorf("units held: %v and %v; want the 5 shared", ha, hb)
 		}
 		return nil
 	})
-	stop()
-	if n := count(t, s, ch, "SELECT countIf(partition NOT IN (1, 3)) FROM usage_records"); n != 0 {
-		t.Fatalf("%d rows of partitions the instance does not own", n)
+	stopA()
+	for p := 0; p < 4; p++ {
+		publishAccepted(t, js, p, 5, 10, 6)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := count(t, b, ch, "SELECT count() FROM usage_records"); n != 400 {
+			return fmt.Errorf("%d rows, want 400", n)
+		}
+		if h := b.Held(); len(h) != 5 {
+			return fmt.Errorf("the survivor holds %v, want all 5 units", h)
+		}
+		return nil
+	})
+	stopB()
+	if n := count(t, b, ch, "SELECT uniqExact(partition, src_seq, idx) FROM usage_records"); n != 400 {
+		t.Fatalf("%d distinct positions in 400 rows: a row was inserted twice", n)
 	}
 }
 
@@ -329,16 +351,16 @@ func TestUpgradeKeepsRollups(t *testing.T) {
 	}
 }
 
-// A sink taking over from an older one's per-partition consumers starts its
-// usage consumer past their ack floors: what they acked is not read again.
+// A sink taking over from an older one's per-partition consumers starts
+// each partition past its consumer's ack floor: what they acked is not
+// read again, and the consumers are deleted.
 func TestTakeOverFromPerPartitionConsumers(t *testing.T) {
 	_, js := testenv.JetStream(t)
 	ch := testenv.ClickHouse(t)
 	ctx := context.Background()
 	publishAccepted(t, js, 0, 4, 10, 1) // stream sequences 1-4
 	publishAccepted(t, js, 1, 4, 10, 1) // 5-8
-	// the older sink acked all of partition 0 and half of partition 1: the
-	// lowest floor is 4, so the usage consumer starts at 5
+	// the older sink acked all of partition 0 and half of partition 1
 	for p, acked := range []int{4, 2} {
 		c, err := js.CreateOrUpdateConsumer(ctx, broker.StreamAccepted, jetstream.ConsumerConfig{
 			Durable: fmt.Sprintf("sink-%s-usage-%d", ch.Database, p), FilterSubject: broker.AcceptedSubject(p), AckPolicy: jetstream.AckExplicitPolicy})
@@ -359,12 +381,17 @@ func TestTakeOverFromPerPartitionConsumers(t *testing.T) {
 	}
 	s := New(js, ch, Config{Partitions: 2, FlushInterval: 200 * time.Millisecond}, nil, testenv.Logger(t))
 	stop := runSink(t, s)
-	// partition 1's 40 rows arrive (its first two messages read again, as
-	// the floor is partition 0's); partition 0's, acked by the older sink
-	// (whose inserts this test did not make), are not read again
+	// partition 1's last two messages arrive; what the older sink acked
+	// (whose inserts this test did not make) is not read again
 	testenv.Eventually(t, 30*time.Second, func() error {
-		if n := count(t, s, ch, "SELECT count() FROM usage_records WHERE partition = 1"); n != 40 {
-			return fmt.Errorf("%d rows of partition 1, want 40", n)
+		if n := count(t, s, ch, "SELECT count() FROM usage_records WHERE partition = 1"); n != 20 {
+			return fmt.Errorf("%d rows of partition 1, want 20", n)
+		}
+		for p := 0; p < 2; p++ {
+			name := fmt.Sprintf("sink-%s-usage-%d", ch.Database, p)
+			if _, err := js.Consumer(ctx, broker.StreamAccepted, name); !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				return fmt.Errorf("the older consumer %s is still there (%v)", name, err)
+			}
 		}
 		return nil
 	})

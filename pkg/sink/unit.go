@@ -1,0 +1,427 @@
+package sink
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/lease"
+)
+
+// unit is one share of the sink's work: a partition's usage, or the events.
+type unit struct {
+	id     int
+	name   string // "usage-<n>" or "events"
+	stream string
+	filter string
+	key    string // its position in the sink bucket
+	w      writer
+}
+
+// position is a unit's key in the sink bucket: how far it is written, and
+// the block its owner decided to insert next.
+type position struct {
+	Done  uint64 `json:"done"`            // every message up to this stream position is in ClickHouse
+	First uint64 `json:"first,omitempty"` // the block decided: its first stream position
+	Last  uint64 `json:"last,omitempty"`  // and its last; a block is pending while Last > Done
+	Epoch uint64 `json:"epoch"`           // the lease epoch of the owner that wrote it
+}
+
+func (p position) pending() bool { return p.Last > p.Done }
+
+func (s *Sink) unitName(id int) string {
+	if id == s.cfg.Partitions {
+		return "events"
+	}
+	return "usage-" + strconv.Itoa(id)
+}
+
+// unit returns unit id's definition, with a writer of its own (whose
+// knowledge of what ClickHouse holds starts empty).
+func (s *Sink) unit(id int) unit {
+	u := unit{id: id, name: s.unitName(id), key: lease.Token(s.cfg.Consumer) + "." + s.unitName(id)}
+	if id == s.cfg.Partitions {
+		u.stream, u.filter, u.w = broker.StreamEvents, "cardmeter.events.>", &eventsWriter{s: s}
+	} else {
+		u.stream, u.filter, u.w = broker.StreamAccepted, broker.AcceptedSubject(id), &usageWriter{s: s}
+	}
+	return u
+}
+
+// own writes a unit while this instance holds its lease: a life that
+// fails is followed by another after a backoff, reading the unit's
+// position again.
+func (s *Sink) own(ctx context.Context, l *lease.Lease) {
+	id := l.Partition
+	log := s.log.With(zap.String("unit", s.unitName(id)), zap.Uint64("lease_epoch", l.Epoch))
+	s.mu.Lock()
+	s.units[id] = &unitStatus{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.units, id)
+		s.mu.Unlock()
+		s.pending.DeleteLabelValues(s.unitName(id))
+		log.Info("unit left", zap.NamedError("cause", context.Cause(ctx)))
+	}()
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond),
+		backoff.WithMaxInterval(30*time.Second), backoff.WithMaxElapsedTime(0))
+	for ctx.Err() == nil {
+		started := time.Now()
+		err := s.work(ctx, l, s.unit(id), log)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errCrash) {
+			s.crash(err)
+			return
+		}
+		if err == nil {
+			err = errors.New("the unit stopped")
+		}
+		s.mu.Lock()
+		s.units[id].failure = err
+		s.mu.Unlock()
+		if time.Since(started) > time.Minute {
+			bo.Reset()
+		}
+		wait := bo.NextBackOff()
+		log.Warn("sink unit failed; starting again", zap.Error(err), zap.Duration("retry_in", wait))
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+}
+
+// errNotValid ends a unit's life when its lease is no longer valid.
+var errNotValid = errors.New("the unit's lease is not valid: not writing")
+
+// work is one life of a unit: read its position, insert the block decided
+// there again if there is one, then read on and insert block after block.
+func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger) error {
+	pos, rev, err := s.readPosition(ctx, u)
+	if err != nil {
+		return err
+	}
+	start := pos.Done + 1
+	if pos.pending() {
+		start = pos.First
+		log.Info("inserting again the block its last owner decided", zap.Uint64("first", pos.First), zap.Uint64("last", pos.Last))
+	}
+	cons, err := s.js.OrderedConsumer(ctx, u.stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{u.filter},
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(start, 1)})
+	if err != nil {
+		return fmt.Errorf("ordered consumer on %s: %w", u.stream, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(min(4096, max(s.cfg.BatchRows/10, 64))))
+	if err != nil {
+		return fmt.Errorf("consuming %s: %w", u.stream, err)
+	}
+	defer it.Stop()
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	in := make(chan jetstream.Msg, 1024)
+	go func() {
+		defer close(in)
+		for {
+			m, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					return
+				}
+				log.Warn("consumer", zap.Error(err))
+				continue
+			}
+			select {
+			case in <- m:
+			case <-lctx.Done():
+				return
+			}
+		}
+	}()
+	f := &filler{s: s, in: in, w: u.w}
+	check := true // the first block may reach back into what ClickHouse holds: read how far
+	for {
+		repeat := pos.pending()
+		upTo := uint64(0)
+		if repeat {
+			upTo = pos.Last
+		}
+		b, err := f.fill(ctx, upTo)
+		if err != nil {
+			return err
+		}
+		if ctx.Err() != nil {
+			return s.leave(ctx, l, u, pos, rev, log)
+		}
+		if len(b.block) == 0 {
+			if repeat && b.passed {
+				// the block's messages are gone from the stream (aged out)
+				pos.Done = pos.Last
+			}
+			continue
+		}
+		s.mu.Lock()
+		if st := s.units[u.id]; st != nil {
+			st.pending = b.pending
+		}
+		s.mu.Unlock()
+		s.pending.WithLabelValues(u.name).Set(float64(b.pending))
+		if repeat {
+			s.blocks.Inc()
+			check = true
+		} else {
+			if !l.Valid() {
+				return errNotValid
+			}
+			next := position{Done: pos.Done, First: b.first, Last: b.last, Epoch: l.Epoch}
+			nrev, err := s.writePosition(ctx, u, next, rev)
+			if err != nil {
+				return err
+			}
+			pos, rev = next, nrev
+		}
+		if err := s.insert(ctx, l, u, b.block, check, log); err != nil {
+			return err
+		}
+		check = false
+		if s.cfg.AfterInsert != nil {
+			if err := s.cfg.AfterInsert(u.stream); err != nil {
+				return fmt.Errorf("%w: %w", errCrash, err)
+			}
+		}
+		pos.Done = pos.Last
+		s.mu.Lock()
+		if st := s.units[u.id]; st != nil {
+			st.failure = nil
+		}
+		s.mu.Unlock()
+	}
+}
+
+// insert inserts a block, retrying with backoff while the lease is valid.
+// The insert runs on its own context, so that a graceful stop finishes
+// the block in hand.
+func (s *Sink) insert(ctx context.Context, l *lease.Lease, u unit, block []blockMsg, check bool, log *zap.Logger) error {
+	var ins, skip int
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(0), backoff.WithMaxInterval(10*time.Second)), ctx)
+	err := backoff.RetryNotify(func() error {
+		if !l.Valid() {
+			return backoff.Permanent(errNotValid)
+		}
+		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+		defer cancel()
+		var err error
+		ins, skip, err = u.w.insertBlock(ictx, block, check)
+		if err != nil {
+			check = true // it may have half happened
+			var perm *backoff.PermanentError
+			if !errors.As(err, &perm) {
+				s.failures.Inc()
+			}
+		}
+		return err
+	}, bo, func(err error, d time.Duration) {
+		s.setErr(err)
+		log.Warn("clickhouse insert failed; retrying", zap.Error(err), zap.Duration("in", d))
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	s.setErr(nil)
+	s.inserted.WithLabelValues(u.w.table()).Add(float64(ins))
+	s.skipped.WithLabelValues(u.w.table()).Add(float64(skip))
+	if skip > 0 {
+		log.Info("left out rows ClickHouse already held", zap.Int("rows", skip))
+	}
+	return nil
+}
+
+// leave writes, on a graceful end, that the unit's last block is in, so
+// that the next owner need not insert it again.
+func (s *Sink) leave(ctx context.Context, l *lease.Lease, u unit, pos position, rev uint64, log *zap.Logger) error {
+	if errors.Is(context.Cause(ctx), errCrash) || errors.Is(context.Cause(ctx), lease.ErrLost) || !pos.pending() || !l.Valid() {
+		return nil // no last word: as a crash, or the unit is another's
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	done := position{Done: pos.Done, Epoch: l.Epoch}
+	if _, err := s.writePosition(ctx, u, done, rev); err != nil {
+		log.Warn("writing the unit's position at the end (its next owner inserts the last block again)", zap.Error(err))
+	}
+	return nil
+}
+
+// readPosition reads a unit's position; a unit never written starts where
+// an older sink's consumers had acked, or at the start of the stream, and
+// that is written as its first position.
+func (s *Sink) readPosition(ctx context.Context, u unit) (position, uint64, error) {
+	e, err := s.pos.Get(ctx, u.key)
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		p := position{Done: s.legacyDone(ctx, u)}
+		rev, err := s.writePosition(ctx, u, p, 0)
+		return p, rev, err
+	case err != nil:
+		return position{}, 0, fmt.Errorf("reading the position %s: %w", u.key, err)
+	}
+	var p position
+	if err := json.Unmarshal(e.Value(), &p); err != nil {
+		return position{}, 0, fmt.Errorf("the position %s is not one: %w", u.key, err)
+	}
+	return p, e.Revision(), nil
+}
+
+// writePosition writes a unit's position by compare-and-set on rev (0:
+// the key must not exist): it fails if another owner wrote it meanwhile.
+func (s *Sink) writePosition(ctx context.Context, u unit, p position, rev uint64) (uint64, error) {
+	b, _ := json.Marshal(p)
+	var nrev uint64
+	var err error
+	if rev == 0 {
+		nrev, err = s.pos.Create(ctx, u.key, b)
+	} else {
+		nrev, err = s.pos.Update(ctx, u.key, b, rev)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("writing the position %s (another owner may have written it): %w", u.key, err)
+	}
+	if rev == 0 {
+		s.dropLegacyConsumers(ctx, u)
+	}
+	return nrev, nil
+}
+
+// legacyDone is where a unit without a position starts: past what the
+// older sink's consumer of it had acked (a per-partition consumer, or the
+// one usage or events consumer), or at the start of the stream. The
+// first block reads what ClickHouse holds, so starting early only costs
+// time.
+func (s *Sink) legacyDone(ctx context.Context, u unit) uint64 {
+	names := []string{s.cfg.Consumer + "-events"}
+	if u.stream == broker.StreamAccepted {
+		names = []string{fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, u.id), s.cfg.Consumer + "-usage"}
+	}
+	for _, name := range names {
+		if c, err := s.js.Consumer(ctx, u.stream, name); err == nil {
+			floor := c.CachedInfo().AckFloor.Stream
+			s.log.Info("the unit starts where an older sink's consumer had acked", zap.String("unit", u.name), zap.String("consumer", name), zap.Uint64("seq", floor))
+			return floor
+		}
+	}
+	return 0
+}
+
+// dropLegacyConsumers deletes an older sink's consumers once the units
+// they served have positions: a per-partition one with its unit's first
+// position, the shared ones once every unit has one.
+func (s *Sink) dropLegacyConsumers(ctx context.Context, u unit) {
+	drop := func(stream, name string) {
+		err := s.js.DeleteConsumer(ctx, stream, name)
+		switch {
+		case err == nil:
+			s.log.Info("deleted an older sink's consumer", zap.String("consumer", name))
+		case !errors.Is(err, jetstream.ErrConsumerNotFound):
+			s.log.Warn("deleting an older sink's consumer", zap.String("consumer", name), zap.Error(err))
+		}
+	}
+	if u.stream == broker.StreamAccepted {
+		drop(broker.StreamAccepted, fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, u.id))
+	}
+	for id := 0; id <= s.cfg.Partitions; id++ {
+		if _, err := s.pos.Get(ctx, s.unit(id).key); err != nil {
+			return
+		}
+	}
+	drop(broker.StreamAccepted, s.cfg.Consumer+"-usage")
+	drop(broker.StreamEvents, s.cfg.Consumer+"-events")
+}
+
+// filler cuts a unit's messages into blocks.
+type filler struct {
+	s     *Sink
+	in    <-chan jetstream.Msg
+	w     writer
+	carry jetstream.Msg // read past the last block's end: the next block's first
+}
+
+// filled is a block read.
+type filled struct {
+	block       []blockMsg
+	first, last uint64 // stream positions
+	pending     uint64 // messages after the last, as the stream said
+	passed      bool   // a message past upTo was read: the block is complete
+}
+
+// fill reads a block: until it holds BatchRows rows or the flush interval
+// has passed since its first message; or, to repeat a block decided
+// before (upTo > 0), exactly up to its last stream position upTo,
+// whatever the time and rows. It returns an empty block when ctx ends or
+// nothing came within the flush interval.
+func (f *filler) fill(ctx context.Context, upTo uint64) (filled, error) {
+	var b filled
+	rows := 0
+	timer := time.NewTimer(f.s.cfg.FlushInterval)
+	defer timer.Stop()
+	var expire <-chan time.Time
+	if upTo == 0 {
+		expire = timer.C
+	}
+	for upTo > 0 || rows < f.s.cfg.BatchRows {
+		m := f.carry
+		f.carry = nil
+		if m == nil {
+			var ok bool
+			select {
+			case m, ok = <-f.in:
+				if !ok {
+					return b, nil // the consumer stopped: ctx ended
+				}
+			case <-expire:
+				return b, nil
+			case <-ctx.Done():
+				return b, nil
+			}
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			return b, fmt.Errorf("sink: %s: %w", m.Subject(), err)
+		}
+		seq := meta.Sequence.Stream
+		if upTo > 0 && seq > upTo {
+			f.carry = m
+			b.passed = true
+			return b, nil
+		}
+		bm, n, err := f.w.decode(m)
+		if err != nil {
+			// not a message this sink can read: the unit cannot go past
+			// it; it fails, retries, and says so on /readyz
+			return b, fmt.Errorf("sink: %s at %d: %w", m.Subject(), seq, err)
+		}
+		if len(b.block) == 0 {
+			b.first = seq
+			timer.Reset(f.s.cfg.FlushInterval)
+		}
+		b.block = append(b.block, bm)
+		b.last, b.pending = seq, meta.NumPending
+		rows += n
+		if upTo > 0 && seq == upTo {
+			b.passed = true
+			return b, nil
+		}
+	}
+	return b, nil
+}
