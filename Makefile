@@ -22,7 +22,8 @@ run: deps ## start the whole pipeline: embedded JetStream, local ClickHouse, API
 run-manual: deps ## the same with a manual clock (PUT /v1/clock moves time)
 	$(GO) run ./services/cardmeter run --data-dir $(DATA) --clock manual $(ARGS)
 
-test: deps ## run every test with the race detector against real JetStream and ClickHouse
+test: deps ## run every test with the race detector against real JetStream and ClickHouse (one server, and two replicas with ZooKeeper)
+	@bash deploy/local/clickhouse-cluster.sh start
 	$(GO) vet ./...
 	@mkdir -p $(DATA)
 	@$(GO) test -race -count=1 -timeout 20m -v ./... 2>&1 | tee $(DATA)/test.log \
@@ -55,6 +56,12 @@ lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
 
+cluster: ## a cluster on this machine: three nats-server nodes (R3), two ingest, projector, sink and clock processes, the local ClickHouse; prints where the API is
+	@bash deploy/local/cluster.sh start
+
+cluster-stop: ## stop what `make cluster` started
+	@bash deploy/local/cluster.sh stop
+
 compose-check: ## validate docker-compose.yml without a Docker engine
 	docker-compose -f docker-compose.yml config -q
 
@@ -62,7 +69,9 @@ clickhouse-stop: ## stop the local ClickHouse
 	@bash deploy/local/clickhouse.sh stop
 
 clean: ## remove the local data folder (JetStream files, ClickHouse data) and binaries
+	-@bash deploy/local/cluster.sh stop
+	-@bash deploy/local/clickhouse-cluster.sh stop
 	-@bash deploy/local/clickhouse.sh stop
 	rm -rf $(DATA) bin
 
-.PHONY: help deps build run run-manual test bench chaos chaos-handover fuzz lint compose-check clickhouse-stop clean
+.PHONY: help deps build run run-manual test bench chaos chaos-handover fuzz lint cluster cluster-stop compose-check clickhouse-stop clean

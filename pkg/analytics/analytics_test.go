@@ -29,7 +29,7 @@ func known(t *testing.T) driver.Conn {
 	ch := testenv.ClickHouse(t)
 	conn := testenv.ClickHouseConn(t, ch)
 	ctx := context.Background()
-	if err := sink.Migrate(ctx, conn); err != nil {
+	if err := sink.Migrate(ctx, conn, ch); err != nil {
 		t.Fatal(err)
 	}
 	march, feb := at("2026-03-01 00:00"), at("2026-02-01 00:00")

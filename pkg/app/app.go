@@ -142,6 +142,9 @@ func has(roles []string, r string) bool {
 // Partitions is the log's partition count.
 func (p *Pipeline) Partitions() int { return p.cfg.Partitions }
 
+// attemptTimeout bounds one attempt of a start-up step.
+const attemptTimeout = 30 * time.Second
+
 // Start starts the configured roles and returns once they run.
 func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err error) {
 	if len(cfg.Roles) == 0 {
@@ -208,10 +211,17 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		startCtx, cancel = context.WithTimeout(ctx, cfg.StartTimeout)
 		defer cancel()
 	}
-	retry := func(what string, op func() error) error {
+	// each attempt has its own deadline: a JetStream request that no
+	// server answers (a cluster without a meta leader yet) waits until its
+	// context ends, and must not take the whole start-up with it
+	retry := func(what string, op func(ctx context.Context) error) error {
 		bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond),
 			backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0)), startCtx)
-		err := backoff.RetryNotify(op, bo, func(err error, d time.Duration) {
+		err := backoff.RetryNotify(func() error {
+			actx, cancel := context.WithTimeout(startCtx, attemptTimeout)
+			defer cancel()
+			return op(actx)
+		}, bo, func(err error, d time.Duration) {
 			log.Warn("start-up: "+what+" failed; retrying", zap.Error(err), zap.Duration("in", d))
 		})
 		if err != nil {
@@ -233,8 +243,8 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	}
 	topo.Replicas = cfg.Replicas
 	if p.embedded != nil || !cfg.WaitForTopology {
-		if err := retry("creating the streams and buckets", func() error {
-			t, err := broker.Ensure(startCtx, p.JS, topo)
+		if err := retry("creating the streams and buckets", func(ctx context.Context) error {
+			t, err := broker.Ensure(ctx, p.JS, topo)
 			if errors.Is(err, broker.ErrTopology) {
 				return backoff.Permanent(err)
 			}
@@ -243,8 +253,8 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		}); err != nil {
 			return nil, err
 		}
-	} else if err := retry("waiting for the streams and buckets", func() error {
-		t, err := broker.Check(startCtx, p.JS)
+	} else if err := retry("waiting for the streams and buckets", func(ctx context.Context) error {
+		t, err := broker.Check(ctx, p.JS)
 		if err != nil {
 			return err
 		}
@@ -292,7 +302,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	}
 	if has(cfg.Roles, RoleAPI) || has(cfg.Roles, RoleClock) {
 		p.Clock = clock.New(p.JS, clock.Config{Partitions: cfg.Partitions, Manual: cfg.ManualClock, Interval: cfg.TickInterval, Start: unixOrZero(cfg.ClockStart)}, log.Named("clock"))
-		if err := retry("reading the clock", func() error { return p.Clock.Start(startCtx) }); err != nil {
+		if err := retry("reading the clock", p.Clock.Start); err != nil {
 			return nil, err
 		}
 		if has(cfg.Roles, RoleClock) {
@@ -302,15 +312,15 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	if has(cfg.Roles, RoleAPI) {
 		var dir *api.Directory
 		apiCfg := cfg.API
-		if err := retry("opening the directory and the batch buckets", func() error {
-			kv, err := p.JS.KeyValue(startCtx, broker.BucketDir)
+		if err := retry("opening the directory and the batch buckets", func(ctx context.Context) error {
+			kv, err := p.JS.KeyValue(ctx, broker.BucketDir)
 			if err != nil {
 				return err
 			}
-			if apiCfg.Batches, err = p.JS.KeyValue(startCtx, broker.BucketBatches); err != nil {
+			if apiCfg.Batches, err = p.JS.KeyValue(ctx, broker.BucketBatches); err != nil {
 				return err
 			}
-			if apiCfg.Resolved, err = p.JS.KeyValue(startCtx, broker.BucketResolved); err != nil {
+			if apiCfg.Resolved, err = p.JS.KeyValue(ctx, broker.BucketResolved); err != nil {
 				return err
 			}
 			dir, err = api.NewDirectory(runCtx, kv, log.Named("directory"))

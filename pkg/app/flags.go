@@ -78,7 +78,8 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 		return err
 	})
 	fs.DurationVar(&cfg.TickInterval, "tick-interval", envDur("tick-interval", time.Minute), "real clock tick interval")
-	fs.StringVar(&cfg.ClickHouse.Addr, "clickhouse-addr", env("clickhouse-addr", "127.0.0.1:19000"), "ClickHouse native protocol address")
+	fs.StringVar(&cfg.ClickHouse.Addr, "clickhouse-addr", env("clickhouse-addr", "127.0.0.1:19000"), "ClickHouse native protocol address; the replicas of a cluster comma-separated (the first that answers is used)")
+	fs.StringVar(&cfg.ClickHouse.Cluster, "clickhouse-cluster", env("clickhouse-cluster", ""), "ClickHouse cluster whose replicas hold the tables: created ON CLUSTER as Replicated*MergeTree (needs ZooKeeper and the {shard} and {replica} macros); empty: one server")
 	fs.StringVar(&cfg.ClickHouse.Database, "clickhouse-db", env("clickhouse-db", "cardmeter"), "ClickHouse database")
 	fs.StringVar(&cfg.ClickHouse.User, "clickhouse-user", env("clickhouse-user", "default"), "ClickHouse user")
 	fs.StringVar(&cfg.ClickHouse.Password, "clickhouse-password", env("clickhouse-password", ""), "ClickHouse password")

@@ -293,7 +293,11 @@ func Setup(args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(0)), ctx)
 	err = backoff.RetryNotify(func() error {
-		t, err := broker.Ensure(ctx, js, topo)
+		// an attempt of its own deadline: a request no server answers
+		// (no meta leader yet) waits until its context ends
+		actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		t, err := broker.Ensure(actx, js, topo)
 		if errors.Is(err, broker.ErrTopology) {
 			return backoff.Permanent(err)
 		}

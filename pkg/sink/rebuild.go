@@ -46,7 +46,7 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, ch ClickHouseConfig, p
 		return st, err
 	}
 	defer conn.Close()
-	if err := Migrate(ctx, conn); err != nil {
+	if err := Migrate(ctx, conn, ch); err != nil {
 		return st, err
 	}
 	stream, err := js.Stream(ctx, broker.StreamMeter)

@@ -204,7 +204,7 @@ func (s *Sink) connect(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := Migrate(ctx, conn); err != nil {
+		if err := Migrate(ctx, conn, s.ch); err != nil {
 			conn.Close()
 			return err
 		}

@@ -329,7 +329,7 @@ func TestUpgradeKeepsRollups(t *testing.T) {
 		}
 	}
 	insert(0)
-	if err := Migrate(ctx, conn); err != nil {
+	if err := Migrate(ctx, conn, ch); err != nil {
 		t.Fatal(err)
 	}
 	insert(1000)

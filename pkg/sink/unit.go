@@ -122,14 +122,16 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 	if err != nil {
 		return fmt.Errorf("ordered consumer on %s: %w", u.stream, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(4096, max(s.cfg.BatchRows/10, 64))))
+	// bytes, not messages: a unit's buffer stays near 8 MiB (the largest
+	// message ACCEPTED takes) however large its messages, with 33 units
+	it, err := cons.Messages(jetstream.PullMaxBytes(8 << 20))
 	if err != nil {
 		return fmt.Errorf("consuming %s: %w", u.stream, err)
 	}
 	defer it.Stop()
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	in := make(chan jetstream.Msg, 1024)
+	in := make(chan jetstream.Msg, 64)
 	go func() {
 		defer close(in)
 		for {

@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -48,11 +51,7 @@ func ClickHouse(t testing.TB) sink.ClickHouseConfig {
 	if err != nil {
 		t.Fatalf("ClickHouse at %s does not answer (%v): run `make test`, which starts it (deploy/local/clickhouse.sh start)", addr, err)
 	}
-	name := nonWord.ReplaceAllString(strings.ToLower(t.Name()), "_")
-	if len(name) > 40 {
-		name = name[:40]
-	}
-	db := fmt.Sprintf("test_%s_%08x", name, rand.Uint32())
+	db := dbName(t)
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -60,6 +59,15 @@ func ClickHouse(t testing.TB) sink.ClickHouseConfig {
 		conn.Close()
 	})
 	return sink.ClickHouseConfig{Addr: addr, Database: db, User: "default"}
+}
+
+// dbName is a fresh database name for a test.
+func dbName(t testing.TB) string {
+	name := nonWord.ReplaceAllString(strings.ToLower(t.Name()), "_")
+	if len(name) > 40 {
+		name = name[:40]
+	}
+	return fmt.Sprintf("test_%s_%08x", name, rand.Uint32())
 }
 
 // ClickHouseConn opens a connection to a test database.
@@ -131,4 +139,91 @@ func Eventually(t testing.TB, within time.Duration, cond func() error) {
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
+}
+
+// Replicas are the two ClickHouse servers of the local cluster
+// (deploy/local/clickhouse-cluster.sh), which a test may stop and start:
+// no other test uses them at the same time (tests that take them hold a
+// lock while they run).
+type Replicas struct {
+	t     testing.TB
+	Addrs []string
+}
+
+// ClickHouseCluster returns the config of a fresh database on the local
+// replicated cluster "cardmeter", dropped after the test, and its
+// replicas. It fails the test when the replicas do not answer: run `make
+// test`, which starts them.
+func ClickHouseCluster(t testing.TB) (sink.ClickHouseConfig, *Replicas) {
+	t.Helper()
+	clusterMu.Lock()
+	t.Cleanup(clusterMu.Unlock)
+	rs := &Replicas{t: t, Addrs: []string{"127.0.0.1:19101", "127.0.0.1:19102"}}
+	for n := range rs.Addrs {
+		if err := ping(rs.Addrs[n]); err != nil {
+			t.Fatalf("ClickHouse replica %s does not answer (%v): run `make test`, which starts them (deploy/local/clickhouse-cluster.sh start)", rs.Addrs[n], err)
+		}
+	}
+	cfg := sink.ClickHouseConfig{Addr: strings.Join(rs.Addrs, ","), Database: dbName(t), User: "default", Cluster: "cardmeter"}
+	t.Cleanup(func() {
+		// both back, then the database dropped on both
+		for n := range rs.Addrs {
+			rs.Start(n + 1)
+		}
+		conn, err := clickhouse.Open(&clickhouse.Options{Addr: rs.Addrs, DialTimeout: 3 * time.Second})
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+cfg.Database+" ON CLUSTER cardmeter")
+	})
+	return cfg, rs
+}
+
+var clusterMu sync.Mutex
+
+// Replica returns the config of the same database on replica n alone (1 or
+// 2), to read what that replica holds.
+func (rs *Replicas) Replica(cfg sink.ClickHouseConfig, n int) sink.ClickHouseConfig {
+	cfg.Addr = rs.Addrs[n-1]
+	return cfg
+}
+
+// Stop stops replica n and returns once it has exited.
+func (rs *Replicas) Stop(n int) { rs.script("stop-replica", fmt.Sprint(n)) }
+
+// Start starts replica n and returns once it answers.
+func (rs *Replicas) Start(n int) { rs.script("start-replica", fmt.Sprint(n)) }
+
+func (rs *Replicas) script(args ...string) {
+	rs.t.Helper()
+	cmd := exec.Command("bash", append([]string{filepath.Join(root(), "deploy/local/clickhouse-cluster.sh")}, args...)...)
+	cmd.Dir = root() // the script's data folder is .data under the checkout, as `make test` ran it
+	if out, err := cmd.CombinedOutput(); err != nil {
+		rs.t.Fatalf("clickhouse-cluster.sh %v: %v\n%s", args, err, out)
+	}
+}
+
+// root is the checkout: the folder holding go.mod above the test's own.
+func root() string {
+	dir, _ := os.Getwd()
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			return dir
+		}
+	}
+}
+
+func ping(addr string) error {
+	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, DialTimeout: 3 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return conn.Ping(context.Background())
 }
