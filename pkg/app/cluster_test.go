@@ -60,9 +60,10 @@ func jsCluster(t *testing.T) ([]*server.Server, []string) {
 }
 
 // A three-node JetStream cluster with every stream and bucket at three
-// replicas: a node killed under load loses nothing. The roles run on
-// connections to different nodes (two projectors among them); every
-// record acknowledged is counted once in card state and in ClickHouse.
+// replicas: a node killed under load loses nothing, nor then a projector
+// and a sink of two each. The roles run on connections to different
+// nodes; every record acknowledged is counted once in card state and in
+// ClickHouse.
 func TestClusterNodeLossLosesNothing(t *testing.T) {
 	servers, urls := jsCluster(t)
 	all := strings.Join(urls, ",")
@@ -95,10 +96,14 @@ func TestClusterNodeLossLosesNothing(t *testing.T) {
 	apiProc := start(urls[0], RoleAPI, RoleClock)
 	a := start(urls[1], RoleProjector)
 	b := start(urls[2], RoleProjector)
-	start(urls[0], RoleSink)
+	sa := start(urls[0], RoleSink)
+	sb := start(urls[2], RoleSink)
 	testenv.Eventually(t, 30*time.Second, func() error {
 		if len(a.Projector.Held())+len(b.Projector.Held()) != 4 {
 			return fmt.Errorf("a holds %v, b %v", a.Projector.Held(), b.Projector.Held())
+		}
+		if ha, hb := sa.Sink.Held(), sb.Sink.Held(); len(ha)+len(hb) != 5 || len(ha) == 0 || len(hb) == 0 {
+			return fmt.Errorf("sink a holds %v, sink b %v", ha, hb)
 		}
 		if err := a.Projector.Ready(); err != nil {
 			return err
@@ -143,10 +148,27 @@ func TestClusterNodeLossLosesNothing(t *testing.T) {
 	// the node a projector and the sink's peers talk to goes away
 	servers[1].Shutdown()
 	killed := time.Now()
-	for r := 5; r < 15; r++ {
+	for r := 5; r < 10; r++ {
+		round(r)
+	}
+	// then projector b and sink b crash: connections cut, nothing handed back
+	b.NC.Close()
+	sb.NC.Close()
+	go b.Stop()
+	go sb.Stop()
+	for r := 10; r < 15; r++ {
 		round(r)
 	}
 	t.Logf("15 rounds stored, the last 10 after a node was killed (%s)", time.Since(killed).Round(time.Millisecond))
+	testenv.Eventually(t, 60*time.Second, func() error {
+		if h := a.Projector.Held(); len(h) != 4 {
+			return fmt.Errorf("projector a holds %v", h)
+		}
+		if h := sa.Sink.Held(); len(h) != 5 {
+			return fmt.Errorf("sink a holds %v", h)
+		}
+		return a.Projector.Ready()
+	})
 	for i := 0; i < cards; i++ {
 		got := cl.card(iccid(700+i), last)
 		if got.Cycle.UsageBytes != want {
@@ -155,12 +177,15 @@ func TestClusterNodeLossLosesNothing(t *testing.T) {
 	}
 	conn := testenv.ClickHouseConn(t, ch)
 	testenv.Eventually(t, 60*time.Second, func() error {
-		var n, bytes uint64
-		if err := conn.QueryRow(context.Background(), "SELECT count(), sum(bytes_up) FROM usage_records").Scan(&n, &bytes); err != nil {
+		var n, distinct, bytes, rolled uint64
+		if err := conn.QueryRow(context.Background(), "SELECT count(), uniqExact(partition, src_seq, idx), sum(bytes_up) FROM usage_records").Scan(&n, &distinct, &bytes); err != nil {
 			return err
 		}
-		if n != 15*cards || bytes != want*cards {
-			return fmt.Errorf("ClickHouse holds %d records of %d bytes; want %d of %d", n, bytes, 15*cards, want*cards)
+		if err := conn.QueryRow(context.Background(), "SELECT sum(bytes_up) FROM usage_daily_card").Scan(&rolled); err != nil {
+			return err
+		}
+		if n != 15*cards || distinct != n || bytes != want*cards || rolled != bytes {
+			return fmt.Errorf("ClickHouse holds %d records (%d distinct) of %d bytes, rolled up %d; want %d of %d", n, distinct, bytes, rolled, 15*cards, want*cards)
 		}
 		return nil
 	})
