@@ -282,7 +282,7 @@ func provision(ctx context.Context, cfg Config) (*fleet, error) {
 	tiny := card.PlanChanged{PlanID: "tiny", QuotaBytes: 1000, TimeZone: card.DefaultTimeZone}
 	for _, pl := range []card.PlanChanged{plan, tiny} {
 		b, _ := jsonMarshal(card.Input{Type: card.TypePlanChanged, ID: "plan-" + pl.PlanID, At: at, Plan: &pl})
-		for part := 0; part < 8; part++ {
+		for part := 0; part < topo.Partitions; part++ {
 			if err := publishAsync(js, broker.BillingSubject(part), b); err != nil {
 				return nil, err
 			}

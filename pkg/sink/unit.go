@@ -152,8 +152,12 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 	}()
 	f := &filler{s: s, in: in, w: u.w}
 	check := true // the first block may reach back into what ClickHouse holds: read how far
+	// pos is what the bucket holds (at revision rev); done is how far this
+	// life has inserted, written with the next block, or when the unit
+	// falls idle, or at a graceful end
+	done := pos.Done
+	repeat := pos.pending()
 	for {
-		repeat := pos.pending()
 		upTo := uint64(0)
 		if repeat {
 			upTo = pos.Last
@@ -163,12 +167,22 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 			return err
 		}
 		if ctx.Err() != nil {
-			return s.leave(ctx, l, u, pos, rev, log)
+			return s.leave(ctx, l, u, pos, done, rev, log)
 		}
 		if len(b.block) == 0 {
 			if repeat && b.passed {
 				// the block's messages are gone from the stream (aged out)
-				pos.Done = pos.Last
+				done, repeat = pos.Last, false
+			}
+			if !repeat && done > pos.Done && l.Valid() {
+				// idle: say how far, so that a reader of the positions
+				// (and the next owner) need not look at the last block
+				settled := position{Done: done, Epoch: l.Epoch}
+				nrev, err := s.writePosition(ctx, u, settled, rev)
+				if err != nil {
+					return err
+				}
+				pos, rev = settled, nrev
 			}
 			continue
 		}
@@ -178,14 +192,15 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 		}
 		s.mu.Unlock()
 		s.pending.WithLabelValues(u.name).Set(float64(b.pending))
+		last := b.last
 		if repeat {
 			s.blocks.Inc()
-			check = true
+			check, last = true, pos.Last
 		} else {
 			if !l.Valid() {
 				return errNotValid
 			}
-			next := position{Done: pos.Done, First: b.first, Last: b.last, Epoch: l.Epoch}
+			next := position{Done: done, First: b.first, Last: b.last, Epoch: l.Epoch}
 			nrev, err := s.writePosition(ctx, u, next, rev)
 			if err != nil {
 				return err
@@ -201,7 +216,7 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 				return fmt.Errorf("%w: %w", errCrash, err)
 			}
 		}
-		pos.Done = pos.Last
+		done, repeat = last, false
 		s.mu.Lock()
 		if st := s.units[u.id]; st != nil {
 			st.failure = nil
@@ -251,16 +266,15 @@ func (s *Sink) insert(ctx context.Context, l *lease.Lease, u unit, block []block
 	return nil
 }
 
-// leave writes, on a graceful end, that the unit's last block is in, so
-// that the next owner need not insert it again.
-func (s *Sink) leave(ctx context.Context, l *lease.Lease, u unit, pos position, rev uint64, log *zap.Logger) error {
-	if errors.Is(context.Cause(ctx), errCrash) || errors.Is(context.Cause(ctx), lease.ErrLost) || !pos.pending() || !l.Valid() {
-		return nil // no last word: as a crash, or the unit is another's
+// leave writes, on a graceful end, how far the unit is inserted, so that
+// the next owner need not insert its last block again.
+func (s *Sink) leave(ctx context.Context, l *lease.Lease, u unit, pos position, done, rev uint64, log *zap.Logger) error {
+	if errors.Is(context.Cause(ctx), errCrash) || errors.Is(context.Cause(ctx), lease.ErrLost) || done <= pos.Done || !l.Valid() {
+		return nil // nothing new, or no last word: as a crash, or the unit is another's
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	done := position{Done: pos.Done, Epoch: l.Epoch}
-	if _, err := s.writePosition(ctx, u, done, rev); err != nil {
+	if _, err := s.writePosition(ctx, u, position{Done: done, Epoch: l.Epoch}, rev); err != nil {
 		log.Warn("writing the unit's position at the end (its next owner inserts the last block again)", zap.Error(err))
 	}
 	return nil
@@ -426,4 +440,45 @@ func (f *filler) fill(ctx context.Context, upTo uint64) (filled, error) {
 		}
 	}
 	return b, nil
+}
+
+// Behind lists the units whose position has not reached the last message
+// of their subjects: none when ClickHouse holds all the log has so far
+// (for tests and tools; a unit not yet written counts as behind if its
+// subjects hold anything).
+func (s *Sink) Behind(ctx context.Context) ([]string, error) {
+	kv, err := s.js.KeyValue(ctx, broker.BucketSink)
+	if err != nil {
+		return nil, err
+	}
+	var behind []string
+	for id := 0; id <= s.cfg.Partitions; id++ {
+		u := s.unit(id)
+		st, err := s.js.Stream(ctx, u.stream)
+		if err != nil {
+			return nil, err
+		}
+		var last uint64
+		if u.stream == broker.StreamEvents {
+			last = st.CachedInfo().State.LastSeq
+		} else if m, err := st.GetLastMsgForSubject(ctx, u.filter); err == nil {
+			last = m.Sequence
+		} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil, err
+		}
+		var done uint64
+		if e, err := kv.Get(ctx, u.key); err == nil {
+			var p position
+			if err := json.Unmarshal(e.Value(), &p); err != nil {
+				return nil, err
+			}
+			done = p.Done
+		} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, err
+		}
+		if done < last {
+			behind = append(behind, fmt.Sprintf("%s at %d of %d", u.name, done, last))
+		}
+	}
+	return behind, nil
 }

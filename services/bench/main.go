@@ -16,6 +16,7 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/app"
 	"github.com/cardmeter/cardmeter/pkg/bench"
+	"github.com/cardmeter/cardmeter/pkg/broker"
 )
 
 func main() {
@@ -121,8 +122,12 @@ func main() {
 		return
 	}
 	if *replay {
-		r := bench.Replay(cfg.Cards, *records, 8, os.Stderr)
-		fmt.Printf("| replay from scratch: %d cards, %d records, 8 partitions | %.1f s (%.0f records/s) |\n", r.Cards, r.Records, r.Seconds, r.RecordsPerSec)
+		parts := cfg.Partitions
+		if parts == 0 {
+			parts = broker.DefaultTopology.Partitions // a new log's
+		}
+		r := bench.Replay(cfg.Cards, *records, parts, os.Stderr)
+		fmt.Printf("| replay from scratch: %d cards, %d records, %d partitions | %.1f s (%.0f records/s) |\n", r.Cards, r.Records, r.Partitions, r.Seconds, r.RecordsPerSec)
 		fmt.Printf("| projector memory per card at %d cards (heap in use / cards, records' ids included) | %.0f bytes |\n", r.Cards, r.BytesPerCard)
 		return
 	}
