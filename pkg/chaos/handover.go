@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
@@ -30,12 +31,16 @@ import (
 type pair struct {
 	a, b       *node
 	api, bHTTP string // A's API, B's health and metrics
+	natsURL    string
+	admin      string // the NATS admin's password
 	partitions int
 	ids        []string // the cards
 	want       uint64   // bytes sent to each card, all acknowledged
 	mu         sync.Mutex
 	lastPos    uint64
 	round      int
+	tiny       int                  // cards on the tiny plan so far
+	stopped    map[string]time.Time // when each card's stopped event came
 }
 
 // PairConfig configures a pair.
@@ -58,7 +63,8 @@ func startPair(ctx context.Context, cfg PairConfig) (*pair, error) {
 		return nil, err
 	}
 	admin := broker.NewPassword()
-	p := &pair{api: fmt.Sprintf("http://127.0.0.1:%d", ports[1]), bHTTP: fmt.Sprintf("http://127.0.0.1:%d", ports[2]), partitions: cfg.Partitions}
+	p := &pair{api: fmt.Sprintf("http://127.0.0.1:%d", ports[1]), bHTTP: fmt.Sprintf("http://127.0.0.1:%d", ports[2]), partitions: cfg.Partitions,
+		natsURL: fmt.Sprintf("nats://127.0.0.1:%d", ports[0]), admin: admin, stopped: map[string]time.Time{}}
 	p.a = &node{bin: cfg.Binary, logPath: filepath.Join(cfg.Dir, "a.log"), log: cfg.Log, args: []string{"run",
 		"--data-dir", filepath.Join(cfg.Dir, "a"), "--http-addr", "127.0.0.1:" + strconv.Itoa(ports[1]), "--nats-port", strconv.Itoa(ports[0]),
 		"--clickhouse-addr", cfg.ClickHouseAddr, "--clickhouse-db", cfg.ClickHouseDB, "--partitions", strconv.Itoa(cfg.Partitions),
@@ -81,6 +87,9 @@ func startPair(ctx context.Context, cfg PairConfig) (*pair, error) {
 		return p, err
 	}
 	if err := send(http.MethodPut, p.api+"/v1/plans/p", `{"quota_bytes": 1000000000000, "cycle_anchor_day": 1, "time_zone": "UTC"}`); err != nil {
+		return p, err
+	}
+	if err := send(http.MethodPut, p.api+"/v1/plans/tiny", `{"quota_bytes": 1000, "cycle_anchor_day": 1, "time_zone": "UTC"}`); err != nil {
 		return p, err
 	}
 	for i := 0; i < cfg.Cards; i++ {
@@ -230,6 +239,93 @@ func (p *pair) countedSaying(ctx context.Context) (lost, doubled int, first stri
 	return lost, doubled, first, nil
 }
 
+// watchStops records when each card's stopped event arrives, on A's
+// NATS as the admin, until the returned function is called.
+func (p *pair) watchStops() (func(), error) {
+	nc, err := nats.Connect(p.natsURL, nats.UserInfo(broker.UserAdmin, p.admin), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, err
+	}
+	_, err = nc.Subscribe(broker.EventSubject("card.stopped", ">"), func(m *nats.Msg) {
+		at := time.Now()
+		iccid := m.Subject[strings.LastIndexByte(m.Subject, '.')+1:]
+		p.mu.Lock()
+		if _, ok := p.stopped[iccid]; !ok {
+			p.stopped[iccid] = at
+		}
+		p.mu.Unlock()
+	})
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return nc.Close, nc.Flush()
+}
+
+// tinyCards provisions n cards on the tiny plan (1000 bytes, stopped
+// over quota), each on an account of its own, so on partitions of both.
+func (p *pair) tinyCards(n int) ([]string, error) {
+	var ids []string
+	for i := 0; i < n; i++ {
+		p.tiny++
+		pre := fmt.Sprintf("898601%013d", p.tiny)
+		id := pre + string(cdr.LuhnDigit(pre))
+		if err := send(http.MethodPut, p.api+"/v1/cards/"+id, fmt.Sprintf(`{"account_id": "tiny%d", "plan_id": "tiny", "carrier": "cmcc", "auto_stop_over_quota": true}`, p.tiny)); err != nil {
+			return nil, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// cross sends each card a record over its quota, and returns when each
+// was acknowledged (2xx): the start of its stop latency.
+func (p *pair) cross(ctx context.Context, ids []string) (map[string]time.Time, error) {
+	acked := map[string]time.Time{}
+	for _, id := range ids {
+		body := fmt.Sprintf(`{"record_id":"cross-%s","iccid":"%s","start_time":"2026-06-20T10:00:00Z","end_time":"2026-06-20T10:01:00Z","bytes_up":2000,"bytes_down":0}`+"\n", id, id)
+		err := until(ctx, time.Minute, func() error {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, p.api+"/v1/usage?carrier=cmcc&wait=false", strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/x-ndjson")
+			req.Header.Set("Idempotency-Key", "cross-"+id)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				return fmt.Errorf("crossing record: %d", resp.StatusCode)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
+		acked[id] = time.Now()
+	}
+	return acked, nil
+}
+
+// stopLatencies waits until every card acknowledged has its stopped event
+// and returns each one's time from the 2xx to the event.
+func (p *pair) stopLatencies(ctx context.Context, acked map[string]time.Time) ([]time.Duration, error) {
+	var out []time.Duration
+	err := until(ctx, 2*time.Minute, func() error {
+		out = out[:0]
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for id, t0 := range acked {
+			at, ok := p.stopped[id]
+			if !ok {
+				return fmt.Errorf("card %s: no stopped event yet", id)
+			}
+			out = append(out, at.Sub(t0))
+		}
+		return nil
+	})
+	return out, err
+}
+
 // HandoverConfig configures a hand-over campaign.
 type HandoverConfig struct {
 	PairConfig
@@ -239,15 +335,19 @@ type HandoverConfig struct {
 
 // HandoverReport is what a hand-over campaign measured.
 type HandoverReport struct {
-	Kills      int
-	Handover   []time.Duration // kill -9 of B to A folding all partitions, ready
-	Respread   []time.Duration // B restarted to both holding half, ready
-	Writes     int             // batches acknowledged during the campaign
-	Lost       int             // cards with fewer bytes counted than acknowledged
-	Doubled    int             // cards with more
-	Mismatch   string          // the first card that differs, how
-	Partitions int
-	LeaseTTL   time.Duration
+	Kills    int
+	Handover []time.Duration // kill -9 of B to A folding all partitions, ready
+	// StopLatency is, for records crossing a card's quota sent right
+	// after each kill (cards on both instances' partitions), the time from
+	// the record's 2xx to the card's stopped event
+	StopLatency []time.Duration
+	Respread    []time.Duration // B restarted to both holding half, ready
+	Writes      int             // batches acknowledged during the campaign
+	Lost        int             // cards with fewer bytes counted than acknowledged
+	Doubled     int             // cards with more
+	Mismatch    string          // the first card that differs, how
+	Partitions  int
+	LeaseTTL    time.Duration
 }
 
 // RunHandover kills B (kill -9) Kills times at random moments under load,
@@ -264,6 +364,11 @@ func RunHandover(ctx context.Context, cfg HandoverConfig) (*HandoverReport, erro
 	if err != nil {
 		return rep, err
 	}
+	closeWatch, err := p.watchStops()
+	if err != nil {
+		return rep, err
+	}
+	defer closeWatch()
 	rnd := rand.New(rand.NewPCG(cfg.Seed, 0x68616e646f766572))
 	// the load: a batch to every card, back to back; stopping lets the
 	// batch in flight finish (cut short, it could be stored unbeknown to
@@ -286,14 +391,27 @@ func RunHandover(ctx context.Context, cfg HandoverConfig) (*HandoverReport, erro
 	stopWriting := func() { stopped.Store(true) }
 	err = func() error {
 		for i := 0; i < cfg.Kills && ctx.Err() == nil && werr == nil; i++ {
+			crossing, err := p.tinyCards(4)
+			if err != nil {
+				return err
+			}
 			// anywhere within a renewal round of B's leases
 			time.Sleep(time.Duration(rnd.Int64N(int64(cfg.LeaseTTL/5)+1)) + time.Second)
 			p.b.kill()
 			killed := time.Now()
+			acked, err := p.cross(ctx, crossing)
+			if err != nil {
+				return fmt.Errorf("kill %d: %w", i+1, err)
+			}
 			if err := p.alone(ctx, 10*cfg.LeaseTTL+time.Minute); err != nil {
 				return fmt.Errorf("kill %d: B's partitions never came to A: %w", i+1, err)
 			}
 			rep.Handover = append(rep.Handover, time.Since(killed))
+			lat, err := p.stopLatencies(ctx, acked)
+			if err != nil {
+				return fmt.Errorf("kill %d: %w", i+1, err)
+			}
+			rep.StopLatency = append(rep.StopLatency, lat...)
 			if err := p.b.start(); err != nil {
 				return err
 			}
@@ -326,6 +444,9 @@ func (r *HandoverReport) Print(w io.Writer) {
 		percentile(r.Handover, 0.5).Round(time.Millisecond), percentile(r.Handover, 1).Round(time.Millisecond))
 	fmt.Fprintf(w, "| restart to the partitions spread again (both ready), p50 / max | %s / %s |\n",
 		percentile(r.Respread, 0.5).Round(time.Millisecond), percentile(r.Respread, 1).Round(time.Millisecond))
+	fmt.Fprintf(w, "| stop latency of %d records crossing a quota sent right after a kill (2xx to the stopped event), p50 / p99 / max | %s / %s / %s |\n",
+		len(r.StopLatency), percentile(r.StopLatency, 0.5).Round(time.Millisecond), percentile(r.StopLatency, 0.99).Round(time.Millisecond),
+		percentile(r.StopLatency, 1).Round(time.Millisecond))
 	fmt.Fprintf(w, "| batches acknowledged during the campaign | %d |\n| cards with records lost / counted twice | %d / %d |\n", r.Writes, r.Lost, r.Doubled)
 	if r.Mismatch != "" {
 		fmt.Fprintf(w, "| first difference | %s |\n", r.Mismatch)

@@ -139,5 +139,14 @@ func TestShortHandover(t *testing.T) {
 			t.Errorf("hand-over %d took %s with a 2 s lease", i, d)
 		}
 	}
-	t.Logf("hand-overs %v, spread again %v, %d batches", rep.Handover, rep.Respread, rep.Writes)
+	// every crossing record sent during a hand-over stopped its card
+	if len(rep.StopLatency) != 8 {
+		t.Fatalf("%d stop latencies, want 4 for each kill", len(rep.StopLatency))
+	}
+	for _, d := range rep.StopLatency {
+		if d <= 0 || d > 20*time.Second {
+			t.Errorf("stop latency %s during a hand-over with a 2 s lease", d)
+		}
+	}
+	t.Logf("hand-overs %v, spread again %v, %d batches, stop latencies %v", rep.Handover, rep.Respread, rep.Writes, rep.StopLatency)
 }

@@ -66,20 +66,32 @@ type store struct {
 
 // retry runs op with backoff until it succeeds, fails for good
 // (backoff.Permanent), or ctx ends; every failure counts in the metrics
-// and, while they go on, shows in the log.
-func (s *store) retry(ctx context.Context, what string, op func() error) error {
+// and, while they go on, shows in the log. Each attempt has a deadline of
+// its own, longer for more bytes: a JetStream request whose reply is lost
+// (the connection dropped after it went out) waits until its context
+// ends, and must not hold up a checkpoint or a restore for longer.
+func (s *store) retry(ctx context.Context, what string, bytes int64, op func(ctx context.Context) error) error {
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithInitialInterval(100*time.Millisecond),
 		backoff.WithMaxInterval(5*time.Second), backoff.WithMaxElapsedTime(2*time.Minute)), ctx)
-	return backoff.RetryNotify(op, bo, func(err error, d time.Duration) {
+	limit := attemptTimeout + time.Duration(bytes/(4<<20))*time.Second // and a second per 4 MiB
+	return backoff.RetryNotify(func() error {
+		actx, cancel := context.WithTimeout(ctx, limit)
+		defer cancel()
+		return op(actx)
+	}, bo, func(err error, d time.Duration) {
 		s.p.m.checkpointErrs.Inc()
 		s.log.Warn(what+" failed; retrying", zap.Error(err), zap.Duration("in", d))
 	})
 }
 
+// attemptTimeout bounds one attempt of a request to JetStream (plus time
+// for the bytes of a transfer).
+const attemptTimeout = 20 * time.Second
+
 // acquire takes the partition: it reads the manifest (or starts one) and
 // stores it back with the next epoch, by compare-and-set.
 func (s *store) acquire(ctx context.Context) error {
-	return s.retry(ctx, "acquiring the partition", func() error {
+	return s.retry(ctx, "acquiring the partition", 0, func(ctx context.Context) error {
 		m := Manifest{Version: manifestVersion, Partition: s.part, Partitions: s.p.cfg.Partitions}
 		var rev uint64
 		e, err := s.kv.Get(ctx, ManifestKey(s.part))
@@ -132,7 +144,7 @@ func (s *store) readState(ctx context.Context) (*card.Partition, error) {
 	rs := card.NewRestorer()
 	for _, name := range append(slices.Clone(s.m.Base), s.m.Deltas...) {
 		var b []byte
-		err := s.retry(ctx, "reading a checkpoint piece", func() error {
+		err := s.retry(ctx, "reading a checkpoint piece", s.m.BaseBytes+s.m.DeltaBytes, func(ctx context.Context) error {
 			var err error
 			b, err = s.objs.GetBytes(ctx, name)
 			if errors.Is(err, jetstream.ErrObjectNotFound) {
@@ -161,7 +173,7 @@ func (s *store) fetchSegment(ctx context.Context) index.Fetch {
 		sizes[si.Name] = si.Bytes
 	}
 	return func(name, path string) error {
-		return s.retry(ctx, "fetching an index segment", func() error {
+		return s.retry(ctx, "fetching an index segment", sizes[name], func(ctx context.Context) error {
 			err := FetchFile(ctx, s.objs, s.segmentObject(name), path, sizes[name])
 			if errors.Is(err, jetstream.ErrObjectNotFound) {
 				return backoff.Permanent(fmt.Errorf("%w: index segment %s is missing: %w", errStuck, name, err))
@@ -270,7 +282,7 @@ func (s *store) save(ctx context.Context, idx *index.Index, job saveJob) error {
 		if job.base {
 			name = fmt.Sprintf("p%d/base-%016x-%04d", s.part, job.seq, i)
 		}
-		if err := s.retry(ctx, "storing a checkpoint piece", func() error {
+		if err := s.retry(ctx, "storing a checkpoint piece", int64(len(b)), func(ctx context.Context) error {
 			_, err := s.objs.PutBytes(ctx, name, b)
 			return err
 		}); err != nil {
@@ -359,7 +371,7 @@ func (s *store) replaceSegments(ctx context.Context, idx *index.Index, old, adde
 }
 
 func (s *store) putFile(ctx context.Context, si index.SegmentInfo, path string) error {
-	return s.retry(ctx, "storing an index segment", func() error {
+	return s.retry(ctx, "storing an index segment", si.Bytes, func(ctx context.Context) error {
 		return StoreFile(ctx, s.objs, s.segmentObject(si.Name), path, si.Bytes)
 	})
 }
@@ -369,7 +381,7 @@ func (s *store) putFile(ctx context.Context, si index.SegmentInfo, path string) 
 func (s *store) putManifest(ctx context.Context, m Manifest) error {
 	m.Written = time.Now().UTC()
 	b, _ := json.Marshal(&m)
-	return s.retry(ctx, "storing the checkpoint manifest", func() error {
+	return s.retry(ctx, "storing the checkpoint manifest", 0, func(ctx context.Context) error {
 		rev, err := s.kv.Update(ctx, ManifestKey(s.part), b, s.rev)
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return backoff.Permanent(fmt.Errorf("%w (epoch %d)", errLostOwnership, s.m.Epoch))

@@ -204,7 +204,7 @@ func (s *Sink) connect(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if err := Migrate(ctx, conn, s.ch); err != nil {
+		if err := s.migrate(ctx, conn); err != nil {
 			conn.Close()
 			return err
 		}
@@ -214,6 +214,47 @@ func (s *Sink) connect(ctx context.Context) error {
 		s.setErr(err)
 		s.log.Warn("clickhouse not ready; retrying", zap.Error(err), zap.Duration("in", d))
 	})
+}
+
+// migrate applies the schema, one sink at a time: a migration may drop a
+// view and create it anew, and another sink inserting in between would
+// leave its rows out of the rollups. The sink that migrates holds the key
+// <database>.migrating in the sink bucket and deletes it after; the others
+// wait, then find every migration applied. A key older than two minutes
+// (its sink died migrating) is taken over.
+func (s *Sink) migrate(ctx context.Context, conn driver.Conn) error {
+	kv, err := s.js.KeyValue(ctx, broker.BucketSink)
+	if err != nil {
+		return fmt.Errorf("the position bucket %s: %w", broker.BucketSink, err)
+	}
+	key := lease.Token(s.cfg.Consumer) + ".migrating"
+	for {
+		rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+		rev, err := kv.Create(rctx, key, []byte(s.cfg.Instance))
+		cancel()
+		if err == nil {
+			defer func() {
+				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
+				defer cancel()
+				_ = kv.Delete(dctx, key, jetstream.LastRevision(rev)) // else it is taken over in two minutes
+			}()
+			return Migrate(ctx, conn, s.ch)
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("taking the migration key: %w", err)
+		}
+		rctx, cancel = context.WithTimeout(ctx, requestTimeout)
+		if e, err := kv.Get(rctx, key); err == nil && time.Since(e.Created()) > 2*time.Minute {
+			s.log.Warn("taking over the migration key of a sink that did not finish", zap.String("holder", string(e.Value())))
+			_ = kv.Delete(rctx, key, jetstream.LastRevision(e.Revision()))
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // Run connects to ClickHouse, then takes this instance's share of the

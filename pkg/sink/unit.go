@@ -102,6 +102,9 @@ func (s *Sink) own(ctx context.Context, l *lease.Lease) {
 	}
 }
 
+// requestTimeout bounds a request to JetStream for a unit's position.
+const requestTimeout = 20 * time.Second
+
 // errNotValid ends a unit's life when its lease is no longer valid.
 var errNotValid = errors.New("the unit's lease is not valid: not writing")
 
@@ -284,6 +287,10 @@ func (s *Sink) leave(ctx context.Context, l *lease.Lease, u unit, pos position, 
 // an older sink's consumers had acked, or at the start of the stream, and
 // that is written as its first position.
 func (s *Sink) readPosition(ctx context.Context, u unit) (position, uint64, error) {
+	// a deadline of its own: a request whose reply is lost waits for its
+	// context, and the unit's lasts as long as the lease
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
 	e, err := s.pos.Get(ctx, u.key)
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
@@ -303,6 +310,8 @@ func (s *Sink) readPosition(ctx context.Context, u unit) (position, uint64, erro
 // writePosition writes a unit's position by compare-and-set on rev (0:
 // the key must not exist): it fails if another owner wrote it meanwhile.
 func (s *Sink) writePosition(ctx context.Context, u unit, p position, rev uint64) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
 	b, _ := json.Marshal(p)
 	var nrev uint64
 	var err error

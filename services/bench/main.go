@@ -48,6 +48,9 @@ func main() {
 	emptyDisk := flag.Bool("empty-disk", true, "with -index: also restore from a JetStream object store into an empty folder")
 	foldProfile := flag.String("fold-cpuprofile", "", "with -index: CPU profiles of the measured folds of new records only, to this file (index) and this file.mem (every id in memory)")
 	baseline := flag.Bool("baseline", true, "with -index: also fold the same records with every id in memory, for the rate to compare with")
+	clusterRun := flag.Bool("cluster", false, "measure only durable ingest on one JetStream server against a three-node cluster (R1 / R3, alternating rounds) and the pause when METER's leader node is killed (no ClickHouse)")
+	clusterRounds := flag.Int("cluster-rounds", 2, "with -cluster: rounds of each shape")
+	clusterKills := flag.Int("cluster-kills", 10, "with -cluster: kills of METER's leader node under load")
 	flag.Parse()
 	cfg.Log = os.Stderr
 	app.TuneGC(*gcPercent, *memLimit, zap.NewNop())
@@ -118,6 +121,21 @@ func main() {
 			r.NewPerSec, r.LookupsPerNew, r.HitPerSec, r.LookupsHit)
 		if *baseline {
 			fmt.Printf("| fold of new records, every id in memory (same run) | %.0f/s: the index's rate is %.0f%% of it |\n", r.MemPerSec, 100*r.NewPerSec/r.MemPerSec)
+		}
+		return
+	}
+	if *clusterRun {
+		ccfg := bench.ClusterConfig{Dir: cfg.DataDir, Cards: min(cfg.Cards, 2000), Records: cfg.IngestRecords, Rounds: *clusterRounds, Kills: *clusterKills,
+			Batch: cfg.BatchRecords, Workers: cfg.Workers, Log: os.Stderr,
+			Progress: func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }}
+		_ = os.RemoveAll(cfg.DataDir)
+		r, err := bench.Cluster(context.Background(), ccfg)
+		if r != nil {
+			r.Print(os.Stdout, ccfg)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
 		}
 		return
 	}
