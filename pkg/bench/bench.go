@@ -272,6 +272,12 @@ func provision(ctx context.Context, cfg Config) (*fleet, error) {
 	if topo, err = broker.Ensure(ctx, js, topo); err != nil {
 		return nil, err
 	}
+	return writeFleet(ctx, js, topo, cfg)
+}
+
+// writeFleet writes the plans and cfg.Cards cards into the log and the
+// directory, as the API would have, without waiting for the projector.
+func writeFleet(ctx context.Context, js jetstream.JetStream, topo broker.Topology, cfg Config) (*fleet, error) {
 	dirSubject := "$KV." + broker.BucketDir + "."
 	fl := &fleet{}
 	for i := 0; i < cfg.Accounts; i++ {

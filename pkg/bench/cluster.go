@@ -8,13 +8,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -25,15 +26,16 @@ import (
 
 // ClusterConfig configures the cluster figures.
 type ClusterConfig struct {
-	Dir      string // data folders of the servers
-	Cards    int
-	Records  int // records per ingest round
-	Rounds   int // rounds of each shape, alternating
-	Kills    int // node kills for the election pause
-	Batch    int // records per HTTP batch
-	Workers  int
-	Log      io.Writer
-	Progress func(format string, args ...any)
+	NATSServer string // the nats-server binary (NATSServer makes one)
+	Dir        string // data folders of the servers
+	Cards      int
+	Records    int // records per ingest round
+	Rounds     int // rounds of each shape, alternating
+	Kills      int // node kills for the election pause
+	Batch      int // records per HTTP batch
+	Workers    int
+	Log        io.Writer
+	Progress   func(format string, args ...any)
 }
 
 // ClusterReport holds the cluster figures.
@@ -44,12 +46,15 @@ type ClusterReport struct {
 	Failed          int // batches refused for good around the kills (none expected)
 }
 
-// jsNodes is a JetStream server or cluster in this process, each node
-// with its own files and fixed ports, so that a killed node can come back.
+// jsNodes is a JetStream server or cluster of nats-server processes on
+// this machine, each node with its own files and fixed ports, so that a
+// node killed (SIGKILL) can come back.
 type jsNodes struct {
-	dir     string
-	cfgs    []broker.EmbeddedConfig
-	servers []*server.Server
+	bin   string
+	dir   string
+	ports []int // client ports
+	confs []string
+	procs []*exec.Cmd
 }
 
 func freePorts(n int) ([]int, error) {
@@ -71,27 +76,59 @@ func freePorts(n int) ([]int, error) {
 	return out, nil
 }
 
+// NATSServer returns a nats-server binary: path if set, else the module
+// this build pins, installed with `go install` into dir.
+func NATSServer(ctx context.Context, path, dir string) (string, error) {
+	if path != "" {
+		return path, nil
+	}
+	version := ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == "github.com/nats-io/nats-server/v2" {
+				version = d.Version
+			}
+		}
+	}
+	if version == "" {
+		return "", errors.New("no nats-server version in this build: pass -nats-server")
+	}
+	bin := filepath.Join(dir, "bin")
+	cmd := exec.CommandContext(ctx, "go", "install", "github.com/nats-io/nats-server/v2@"+version)
+	cmd.Env = append(os.Environ(), "GOBIN="+bin)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go install nats-server %s: %w\n%s", version, err, out)
+	}
+	return filepath.Join(bin, "nats-server"), nil
+}
+
 // startNodes starts one server (n = 1) or a cluster of n, every node
 // syncing each write before it acknowledges.
-func startNodes(dir string, n int) (*jsNodes, error) {
+func startNodes(bin, dir string, n int) (*jsNodes, error) {
 	ports, err := freePorts(2 * n)
 	if err != nil {
 		return nil, err
 	}
-	ns := &jsNodes{dir: dir}
+	ns := &jsNodes{bin: bin, dir: dir, ports: ports[:n]}
 	var routes []string
-	if n > 1 {
-		for i := 0; i < n; i++ {
-			routes = append(routes, fmt.Sprintf("nats://127.0.0.1:%d", ports[n+i]))
-		}
+	for i := 0; i < n; i++ {
+		routes = append(routes, fmt.Sprintf("\"nats-route://127.0.0.1:%d\"", ports[n+i]))
 	}
 	for i := 0; i < n; i++ {
-		c := broker.EmbeddedConfig{Name: fmt.Sprint("n", i), StoreDir: filepath.Join(dir, fmt.Sprint("n", i)), Port: ports[i]}
-		if n > 1 {
-			c.ClusterPort, c.Routes = ports[n+i], routes
+		store := filepath.Join(dir, fmt.Sprint("n", i))
+		if err := os.MkdirAll(store, 0o755); err != nil {
+			return nil, err
 		}
-		ns.cfgs = append(ns.cfgs, c)
-		ns.servers = append(ns.servers, nil)
+		conf := fmt.Sprintf("server_name: n%d\nlisten: 127.0.0.1:%d\nmax_payload: 8MB\njetstream { store_dir: %q, sync_interval: always }\n", i, ports[i], store)
+		if n > 1 {
+			conf += fmt.Sprintf("cluster { name: bench, listen: 127.0.0.1:%d, routes: [%s] }\n", ports[n+i], strings.Join(routes, ", "))
+		}
+		path := filepath.Join(dir, fmt.Sprintf("n%d.conf", i))
+		if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+			return nil, err
+		}
+		ns.confs = append(ns.confs, path)
+		ns.procs = append(ns.procs, nil)
 		if err := ns.start(i); err != nil {
 			ns.stop()
 			return nil, err
@@ -101,86 +138,91 @@ func startNodes(dir string, n int) (*jsNodes, error) {
 }
 
 func (ns *jsNodes) start(i int) error {
-	s, err := broker.StartEmbedded(ns.cfgs[i], zap.NewNop())
+	cmd := exec.Command(ns.bin, "-c", ns.confs[i])
+	logf, err := os.Create(filepath.Join(ns.dir, fmt.Sprintf("n%d.log", i)))
 	if err != nil {
 		return err
 	}
-	ns.servers[i] = s
-	return nil
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	ns.procs[i] = cmd
+	return waitFor(context.Background(), 30*time.Second, func() bool {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", ns.ports[i]))
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 }
 
+// kill ends node i at once (SIGKILL): no goodbye to its peers.
 func (ns *jsNodes) kill(i int) {
-	ns.servers[i].Shutdown()
-	ns.servers[i].WaitForShutdown()
-	ns.servers[i] = nil
+	_ = ns.procs[i].Process.Kill()
+	_ = ns.procs[i].Wait()
+	ns.procs[i] = nil
 }
 
 func (ns *jsNodes) stop() {
-	for i, s := range ns.servers {
-		if s != nil {
-			ns.kill(i)
+	for i, p := range ns.procs {
+		if p != nil {
+			_ = p.Process.Signal(os.Interrupt)
+			_ = p.Wait()
+			ns.procs[i] = nil
 		}
 	}
 }
 
 func (ns *jsNodes) urls() string {
 	var us []string
-	for _, c := range ns.cfgs {
-		us = append(us, fmt.Sprintf("nats://127.0.0.1:%d", c.Port))
+	for _, p := range ns.ports {
+		us = append(us, fmt.Sprintf("nats://127.0.0.1:%d", p))
 	}
 	return strings.Join(us, ",")
 }
 
-// ingestOnly starts the API role on the nodes, with the streams at
-// replicas, and provisions the cards.
-func ingestOnly(ctx context.Context, ns *jsNodes, replicas int, fl *fleet, dir string) (*app.Pipeline, error) {
+// ingestOnly writes the fleet into the log and the directory, with the
+// streams at replicas, and starts the API role on the nodes.
+func ingestOnly(ctx context.Context, ns *jsNodes, replicas int, cfg Config, dir string) (*app.Pipeline, *fleet, error) {
 	nc, err := nats.Connect(ns.urls())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer nc.Close()
-	js, _ := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		return nil, nil, err
+	}
 	topo := broker.DefaultTopology
 	topo.Replicas = replicas
 	if err := waitFor(ctx, time.Minute, func() bool {
 		actx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		_, err := broker.Ensure(actx, js, topo)
+		t, err := broker.Ensure(actx, js, topo)
+		topo = t
 		return err == nil
 	}); err != nil {
-		return nil, fmt.Errorf("creating the streams at %d replicas: %w", replicas, err)
+		return nil, nil, fmt.Errorf("creating the streams at %d replicas: %w", replicas, err)
+	}
+	fl, err := writeFleet(ctx, js, topo, cfg)
+	if err != nil {
+		return nil, nil, err
 	}
 	p, err := app.Start(ctx, app.Config{Roles: []string{app.RoleAPI}, NATSURL: ns.urls(), WaitForTopology: true, HTTPAddr: "127.0.0.1:0",
 		DataDir: dir}, zap.NewNop())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := put(p.URL+"/v1/plans/bench", `{"quota_bytes": 1099511627776, "cycle_anchor_day": 1, "time_zone": "UTC"}`); err != nil {
+	// the API loads the directory at start: the last card is known
+	if err := waitFor(ctx, time.Minute, func() bool {
+		ok, _ := post(ctx, p.URL, "probe", []byte("record_id,iccid,start_time,end_time,bytes_up,bytes_down\nprobe,"+fl.iccids[len(fl.iccids)-1]+",2026-03-09T00:00:00Z,2026-03-09T00:01:00Z,1,1\n"))
+		return ok
+	}); err != nil {
 		p.Stop()
-		return nil, err
+		return nil, nil, fmt.Errorf("the API does not know the fleet: %w", err)
 	}
-	for i, id := range fl.iccids {
-		if err := put(p.URL+"/v1/cards/"+id, fmt.Sprintf(`{"account_id": %q, "plan_id": "bench", "carrier": "cmcc"}`, fl.accounts[i%len(fl.accounts)])); err != nil {
-			p.Stop()
-			return nil, err
-		}
-	}
-	return p, nil
-}
-
-func put(url, body string) error {
-	req, _ := http.NewRequest(http.MethodPut, url, strings.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("PUT %s: %d %s", url, resp.StatusCode, b)
-	}
-	return nil
+	return p, fl, nil
 }
 
 // Cluster measures, in one run, durable ingest on one JetStream server
@@ -191,24 +233,17 @@ func put(url, body string) error {
 // acknowledgement around each kill: the pause while the cluster elects.
 func Cluster(ctx context.Context, cfg ClusterConfig) (*ClusterReport, error) {
 	rep := &ClusterReport{}
-	fl := &fleet{}
-	for i := 0; i < 100; i++ {
-		fl.accounts = append(fl.accounts, fmt.Sprint("acct", i))
-	}
-	for i := 0; i < cfg.Cards; i++ {
-		fl.iccids = append(fl.iccids, iccidOf(i))
-	}
-	bcfg := Config{BatchRecords: cfg.Batch, Cards: cfg.Cards}
+	bcfg := Config{BatchRecords: cfg.Batch, Cards: cfg.Cards, Accounts: 100}
 	now := time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC)
 	shape := func(round, nodes int) (float64, error) {
 		dir := filepath.Join(cfg.Dir, fmt.Sprintf("r%d-%dn", round, nodes))
 		defer os.RemoveAll(dir) //nolint:errcheck // scratch
-		ns, err := startNodes(dir, nodes)
+		ns, err := startNodes(cfg.NATSServer, dir, nodes)
 		if err != nil {
 			return 0, err
 		}
 		defer ns.stop()
-		p, err := ingestOnly(ctx, ns, nodes, fl, filepath.Join(dir, "app"))
+		p, fl, err := ingestOnly(ctx, ns, nodes, bcfg, filepath.Join(dir, "app"))
 		if err != nil {
 			return 0, err
 		}
@@ -238,7 +273,7 @@ func Cluster(ctx context.Context, cfg ClusterConfig) (*ClusterReport, error) {
 		}
 	}
 	if cfg.Kills > 0 {
-		if err := pauses(ctx, cfg, fl, rep); err != nil {
+		if err := pauses(ctx, cfg, bcfg, rep); err != nil {
 			return rep, err
 		}
 	}
@@ -246,15 +281,15 @@ func Cluster(ctx context.Context, cfg ClusterConfig) (*ClusterReport, error) {
 }
 
 // pauses runs the node kills on a three-node cluster under a steady load.
-func pauses(ctx context.Context, cfg ClusterConfig, fl *fleet, rep *ClusterReport) error {
+func pauses(ctx context.Context, cfg ClusterConfig, bcfg Config, rep *ClusterReport) error {
 	dir := filepath.Join(cfg.Dir, "kills")
 	defer os.RemoveAll(dir) //nolint:errcheck // scratch
-	ns, err := startNodes(dir, 3)
+	ns, err := startNodes(cfg.NATSServer, dir, 3)
 	if err != nil {
 		return err
 	}
 	defer ns.stop()
-	p, err := ingestOnly(ctx, ns, 3, fl, filepath.Join(dir, "app"))
+	p, fl, err := ingestOnly(ctx, ns, 3, bcfg, filepath.Join(dir, "app"))
 	if err != nil {
 		return err
 	}
@@ -271,14 +306,15 @@ func pauses(ctx context.Context, cfg ClusterConfig, fl *fleet, rep *ClusterRepor
 	var acks []time.Time
 	lctx, stopLoad := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	bcfg := Config{BatchRecords: 50, Cards: cfg.Cards}
+	small := bcfg
+	small.BatchRecords = 50
 	now := time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC)
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for b := 0; lctx.Err() == nil; b++ {
-				body := makeBodies(fl, bcfg, "csv", 50, now, uint64(w*1_000_000+b))[0]
+				body := makeBodies(fl, small, "csv", 50, now, uint64(w*1_000_000+b))[0]
 				key := fmt.Sprintf("kill-%d-%d", w, b)
 				for lctx.Err() == nil {
 					ok, refused := post(lctx, p.URL, key, body)
@@ -307,8 +343,8 @@ func pauses(ctx context.Context, cfg ClusterConfig, fl *fleet, rep *ClusterRepor
 			return err
 		}
 		i := -1
-		for j, c := range ns.cfgs {
-			if c.Name == leader {
+		for j := range ns.procs {
+			if leader == fmt.Sprint("n", j) {
 				i = j
 			}
 		}
@@ -317,12 +353,12 @@ func pauses(ctx context.Context, cfg ClusterConfig, fl *fleet, rep *ClusterRepor
 		}
 		killed := time.Now()
 		ns.kill(i)
-		// the pause: from the kill to the first acknowledgement after it,
-		// or the longest gap between two around it
-		if err := waitFor(ctx, time.Minute, func() bool {
+		// the pause: the longest gap between two acknowledgements from the
+		// last before the kill to the window's end
+		if err := waitFor(ctx, 2*time.Minute, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
-			return len(acks) > 0 && acks[len(acks)-1].After(killed.Add(time.Second))
+			return len(acks) > 0 && acks[len(acks)-1].After(killed.Add(pauseWindow))
 		}); err != nil {
 			return fmt.Errorf("kill %d: no batch acknowledged after the kill of %s: %w", k+1, leader, err)
 		}
@@ -343,8 +379,11 @@ func pauses(ctx context.Context, cfg ClusterConfig, fl *fleet, rep *ClusterRepor
 	return nil
 }
 
-// gapAround is the longest time between two acknowledgements (or the kill
-// and the first one after it) in the ten seconds after the kill.
+// pauseWindow is how long after a kill the acknowledgements are looked at.
+const pauseWindow = 15 * time.Second
+
+// gapAround is the longest time between two acknowledgements, from the
+// last one before the kill to the first one past the window after it.
 func gapAround(acks []time.Time, killed time.Time) time.Duration {
 	ts := append([]time.Time(nil), acks...)
 	sort.Slice(ts, func(i, j int) bool { return ts[i].Before(ts[j]) })
@@ -355,11 +394,11 @@ func gapAround(acks []time.Time, killed time.Time) time.Duration {
 			prev = t
 			continue
 		}
-		if t.After(killed.Add(10 * time.Second)) {
-			break
-		}
 		longest = max(longest, t.Sub(prev))
 		prev = t
+		if t.After(killed.Add(pauseWindow)) {
+			break
+		}
 	}
 	return longest
 }

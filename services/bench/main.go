@@ -51,6 +51,7 @@ func main() {
 	clusterRun := flag.Bool("cluster", false, "measure only durable ingest on one JetStream server against a three-node cluster (R1 / R3, alternating rounds) and the pause when METER's leader node is killed (no ClickHouse)")
 	clusterRounds := flag.Int("cluster-rounds", 2, "with -cluster: rounds of each shape")
 	clusterKills := flag.Int("cluster-kills", 10, "with -cluster: kills of METER's leader node under load")
+	natsServer := flag.String("nats-server", "", "with -cluster: the nats-server binary (default: go install of the version this build pins)")
 	flag.Parse()
 	cfg.Log = os.Stderr
 	app.TuneGC(*gcPercent, *memLimit, zap.NewNop())
@@ -129,6 +130,12 @@ func main() {
 			Batch: cfg.BatchRecords, Workers: cfg.Workers, Log: os.Stderr,
 			Progress: func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) }}
 		_ = os.RemoveAll(cfg.DataDir)
+		bin, err := bench.NATSServer(context.Background(), *natsServer, cfg.DataDir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		ccfg.NATSServer = bin
 		r, err := bench.Cluster(context.Background(), ccfg)
 		if r != nil {
 			r.Print(os.Stdout, ccfg)
