@@ -19,10 +19,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
+	"github.com/cardmeter/cardmeter/pkg/lease"
 )
 
 // pair is two projectors sharing a log's partitions, as two machines
@@ -263,26 +265,60 @@ func (p *pair) watchStops() (func(), error) {
 }
 
 // tinyCards provisions n cards on the tiny plan (1000 bytes, stopped
-// over quota), each on an account of its own, so on partitions of both.
-func (p *pair) tinyCards(n int) ([]string, error) {
-	var ids []string
+// over quota), each on an account of its own, so on partitions of both;
+// it returns each card's partition.
+func (p *pair) tinyCards(n int) (map[string]int, error) {
+	ids := map[string]int{}
 	for i := 0; i < n; i++ {
 		p.tiny++
 		pre := fmt.Sprintf("898601%013d", p.tiny)
 		id := pre + string(cdr.LuhnDigit(pre))
-		if err := send(http.MethodPut, p.api+"/v1/cards/"+id, fmt.Sprintf(`{"account_id": "tiny%d", "plan_id": "tiny", "carrier": "cmcc", "auto_stop_over_quota": true}`, p.tiny)); err != nil {
+		acct := fmt.Sprint("tiny", p.tiny)
+		if err := send(http.MethodPut, p.api+"/v1/cards/"+id, fmt.Sprintf(`{"account_id": %q, "plan_id": "tiny", "carrier": "cmcc", "auto_stop_over_quota": true}`, acct)); err != nil {
 			return nil, err
 		}
-		ids = append(ids, id)
+		ids[id] = broker.Partition(acct, p.partitions)
 	}
 	return ids, nil
 }
 
+// heldBy reads which partitions the instance whose name holds dir has, from
+// the projectors' leases.
+func (p *pair) heldBy(ctx context.Context, dir string) (map[int]bool, error) {
+	nc, err := nats.Connect(p.natsURL, nats.UserInfo(broker.UserAdmin, p.admin))
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	kv, err := js.KeyValue(ctx, broker.BucketLeases)
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]bool{}
+	for n := 0; n < p.partitions; n++ {
+		e, err := kv.Get(ctx, lease.PartitionKey(broker.RoleProjector, n))
+		if err != nil {
+			continue
+		}
+		var v struct {
+			Instance string `json:"instance"`
+		}
+		if json.Unmarshal(e.Value(), &v) == nil && strings.Contains(v.Instance, dir) {
+			out[n] = true
+		}
+	}
+	return out, nil
+}
+
 // cross sends each card a record over its quota, and returns when each
 // was acknowledged (2xx): the start of its stop latency.
-func (p *pair) cross(ctx context.Context, ids []string) (map[string]time.Time, error) {
+func (p *pair) cross(ctx context.Context, ids map[string]int) (map[string]time.Time, error) {
 	acked := map[string]time.Time{}
-	for _, id := range ids {
+	for id := range ids {
 		body := fmt.Sprintf(`{"record_id":"cross-%s","iccid":"%s","start_time":"2026-06-20T10:00:00Z","end_time":"2026-06-20T10:01:00Z","bytes_up":2000,"bytes_down":0}`+"\n", id, id)
 		err := until(ctx, time.Minute, func() error {
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, p.api+"/v1/usage?carrier=cmcc&wait=false", strings.NewReader(body))
@@ -308,10 +344,9 @@ func (p *pair) cross(ctx context.Context, ids []string) (map[string]time.Time, e
 
 // stopLatencies waits until every card acknowledged has its stopped event
 // and returns each one's time from the 2xx to the event.
-func (p *pair) stopLatencies(ctx context.Context, acked map[string]time.Time) ([]time.Duration, error) {
-	var out []time.Duration
+func (p *pair) stopLatencies(ctx context.Context, acked map[string]time.Time) (map[string]time.Duration, error) {
+	out := map[string]time.Duration{}
 	err := until(ctx, 2*time.Minute, func() error {
-		out = out[:0]
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		for id, t0 := range acked {
@@ -319,7 +354,7 @@ func (p *pair) stopLatencies(ctx context.Context, acked map[string]time.Time) ([
 			if !ok {
 				return fmt.Errorf("card %s: no stopped event yet", id)
 			}
-			out = append(out, at.Sub(t0))
+			out[id] = at.Sub(t0)
 		}
 		return nil
 	})
@@ -339,15 +374,16 @@ type HandoverReport struct {
 	Handover []time.Duration // kill -9 of B to A folding all partitions, ready
 	// StopLatency is, for records crossing a card's quota sent right
 	// after each kill (cards on both instances' partitions), the time from
-	// the record's 2xx to the card's stopped event
-	StopLatency []time.Duration
-	Respread    []time.Duration // B restarted to both holding half, ready
-	Writes      int             // batches acknowledged during the campaign
-	Lost        int             // cards with fewer bytes counted than acknowledged
-	Doubled     int             // cards with more
-	Mismatch    string          // the first card that differs, how
-	Partitions  int
-	LeaseTTL    time.Duration
+	// the record's 2xx to the card's stopped event; StopLatencyMoved only
+	// those of cards whose partition the killed instance held
+	StopLatency, StopLatencyMoved []time.Duration
+	Respread                      []time.Duration // B restarted to both holding half, ready
+	Writes                        int             // batches acknowledged during the campaign
+	Lost                          int             // cards with fewer bytes counted than acknowledged
+	Doubled                       int             // cards with more
+	Mismatch                      string          // the first card that differs, how
+	Partitions                    int
+	LeaseTTL                      time.Duration
 }
 
 // RunHandover kills B (kill -9) Kills times at random moments under load,
@@ -395,6 +431,10 @@ func RunHandover(ctx context.Context, cfg HandoverConfig) (*HandoverReport, erro
 			if err != nil {
 				return err
 			}
+			onB, err := p.heldBy(ctx, filepath.Join(cfg.Dir, "b"))
+			if err != nil {
+				return err
+			}
 			// anywhere within a renewal round of B's leases
 			time.Sleep(time.Duration(rnd.Int64N(int64(cfg.LeaseTTL/5)+1)) + time.Second)
 			p.b.kill()
@@ -411,7 +451,12 @@ func RunHandover(ctx context.Context, cfg HandoverConfig) (*HandoverReport, erro
 			if err != nil {
 				return fmt.Errorf("kill %d: %w", i+1, err)
 			}
-			rep.StopLatency = append(rep.StopLatency, lat...)
+			for id, d := range lat {
+				rep.StopLatency = append(rep.StopLatency, d)
+				if onB[crossing[id]] {
+					rep.StopLatencyMoved = append(rep.StopLatencyMoved, d)
+				}
+			}
 			if err := p.b.start(); err != nil {
 				return err
 			}
@@ -447,6 +492,9 @@ func (r *HandoverReport) Print(w io.Writer) {
 	fmt.Fprintf(w, "| stop latency of %d records crossing a quota sent right after a kill (2xx to the stopped event), p50 / p99 / max | %s / %s / %s |\n",
 		len(r.StopLatency), percentile(r.StopLatency, 0.5).Round(time.Millisecond), percentile(r.StopLatency, 0.99).Round(time.Millisecond),
 		percentile(r.StopLatency, 1).Round(time.Millisecond))
+	fmt.Fprintf(w, "| of which %d on the killed instance's partitions, p50 / p99 / max | %s / %s / %s |\n",
+		len(r.StopLatencyMoved), percentile(r.StopLatencyMoved, 0.5).Round(time.Millisecond), percentile(r.StopLatencyMoved, 0.99).Round(time.Millisecond),
+		percentile(r.StopLatencyMoved, 1).Round(time.Millisecond))
 	fmt.Fprintf(w, "| batches acknowledged during the campaign | %d |\n| cards with records lost / counted twice | %d / %d |\n", r.Writes, r.Lost, r.Doubled)
 	if r.Mismatch != "" {
 		fmt.Fprintf(w, "| first difference | %s |\n", r.Mismatch)

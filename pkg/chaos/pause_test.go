@@ -139,14 +139,20 @@ func TestShortHandover(t *testing.T) {
 			t.Errorf("hand-over %d took %s with a 2 s lease", i, d)
 		}
 	}
-	// every crossing record sent during a hand-over stopped its card
-	if len(rep.StopLatency) != 8 {
-		t.Fatalf("%d stop latencies, want 4 for each kill", len(rep.StopLatency))
+	// every crossing record sent during a hand-over stopped its card:
+	// those on the killed instance's partitions once they moved, the
+	// others without waiting for the hand-over (the cards' accounts fall
+	// on each of the 4 partitions, so 2 of 4 on each side)
+	if len(rep.StopLatency) != 8 || len(rep.StopLatencyMoved) != 4 {
+		t.Fatalf("%d stop latencies, %d of them moved; want 4 for each kill, half moved", len(rep.StopLatency), len(rep.StopLatencyMoved))
 	}
 	for _, d := range rep.StopLatency {
 		if d <= 0 || d > 20*time.Second {
 			t.Errorf("stop latency %s during a hand-over with a 2 s lease", d)
 		}
+	}
+	if fast := percentile(rep.StopLatency, 0.49); fast > time.Second {
+		t.Errorf("half the cards (on the survivor's partitions) took %s or more to stop: they should not wait for the hand-over", fast)
 	}
 	t.Logf("hand-overs %v, spread again %v, %d batches, stop latencies %v", rep.Handover, rep.Respread, rep.Writes, rep.StopLatency)
 }
