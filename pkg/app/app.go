@@ -275,15 +275,6 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	if has(cfg.Roles, RoleSink) {
-		sc := cfg.Sink
-		sc.Partitions = cfg.Partitions
-		if sc.Instance == "" {
-			sc.Instance = cfg.Projector.Owner // --instance names the process in every role
-		}
-		p.Sink = sink.New(p.JS, cfg.ClickHouse, sc, reg, log.Named("sink"))
-		p.goRun("sink", func() error { return p.Sink.Run(runCtx) })
-	}
 	if has(cfg.Roles, RoleProjector) {
 		pc := cfg.Projector
 		if pc.DataDir == "" {
@@ -299,6 +290,21 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "cardmeter_projector_lag_messages",
 			Help: "Log messages the projector's partitions have not folded yet."}, func() float64 { return float64(pr.Lag()) }))
 		p.goRun("projector", func() error { return p.Projector.Run(runCtx) })
+	}
+	if has(cfg.Roles, RoleSink) {
+		sc := cfg.Sink
+		sc.Partitions = cfg.Partitions
+		if sc.Instance == "" {
+			// --instance names the process in every role; with a projector
+			// here, its name (the host and the data folder it locks), so
+			// that a restart takes the sink's units back at once too
+			sc.Instance = cfg.Projector.Owner
+			if p.Projector != nil {
+				sc.Instance = p.Projector.Owner()
+			}
+		}
+		p.Sink = sink.New(p.JS, cfg.ClickHouse, sc, reg, log.Named("sink"))
+		p.goRun("sink", func() error { return p.Sink.Run(runCtx) })
 	}
 	if has(cfg.Roles, RoleAPI) || has(cfg.Roles, RoleClock) {
 		p.Clock = clock.New(p.JS, clock.Config{Partitions: cfg.Partitions, Manual: cfg.ManualClock, Interval: cfg.TickInterval, Start: unixOrZero(cfg.ClockStart)}, log.Named("clock"))

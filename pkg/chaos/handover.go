@@ -376,14 +376,14 @@ type HandoverReport struct {
 	// after each kill (cards on both instances' partitions), the time from
 	// the record's 2xx to the card's stopped event; StopLatencyMoved only
 	// those of cards whose partition the killed instance held
-	StopLatency, StopLatencyMoved []time.Duration
-	Respread                      []time.Duration // B restarted to both holding half, ready
-	Writes                        int             // batches acknowledged during the campaign
-	Lost                          int             // cards with fewer bytes counted than acknowledged
-	Doubled                       int             // cards with more
-	Mismatch                      string          // the first card that differs, how
-	Partitions                    int
-	LeaseTTL                      time.Duration
+	StopLatency, StopLatencyMoved, StopLatencyStayed []time.Duration
+	Respread                                         []time.Duration // B restarted to both holding half, ready
+	Writes                                           int             // batches acknowledged during the campaign
+	Lost                                             int             // cards with fewer bytes counted than acknowledged
+	Doubled                                          int             // cards with more
+	Mismatch                                         string          // the first card that differs, how
+	Partitions                                       int
+	LeaseTTL                                         time.Duration
 }
 
 // RunHandover kills B (kill -9) Kills times at random moments under load,
@@ -455,6 +455,8 @@ func RunHandover(ctx context.Context, cfg HandoverConfig) (*HandoverReport, erro
 				rep.StopLatency = append(rep.StopLatency, d)
 				if onB[crossing[id]] {
 					rep.StopLatencyMoved = append(rep.StopLatencyMoved, d)
+				} else {
+					rep.StopLatencyStayed = append(rep.StopLatencyStayed, d)
 				}
 			}
 			if err := p.b.start(); err != nil {
@@ -495,6 +497,9 @@ func (r *HandoverReport) Print(w io.Writer) {
 	fmt.Fprintf(w, "| of which %d on the killed instance's partitions, p50 / p99 / max | %s / %s / %s |\n",
 		len(r.StopLatencyMoved), percentile(r.StopLatencyMoved, 0.5).Round(time.Millisecond), percentile(r.StopLatencyMoved, 0.99).Round(time.Millisecond),
 		percentile(r.StopLatencyMoved, 1).Round(time.Millisecond))
+	fmt.Fprintf(w, "| and %d on the survivor's, p50 / p99 / max | %s / %s / %s |\n",
+		len(r.StopLatencyStayed), percentile(r.StopLatencyStayed, 0.5).Round(time.Millisecond), percentile(r.StopLatencyStayed, 0.99).Round(time.Millisecond),
+		percentile(r.StopLatencyStayed, 1).Round(time.Millisecond))
 	fmt.Fprintf(w, "| batches acknowledged during the campaign | %d |\n| cards with records lost / counted twice | %d / %d |\n", r.Writes, r.Lost, r.Doubled)
 	if r.Mismatch != "" {
 		fmt.Fprintf(w, "| first difference | %s |\n", r.Mismatch)

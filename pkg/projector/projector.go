@@ -318,6 +318,10 @@ func (p *Projector) Ready() error {
 	return nil
 }
 
+// Owner is this instance's name in the leases (Config.Owner, or its
+// default: the host and the absolute data folder).
+func (p *Projector) Owner() string { return p.cfg.Owner }
+
 // Held lists the partitions this instance holds now.
 func (p *Projector) Held() []int {
 	if mgr := p.leases.Load(); mgr != nil {
