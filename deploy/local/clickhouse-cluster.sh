@@ -145,7 +145,12 @@ stop() {
 case "${1:-start}" in
   start) start ;;
   stop) stop ;;
-  stop-replica) stop_pid "$(replica_dir "${2:?replica number}")/server.pid" ;;
+  stop-replica)
+    stop_pid "$(replica_dir "${2:?replica number}")/server.pid"
+    if ready "$2"; then
+      log "replica r$2 still answers on port $(port_of "$2"): started from another folder's data (CARDMETER_DATA)? stop it there"
+      exit 1
+    fi ;;
   start-replica) start_replica "${2:?replica number}" ;;
   ports) echo "${ports[*]}" ;;
   install) install ;;

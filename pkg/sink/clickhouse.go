@@ -274,6 +274,9 @@ func Replicated(stmt, database, cluster string) (string, error) {
 		if !engine.MatchString(stmt) {
 			return "", fmt.Errorf("table %s: no MergeTree engine to replicate", table)
 		}
+		if strings.Contains(stmt, "Replicated") {
+			return "", fmt.Errorf("table %s: already replicated; write the plain engine in schemas/clickhouse", table)
+		}
 		stmt = createTable.ReplaceAllString(stmt, "CREATE TABLE IF NOT EXISTS "+db+".$1"+on+"\n")
 		stmt = engine.ReplaceAllStringFunc(stmt, func(e string) string {
 			m := engine.FindStringSubmatch(e)

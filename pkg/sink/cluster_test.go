@@ -45,7 +45,8 @@ func TestReplicatedRewrite(t *testing.T) {
 			t.Errorf("Replicated(%q) =\n%s (%v)\nwant\n%s", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"ALTER TABLE t ADD COLUMN b UInt8", "CREATE TABLE IF NOT EXISTS t (a UInt8) ENGINE = Log", "INSERT INTO t SELECT 1"} {
+	for _, bad := range []string{"ALTER TABLE t ADD COLUMN b UInt8", "CREATE TABLE IF NOT EXISTS t (a UInt8) ENGINE = Log", "INSERT INTO t SELECT 1",
+		"CREATE TABLE IF NOT EXISTS t (a UInt8) ENGINE = ReplicatedMergeTree('/x', 'r') ORDER BY a"} {
 		if _, err := Replicated(bad, "db", "c"); err == nil {
 			t.Errorf("Replicated(%q) took a statement it cannot replicate", bad)
 		}

@@ -220,8 +220,9 @@ func (s *Sink) connect(ctx context.Context) error {
 // view and create it anew, and another sink inserting in between would
 // leave its rows out of the rollups. The sink that migrates holds the key
 // <database>.migrating in the sink bucket and deletes it after; the others
-// wait, then find every migration applied. A key older than two minutes
-// (its sink died migrating) is taken over.
+// wait, then find every migration applied. A key older than fifteen
+// minutes (its sink died migrating; statements ON CLUSTER with a replica
+// down wait 30 s each) is taken over.
 func (s *Sink) migrate(ctx context.Context, conn driver.Conn) error {
 	kv, err := s.js.KeyValue(ctx, broker.BucketSink)
 	if err != nil {
@@ -236,7 +237,7 @@ func (s *Sink) migrate(ctx context.Context, conn driver.Conn) error {
 			defer func() {
 				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
 				defer cancel()
-				_ = kv.Delete(dctx, key, jetstream.LastRevision(rev)) // else it is taken over in two minutes
+				_ = kv.Delete(dctx, key, jetstream.LastRevision(rev)) // else it is taken over in fifteen minutes
 			}()
 			return Migrate(ctx, conn, s.ch)
 		}
@@ -244,7 +245,7 @@ func (s *Sink) migrate(ctx context.Context, conn driver.Conn) error {
 			return fmt.Errorf("taking the migration key: %w", err)
 		}
 		rctx, cancel = context.WithTimeout(ctx, requestTimeout)
-		if e, err := kv.Get(rctx, key); err == nil && time.Since(e.Created()) > 2*time.Minute {
+		if e, err := kv.Get(rctx, key); err == nil && time.Since(e.Created()) > 15*time.Minute {
 			s.log.Warn("taking over the migration key of a sink that did not finish", zap.String("holder", string(e.Value())))
 			_ = kv.Delete(rctx, key, jetstream.LastRevision(e.Revision()))
 		}

@@ -102,6 +102,15 @@ func (s *Sink) own(ctx context.Context, l *lease.Lease) {
 	}
 }
 
+// setFailure records why a unit cannot go on (nil: it goes on), for Healthy.
+func (s *Sink) setFailure(id int, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if st := s.units[id]; st != nil {
+		st.failure = err
+	}
+}
+
 // requestTimeout bounds a request to JetStream for a unit's position.
 const requestTimeout = 20 * time.Second
 
@@ -153,6 +162,7 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 			}
 		}
 	}()
+	s.setFailure(u.id, nil) // this life got going: an earlier failure is over
 	f := &filler{s: s, in: in, w: u.w}
 	check := true // the first block may reach back into what ClickHouse holds: read how far
 	// pos is what the bucket holds (at revision rev); done is how far this
@@ -174,7 +184,10 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 		}
 		if len(b.block) == 0 {
 			if repeat && b.passed {
-				// the block's messages are gone from the stream (aged out)
+				// the block's messages are gone from the stream (aged out
+				// before a new owner came): nothing to insert again
+				log.Error("the block to insert again is gone from the stream; going on past it",
+					zap.Uint64("first", pos.First), zap.Uint64("last", pos.Last))
 				done, repeat = pos.Last, false
 			}
 			if !repeat && done > pos.Done && l.Valid() {
@@ -220,11 +233,6 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 			}
 		}
 		done, repeat = last, false
-		s.mu.Lock()
-		if st := s.units[u.id]; st != nil {
-			st.failure = nil
-		}
-		s.mu.Unlock()
 	}
 }
 
@@ -238,8 +246,17 @@ func (s *Sink) insert(ctx context.Context, l *lease.Lease, u unit, block []block
 		if !l.Valid() {
 			return backoff.Permanent(errNotValid)
 		}
+		// its own context, so that a graceful stop finishes the block in
+		// hand; but a lease lost ends it at once (ClickHouse cannot be
+		// fenced: the sooner a stale owner stops sending, the better)
 		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
+		stop := context.AfterFunc(ctx, func() {
+			if errors.Is(context.Cause(ctx), lease.ErrLost) {
+				cancel()
+			}
+		})
+		defer stop()
 		var err error
 		ins, skip, err = u.w.insertBlock(ictx, block, check)
 		if err != nil {
@@ -252,6 +269,7 @@ func (s *Sink) insert(ctx context.Context, l *lease.Lease, u unit, block []block
 		return err
 	}, bo, func(err error, d time.Duration) {
 		s.setErr(err)
+		s.setFailure(u.id, err) // this unit's, which another unit's success does not clear
 		log.Warn("clickhouse insert failed; retrying", zap.Error(err), zap.Duration("in", d))
 	})
 	if err != nil {
@@ -261,6 +279,7 @@ func (s *Sink) insert(ctx context.Context, l *lease.Lease, u unit, block []block
 		return err
 	}
 	s.setErr(nil)
+	s.setFailure(u.id, nil)
 	s.inserted.WithLabelValues(u.w.table()).Add(float64(ins))
 	s.skipped.WithLabelValues(u.w.table()).Add(float64(skip))
 	if skip > 0 {
@@ -354,6 +373,11 @@ func (s *Sink) legacyDone(ctx context.Context, u unit) uint64 {
 // position, the shared ones once every unit has one.
 func (s *Sink) dropLegacyConsumers(ctx context.Context, u unit) {
 	drop := func(stream, name string) {
+		// only one that is there: a delete the user may not make (another
+		// database's consumer on EVENTS) would wait for its deadline
+		if _, err := s.js.Consumer(ctx, stream, name); err != nil {
+			return
+		}
 		err := s.js.DeleteConsumer(ctx, stream, name)
 		switch {
 		case err == nil:
@@ -412,7 +436,12 @@ func (f *filler) fill(ctx context.Context, upTo uint64) (filled, error) {
 			select {
 			case m, ok = <-f.in:
 				if !ok {
-					return b, nil // the consumer stopped: ctx ended
+					if ctx.Err() != nil {
+						return b, nil
+					}
+					// the consumer stopped by itself: this life ends, the
+					// next reads its position again
+					return filled{}, errors.New("the unit's consumer stopped")
 				}
 			case <-expire:
 				return b, nil
