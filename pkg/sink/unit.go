@@ -87,9 +87,7 @@ func (s *Sink) own(ctx context.Context, l *lease.Lease) {
 		if err == nil {
 			err = errors.New("the unit stopped")
 		}
-		s.mu.Lock()
-		s.units[id].failure = err
-		s.mu.Unlock()
+		s.setFailure(id, err)
 		if time.Since(started) > time.Minute {
 			bo.Reset()
 		}
