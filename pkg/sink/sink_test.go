@@ -2,6 +2,7 @@ package sink_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/event"
+	"github.com/cardmeter/cardmeter/pkg/lease"
 	. "github.com/cardmeter/cardmeter/pkg/sink"
 	"github.com/cardmeter/cardmeter/pkg/testenv"
 )
@@ -417,5 +419,43 @@ func runSink(t *testing.T, s *Sink) (stop func()) {
 		if err := <-done; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A unit's position says once the sink has read back what ClickHouse
+// holds past it, so that a later start need not scan the table again.
+func TestPositionsRememberTheReadBack(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ch := testenv.ClickHouse(t)
+	ctx := context.Background()
+	publishAccepted(t, js, 0, 3, 10, 1) // stream sequences 1-3
+	s := New(js, ch, Config{Partitions: 1, FlushInterval: 100 * time.Millisecond}, nil, testenv.Logger(t))
+	stop := runSink(t, s)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		behind, err := s.Behind(ctx)
+		if err == nil && len(behind) > 0 {
+			err = fmt.Errorf("behind: %v", behind)
+		}
+		return err
+	})
+	stop()
+	kv, err := js.KeyValue(ctx, broker.BucketSink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, lease.Token("sink-"+ch.Database)+".usage-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Done    uint64 `json:"done"`
+		Last    uint64 `json:"last"`
+		Checked bool   `json:"checked"`
+	}
+	if err := json.Unmarshal(e.Value(), &p); err != nil {
+		t.Fatal(err)
+	}
+	if p.Done != 3 || p.Last > p.Done || !p.Checked {
+		t.Fatalf("position %s: want done at 3, no block pending, checked", e.Value())
 	}
 }

@@ -33,6 +33,11 @@ type position struct {
 	First uint64 `json:"first,omitempty"` // the block decided: its first stream position
 	Last  uint64 `json:"last,omitempty"`  // and its last; a block is pending while Last > Done
 	Epoch uint64 `json:"epoch"`           // the lease epoch of the owner that wrote it
+	// Checked: what ClickHouse holds past Done was read back once since
+	// the position was made (a new database, an older sink's, a rebuild's
+	// rows), so that a block past Done that is not a repeat can go without
+	// reading ClickHouse back (a scan of the table, for each unit's start)
+	Checked bool `json:"checked,omitempty"`
 }
 
 func (p position) pending() bool { return p.Last > p.Done }
@@ -162,7 +167,10 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 	}()
 	s.setFailure(u.id, nil) // this life got going: an earlier failure is over
 	f := &filler{s: s, in: in, w: u.w}
-	check := true // the first block may reach back into what ClickHouse holds: read how far
+	// the first block reads back what ClickHouse holds only when it may
+	// hold some of it: a repeat, or a position never checked
+	checked := pos.Checked
+	check := !checked || pos.pending()
 	// pos is what the bucket holds (at revision rev); done is how far this
 	// life has inserted, written with the next block, or when the unit
 	// falls idle, or at a graceful end
@@ -178,7 +186,7 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 			return err
 		}
 		if ctx.Err() != nil {
-			return s.leave(ctx, l, u, pos, done, rev, log)
+			return s.leave(ctx, l, u, pos, position{Done: done, Epoch: l.Epoch, Checked: checked}, rev, log)
 		}
 		if len(b.block) == 0 {
 			if repeat && b.passed {
@@ -191,7 +199,7 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 			if !repeat && done > pos.Done && l.Valid() {
 				// idle: say how far, so that a reader of the positions
 				// (and the next owner) need not look at the last block
-				settled := position{Done: done, Epoch: l.Epoch}
+				settled := position{Done: done, Epoch: l.Epoch, Checked: checked}
 				nrev, err := s.writePosition(ctx, u, settled, rev)
 				if err != nil {
 					return err
@@ -214,7 +222,7 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 			if !l.Valid() {
 				return errNotValid
 			}
-			next := position{Done: done, First: b.first, Last: b.last, Epoch: l.Epoch}
+			next := position{Done: done, First: b.first, Last: b.last, Epoch: l.Epoch, Checked: checked}
 			nrev, err := s.writePosition(ctx, u, next, rev)
 			if err != nil {
 				return err
@@ -224,7 +232,7 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 		if err := s.insert(ctx, l, u, b.block, check, log); err != nil {
 			return err
 		}
-		check = false
+		check, checked = false, true
 		if s.cfg.AfterInsert != nil {
 			if err := s.cfg.AfterInsert(u.stream); err != nil {
 				return fmt.Errorf("%w: %w", errCrash, err)
@@ -288,13 +296,13 @@ func (s *Sink) insert(ctx context.Context, l *lease.Lease, u unit, block []block
 
 // leave writes, on a graceful end, how far the unit is inserted, so that
 // the next owner need not insert its last block again.
-func (s *Sink) leave(ctx context.Context, l *lease.Lease, u unit, pos position, done, rev uint64, log *zap.Logger) error {
-	if errors.Is(context.Cause(ctx), errCrash) || errors.Is(context.Cause(ctx), lease.ErrLost) || done <= pos.Done || !l.Valid() {
+func (s *Sink) leave(ctx context.Context, l *lease.Lease, u unit, pos, now position, rev uint64, log *zap.Logger) error {
+	if errors.Is(context.Cause(ctx), errCrash) || errors.Is(context.Cause(ctx), lease.ErrLost) || now.Done <= pos.Done || !l.Valid() {
 		return nil // nothing new, or no last word: as a crash, or the unit is another's
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if _, err := s.writePosition(ctx, u, position{Done: done, Epoch: l.Epoch}, rev); err != nil {
+	if _, err := s.writePosition(ctx, u, now, rev); err != nil {
 		log.Warn("writing the unit's position at the end (its next owner inserts the last block again)", zap.Error(err))
 	}
 	return nil
