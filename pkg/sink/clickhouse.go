@@ -1,5 +1,3 @@
-// Package sink writes what the projector accepted and emitted into
-// ClickHouse in blocks, acknowledging JetStream only after the insert.
 package sink
 
 import (

@@ -1,3 +1,8 @@
+// Package sink writes what the projector accepted and emitted into
+// ClickHouse: a unit at a time (each partition's usage, and the events),
+// shared among the running sinks by leases, in blocks whose range is
+// written down before they are inserted, so that any repeat is the same
+// block.
 package sink
 
 import (
