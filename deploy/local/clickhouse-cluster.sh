@@ -23,6 +23,8 @@ zk_port=${ZOOKEEPER_PORT:-12181}
 read -r -a ports <<<"${CLICKHOUSE_REPLICA_PORTS:-19101 19102}"
 
 log() { echo "clickhouse-cluster.sh: $*" >&2; }
+# shellcheck source=proc.sh
+. "$here/proc.sh"
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -62,14 +64,7 @@ EOF
   ZOO_LOG_DIR="$data/zk/log" ZOO_LOG4J_PROP="WARN,ROLLINGFILE" \
     setsid nohup /usr/share/zookeeper/bin/zkServer.sh start-foreground "$data/zk/conf/zoo.cfg" >"$data/zk/log/stdout.log" 2>&1 </dev/null &
   echo $! >"$data/zk/server.pid"
-  for _ in $(seq 1 120); do
-    if zk_ready; then return; fi
-    if ! kill -0 "$(cat "$data/zk/server.pid")" 2>/dev/null; then
-      log "ZooKeeper exited; last log lines:"; tail -20 "$data/zk/log/stdout.log" >&2 || true; exit 1
-    fi
-    sleep 0.5
-  done
-  log "ZooKeeper did not answer within 60 s"; exit 1
+  wait_started "$data/zk/server.pid" "clickhouse-cluster.sh: ZooKeeper" zk_ready "$data/zk/log/stdout.log"
 }
 
 replica_dir() { echo "$data/r$1"; }
@@ -105,29 +100,9 @@ start_replica() {
   log "starting replica r$n on 127.0.0.1:$port (data in $dir)"
   setsid nohup clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 </dev/null &
   echo $! >"$dir/server.pid"
-  for _ in $(seq 1 120); do
-    if ready "$n"; then return; fi
-    if ! kill -0 "$(cat "$dir/server.pid")" 2>/dev/null; then
-      log "replica r$n exited; last log lines:"; tail -20 "$dir/log/stdout.log" "$dir/log/server.err.log" >&2 || true; exit 1
-    fi
-    sleep 0.5
-  done
-  log "replica r$n did not answer within 60 s"; exit 1
-}
-
-# stop_pid ends the process in a pid file (SIGTERM, then SIGKILL after 60 s)
-# and returns once it has exited, so that a start finds the ports free.
-stop_pid() {
-  [ -f "$1" ] || return 0
-  local pid; pid=$(cat "$1")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 600); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$1"
+  # shellcheck disable=SC2317 # called by wait_started
+  ready_n() { ready "$n"; }
+  wait_started "$dir/server.pid" "clickhouse-cluster.sh: replica r$n" ready_n "$dir/log/stdout.log" "$dir/log/server.err.log"
 }
 
 start() {

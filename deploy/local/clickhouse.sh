@@ -18,6 +18,8 @@ tcp_port=${CLICKHOUSE_TCP_PORT:-19000}
 http_port=${CLICKHOUSE_HTTP_PORT:-18123}
 
 log() { echo "clickhouse.sh: $*" >&2; }
+# shellcheck source=proc.sh
+. "$here/proc.sh"
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -49,32 +51,14 @@ start() {
   setsid nohup clickhouse-server --config-file="$data/config.xml" \
     >"$data/log/stdout.log" 2>&1 </dev/null &
   echo $! >"$data/server.pid"
-  for _ in $(seq 1 120); do
-    if ready; then log "ready"; return; fi
-    if ! kill -0 "$(cat "$data/server.pid")" 2>/dev/null; then
-      log "server exited; last log lines:"; tail -20 "$data/log/stdout.log" "$data/log/server.err.log" >&2 || true; exit 1
-    fi
-    sleep 0.5
-  done
-  log "server did not answer within 60 s"; exit 1
+  wait_started "$data/server.pid" "clickhouse.sh: server" ready "$data/log/stdout.log" "$data/log/server.err.log"
+  log "ready"
 }
 
-# stop asks the server to shut down (SIGTERM) and waits until it has exited,
-# so that a start right after it finds the ports free; after 60 s it kills it.
 stop() {
   [ -f "$data/server.pid" ] || return 0
-  local pid; pid=$(cat "$data/server.pid")
-  if kill "$pid" 2>/dev/null; then
-    for _ in $(seq 1 600); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "still running after 60 s: killing it"; kill -9 "$pid" 2>/dev/null || true
-    fi
-    log "stopped"
-  fi
-  rm -f "$data/server.pid"
+  stop_pid "$data/server.pid"
+  log "stopped"
 }
 
 case "${1:-start}" in

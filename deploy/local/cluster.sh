@@ -27,6 +27,8 @@ db=${CLUSTER_DB:-cardmeter_cluster}
 nats_urls=nats://127.0.0.1:14222,nats://127.0.0.1:14223,nats://127.0.0.1:14224
 
 log() { echo "cluster.sh: $*" >&2; }
+# shellcheck source=proc.sh
+. "$here/proc.sh"
 
 # the processes, in start order: name, binary, health URL, arguments
 procs=(
@@ -119,18 +121,6 @@ cardmeter cluster ready:
   logs         $data/log/   (NATS: $data/nats-N/server.log)
   stop it      make cluster-stop
 EOF
-}
-
-stop_pid() {
-  running "$1" || { rm -f "$1"; return 0; }
-  local pid; pid=$(cat "$1")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 300); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$1"
 }
 
 stop() {

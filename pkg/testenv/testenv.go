@@ -44,19 +44,19 @@ var nonWord = regexp.MustCompile(`[^a-z0-9]+`)
 func ClickHouse(t testing.TB) sink.ClickHouseConfig {
 	t.Helper()
 	addr := ClickHouseAddr()
-	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, DialTimeout: 3 * time.Second})
-	if err == nil {
-		err = conn.Ping(context.Background())
-	}
-	if err != nil {
+	if err := ping(addr); err != nil {
 		t.Fatalf("ClickHouse at %s does not answer (%v): run `make test`, which starts it (deploy/local/clickhouse.sh start)", addr, err)
 	}
 	db := dbName(t)
 	t.Cleanup(func() {
+		conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, DialTimeout: 3 * time.Second})
+		if err != nil {
+			return
+		}
+		defer conn.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		_ = conn.Exec(ctx, "DROP DATABASE IF EXISTS "+db)
-		conn.Close()
 	})
 	return sink.ClickHouseConfig{Addr: addr, Database: db, User: "default"}
 }
