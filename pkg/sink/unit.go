@@ -252,17 +252,12 @@ func (s *Sink) insert(ctx context.Context, l *lease.Lease, u unit, block []block
 		if !l.Valid() {
 			return backoff.Permanent(errNotValid)
 		}
-		// its own context, so that a graceful stop finishes the block in
-		// hand; but a lease lost ends it at once (ClickHouse cannot be
-		// fenced: the sooner a stale owner stops sending, the better)
+		// its own context, so that a stop (or a lease lost) never cuts an
+		// insert in the middle: ClickHouse writes the table's parts and
+		// then the views', and a cut between them left rows the repeat
+		// then finds, without their rollups
 		ictx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
 		defer cancel()
-		stop := context.AfterFunc(ctx, func() {
-			if errors.Is(context.Cause(ctx), lease.ErrLost) {
-				cancel()
-			}
-		})
-		defer stop()
 		var err error
 		ins, skip, err = u.w.insertBlock(ictx, block, check)
 		if err != nil {
@@ -378,10 +373,14 @@ func (s *Sink) legacyDone(ctx context.Context, u unit) uint64 {
 // they served have positions: a per-partition one with its unit's first
 // position, the shared ones once every unit has one.
 func (s *Sink) dropLegacyConsumers(ctx context.Context, u unit) {
+	// only one that is there: a delete the user may not make (another
+	// database's consumer on EVENTS) would wait for its deadline
+	there := func(stream, name string) bool {
+		_, err := s.js.Consumer(ctx, stream, name)
+		return err == nil
+	}
 	drop := func(stream, name string) {
-		// only one that is there: a delete the user may not make (another
-		// database's consumer on EVENTS) would wait for its deadline
-		if _, err := s.js.Consumer(ctx, stream, name); err != nil {
+		if !there(stream, name) {
 			return
 		}
 		err := s.js.DeleteConsumer(ctx, stream, name)
@@ -394,6 +393,12 @@ func (s *Sink) dropLegacyConsumers(ctx context.Context, u unit) {
 	}
 	if u.stream == broker.StreamAccepted {
 		drop(broker.StreamAccepted, fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, u.id))
+	}
+	// the shared ones, once every unit has a position: looked at only
+	// while one of them is there (else a new database's first start would
+	// read every unit's key for each unit)
+	if !there(broker.StreamAccepted, s.cfg.Consumer+"-usage") && !there(broker.StreamEvents, s.cfg.Consumer+"-events") {
+		return
 	}
 	for id := 0; id <= s.cfg.Partitions; id++ {
 		if _, err := s.pos.Get(ctx, s.unit(id).key); err != nil {
