@@ -172,6 +172,7 @@ func TestCarrierLanes(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(open.Stop)
+	testenv.Eventually(t, 20*time.Second, open.Projector.Ready) // a write's decision is final (200) once its partition folds
 	o := &authClient{t: t, base: open.URL}
 	o.must(o.send("PUT", "/v1/plans/p", "", "application/json", `{"quota_bytes": 1000}`), 200)
 	if r := o.send("PUT", "/v1/cards/"+iccid(3), "", "application/json", `{"account_id":"a","plan_id":"p"}`); r.code != 400 || r.body["field"] != "carrier" {
