@@ -250,7 +250,9 @@ func (s *Sink) migrate(ctx context.Context, conn driver.Conn) error {
 			return fmt.Errorf("taking the migration key: %w", err)
 		}
 		rctx, cancel = context.WithTimeout(ctx, requestTimeout)
-		if e, err := kv.Get(rctx, key); err == nil && time.Since(e.Created()) > 15*time.Minute {
+		// a key of this instance's is a previous life's (killed while it
+		// migrated): taken over at once, as its leases are
+		if e, err := kv.Get(rctx, key); err == nil && (string(e.Value()) == s.cfg.Instance || time.Since(e.Created()) > 15*time.Minute) {
 			s.log.Warn("taking over the migration key of a sink that did not finish", zap.String("holder", string(e.Value())))
 			_ = kv.Delete(rctx, key, jetstream.LastRevision(e.Revision()))
 		}
