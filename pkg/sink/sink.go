@@ -179,8 +179,9 @@ func (s *Sink) Healthy() error {
 	return nil
 }
 
-// Held lists the units this instance writes now: partitions, and
-// Partitions for the events.
+// Held lists the units this instance writes now: the usage's units
+// (partitions, or groups of them when there are more than MaxUsageUnits),
+// and the last unit for the events.
 func (s *Sink) Held() []int {
 	if mgr := s.leases.Load(); mgr != nil {
 		return mgr.Held()
@@ -283,7 +284,7 @@ func (s *Sink) Run(ctx context.Context) error {
 	if s.pos, err = s.js.KeyValue(ctx, broker.BucketSink); err != nil {
 		return fmt.Errorf("sink: the position bucket %s: %w", broker.BucketSink, err)
 	}
-	mgr, err := lease.New(ctx, leases, lease.Config{Role: broker.RoleSink, Instance: s.cfg.Instance, Partitions: s.cfg.Partitions + 1,
+	mgr, err := lease.New(ctx, leases, lease.Config{Role: broker.RoleSink, Instance: s.cfg.Instance, Partitions: s.usageUnits() + 1,
 		OnChange: func(held []int) {
 			s.unitsHeld.Set(float64(len(held)))
 			names := make([]string, len(held))

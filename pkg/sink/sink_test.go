@@ -459,3 +459,88 @@ func TestPositionsRememberTheReadBack(t *testing.T) {
 		t.Fatalf("position %s: want done at 3, no block pending, checked", e.Value())
 	}
 }
+
+// With more partitions than MaxUsageUnits, a unit covers a group of them
+// (unit u: the partitions p with p % MaxUsageUnits == u). Two sinks share
+// the units, every row lands once; a unit without a position of its own
+// starts at the lowest of its partitions' positions in the layout before
+// groups (reading again only what lies past it) and deletes them.
+func TestGroupedUnits(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ch := testenv.ClickHouse(t)
+	ctx := context.Background()
+	const partitions = MaxUsageUnits + 4
+	for p := 0; p < partitions; p++ {
+		publishAccepted(t, js, p, 2, 10, 1) // partition p at stream sequences 2p+1, 2p+2
+	}
+	cfg := Config{Partitions: partitions, BatchRows: 1000, FlushInterval: 100 * time.Millisecond}
+	a, b := New(js, ch, cfg, nil, testenv.Logger(t)), New(js, ch, cfg, nil, testenv.Logger(t))
+	name, parts, key1 := a.UnitLayout(1)
+	if name != "usage-1-of-8" || fmt.Sprint(parts) != "[1 9]" {
+		t.Fatalf("unit 1 is %s over %v; want usage-1-of-8 over [1 9]", name, parts)
+	}
+	if _, parts, _ := a.UnitLayout(5); fmt.Sprint(parts) != "[5]" {
+		t.Fatalf("unit 5 covers %v; want [5]", parts)
+	}
+	stopA, stopB := runSink(t, a), runSink(t, b)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := count(t, a, ch, "SELECT count() FROM usage_records"); n != partitions*20 {
+			return fmt.Errorf("%d rows, want %d", n, partitions*20)
+		}
+		if ha, hb := a.Held(), b.Held(); len(ha) == 0 || len(hb) == 0 || len(ha)+len(hb) != MaxUsageUnits+1 {
+			return fmt.Errorf("units held: %v and %v; want the %d shared", ha, hb, MaxUsageUnits+1)
+		}
+		behind, err := a.Behind(ctx)
+		if err != nil || len(behind) > 0 {
+			return fmt.Errorf("behind: %v %v", behind, err)
+		}
+		return nil
+	})
+	stopA()
+	stopB()
+
+	// unit 1 as the layout before groups left it: partition 1 written up
+	// to its last message (4), partition 9 up to its first (19)
+	kv, err := js.KeyValue(ctx, broker.BucketSink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, key1); err != nil {
+		t.Fatal(err)
+	}
+	for p, done := range map[int]uint64{1: 4, 9: 19} {
+		v, _ := json.Marshal(map[string]any{"done": done, "checked": true})
+		if _, err := kv.Put(ctx, a.SingleKey(p), v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishAccepted(t, js, 9, 1, 10, 3)
+	reg := prometheus.NewRegistry()
+	c := New(js, ch, cfg, reg, testenv.Logger(t))
+	stopC := runSink(t, c)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := count(t, c, ch, "SELECT count() FROM usage_records"); n != partitions*20+10 {
+			return fmt.Errorf("%d rows, want %d", n, partitions*20+10)
+		}
+		behind, err := c.Behind(ctx)
+		if err != nil || len(behind) > 0 {
+			return fmt.Errorf("behind: %v %v", behind, err)
+		}
+		return nil
+	})
+	stopC()
+	// started past 4, the lower: partition 9's two messages (19, 20) read
+	// again, their 20 rows left out; from the start (3, 4, 19, 20) it
+	// would be 40, from the higher position (past 19) 10
+	if skipped := metric(t, reg, "cardmeter_sink_rows_skipped_total"); skipped != 20 {
+		t.Fatalf("%v rows read again and left out; want 20 (the unit starts past the lowest old position)", skipped)
+	}
+	if n := count(t, c, ch, "SELECT uniqExact(partition, src_seq, idx) FROM usage_records"); n != partitions*20+10 {
+		t.Fatalf("%d distinct positions in %d rows: a row was inserted twice", n, partitions*20+10)
+	}
+	for _, p := range []int{1, 9} {
+		if _, err := kv.Get(ctx, a.SingleKey(p)); !errors.Is(err, jetstream.ErrKeyNotFound) {
+			t.Fatalf("partition %d's old position is still there (%v)", p, err)
+		}
+	}
+}

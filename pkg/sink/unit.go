@@ -16,14 +16,24 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/lease"
 )
 
-// unit is one share of the sink's work: a partition's usage, or the events.
+// MaxUsageUnits is the most units the usage is cut into, whatever the
+// partitions: with more partitions than this, a unit covers a fixed group
+// of them (unit u: every partition p with p % MaxUsageUnits == u), so that
+// its blocks stay as large as with this many partitions (ClickHouse's cost
+// per row grows as blocks shrink). It is the same for every sink of a
+// deployment: the units' positions depend on it.
+const MaxUsageUnits = 8
+
+// unit is one share of the sink's work: a partition's usage (or a group
+// of partitions'), or the events.
 type unit struct {
-	id     int
-	name   string // "usage-<n>" or "events"
-	stream string
-	filter string
-	key    string // its position in the sink bucket
-	w      writer
+	id         int
+	name       string // "usage-<n>", "usage-<u>-of-<units>", or "events"
+	stream     string
+	filters    []string
+	partitions []int  // the partitions whose usage it writes
+	key        string // its position in the sink bucket
+	w          writer
 }
 
 // position is a unit's key in the sink bucket: how far it is written, and
@@ -42,9 +52,18 @@ type position struct {
 
 func (p position) pending() bool { return p.Last > p.Done }
 
+// usageUnits is how many units the usage is cut into; unit usageUnits is
+// the events.
+func (s *Sink) usageUnits() int { return min(s.cfg.Partitions, MaxUsageUnits) }
+
 func (s *Sink) unitName(id int) string {
-	if id == s.cfg.Partitions {
+	switch n := s.usageUnits(); {
+	case id == n:
 		return "events"
+	case n < s.cfg.Partitions:
+		// a group of partitions: a name of its own, never read as a
+		// single partition's position
+		return fmt.Sprintf("usage-%d-of-%d", id, n)
 	}
 	return "usage-" + strconv.Itoa(id)
 }
@@ -53,10 +72,15 @@ func (s *Sink) unitName(id int) string {
 // knowledge of what ClickHouse holds starts empty).
 func (s *Sink) unit(id int) unit {
 	u := unit{id: id, name: s.unitName(id), key: lease.Token(s.cfg.Consumer) + "." + s.unitName(id)}
-	if id == s.cfg.Partitions {
-		u.stream, u.filter, u.w = broker.StreamEvents, "cardmeter.events.>", &eventsWriter{s: s}
-	} else {
-		u.stream, u.filter, u.w = broker.StreamAccepted, broker.AcceptedSubject(id), &usageWriter{s: s}
+	n := s.usageUnits()
+	if id == n {
+		u.stream, u.filters, u.w = broker.StreamEvents, []string{"cardmeter.events.>"}, &eventsWriter{s: s}
+		return u
+	}
+	u.stream, u.w = broker.StreamAccepted, &usageWriter{s: s}
+	for p := id; p < s.cfg.Partitions; p += n {
+		u.partitions = append(u.partitions, p)
+		u.filters = append(u.filters, broker.AcceptedSubject(p))
 	}
 	return u
 }
@@ -132,13 +156,13 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 		start = pos.First
 		log.Info("inserting again the block its last owner decided", zap.Uint64("first", pos.First), zap.Uint64("last", pos.Last))
 	}
-	cons, err := s.js.OrderedConsumer(ctx, u.stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{u.filter},
+	cons, err := s.js.OrderedConsumer(ctx, u.stream, jetstream.OrderedConsumerConfig{FilterSubjects: u.filters,
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: max(start, 1)})
 	if err != nil {
 		return fmt.Errorf("ordered consumer on %s: %w", u.stream, err)
 	}
 	// bytes, not messages: a unit's buffer stays near 8 MiB (the largest
-	// message ACCEPTED takes) however large its messages, with 33 units
+	// message ACCEPTED takes) however large its messages
 	it, err := cons.Messages(jetstream.PullMaxBytes(8 << 20))
 	if err != nil {
 		return fmt.Errorf("consuming %s: %w", u.stream, err)
@@ -349,29 +373,67 @@ func (s *Sink) writePosition(ctx context.Context, u unit, p position, rev uint64
 	return nrev, nil
 }
 
-// legacyDone is where a unit without a position starts: past what the
-// older sink's consumer of it had acked (a per-partition consumer, or the
-// one usage or events consumer), or at the start of the stream. The
-// first block reads what ClickHouse holds, so starting early only costs
-// time.
+// legacyDone is where a unit without a position starts: past what an
+// older sink had written of each of its partitions (the lowest of them),
+// or at the start of the stream. The first block reads what ClickHouse
+// holds, and every block reaching back to it leaves out the rows it holds,
+// so starting early only costs time.
 func (s *Sink) legacyDone(ctx context.Context, u unit) uint64 {
-	names := []string{s.cfg.Consumer + "-events"}
-	if u.stream == broker.StreamAccepted {
-		names = []string{fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, u.id), s.cfg.Consumer + "-usage"}
+	if u.stream == broker.StreamEvents {
+		floor, _ := s.consumerFloor(ctx, u, broker.StreamEvents, s.cfg.Consumer+"-events")
+		return floor
 	}
-	for _, name := range names {
-		if c, err := s.js.Consumer(ctx, u.stream, name); err == nil {
-			floor := c.CachedInfo().AckFloor.Stream
-			s.log.Info("the unit starts where an older sink's consumer had acked", zap.String("unit", u.name), zap.String("consumer", name), zap.Uint64("seq", floor))
-			return floor
+	start := uint64(0)
+	for i, p := range u.partitions {
+		done, ok := s.partitionDone(ctx, u, p)
+		if !ok {
+			return 0
+		}
+		if i == 0 || done < start {
+			start = done
 		}
 	}
-	return 0
+	return start
 }
 
-// dropLegacyConsumers deletes an older sink's consumers once the units
-// they served have positions: a per-partition one with its unit's first
-// position, the shared ones once every unit has one.
+// partitionDone is how far an older sink had written partition p's
+// usage: a unit of its own in the layout before groups (its position), a
+// consumer of its own, or the one usage consumer of the first sinks.
+func (s *Sink) partitionDone(ctx context.Context, u unit, p int) (uint64, bool) {
+	if len(u.partitions) > 1 {
+		if e, err := s.pos.Get(ctx, s.singleKey(p)); err == nil {
+			var pos position
+			if json.Unmarshal(e.Value(), &pos) == nil {
+				s.log.Info("the unit starts where a partition's own unit had written", zap.String("unit", u.name), zap.Int("partition", p), zap.Uint64("seq", pos.Done))
+				return pos.Done, true
+			}
+		}
+	}
+	if floor, ok := s.consumerFloor(ctx, u, broker.StreamAccepted, fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, p)); ok {
+		return floor, true
+	}
+	return s.consumerFloor(ctx, u, broker.StreamAccepted, s.cfg.Consumer+"-usage")
+}
+
+// singleKey is the position key partition p had as a unit of its own.
+func (s *Sink) singleKey(p int) string {
+	return lease.Token(s.cfg.Consumer) + ".usage-" + strconv.Itoa(p)
+}
+
+func (s *Sink) consumerFloor(ctx context.Context, u unit, stream, name string) (uint64, bool) {
+	c, err := s.js.Consumer(ctx, stream, name)
+	if err != nil {
+		return 0, false
+	}
+	floor := c.CachedInfo().AckFloor.Stream
+	s.log.Info("the unit starts where an older sink's consumer had acked", zap.String("unit", u.name), zap.String("consumer", name), zap.Uint64("seq", floor))
+	return floor, true
+}
+
+// dropLegacyConsumers deletes what an older sink left once the units it
+// served have positions: a partition's consumer, or its position as a
+// unit of its own, with its unit's first position; the shared consumers
+// once every unit has one.
 func (s *Sink) dropLegacyConsumers(ctx context.Context, u unit) {
 	// only one that is there: a delete the user may not make (another
 	// database's consumer on EVENTS) would wait for its deadline
@@ -391,8 +453,13 @@ func (s *Sink) dropLegacyConsumers(ctx context.Context, u unit) {
 			s.log.Warn("deleting an older sink's consumer", zap.String("consumer", name), zap.Error(err))
 		}
 	}
-	if u.stream == broker.StreamAccepted {
-		drop(broker.StreamAccepted, fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, u.id))
+	for _, p := range u.partitions {
+		drop(broker.StreamAccepted, fmt.Sprintf("%s-usage-%d", s.cfg.Consumer, p))
+		if len(u.partitions) > 1 {
+			if err := s.pos.Delete(ctx, s.singleKey(p)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+				s.log.Warn("deleting a partition's position of the layout before groups", zap.Int("partition", p), zap.Error(err))
+			}
+		}
 	}
 	// the shared ones, once every unit has a position: looked at only
 	// while one of them is there (else a new database's first start would
@@ -400,7 +467,7 @@ func (s *Sink) dropLegacyConsumers(ctx context.Context, u unit) {
 	if !there(broker.StreamAccepted, s.cfg.Consumer+"-usage") && !there(broker.StreamEvents, s.cfg.Consumer+"-events") {
 		return
 	}
-	for id := 0; id <= s.cfg.Partitions; id++ {
+	for id := 0; id <= s.usageUnits(); id++ {
 		if _, err := s.pos.Get(ctx, s.unit(id).key); err != nil {
 			return
 		}
@@ -501,7 +568,7 @@ func (s *Sink) Behind(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	var behind []string
-	for id := 0; id <= s.cfg.Partitions; id++ {
+	for id := 0; id <= s.usageUnits(); id++ {
 		u := s.unit(id)
 		st, err := s.js.Stream(ctx, u.stream)
 		if err != nil {
@@ -510,10 +577,14 @@ func (s *Sink) Behind(ctx context.Context) ([]string, error) {
 		var last uint64
 		if u.stream == broker.StreamEvents {
 			last = st.CachedInfo().State.LastSeq
-		} else if m, err := st.GetLastMsgForSubject(ctx, u.filter); err == nil {
-			last = m.Sequence
-		} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil, err
+		} else {
+			for _, f := range u.filters {
+				if m, err := st.GetLastMsgForSubject(ctx, f); err == nil {
+					last = max(last, m.Sequence)
+				} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+					return nil, err
+				}
+			}
 		}
 		var done uint64
 		if e, err := kv.Get(ctx, u.key); err == nil {
