@@ -120,6 +120,8 @@ type Pipeline struct {
 	Projector *projector.Projector
 	// Sink is set when the sink role runs.
 	Sink *sink.Sink
+	// Metrics gathers what /metrics serves.
+	Metrics prometheus.Gatherer
 
 	httpSrv *http.Server
 	api     *api.Server
@@ -274,6 +276,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	p.cancel = cancel
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	p.Metrics = reg
 
 	if has(cfg.Roles, RoleProjector) {
 		pc := cfg.Projector

@@ -190,3 +190,30 @@ func TestClusterNodeLossLosesNothing(t *testing.T) {
 		return nil
 	})
 }
+
+// A new log with three replicas gets the cluster's partition count, one
+// with a single replica the single node's; either is the log's from then on.
+func TestNewClusterLogGetsClusterPartitions(t *testing.T) {
+	_, urls := jsCluster(t)
+	nc, err := nats.Connect(strings.Join(urls, ","))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx := context.Background()
+	topo := broker.DefaultTopology
+	topo.Partitions, topo.Replicas = 0, 3
+	var got broker.Topology
+	testenv.Eventually(t, 30*time.Second, func() (err error) {
+		got, err = broker.Ensure(ctx, js, topo)
+		return err
+	})
+	if got.Partitions != broker.ClusterPartitions || got.Replicas != 3 {
+		t.Fatalf("a new log at 3 replicas: %d partitions, %d replicas; want %d and 3", got.Partitions, got.Replicas, broker.ClusterPartitions)
+	}
+	topo.Replicas = 0 // a role started with defaults keeps the log's
+	if got, err := broker.Ensure(ctx, js, topo); err != nil || got.Partitions != broker.ClusterPartitions || got.Replicas != 3 {
+		t.Fatalf("again with defaults: %+v, %v", got, err)
+	}
+}

@@ -63,7 +63,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.IntVar(&cfg.NATSPort, "nats-port", envInt("nats-port", 4222), "the embedded server's client port (-1: any free port)")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", env("http-addr", "127.0.0.1:8080"), "the API's listen address")
 	fs.StringVar(&cfg.HealthAddr, "health-addr", env("health-addr", ""), "without the API: listen address of /healthz, /readyz and /metrics")
-	fs.IntVar(&cfg.Partitions, "partitions", envInt("partitions", 0), "partitions of a new log (default 8); an existing log's count is written in it and read from there (a different value is refused)")
+	fs.IntVar(&cfg.Partitions, "partitions", envInt("partitions", 0), "partitions of a new log (default 8 with one replica, 32 with more); an existing log's count is written in it and read from there (a different value is refused)")
 	clockMode := env("clock", "real")
 	fs.Func("clock", "real (ticks on the wall clock) or manual (time set by PUT /v1/clock); default "+clockMode, func(s string) error {
 		if s != "real" && s != "manual" {

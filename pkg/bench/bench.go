@@ -38,6 +38,7 @@ type Config struct {
 	ClickHouse    sink.ClickHouseConfig
 	Cards         int           // fleet size
 	Partitions    int           // of the log; 0: the default for a new log
+	SinkFlush     time.Duration // the sink's flush interval; 0: its default
 	Accounts      int           // accounts the fleet spreads over
 	IngestRecords int           // records per format for the ingest figure
 	BatchRecords  int           // records per HTTP batch
@@ -75,6 +76,8 @@ type Report struct {
 	E2ECPUSelf, E2ECPUClickHouse time.Duration
 	Lag                          []LagSample
 	SinkRowsPerSec               float64
+	// the sink's inserts into usage_records during the end-to-end run
+	SinkBlocks, SinkBlockRows float64
 	StopP50, StopP99             time.Duration
 	StopMax                      time.Duration
 	SendP50, SendP99             time.Duration // from sending the request (an upper bound)
@@ -111,7 +114,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	p, err := app.Start(ctx, app.Config{DataDir: cfg.DataDir, NATSPort: -1, HTTPAddr: "127.0.0.1:0", Partitions: cfg.Partitions,
 		ManualClock: true, ClockStart: time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC), ClickHouse: cfg.ClickHouse,
-		Sink: sink.Config{}}, zap.NewNop()) // the sink as deployed: blocks of up to 200,000 rows or 1 s
+		Sink: sink.Config{FlushInterval: cfg.SinkFlush}}, zap.NewNop()) // the sink as deployed unless told: its default block rows and interval
 	if err != nil {
 		return nil, err
 	}
@@ -479,6 +482,7 @@ func e2e(ctx context.Context, p *app.Pipeline, fl *fleet, cfg Config, now time.T
 	behind := func() uint64 { return p.Projector.Lag() }
 	// let the ingest figure's records settle first
 	before := settle(rows, behind)
+	blocks0, blockRows0 := sinkBlocks(p)
 	cpu0 := sampleCPU()
 	cfg.logf("end to end: ingest for %s, then until ClickHouse has every record", cfg.E2E)
 	start := time.Now()
@@ -521,9 +525,34 @@ func e2e(ctx context.Context, p *app.Pipeline, fl *fleet, cfg Config, now time.T
 	rep.E2ESeconds = elapsed.Seconds()
 	rep.SinkRowsPerSec = float64(inCH) / (ingested.Seconds() + time.Since(sinkStart).Seconds() - 3)
 	rep.E2ECPUSelf, rep.E2ECPUClickHouse = cpu0.perRecord(sampleCPU(), total)
+	blocks1, blockRows1 := sinkBlocks(p)
+	rep.SinkBlocks, rep.SinkBlockRows = blocks1-blocks0, blockRows1-blockRows0
 	cfg.logf("  %d records posted, %d rows in ClickHouse in %.1f s: %.0f records/s end to end", total, inCH, elapsed.Seconds(), rep.E2ERate)
 	cfg.logf("  CPU per record posted: %s in this process (pipeline and load generator), %s in ClickHouse", rep.E2ECPUSelf, rep.E2ECPUClickHouse)
 	return nil
+}
+
+// sinkBlocks reads the sink's inserts into usage_records so far, and
+// their rows, from its block-size histogram.
+func sinkBlocks(p *app.Pipeline) (blocks, rows float64) {
+	mfs, err := p.Metrics.Gather()
+	if err != nil {
+		return 0, 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "cardmeter_sink_block_rows" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "table" && l.GetValue() == "usage_records" {
+					blocks += float64(m.GetHistogram().GetSampleCount())
+					rows += m.GetHistogram().GetSampleSum()
+				}
+			}
+		}
+	}
+	return blocks, rows
 }
 
 // settle waits until the projector is caught up and the row count has not
@@ -636,6 +665,9 @@ func (r *Report) Print(w io.Writer, cfg Config) {
 	fmt.Fprintf(w, "| durable ingest over HTTP, NDJSON | %.0f CDRs/s | %s |\n", r.IngestNDJSON, ratio(r.IngestNDJSON))
 	fmt.Fprintf(w, "| end to end (ingest → projected → in ClickHouse), %.0f s | %.0f CDRs/s | %s |\n", r.E2ESeconds, r.E2ERate, ratio(r.E2ERate))
 	fmt.Fprintf(w, "| sink insert rate | %.0f rows/s | %s |\n", r.SinkRowsPerSec, ratio(r.SinkRowsPerSec))
+	if r.SinkBlocks > 0 {
+		fmt.Fprintf(w, "| sink inserts into usage_records end to end, rows per insert (mean) | %.0f, %.0f | |\n", r.SinkBlocks, r.SinkBlockRows/r.SinkBlocks)
+	}
 	fmt.Fprintf(w, "| CPU per record end to end: this process (pipeline and load generator) / ClickHouse | %s / %s | |\n", r.E2ECPUSelf, r.E2ECPUClickHouse)
 	fmt.Fprintf(w, "| stop latency from the 2xx to the stopped event, %d samples under %d CDRs/s | p50 %s, p99 %s, max %s | |\n", r.StopSamples, cfg.StopLoad,
 		r.StopP50.Round(time.Microsecond), r.StopP99.Round(time.Microsecond), r.StopMax.Round(time.Microsecond))

@@ -195,8 +195,17 @@ type Topology struct {
 // retry with the same Idempotency-Key (or body) to get it again.
 const BatchAnswerTTL = 24 * time.Hour
 
-// DefaultTopology is used by the all-in-one and tests.
+// DefaultTopology is used by the all-in-one and tests. Its Partitions
+// are a new single-node log's; a new log with more than one replica gets
+// ClusterPartitions.
 var DefaultTopology = Topology{Partitions: 8, Replicas: 0, DuplicateWindow: 30 * time.Minute, EventsMaxAge: 30 * 24 * time.Hour, LeaseTTL: 10 * time.Second}
+
+// ClusterPartitions is the partition count of a new log with more than
+// one replica: a cluster's instances spread over up to this many
+// partitions. One node keeps 8: there, each batch cut into four times as
+// many messages (each fsynced on METER and ACCEPTED) cost a third of the
+// end-to-end rate (BENCHMARKS.md, "8 partitions against 32 on one node").
+const ClusterPartitions = 32
 
 // The log's metadata keys: the topology is written on METER at its first
 // start, and read from there by every role and command.
@@ -251,11 +260,14 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 	default:
 		t.Partitions = had.Partitions
 	}
-	if t.Partitions == 0 {
-		t.Partitions = DefaultTopology.Partitions
-	}
 	if t.Replicas == 0 { // as the log has them (1 for a new log)
 		t.Replicas = max(had.Replicas, 1)
+	}
+	if t.Partitions == 0 { // a new log's
+		t.Partitions = DefaultTopology.Partitions
+		if t.Replicas > 1 {
+			t.Partitions = ClusterPartitions
+		}
 	}
 	meta := map[string]string{MetaPartitions: strconv.Itoa(t.Partitions), MetaReplicas: strconv.Itoa(t.Replicas)}
 	if isNew {

@@ -275,7 +275,7 @@ func Setup(args []string, stdout, stderr io.Writer) int {
 	natsURL := fs.String("nats-url", getenv("CARDMETER_NATS_URL", "nats://127.0.0.1:4222"), "the NATS server or cluster")
 	topo := broker.DefaultTopology
 	topo.Partitions = 0
-	fs.IntVar(&topo.Partitions, "partitions", atoi(getenv("CARDMETER_PARTITIONS", ""), 0), "partitions of a new log (default 8); an existing log keeps its count, and a different value is refused")
+	fs.IntVar(&topo.Partitions, "partitions", atoi(getenv("CARDMETER_PARTITIONS", ""), 0), "partitions of a new log (default 8 with one replica, 32 with more); an existing log keeps its count, and a different value is refused")
 	topo.LeaseTTL = 0
 	fs.DurationVar(&topo.LeaseTTL, "lease-ttl", 0, fmt.Sprintf("how long a partition's lease outlives its owner's last renewal: the longest a dead instance's partitions wait for another; 0: as the leases bucket has it (%s for a new one)", broker.DefaultTopology.LeaseTTL))
 	fs.IntVar(&topo.Replicas, "replicas", atoi(getenv("CARDMETER_REPLICAS", ""), topo.Replicas), "copies of each stream and bucket: 3 on a cluster (existing ones are updated to it); 0: as the log has them, 1 for a new log")

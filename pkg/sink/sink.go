@@ -93,6 +93,7 @@ type Sink struct {
 	pending   *prometheus.GaugeVec
 	unitsHeld prometheus.Gauge
 	blocks    prometheus.Counter
+	blockRows *prometheus.HistogramVec
 }
 
 // unitStatus is what Healthy and Pending know of a unit held.
@@ -130,9 +131,11 @@ func New(js jetstream.JetStream, ch ClickHouseConfig, cfg Config, reg prometheus
 		pending:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cardmeter_sink_pending_messages", Help: "Messages waiting for the sink, by unit this instance holds."}, []string{"unit"}),
 		unitsHeld: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cardmeter_sink_units_held", Help: "Units (partitions' usage, and the events) this instance writes now."}),
 		blocks:    prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_sink_blocks_repeated_total", Help: "Blocks a previous owner had decided, inserted again exactly."}),
+		blockRows: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "cardmeter_sink_block_rows", Help: "Rows per insert into ClickHouse, by table (small blocks cost ClickHouse more per row).",
+			Buckets: prometheus.ExponentialBuckets(100, 2, 12)}, []string{"table"}),
 	}
 	if reg != nil {
-		reg.MustRegister(s.inserted, s.skipped, s.failures, s.up, s.pending, s.unitsHeld, s.blocks)
+		reg.MustRegister(s.inserted, s.skipped, s.failures, s.up, s.pending, s.unitsHeld, s.blocks, s.blockRows)
 	}
 	return s
 }

@@ -306,6 +306,9 @@ func (s *Sink) insert(ctx context.Context, l *lease.Lease, u unit, block []block
 	s.setErr(nil)
 	s.setFailure(u.id, nil)
 	s.inserted.WithLabelValues(u.w.table()).Add(float64(ins))
+	if ins > 0 {
+		s.blockRows.WithLabelValues(u.w.table()).Observe(float64(ins))
+	}
 	s.skipped.WithLabelValues(u.w.table()).Add(float64(skip))
 	if skip > 0 {
 		log.Info("left out rows ClickHouse already held", zap.Int("rows", skip))

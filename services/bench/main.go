@@ -26,6 +26,7 @@ func main() {
 	flag.StringVar(&cfg.ClickHouse.Database, "clickhouse-db", "cardmeter_bench", "ClickHouse database (dropped first)")
 	flag.IntVar(&cfg.Cards, "cards", 1000000, "fleet size")
 	flag.IntVar(&cfg.Partitions, "partitions", 0, "partitions of the log (0: the default for a new log)")
+	flag.DurationVar(&cfg.SinkFlush, "sink-flush-interval", 0, "the sink's longest wait before a partial block is inserted (0: its default)")
 	flag.IntVar(&cfg.Accounts, "accounts", 1000, "accounts")
 	flag.IntVar(&cfg.IngestRecords, "ingest-records", 3000000, "records per format for the ingest figure")
 	flag.IntVar(&cfg.BatchRecords, "batch-records", 10000, "records per HTTP batch")
