@@ -228,10 +228,11 @@ func (s *Sink) connect(ctx context.Context) error {
 // migrate applies the schema, one sink at a time: a migration may drop a
 // view and create it anew, and another sink inserting in between would
 // leave its rows out of the rollups. The sink that migrates holds the key
-// <database>.migrating in the sink bucket and deletes it after; the others
-// wait, then find every migration applied. A key older than fifteen
-// minutes (its sink died migrating; statements ON CLUSTER with a replica
-// down wait 30 s each) is taken over.
+// <database>.migrating in the sink bucket, writes it again every
+// migrationRefresh while it works, and deletes it after; the others wait,
+// then find every migration applied. A key not written for
+// migrationStale (its sink died migrating) is taken over, at once if it
+// is this instance's own (a previous life's).
 func (s *Sink) migrate(ctx context.Context, conn driver.Conn) error {
 	kv, err := s.js.KeyValue(ctx, broker.BucketSink)
 	if err != nil {
@@ -243,20 +244,13 @@ func (s *Sink) migrate(ctx context.Context, conn driver.Conn) error {
 		rev, err := kv.Create(rctx, key, []byte(s.cfg.Instance))
 		cancel()
 		if err == nil {
-			defer func() {
-				dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
-				defer cancel()
-				_ = kv.Delete(dctx, key, jetstream.LastRevision(rev)) // else it is taken over in fifteen minutes
-			}()
-			return Migrate(ctx, conn, s.ch)
+			return s.migrateHolding(ctx, conn, kv, key, rev)
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return fmt.Errorf("taking the migration key: %w", err)
 		}
 		rctx, cancel = context.WithTimeout(ctx, requestTimeout)
-		// a key of this instance's is a previous life's (killed while it
-		// migrated): taken over at once, as its leases are
-		if e, err := kv.Get(rctx, key); err == nil && (string(e.Value()) == s.cfg.Instance || time.Since(e.Created()) > 15*time.Minute) {
+		if e, err := kv.Get(rctx, key); err == nil && (string(e.Value()) == s.cfg.Instance || time.Since(e.Created()) > migrationStale) {
 			s.log.Warn("taking over the migration key of a sink that did not finish", zap.String("holder", string(e.Value())))
 			_ = kv.Delete(rctx, key, jetstream.LastRevision(e.Revision()))
 		}
@@ -267,6 +261,48 @@ func (s *Sink) migrate(ctx context.Context, conn driver.Conn) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// How often a migrating sink writes its key again, and how long a key not
+// written is taken for its sink's death (variables for tests).
+var (
+	migrationRefresh = 20 * time.Second
+	migrationStale   = 2 * time.Minute
+)
+
+// migrateHolding migrates while holding the key (at revision rev),
+// refreshing it, and deletes it after.
+func (s *Sink) migrateHolding(ctx context.Context, conn driver.Conn, kv jetstream.KeyValue, key string, rev uint64) error {
+	done := make(chan struct{})
+	refreshed := make(chan struct{})
+	go func() {
+		defer close(refreshed)
+		t := time.NewTicker(migrationRefresh)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			nrev, err := kv.Update(rctx, key, []byte(s.cfg.Instance), rev)
+			cancel()
+			if err == nil {
+				rev = nrev // read after the refresher has ended
+			}
+			if err != nil {
+				s.log.Warn("writing the migration key again", zap.Error(err))
+			}
+		}
+	}()
+	err := Migrate(ctx, conn, s.ch)
+	close(done)
+	<-refreshed
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestTimeout)
+	defer cancel()
+	_ = kv.Delete(dctx, key, jetstream.LastRevision(rev)) // else it is taken over when stale
+	return err
 }
 
 // Run connects to ClickHouse, then takes this instance's share of the

@@ -544,3 +544,38 @@ func TestGroupedUnits(t *testing.T) {
 		}
 	}
 }
+
+// The migration key of another sink keeps this one waiting while it is
+// fresh, and is taken over once it has not been written for the stale
+// time (its sink died migrating); then the sink migrates and writes.
+func TestStaleMigrationKeyIsTakenOver(t *testing.T) {
+	defer SetMigrationTimes(200*time.Millisecond, 3*time.Second)()
+	_, js := testenv.JetStream(t)
+	ch := testenv.ClickHouse(t)
+	ctx := context.Background()
+	publishAccepted(t, js, 0, 2, 10, 1)
+	kv, err := js.KeyValue(ctx, broker.BucketSink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Create(ctx, lease.Token("sink-"+ch.Database)+".migrating", []byte("another-host:1:1")); err != nil {
+		t.Fatal(err)
+	}
+	s := New(js, ch, Config{Partitions: 1, FlushInterval: 100 * time.Millisecond}, nil, testenv.Logger(t))
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.Run(runCtx) }()
+	defer func() { cancel(); <-done }()
+	time.Sleep(1500 * time.Millisecond)
+	if s.Healthy() == nil {
+		t.Fatal("the sink went on while another sink's fresh migration key was there")
+	}
+	conn := testenv.ClickHouseConn(t, ch)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		var n uint64
+		if err := conn.QueryRow(ctx, "SELECT count() FROM usage_records").Scan(&n); err != nil || n != 20 {
+			return fmt.Errorf("%d rows (%v), want 20 once the stale key is taken over", n, err)
+		}
+		return s.Healthy()
+	})
+}
