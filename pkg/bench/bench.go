@@ -78,11 +78,11 @@ type Report struct {
 	SinkRowsPerSec               float64
 	// the sink's inserts into usage_records during the end-to-end run
 	SinkBlocks, SinkBlockRows float64
-	StopP50, StopP99             time.Duration
-	StopMax                      time.Duration
-	SendP50, SendP99             time.Duration // from sending the request (an upper bound)
-	SendMax                      time.Duration
-	StopSamples                  int
+	StopP50, StopP99          time.Duration
+	StopMax                   time.Duration
+	SendP50, SendP99          time.Duration // from sending the request (an upper bound)
+	SendMax                   time.Duration
+	StopSamples               int
 }
 
 // LagSample is the backlog at one moment of the end-to-end run.
