@@ -32,6 +32,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/cdr"
 	"github.com/cardmeter/cardmeter/pkg/clock"
 	"github.com/cardmeter/cardmeter/pkg/query"
+	"github.com/cardmeter/cardmeter/pkg/webhook"
 	"github.com/cardmeter/cardmeter/schemas"
 )
 
@@ -46,6 +47,12 @@ type Config struct {
 	// retries); Resolved, the re-submitted rejections. The caller opens
 	// them before serving: the API never runs without them.
 	Batches, Resolved jetstream.KeyValue
+	// Webhooks holds the webhook subscriptions; nil: the webhook routes
+	// answer 404.
+	Webhooks jetstream.KeyValue
+	// WebhookAllowPrivate lets a webhook's URL resolve to loopback,
+	// link-local and private addresses.
+	WebhookAllowPrivate bool
 	// Healthy reports whether the process can still make progress, for
 	// /healthz; nil: it can.
 	Healthy func() error
@@ -96,6 +103,7 @@ type Server struct {
 
 	batches  jetstream.KeyValue // first answers of usage batches
 	resolved jetstream.KeyValue // re-submitted rejections
+	webhooks *webhook.Store     // nil without the bucket
 }
 
 type metrics struct {
@@ -162,6 +170,9 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m,
 		budget: newBudget(cfg.Batch.InFlightBytes, reg)}
 	s.batches, s.resolved = cfg.Batches, cfg.Resolved
+	if cfg.Webhooks != nil {
+		s.webhooks = webhook.NewStore(cfg.Webhooks)
+	}
 	routes := []struct {
 		pattern string
 		scope   string
@@ -187,6 +198,12 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"POST /v1/rejections/resubmit", scopeUsage, s.resubmit, false},
 		{"PUT /v1/clock", ScopeAdmin, s.putClock, false},
 		{"GET /v1/audit", ScopeAdmin, s.listAudit, false},
+		{"PUT /v1/webhooks/{id}", ScopeAdmin, s.putWebhook, false},
+		{"GET /v1/webhooks/{id}", ScopeAdmin, s.getWebhook, false},
+		{"DELETE /v1/webhooks/{id}", ScopeAdmin, s.deleteWebhook, false},
+		{"GET /v1/webhooks", ScopeAdmin, s.listWebhooks, false},
+		{"POST /v1/webhooks/{id}/rotate-secret", ScopeAdmin, s.rotateWebhookSecret, false},
+		{"GET /v1/webhooks/{id}/deliveries", ScopeAdmin, s.listWebhookDeliveries, false},
 		{"GET /v1/clock", ScopeRead, s.getClock, false},
 		{"GET /healthz", "", s.healthz, false},
 		{"GET /readyz", "", s.readyz, false},

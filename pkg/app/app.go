@@ -28,6 +28,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/clock"
 	"github.com/cardmeter/cardmeter/pkg/projector"
 	"github.com/cardmeter/cardmeter/pkg/sink"
+	"github.com/cardmeter/cardmeter/pkg/webhook"
 )
 
 // Roles a process can run.
@@ -36,10 +37,11 @@ const (
 	RoleProjector = "projector"
 	RoleClock     = "clock"
 	RoleSink      = "sink"
+	RoleNotifier  = "notifier"
 )
 
 // AllRoles is the all-in-one.
-var AllRoles = []string{RoleAPI, RoleProjector, RoleClock, RoleSink}
+var AllRoles = []string{RoleAPI, RoleProjector, RoleClock, RoleSink, RoleNotifier}
 
 // Config configures a process.
 type Config struct {
@@ -63,6 +65,7 @@ type Config struct {
 	TickInterval    time.Duration
 	ClickHouse      sink.ClickHouseConfig
 	Sink            sink.Config
+	Notifier        webhook.Config
 	Projector       projector.Config
 	API             api.Config // partitions are set from Partitions
 	// TokensFile and Tokens (inline, ';' between lines) configure bearer
@@ -120,6 +123,8 @@ type Pipeline struct {
 	Projector *projector.Projector
 	// Sink is set when the sink role runs.
 	Sink *sink.Sink
+	// Notifier is set when the notifier role runs.
+	Notifier *webhook.Notifier
 	// Metrics gathers what /metrics serves.
 	Metrics prometheus.Gatherer
 
@@ -309,6 +314,17 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		p.Sink = sink.New(p.JS, cfg.ClickHouse, sc, reg, log.Named("sink"))
 		p.goRun("sink", func() error { return p.Sink.Run(runCtx) })
 	}
+	if has(cfg.Roles, RoleNotifier) {
+		nc := cfg.Notifier
+		if nc.Instance == "" {
+			nc.Instance = cfg.Projector.Owner
+			if p.Projector != nil {
+				nc.Instance = p.Projector.Owner()
+			}
+		}
+		p.Notifier = webhook.New(p.JS, nc, reg, log.Named("notifier"))
+		p.goRun("notifier", func() error { return p.Notifier.Run(runCtx) })
+	}
 	if has(cfg.Roles, RoleAPI) || has(cfg.Roles, RoleClock) {
 		p.Clock = clock.New(p.JS, clock.Config{Partitions: cfg.Partitions, Manual: cfg.ManualClock, Interval: cfg.TickInterval, Start: unixOrZero(cfg.ClockStart)}, log.Named("clock"))
 		if err := retry("reading the clock", p.Clock.Start); err != nil {
@@ -332,6 +348,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 			if apiCfg.Resolved, err = p.JS.KeyValue(ctx, broker.BucketResolved); err != nil {
 				return err
 			}
+			if apiCfg.Webhooks, err = p.JS.KeyValue(ctx, broker.BucketWebhooks); err != nil {
+				return err
+			}
 			dir, err = api.NewDirectory(runCtx, kv, log.Named("directory"))
 			return err
 		}); err != nil {
@@ -339,6 +358,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		}
 		apiCfg.Partitions = cfg.Partitions
 		apiCfg.Healthy = p.healthy
+		apiCfg.WebhookAllowPrivate = cfg.Notifier.AllowPrivate
 		if apiCfg.Tokens, err = loadTokens(cfg); err != nil {
 			return nil, err
 		}
@@ -456,6 +476,11 @@ func (p *Pipeline) ready() (api.Readiness, error) {
 		}
 		pending := p.Sink.Pending()
 		rd.SinkPending = &pending
+	}
+	if p.Notifier != nil {
+		if err := p.Notifier.Healthy(); err != nil {
+			return rd, fmt.Errorf("notifier: %w", err)
+		}
 	}
 	return rd, nil
 }

@@ -42,6 +42,13 @@ func envDur(name string, def time.Duration) time.Duration {
 	return def
 }
 
+func envBool(name string, def bool) bool {
+	if b, err := strconv.ParseBool(env(name, strconv.FormatBool(def))); err == nil {
+		return b
+	}
+	return def
+}
+
 // BindFlags registers the configuration flags on fs. Every flag's default
 // comes from the environment variable CARDMETER_<FLAG> (dashes as
 // underscores), else from the built-in default.
@@ -87,6 +94,10 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.IntVar(&cfg.MemoryLimitMiB, "memory-limit-mib", envInt("memory-limit-mib", 0), "soft memory limit in MiB: the collector works harder near it; 0: half the machine's (or cgroup's) memory; -1: none (GOMEMLIMIT, when set, wins)")
 	fs.IntVar(&cfg.Sink.BatchRows, "sink-batch-rows", envInt("sink-batch-rows", 200000), "rows per ClickHouse insert at most")
 	fs.DurationVar(&cfg.Sink.FlushInterval, "sink-flush-interval", envDur("sink-flush-interval", time.Second), "longest wait before a partial block is inserted")
+	fs.DurationVar(&cfg.Notifier.Timeout, "webhook-timeout", envDur("webhook-timeout", 10*time.Second), "how long a webhook endpoint has to answer 2xx")
+	fs.DurationVar(&cfg.Notifier.RetryFor, "webhook-retry-for", envDur("webhook-retry-for", 24*time.Hour), "how long an event is retried from its first attempt before it goes to the dead letters")
+	fs.DurationVar(&cfg.Notifier.DisableAfter, "webhook-disable-after", envDur("webhook-disable-after", 72*time.Hour), "a webhook whose endpoint failed every attempt for this long is disabled")
+	fs.BoolVar(&cfg.Notifier.AllowPrivate, "webhook-allow-private", envBool("webhook-allow-private", false), "let webhooks reach loopback, link-local and private addresses (refused by default, checked at every connection)")
 	fs.DurationVar(&cfg.Projector.CheckpointInterval, "checkpoint-interval", envDur("checkpoint-interval", 10*time.Second), "longest time between projector checkpoints while it folds")
 	fs.IntVar(&cfg.Projector.CheckpointEvery, "checkpoint-every", envInt("checkpoint-every", 50000), "projector checkpoint after this many folded log messages")
 	fs.DurationVar(&cfg.StartTimeout, "start-timeout", envDur("start-timeout", 5*time.Minute), "how long start-up waits for NATS and its streams before it exits non-zero")

@@ -2,9 +2,14 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +20,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/sink"
 	"github.com/cardmeter/cardmeter/pkg/testenv"
+	"github.com/cardmeter/cardmeter/pkg/webhook"
 )
 
 // The services run as separate processes against an external JetStream
@@ -58,7 +64,7 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 		p, err := Start(context.Background(), Config{Roles: roles, NATSURL: srv.ClientURL(), NATS: NATSAuth{User: role, Password: pass[role]}, WaitForTopology: true,
 			HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
 			Partitions: 3, ManualClock: true, ClockStart: time.Date(2026, 3, 5, 0, 0, 0, 0, time.UTC), ClickHouse: ch,
-			Sink: sinkConfigForTests()}, testenv.Logger(t))
+			Sink: sinkConfigForTests(), Notifier: webhook.Config{AllowPrivate: true, Timeout: 2 * time.Second}}, testenv.Logger(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -69,9 +75,34 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	proj := start(broker.RoleProjector, RoleProjector)
 	start(broker.RoleSink, RoleSink)
 	start(broker.RoleClock, RoleClock)
+	start(broker.RoleNotifier, RoleNotifier)
 	testenv.Eventually(t, 10*time.Second, proj.Projector.Ready)
 
 	c := &client{t: t, base: apiProc.URL}
+	// a webhook for stops, made through the API (its secret shown once),
+	// delivered by the notifier's user
+	var hookMu sync.Mutex
+	var hooked []string
+	var secret string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		hookMu.Lock()
+		defer hookMu.Unlock()
+		if err := webhook.Verify(secret, r.Header.Get("webhook-id"), r.Header.Get("webhook-timestamp"), r.Header.Get("webhook-signature"), body, time.Now(), time.Minute); err != nil {
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+		hooked = append(hooked, string(body))
+	}))
+	defer hook.Close()
+	var made api.WebhookResponse
+	hb, _ := json.Marshal(map[string]any{"url": hook.URL, "event_types": []string{"cardmeter.card.stopped.v1"}})
+	if code := c.do("PUT", "/v1/webhooks/stops", "application/json", hb, &made); code != 201 || !strings.HasPrefix(made.Secret, "whsec_") {
+		t.Fatalf("a webhook: %d %+v", code, made)
+	}
+	hookMu.Lock()
+	secret = made.Secret
+	hookMu.Unlock()
 	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 100, "cycle_anchor_day": 27, "time_zone": "UTC"})
 	var last uint64
 	for i := 0; i < 5; i++ {
@@ -92,6 +123,14 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	if got := c.card(iccid(102), res.Position); got.Status != "stopped" {
 		t.Fatalf("card over quota: %+v", got)
 	}
+	testenv.Eventually(t, 20*time.Second, func() error {
+		hookMu.Lock()
+		defer hookMu.Unlock()
+		if len(hooked) != 1 || !strings.Contains(hooked[0], `"cardmeter.card.stopped.v1"`) || !strings.Contains(hooked[0], iccid(102)) {
+			return fmt.Errorf("the webhook got %v", hooked)
+		}
+		return nil
+	})
 	// readiness reports how far behind the consumers are
 	var rd map[string]any
 	if code := c.do("GET", "/readyz", "", nil, &rd); code != 200 || rd["status"] != "ready" {

@@ -78,11 +78,12 @@ const (
 	RoleProjector = "projector"
 	RoleClock     = "clock"
 	RoleSink      = "sink"
-	RoleRebuild   = "rebuild" // the `cardmeter rebuild` tool: reads the log
+	RoleNotifier  = "notifier" // delivers events to webhooks
+	RoleRebuild   = "rebuild"  // the `cardmeter rebuild` tool: reads the log
 )
 
 // Roles lists the roles RolePermissions knows.
-var Roles = []string{RoleIngest, RoleProjector, RoleClock, RoleSink, RoleRebuild}
+var Roles = []string{RoleIngest, RoleProjector, RoleClock, RoleSink, RoleNotifier, RoleRebuild}
 
 // reads are the JetStream API subjects that read stream: its messages by
 // sequence, and consumers on it (durable, ephemeral and ordered ones, whose
@@ -145,6 +146,10 @@ func RolePermissions(role string) *server.Permissions {
 		pub = append(pub, kv(BucketDir)...)
 		pub = append(pub, kv(BucketBatches)...)
 		pub = append(pub, kv(BucketResolved)...)
+		// webhook subscriptions, their attempts and dead letters
+		pub = append(pub, kv(BucketWebhooks)...)
+		pub = append(pub, reads(StreamAttempts)...)
+		pub = append(pub, reads(StreamDead)...)
 	case RoleProjector:
 		pub = append(pub, "cardmeter.events.>", "accepted.>")
 		pub = append(pub, reads(StreamMeter)...)
@@ -158,6 +163,19 @@ func RolePermissions(role string) *server.Permissions {
 		pub = append(pub, gets(StreamMeter)...) // its last tick
 	case RoleSink:
 		return SinkPermissions()
+	case RoleNotifier:
+		// durable consumers on EVENTS (its own are webhook-<id>; NATS
+		// permissions cannot match part of a name, so any there), no
+		// other stream's
+		pub = append(pub, gets(StreamEvents)...)
+		pub = append(pub,
+			"$JS.API.CONSUMER.CREATE."+StreamEvents+".*", "$JS.API.CONSUMER.CREATE."+StreamEvents+".*.>",
+			"$JS.API.CONSUMER.INFO."+StreamEvents+".*", "$JS.API.CONSUMER.DELETE."+StreamEvents+".*",
+			"$JS.API.CONSUMER.RESET."+StreamEvents+".*", "$JS.API.CONSUMER.MSG.NEXT."+StreamEvents+".*",
+			"$JS.API.CONSUMER.NAMES."+StreamEvents, "$JS.ACK."+StreamEvents+".*.>")
+		pub = append(pub, kv(BucketWebhooks)...)
+		pub = append(pub, "webhooks.attempts.>", "webhooks.dead.>")
+		pub = append(pub, leases(RoleNotifier)...)
 	case RoleRebuild:
 		pub = append(pub, reads(StreamMeter)...)
 	default:

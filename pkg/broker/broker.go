@@ -21,18 +21,21 @@ import (
 
 // Stream and bucket names.
 const (
-	StreamMeter       = "METER"       // every input: usage chunks, billing, commands, clock ticks
-	StreamEvents      = "EVENTS"      // what the projector emits, for downstream services
-	StreamAccepted    = "ACCEPTED"    // usage the projector counted, for the sink
-	StreamRejected    = "REJECTED"    // records refused at ingest, kept for audit
-	StreamAudit       = "AUDIT"       // every write to the API: who, with which scope, what, and what came of it
-	BucketSnapshot    = "snapshots"   // projector checkpoint pieces and record-id index segments
-	BucketCheckpoints = "checkpoints" // each partition's checkpoint manifest, updated by compare-and-set
-	BucketDir         = "directory"   // cards and plans, for routing and validation at ingest
-	BucketBatches     = "batches"     // the first answer to each usage batch, for idempotent retries
-	BucketResolved    = "resubmitted" // rejected records that were re-submitted, by rejection id
-	BucketLeases      = "leases"      // which instance of a role holds each partition (pkg/lease)
-	BucketSink        = "sink"        // how far the sink has written each partition into ClickHouse, and the block it is writing
+	StreamMeter       = "METER"            // every input: usage chunks, billing, commands, clock ticks
+	StreamEvents      = "EVENTS"           // what the projector emits, for downstream services
+	StreamAccepted    = "ACCEPTED"         // usage the projector counted, for the sink
+	StreamRejected    = "REJECTED"         // records refused at ingest, kept for audit
+	StreamAudit       = "AUDIT"            // every write to the API: who, with which scope, what, and what came of it
+	StreamDead        = "WEBHOOK_DEAD"     // events a webhook could not deliver within its retry window
+	StreamAttempts    = "WEBHOOK_ATTEMPTS" // each webhook delivery attempt (in memory: for operators, not the truth)
+	BucketSnapshot    = "snapshots"        // projector checkpoint pieces and record-id index segments
+	BucketCheckpoints = "checkpoints"      // each partition's checkpoint manifest, updated by compare-and-set
+	BucketDir         = "directory"        // cards and plans, for routing and validation at ingest
+	BucketBatches     = "batches"          // the first answer to each usage batch, for idempotent retries
+	BucketResolved    = "resubmitted"      // rejected records that were re-submitted, by rejection id
+	BucketLeases      = "leases"           // which instance of a role holds each partition (pkg/lease)
+	BucketSink        = "sink"             // how far the sink has written each partition into ClickHouse, and the block it is writing
+	BucketWebhooks    = "webhooks"         // webhook subscriptions, their secrets and state
 )
 
 // Subjects of partition p in METER.
@@ -332,13 +335,37 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 		History: 1}); err != nil {
 		return t, fmt.Errorf("kv %s: %w", BucketSink, err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketWebhooks,
+		Description: "webhook subscriptions, their signing secrets and state", Storage: jetstream.FileStorage, Replicas: t.Replicas,
+		History: 1}); err != nil {
+		return t, fmt.Errorf("kv %s: %w", BucketWebhooks, err)
+	}
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: StreamDead, Subjects: []string{"webhooks.dead.>"},
+		Description: "events a webhook did not take within its retry window, by subscription", Storage: jetstream.FileStorage,
+		Replicas: t.Replicas, MaxAge: 30 * 24 * time.Hour, Duplicates: t.DuplicateWindow}); err != nil {
+		return t, fmt.Errorf("stream %s: %w", StreamDead, err)
+	}
+	// attempts are for operators to look at, not the truth: in memory
+	// (no fsync per attempt), the last 1,000 per subscription
+	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: StreamAttempts, Subjects: []string{"webhooks.attempts.>"},
+		Description: "webhook delivery attempts, by subscription", Storage: jetstream.MemoryStorage,
+		Replicas: t.Replicas, MaxAge: 7 * 24 * time.Hour, MaxMsgsPerSubject: 1000, MaxBytes: 256 << 20, Discard: jetstream.DiscardOld}); err != nil {
+		return t, fmt.Errorf("stream %s: %w", StreamAttempts, err)
+	}
 	return t, nil
 }
+
+// DeadSubject is where subscription id's dead letters go.
+func DeadSubject(id string) string { return "webhooks.dead." + id }
+
+// AttemptsSubject is where subscription id's delivery attempts go.
+func AttemptsSubject(id string) string { return "webhooks.attempts." + id }
 
 // StreamNames are every stream of the topology, buckets included (a
 // bucket is a stream named KV_<bucket> or OBJ_<bucket>).
 var StreamNames = []string{StreamMeter, StreamEvents, StreamAccepted, StreamRejected, StreamAudit,
-	"OBJ_" + BucketSnapshot, "KV_" + BucketCheckpoints, "KV_" + BucketBatches, "KV_" + BucketResolved, "KV_" + BucketDir, "KV_" + BucketLeases, "KV_" + BucketSink}
+	"OBJ_" + BucketSnapshot, "KV_" + BucketCheckpoints, "KV_" + BucketBatches, "KV_" + BucketResolved, "KV_" + BucketDir, "KV_" + BucketLeases, "KV_" + BucketSink,
+	"KV_" + BucketWebhooks, StreamDead, StreamAttempts}
 
 // Check reports whether every stream and bucket exists, for a role whose
 // user may not create them (the setup step, `cardmeter setup`, does), and

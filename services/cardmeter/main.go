@@ -1,5 +1,5 @@
 // Command cardmeter is the all-in-one and the client: `cardmeter run`
-// starts the ingest API, projector, clock and sink in one process on an
+// starts the ingest API, projector, clock, sink and notifier in one process on an
 // embedded JetStream; `cardmeter push` sends usage files to an API.
 package main
 
@@ -15,6 +15,7 @@ const usage = `usage: cardmeter <command> [flags]
 
 commands:
   run          start the whole pipeline in one process (flags: cardmeter run -h)
+  notifier     deliver events to the webhooks alone (flags as run's)
   push         stream usage files (CSV, NDJSON, plain or gzip) to the API
   rejections   list rejected records, or re-submit them once fixed
   rebuild      rebuild the ClickHouse tables from the log
@@ -29,6 +30,8 @@ func main() {
 	switch os.Args[1] {
 	case "run":
 		os.Exit(app.Main("cardmeter", app.AllRoles, os.Args[2:]))
+	case "notifier":
+		os.Exit(app.Main("notifier", []string{app.RoleNotifier}, os.Args[2:]))
 	case "push":
 		os.Exit(cli.Push(os.Args[2:], os.Stdout, os.Stderr))
 	case "rejections":

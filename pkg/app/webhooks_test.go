@@ -1,0 +1,133 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cardmeter/cardmeter/pkg/api"
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/testenv"
+	"github.com/cardmeter/cardmeter/pkg/webhook"
+)
+
+// The webhook routes: fields named when refused, a private address refused
+// unless allowed, the secret shown once, a rotation during which both
+// secrets sign, the attempts listed, and a delete that removes the
+// subscription's consumer.
+func TestWebhookRoutes(t *testing.T) {
+	start := func(allowPrivate bool) *Pipeline {
+		p, err := Start(context.Background(), Config{Roles: []string{RoleAPI, RoleProjector, RoleNotifier}, DataDir: t.TempDir(), NATSPort: -1,
+			HTTPAddr: "127.0.0.1:0", Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC),
+			Notifier: webhook.Config{AllowPrivate: allowPrivate, Timeout: 2 * time.Second}}, testenv.Logger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Stop)
+		return p
+	}
+	var mu sync.Mutex
+	var sigs []string
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		sigs = append(sigs, r.Header.Get("webhook-signature"))
+		mu.Unlock()
+	}))
+	defer hook.Close()
+	body := func(v map[string]any) []byte { b, _ := json.Marshal(v); return b }
+
+	// refused without --webhook-allow-private: the receiver is on loopback
+	closed := start(false)
+	cc := &client{t: t, base: closed.URL}
+	var prob api.Problem
+	if code := cc.do("PUT", "/v1/webhooks/w1", "application/json", body(map[string]any{"url": hook.URL, "event_types": []string{"cardmeter.card.*"}}), &prob); code != 400 || prob.Field != "url" {
+		t.Fatalf("a loopback URL: %d %+v", code, prob)
+	}
+	closed.Stop()
+
+	p := start(true)
+	c := &client{t: t, base: p.URL}
+	for field, b := range map[string]map[string]any{
+		"event_types": {"url": hook.URL, "event_types": []string{"card.stopped"}},
+		"url":         {"url": "gopher://x", "event_types": []string{"cardmeter.card.*"}},
+		"start_time":  {"url": hook.URL, "event_types": []string{"cardmeter.card.*"}, "start_time": "yesterday"},
+	} {
+		prob = api.Problem{}
+		if code := c.do("PUT", "/v1/webhooks/w1", "application/json", body(b), &prob); code != 400 || prob.Field != field {
+			t.Errorf("%s: %d %+v", field, code, prob)
+		}
+	}
+	var made, got api.WebhookResponse
+	if code := c.do("PUT", "/v1/webhooks/w1", "application/json", body(map[string]any{"url": hook.URL, "event_types": []string{"cardmeter.card.*"}}), &made); code != 201 || made.Secret == "" {
+		t.Fatalf("create: %d %+v", code, made)
+	}
+	if code := c.do("GET", "/v1/webhooks/w1", "", nil, &got); code != 200 || got.Secret != "" || got.State != "enabled" {
+		t.Fatalf("read: %d %+v (the secret is shown once)", code, got)
+	}
+	var again api.WebhookResponse
+	if code := c.do("PUT", "/v1/webhooks/w1", "application/json", body(map[string]any{"url": hook.URL, "event_types": []string{"cardmeter.card.*"}, "description": "crm"}), &again); code != 200 || again.Secret != "" || again.Description != "crm" || again.StartTime != made.StartTime {
+		t.Fatalf("change: %d %+v", code, again)
+	}
+	var rotated map[string]any
+	if code := c.do("POST", "/v1/webhooks/w1/rotate-secret", "", nil, &rotated); code != 200 || rotated["secret"] == made.Secret {
+		t.Fatalf("rotate: %d %v", code, rotated)
+	}
+	// an event: signed with both secrets while the old one overlaps
+	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 10, "cycle_anchor_day": 1, "time_zone": "UTC"})
+	c.putStored("/v1/cards/"+iccid(7), map[string]any{"account_id": "a", "plan_id": "p", "carrier": "cmcc"})
+	var cmd map[string]any
+	if code := c.do("POST", "/v1/cards/"+iccid(7)+"/stop", "application/json", body(map[string]any{"operator": "ops", "note": "test"}), &cmd); code != 200 {
+		t.Fatalf("stop: %d %v", code, cmd)
+	}
+	testenv.Eventually(t, 20*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(sigs) == 0 {
+			return errors.New("nothing delivered")
+		}
+		return nil
+	})
+	mu.Lock()
+	if n := len(strings.Fields(sigs[0])); n != 2 {
+		t.Fatalf("signatures during the overlap: %q, want two", sigs[0])
+	}
+	mu.Unlock()
+	var attempts struct {
+		Attempts []webhook.Attempt `json:"attempts"`
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if code := c.do("GET", "/v1/webhooks/w1/deliveries", "", nil, &attempts); code != 200 || len(attempts.Attempts) == 0 || attempts.Attempts[0].Result != "delivered" {
+			return fmt.Errorf("deliveries: %d %+v", code, attempts)
+		}
+		return nil
+	})
+	var list map[string][]api.WebhookResponse
+	if code := c.do("GET", "/v1/webhooks", "", nil, &list); code != 200 || len(list["webhooks"]) != 1 {
+		t.Fatalf("list: %d %v", code, list)
+	}
+	if code := c.do("DELETE", "/v1/webhooks/w1", "", nil, nil); code != 204 {
+		t.Fatalf("delete: %d", code)
+	}
+	if code := c.do("GET", "/v1/webhooks/w1", "", nil, &got); code != 404 {
+		t.Fatalf("read after delete: %d", code)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		_, err := p.JS.Consumer(context.Background(), broker.StreamEvents, webhook.ConsumerName("w1"))
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("the deleted webhook's consumer: %v", err)
+		}
+		return nil
+	})
+}
+

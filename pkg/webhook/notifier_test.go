@@ -1,0 +1,336 @@
+package webhook_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/testenv"
+	"github.com/cardmeter/cardmeter/pkg/webhook"
+)
+
+// receiver is a webhook endpoint: it verifies each delivery's signature
+// and keeps what it took, by card, in order; fail decides an answer for
+// a delivery before it is taken (0: take it).
+type receiver struct {
+	t      *testing.T
+	secret string
+	mu     sync.Mutex
+	got    map[string][]string // card -> event ids, in the order taken
+	seen   map[string]int      // event id -> deliveries seen (taken or not)
+	bad    int                 // deliveries whose signature did not verify
+	fail   func(id string, n int) (status int, retryAfter string, hang bool)
+	srv    *httptest.Server
+}
+
+func newReceiver(t *testing.T) *receiver {
+	r := &receiver{t: t, got: map[string][]string{}, seen: map[string]int{}}
+	r.srv = httptest.NewServer(http.HandlerFunc(r.serve))
+	t.Cleanup(r.srv.Close)
+	return r
+}
+
+func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
+	body, _ := io.ReadAll(req.Body)
+	id := req.Header.Get("webhook-id")
+	r.mu.Lock()
+	secret := r.secret
+	r.mu.Unlock()
+	if err := webhook.Verify(secret, id, req.Header.Get("webhook-timestamp"), req.Header.Get("webhook-signature"), body, time.Now(), 5*time.Minute); err != nil {
+		r.mu.Lock()
+		r.bad++
+		r.mu.Unlock()
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	var env struct {
+		ID      string `json:"id"`
+		Subject string `json:"subject"`
+	}
+	if err := json.Unmarshal(body, &env); err != nil || env.ID != id {
+		http.Error(w, "not the event the id names", http.StatusBadRequest)
+		return
+	}
+	r.mu.Lock()
+	r.seen[id]++
+	n := r.seen[id]
+	fail := r.fail
+	r.mu.Unlock()
+	if fail != nil {
+		status, retryAfter, hang := fail(id, n)
+		if hang {
+			time.Sleep(1500 * time.Millisecond) // past the notifier's timeout
+			return
+		}
+		if status != 0 {
+			if retryAfter != "" {
+				w.Header().Set("Retry-After", retryAfter)
+			}
+			w.WriteHeader(status)
+			return
+		}
+	}
+	r.mu.Lock()
+	r.got[env.Subject] = append(r.got[env.Subject], id)
+	r.mu.Unlock()
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// publishEvents publishes n events for each card, alternating stopped and
+// resumed, as the projector does (ids deterministic, on the card's subject).
+func publishEvents(t *testing.T, js jetstream.JetStream, cards, n int) map[string][]string {
+	want := map[string][]string{}
+	for i := 0; i < n; i++ {
+		for c := 0; c < cards; c++ {
+			iccid := fmt.Sprintf("8986%016d", c)
+			kind := "card.stopped"
+			if i%2 == 1 {
+				kind = "card.resumed"
+			}
+			id := fmt.Sprintf("ev-%d-%d", c, i)
+			env := map[string]any{"specversion": "1.0", "id": id, "source": "cardmeter/projector", "type": "cardmeter." + kind + ".v1",
+				"subject": iccid, "time": "2026-03-10T00:00:00Z", "datacontenttype": "application/json",
+				"data": map[string]any{"iccid": iccid, "account_id": fmt.Sprint("acct-", c%2), "cause": "test"}}
+			b, _ := json.Marshal(env)
+			m := nats.NewMsg(broker.EventSubject(kind, iccid))
+			m.Data = b
+			m.Header.Set(jetstream.MsgIDHeader, id)
+			if _, err := js.PublishMsg(context.Background(), m); err != nil {
+				t.Fatal(err)
+			}
+			want[iccid] = append(want[iccid], id)
+		}
+	}
+	return want
+}
+
+func subscribe(t *testing.T, js jetstream.JetStream, sub webhook.Subscription) string {
+	t.Helper()
+	kv, err := js.KeyValue(context.Background(), broker.BucketWebhooks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := webhook.NewSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub.Secrets = []webhook.Secret{{Key: secret}}
+	if sub.StartTime.IsZero() {
+		sub.StartTime = time.Now().Add(-time.Hour)
+	}
+	sub.Enabled = true
+	if err := sub.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := webhook.NewStore(kv).Put(context.Background(), &sub, 0); err != nil {
+		t.Fatal(err)
+	}
+	return secret
+}
+
+func runNotifier(t *testing.T, js jetstream.JetStream, cfg webhook.Config) (*webhook.Notifier, func()) {
+	t.Helper()
+	cfg.AllowPrivate = true // the receiver is on loopback
+	if cfg.Timeout == 0 {
+		cfg.Timeout = time.Second
+	}
+	n := webhook.New(js, cfg, nil, testenv.Logger(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	return n, func() {
+		cancel()
+		if err := <-done; err != nil && ctx.Err() == nil {
+			t.Error(err)
+		}
+	}
+}
+
+// Every event reaches the endpoint once it answers 2xx, each card's in
+// order, through 500s, a 429 with Retry-After, and a timeout; every
+// delivery verifies with the documented signature; events of other
+// types and of another account are not sent.
+func TestDeliveriesInOrderThroughFailures(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	rcv := newReceiver(t)
+	rcv.fail = func(id string, n int) (int, string, bool) {
+		switch {
+		case id == "ev-0-0" && n == 1:
+			return 0, "", true // times out
+		case id == "ev-2-1" && n <= 2:
+			return http.StatusInternalServerError, "", false
+		case id == "ev-2-0" && n == 1:
+			return http.StatusTooManyRequests, "1", false
+		}
+		return 0, "", false
+	}
+	rcv.secret = subscribe(t, js, webhook.Subscription{ID: "crm", URL: rcv.srv.URL, EventTypes: []string{"cardmeter.card.*"}, AccountID: "acct-0"})
+	want := publishEvents(t, js, 6, 4)
+	// an event of another kind: not the subscription's
+	m := nats.NewMsg(broker.EventSubject("account.payment_received", "acct-0"))
+	m.Data = []byte(`{"id":"ev-pay","type":"cardmeter.account.payment_received.v1","subject":"acct-0","data":{"account_id":"acct-0"}}`)
+	if _, err := js.PublishMsg(context.Background(), m); err != nil {
+		t.Fatal(err)
+	}
+	_, stop := runNotifier(t, js, webhook.Config{Instance: "n1", MaxInterval: 2 * time.Second})
+	defer stop()
+	testenv.Eventually(t, 60*time.Second, func() error {
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		for card, ids := range want {
+			if card[len(card)-1]%2 == 1 { // acct-1's cards: not for this subscription
+				if len(rcv.got[card]) > 0 {
+					return fmt.Errorf("card %s of another account got %v", card, rcv.got[card])
+				}
+				continue
+			}
+			if fmt.Sprint(rcv.got[card]) != fmt.Sprint(ids) {
+				return fmt.Errorf("card %s got %v, want %v in that order", card, rcv.got[card], ids)
+			}
+		}
+		return nil
+	})
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	if rcv.bad > 0 {
+		t.Fatalf("%d deliveries did not verify", rcv.bad)
+	}
+	if rcv.seen["ev-2-1"] != 3 || rcv.seen["ev-2-0"] != 2 || rcv.seen["ev-0-0"] < 2 {
+		t.Fatalf("attempts: ev-2-1 %d (want 3), ev-2-0 %d (want 2), ev-0-0 %d (want ≥ 2)", rcv.seen["ev-2-1"], rcv.seen["ev-2-0"], rcv.seen["ev-0-0"])
+	}
+	if rcv.seen["ev-pay"] != 0 {
+		t.Fatal("an event of a type the subscription does not take was sent")
+	}
+}
+
+// A notifier stopped in the middle of its deliveries (an event failing,
+// more behind it) loses none: the next one delivers every event, each
+// card's in order, the interrupted ones again with the same webhook-id.
+func TestNotifierStoppedMidDeliveryLosesNone(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	rcv := newReceiver(t)
+	var mu sync.Mutex
+	down := true
+	rcv.fail = func(id string, n int) (int, string, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if down && id == "ev-3-2" {
+			return http.StatusBadGateway, "", false
+		}
+		return 0, "", false
+	}
+	rcv.secret = subscribe(t, js, webhook.Subscription{ID: "ticketing", URL: rcv.srv.URL, EventTypes: []string{"cardmeter.card.stopped.v1", "cardmeter.card.resumed.v1"}})
+	want := publishEvents(t, js, 8, 6)
+	_, stop := runNotifier(t, js, webhook.Config{Instance: "n1", MaxInterval: 300 * time.Millisecond})
+	testenv.Eventually(t, 30*time.Second, func() error {
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		if rcv.seen["ev-3-2"] < 2 {
+			return fmt.Errorf("ev-3-2 seen %d times", rcv.seen["ev-3-2"])
+		}
+		return nil
+	})
+	stop()
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	_, stop2 := runNotifier(t, js, webhook.Config{Instance: "n2", MaxInterval: 300 * time.Millisecond})
+	defer stop2()
+	testenv.Eventually(t, 60*time.Second, func() error {
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		for card, ids := range want {
+			if got := dedupe(rcv.got[card]); fmt.Sprint(got) != fmt.Sprint(ids) {
+				return fmt.Errorf("card %s got %v, want %v", card, rcv.got[card], ids)
+			}
+		}
+		return nil
+	})
+}
+
+// dedupe drops repeats (at-least-once: a receiver dedupes by webhook-id),
+// keeping the first of each.
+func dedupe(ids []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, id := range ids {
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// An endpoint that fails every attempt: each event goes to the dead
+// letters once its retry window has passed (with the error and attempts),
+// every attempt is listed, and past DisableAfter of nothing but failures
+// the subscription is disabled, saying why.
+func TestDeadLettersAndDisabling(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	rcv.fail = func(string, int) (int, string, bool) { return http.StatusInternalServerError, "", false }
+	rcv.secret = subscribe(t, js, webhook.Subscription{ID: "broken", URL: rcv.srv.URL, EventTypes: []string{"cardmeter.card.*"}})
+	publishEvents(t, js, 2, 2)
+	_, stop := runNotifier(t, js, webhook.Config{Instance: "n1", RetryFor: 1500 * time.Millisecond, MaxInterval: 300 * time.Millisecond,
+		DisableAfter: 4 * time.Second})
+	defer stop()
+	dead, err := js.Stream(ctx, broker.StreamDead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		info, err := dead.Info(ctx)
+		if err != nil || info.State.Msgs != 4 {
+			return fmt.Errorf("%v dead letters (%v), want 4", info.State.Msgs, err)
+		}
+		return nil
+	})
+	m, err := dead.GetMsg(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Header.Get("webhook-id") == "" || !strings.Contains(m.Header.Get("Cardmeter-Error"), "500") || m.Header.Get("Cardmeter-Attempts") == "" {
+		t.Fatalf("dead letter headers %v", m.Header)
+	}
+	kv, _ := js.KeyValue(ctx, broker.BucketWebhooks)
+	store := webhook.NewStore(kv)
+	// more events keep failing until the subscription has failed for
+	// longer than DisableAfter
+	more := 0
+	testenv.Eventually(t, 30*time.Second, func() error {
+		more++
+		m := nats.NewMsg(broker.EventSubject("card.stopped", "89860000000000000009"))
+		m.Data = []byte(fmt.Sprintf(`{"id":"more-%d","type":"cardmeter.card.stopped.v1","subject":"89860000000000000009","data":{}}`, more))
+		if _, err := js.PublishMsg(ctx, m); err != nil {
+			return err
+		}
+		sub, _, err := store.Get(ctx, "broken")
+		if err != nil {
+			return err
+		}
+		if sub.Enabled || !strings.Contains(sub.DisabledReason, "failed") {
+			return fmt.Errorf("enabled %v, reason %q", sub.Enabled, sub.DisabledReason)
+		}
+		return nil
+	})
+	attempts, err := webhook.Attempts(ctx, js, "broken", 10)
+	if err != nil || len(attempts) != 10 {
+		t.Fatalf("%d attempts listed (%v), want 10", len(attempts), err)
+	}
+	if a := attempts[0]; a.Status != 500 || a.Result == "" || a.EventID == "" || (a.Result == "failed" && a.NextTry == nil) {
+		t.Fatalf("the last attempt: %+v", a)
+	}
+}
