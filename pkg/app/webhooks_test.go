@@ -130,4 +130,3 @@ func TestWebhookRoutes(t *testing.T) {
 		return nil
 	})
 }
-
