@@ -204,6 +204,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"GET /v1/webhooks", ScopeAdmin, s.listWebhooks, false},
 		{"POST /v1/webhooks/{id}/rotate-secret", ScopeAdmin, s.rotateWebhookSecret, false},
 		{"GET /v1/webhooks/{id}/deliveries", ScopeAdmin, s.listWebhookDeliveries, false},
+		{"POST /v1/webhooks/{id}/replay", ScopeAdmin, s.replayWebhook, false},
 		{"GET /v1/clock", ScopeRead, s.getClock, false},
 		{"GET /healthz", "", s.healthz, false},
 		{"GET /readyz", "", s.readyz, false},

@@ -40,13 +40,16 @@ type WebhookResponse struct {
 	CreatedAt      string   `json:"created_at"`
 	UpdatedAt      string   `json:"updated_at"`
 	Secret         string   `json:"secret,omitempty"`
+	// the last replay asked for, and how it went once done
+	Replay     *webhook.Replay       `json:"replay,omitempty"`
+	ReplayDone *webhook.ReplayResult `json:"replay_done,omitempty"`
 }
 
 func webhookView(sub *webhook.Subscription) WebhookResponse {
 	v := WebhookResponse{ID: sub.ID, URL: sub.URL, EventTypes: sub.EventTypes, AccountID: sub.AccountID, Description: sub.Description,
 		Enabled: sub.Enabled, State: "enabled", DisabledReason: sub.DisabledReason, Parallel: sub.Parallel,
 		StartTime: sub.StartTime.UTC().Format(time.RFC3339), CreatedAt: sub.CreatedAt.UTC().Format(time.RFC3339),
-		UpdatedAt: sub.UpdatedAt.UTC().Format(time.RFC3339)}
+		UpdatedAt: sub.UpdatedAt.UTC().Format(time.RFC3339), Replay: sub.Replay, ReplayDone: sub.ReplayDone}
 	if v.Parallel == 0 {
 		v.Parallel = webhook.DefaultParallel
 	}
@@ -130,9 +133,10 @@ func (s *Server) putWebhook(w http.ResponseWriter, r *http.Request) error {
 	if b.StartTime != "" && !start.Equal(old.StartTime) {
 		return invalid("start_time", "is set when the webhook is made; to deliver earlier events, replay them")
 	}
-	// a change keeps the secrets, where delivery started, and when it
-	// was made; enabling it again clears its failures
+	// a change keeps the secrets, where delivery started, when it was
+	// made and its replays; enabling it again clears its failures
 	sub.Secrets, sub.StartTime, sub.CreatedAt = old.Secrets, old.StartTime, old.CreatedAt
+	sub.Replay, sub.ReplayDone = old.Replay, old.ReplayDone
 	if sub.Enabled {
 		sub.FailingSince, sub.DisabledReason = old.FailingSince, ""
 		if !old.Enabled {
@@ -267,4 +271,56 @@ func (s *Server) listWebhookDeliveries(w http.ResponseWriter, r *http.Request) e
 		return fmt.Errorf("%w: %v", errUnavailable, err)
 	}
 	return ok(w, map[string]any{"id": id, "attempts": attempts})
+}
+
+// replayBody is POST /v1/webhooks/{id}/replay: one of the two.
+type replayBody struct {
+	DeadLetters bool   `json:"dead_letters"`
+	Since       string `json:"since"`
+}
+
+// replayWebhook asks the notifier to deliver again the webhook's dead
+// letters, or every event since a time; it answers 202 (the notifier does
+// it; GET shows replay_done when done).
+func (s *Server) replayWebhook(w http.ResponseWriter, r *http.Request) error {
+	id, err := s.webhookID(r)
+	if err != nil {
+		return err
+	}
+	var b replayBody
+	if err := decodeBody(r, &b); err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	rp := &webhook.Replay{RequestedAt: now, DeadLetters: b.DeadLetters}
+	switch {
+	case b.DeadLetters == (b.Since != ""):
+		return invalid("dead_letters", `one of "dead_letters": true or "since": a time`)
+	case b.Since != "":
+		t, err := time.Parse(time.RFC3339, b.Since)
+		if err != nil {
+			return invalid("since", "RFC 3339 with an offset")
+		}
+		rp.Since = &t
+	}
+	rp.ID = fmt.Sprintf("%d", now.UnixNano())
+	sub, err := s.webhooks.Update(r.Context(), id, func(sub *webhook.Subscription) error {
+		if rp.Since != nil && rp.Since.Before(sub.StartTime) {
+			return invalid("since", "before the webhook's start_time "+sub.StartTime.UTC().Format(time.RFC3339)+": its consumer starts there")
+		}
+		sub.Replay = rp
+		return nil
+	})
+	if errors.Is(err, webhook.ErrNotFound) {
+		return errWebhookNotFound
+	}
+	var p *Problem
+	if errors.As(err, &p) {
+		return p
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUnavailable, err)
+	}
+	writeJSON(w, http.StatusAccepted, "application/json", webhookView(sub))
+	return nil
 }

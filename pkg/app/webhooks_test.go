@@ -112,6 +112,28 @@ func TestWebhookRoutes(t *testing.T) {
 		}
 		return nil
 	})
+	// replays: exactly one kind, not before the webhook's start
+	for field, b := range map[string]map[string]any{
+		"dead_letters": {"dead_letters": true, "since": "2026-01-01T00:00:00Z"},
+		"since":        {"since": "2000-01-01T00:00:00Z"},
+	} {
+		prob = api.Problem{}
+		if code := c.do("POST", "/v1/webhooks/w1/replay", "application/json", body(b), &prob); code != 400 || prob.Field != field {
+			t.Errorf("replay %v: %d %+v", b, code, prob)
+		}
+	}
+	var replayed api.WebhookResponse
+	if code := c.do("POST", "/v1/webhooks/w1/replay", "application/json", body(map[string]any{"since": made.StartTime}), &replayed); code != 202 || replayed.Replay == nil {
+		t.Fatalf("replay: %d %+v", code, replayed)
+	}
+	testenv.Eventually(t, 20*time.Second, func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(sigs) < 2 {
+			return errors.New("the stop was not delivered again")
+		}
+		return nil
+	})
 	var list map[string][]api.WebhookResponse
 	if code := c.do("GET", "/v1/webhooks", "", nil, &list); code != 200 || len(list["webhooks"]) != 1 {
 		t.Fatalf("list: %d %v", code, list)

@@ -175,6 +175,8 @@ func RolePermissions(role string) *server.Permissions {
 			"$JS.API.CONSUMER.NAMES."+StreamEvents, "$JS.ACK."+StreamEvents+".*.>")
 		pub = append(pub, kv(BucketWebhooks)...)
 		pub = append(pub, "webhooks.attempts.>", "webhooks.dead.>")
+		pub = append(pub, reads(StreamDead)...) // replays of dead letters
+		pub = append(pub, "$JS.API.STREAM.MSG.DELETE."+StreamDead)
 		pub = append(pub, leases(RoleNotifier)...)
 	case RoleRebuild:
 		pub = append(pub, reads(StreamMeter)...)

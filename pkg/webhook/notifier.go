@@ -277,7 +277,15 @@ func (n *Notifier) own(ctx context.Context, l *lease.Lease) {
 // sameDelivery: what the consumer and the delivery depend on is unchanged.
 func sameDelivery(a, b *Subscription) bool {
 	return a.URL == b.URL && a.AccountID == b.AccountID && a.Parallel == b.Parallel &&
-		strings.Join(a.EventTypes, " ") == strings.Join(b.EventTypes, " ") && a.StartTime.Equal(b.StartTime)
+		strings.Join(a.EventTypes, " ") == strings.Join(b.EventTypes, " ") && a.StartTime.Equal(b.StartTime) &&
+		replayID(a) == replayID(b)
+}
+
+func replayID(s *Subscription) string {
+	if s.Replay == nil {
+		return ""
+	}
+	return s.Replay.ID
 }
 
 // dropOrphans deletes the consumers of unit u's subscriptions that are
@@ -366,6 +374,11 @@ func (n *Notifier) consume(ctx context.Context, l *lease.Lease, r *running) erro
 	if info, err := cons.Info(ctx); err == nil && info.NumAckPending > 0 {
 		if _, err := n.js.ResetConsumer(ctx, broker.StreamEvents, name); err != nil {
 			n.log.Warn("resetting a webhook's consumer to its first unacknowledged event", zap.String("webhook", sub.ID), zap.Error(err))
+		}
+	}
+	if sub.ReplayPending() {
+		if err := n.replay(ctx, l, r, name); err != nil {
+			return err
 		}
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(256))

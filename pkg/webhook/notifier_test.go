@@ -3,6 +3,7 @@ package webhook_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -333,4 +334,88 @@ func TestDeadLettersAndDisabling(t *testing.T) {
 	if a := attempts[0]; a.Status != 500 || a.Result == "" || a.EventID == "" || (a.Result == "failed" && a.NextTry == nil) {
 		t.Fatalf("the last attempt: %+v", a)
 	}
+}
+
+// Replays: the dead letters go again once the endpoint is back (those
+// taken leave the dead letters), and "since a time" sends every event
+// stored from then on again, in order.
+func TestReplays(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	var mu sync.Mutex
+	down := true
+	rcv.fail = func(string, int) (int, string, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			return http.StatusServiceUnavailable, "", false
+		}
+		return 0, "", false
+	}
+	before := time.Now().Add(-time.Minute)
+	rcv.secret = subscribe(t, js, webhook.Subscription{ID: "replayed", URL: rcv.srv.URL, EventTypes: []string{"cardmeter.card.*"}, StartTime: before})
+	want := publishEvents(t, js, 3, 2)
+	_, stop := runNotifier(t, js, webhook.Config{Instance: "n1", RetryFor: 500 * time.Millisecond, MaxInterval: 200 * time.Millisecond})
+	defer stop()
+	dead, _ := js.Stream(ctx, broker.StreamDead)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		info, err := dead.Info(ctx)
+		if err != nil || info.State.Msgs != 6 {
+			return fmt.Errorf("%v dead letters (%v), want 6", info.State.Msgs, err)
+		}
+		return nil
+	})
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	kv, _ := js.KeyValue(ctx, broker.BucketWebhooks)
+	store := webhook.NewStore(kv)
+	ask := func(rp webhook.Replay) *webhook.ReplayResult {
+		t.Helper()
+		rp.ID, rp.RequestedAt = fmt.Sprint(time.Now().UnixNano()), time.Now()
+		if _, err := store.Update(ctx, "replayed", func(s *webhook.Subscription) error { s.Replay = &rp; return nil }); err != nil {
+			t.Fatal(err)
+		}
+		var done *webhook.ReplayResult
+		testenv.Eventually(t, 30*time.Second, func() error {
+			sub, _, err := store.Get(ctx, "replayed")
+			if err != nil {
+				return err
+			}
+			if sub.ReplayDone == nil || sub.ReplayDone.ID != rp.ID {
+				return errors.New("the replay is not done")
+			}
+			done = sub.ReplayDone
+			return nil
+		})
+		return done
+	}
+	if res := ask(webhook.Replay{DeadLetters: true}); res.Delivered != 6 || res.Left != 0 || res.Error != "" {
+		t.Fatalf("replay of the dead letters: %+v", res)
+	}
+	if info, _ := dead.Info(ctx); info.State.Msgs != 0 {
+		t.Fatalf("%d dead letters left after they were taken", info.State.Msgs)
+	}
+	rcv.mu.Lock()
+	for card, ids := range want {
+		if fmt.Sprint(rcv.got[card]) != fmt.Sprint(ids) {
+			t.Errorf("card %s got %v from the dead letters, want %v", card, rcv.got[card], ids)
+		}
+	}
+	rcv.got = map[string][]string{}
+	rcv.mu.Unlock()
+	if res := ask(webhook.Replay{Since: &before}); res.FromSeq != 1 || res.Error != "" {
+		t.Fatalf("replay since %s: %+v", before, res)
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		for card, ids := range want {
+			if fmt.Sprint(rcv.got[card]) != fmt.Sprint(ids) {
+				return fmt.Errorf("card %s got %v again, want %v", card, rcv.got[card], ids)
+			}
+		}
+		return nil
+	})
 }

@@ -41,6 +41,34 @@ type Subscription struct {
 	FailingSince *time.Time `json:"failing_since,omitempty"`
 	// DisabledReason says why the notifier disabled it.
 	DisabledReason string `json:"disabled_reason,omitempty"`
+	// Replay is the last replay asked for; ReplayDone says how it went
+	// once the notifier has done it.
+	Replay     *Replay       `json:"replay,omitempty"`
+	ReplayDone *ReplayResult `json:"replay_done,omitempty"`
+}
+
+// Replay asks the notifier to deliver again: the dead letters, or every
+// event stored since a time.
+type Replay struct {
+	ID          string     `json:"id"`
+	DeadLetters bool       `json:"dead_letters,omitempty"`
+	Since       *time.Time `json:"since,omitempty"`
+	RequestedAt time.Time  `json:"requested_at"`
+}
+
+// ReplayResult is how a replay went.
+type ReplayResult struct {
+	ID        string    `json:"id"`
+	At        time.Time `json:"at"`
+	Delivered int       `json:"delivered"` // dead letters delivered (and removed)
+	Left      int       `json:"left"`      // dead letters still there (their endpoint failed again)
+	FromSeq   uint64    `json:"from_seq,omitempty"`
+	Error     string    `json:"error,omitempty"`
+}
+
+// ReplayPending reports whether a replay was asked for and not yet done.
+func (s *Subscription) ReplayPending() bool {
+	return s.Replay != nil && (s.ReplayDone == nil || s.ReplayDone.ID != s.Replay.ID)
 }
 
 // Secret is a signing key, "whsec_" and its base64.

@@ -1,0 +1,135 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/lease"
+)
+
+// replay does the replay a subscription asks for, before its events go on:
+// every event stored since a time (its consumer is set back to the first
+// of them), or its dead letters, each sent once (those taken are removed,
+// the others stay). The result is written in the subscription.
+func (n *Notifier) replay(ctx context.Context, l *lease.Lease, r *running, consumer string) error {
+	sub := r.sub.Load()
+	rp := sub.Replay
+	res := ReplayResult{ID: rp.ID}
+	var err error
+	switch {
+	case rp.Since != nil:
+		res.FromSeq, err = n.replaySince(ctx, sub, consumer, *rp.Since)
+	case rp.DeadLetters:
+		res.Delivered, res.Left, err = n.replayDead(ctx, l, sub)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		res.Error = err.Error()
+	}
+	res.At = time.Now().UTC()
+	if _, uerr := n.store.Update(ctx, sub.ID, func(s *Subscription) error {
+		if s.Replay == nil || s.Replay.ID != rp.ID {
+			return errNothing // another replay was asked for meanwhile
+		}
+		s.ReplayDone = &res
+		return nil
+	}); uerr != nil && !errors.Is(uerr, errNothing) {
+		return fmt.Errorf("writing the replay's result: %w", uerr)
+	}
+	n.log.Info("webhook replay done", zap.String("webhook", sub.ID), zap.String("replay", rp.ID), zap.Int("delivered", res.Delivered),
+		zap.Int("left", res.Left), zap.Uint64("from_seq", res.FromSeq), zap.String("error", res.Error))
+	return nil
+}
+
+// replaySince sets the consumer back to the first of the subscription's
+// events stored at or after since: from there every event goes again, in
+// order, with its own webhook-id.
+func (n *Notifier) replaySince(ctx context.Context, sub *Subscription, consumer string, since time.Time) (uint64, error) {
+	oc, err := n.js.OrderedConsumer(ctx, broker.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: sub.FilterSubjects(),
+		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since})
+	if err != nil {
+		return 0, err
+	}
+	m, err := oc.Next(jetstream.FetchMaxWait(2 * time.Second))
+	if errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) {
+		return 0, nil // nothing stored since: nothing to send again
+	}
+	if err != nil {
+		return 0, err
+	}
+	meta, err := m.Metadata()
+	if err != nil {
+		return 0, err
+	}
+	seq := meta.Sequence.Stream
+	if _, err := n.js.ResetConsumerToSequence(ctx, broker.StreamEvents, consumer, seq); err != nil {
+		return 0, fmt.Errorf("setting the consumer back to %d: %w", seq, err)
+	}
+	return seq, nil
+}
+
+// replayDead sends each of the subscription's dead letters once, oldest
+// first; one taken is removed.
+func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscription) (delivered, left int, err error) {
+	st, err := n.js.Stream(ctx, broker.StreamDead)
+	if err != nil {
+		return 0, 0, err
+	}
+	subject := broker.DeadSubject(sub.ID)
+	last, err := st.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	oc, err := n.js.OrderedConsumer(ctx, broker.StreamDead, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		return 0, 0, err
+	}
+	var lastErr error
+	for {
+		if !l.Valid() {
+			return delivered, left, errors.New("the unit's lease is not valid")
+		}
+		m, err := oc.Next(jetstream.FetchMaxWait(5 * time.Second))
+		if err != nil {
+			return delivered, left, err
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			return delivered, left, err
+		}
+		id := m.Headers().Get("webhook-id")
+		start := time.Now()
+		status, _, perr := n.post(ctx, sub, id, m.Data())
+		a := Attempt{EventID: id, Subject: m.Headers().Get("Cardmeter-Event-Subject"), Attempt: 1, At: start, Status: status,
+			LatencyMS: float64(time.Since(start).Microseconds()) / 1000, Result: "delivered"}
+		if perr == nil {
+			delivered++
+			if err := st.DeleteMsg(ctx, meta.Sequence.Stream); err != nil {
+				n.log.Warn("removing a replayed dead letter (a later replay sends it again)", zap.Error(err))
+			}
+		} else {
+			left++
+			lastErr = perr
+			a.Result, a.Error = "dead", perr.Error()
+		}
+		n.record(sub.ID, a)
+		if meta.Sequence.Stream >= last.Sequence {
+			if lastErr != nil {
+				return delivered, left, fmt.Errorf("%d not taken again, the last: %w", left, lastErr)
+			}
+			return delivered, left, nil
+		}
+	}
+}
