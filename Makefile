@@ -42,6 +42,7 @@ bench: deps ## the benchmarks: micro-benchmarks, replay and memory, then the loa
 	$(GO) run ./services/bench -replay -cards $${BENCH_CARDS:-1000000} -records $${BENCH_RECORDS:-10000000}
 	$(GO) run ./services/bench -index -cards $${BENCH_INDEX_CARDS:-100000} -ids-per-card $${BENCH_INDEX_IDS:-2000}
 	$(GO) run ./services/bench -index -cards 1000000 -ids-per-card 10
+	$(GO) run ./services/bench -webhooks
 	@mkdir -p $(DATA)
 	$(GO) run ./services/bench $(BENCH_ARGS) | tee $(DATA)/bench-report.md
 

@@ -1,7 +1,9 @@
 package bench
 
 import (
+	"context"
 	"testing"
+	"time"
 )
 
 // The state figure runs end to end on a small fleet: ids all indexed,
@@ -23,5 +25,20 @@ func TestRunIndexSmall(t *testing.T) {
 	}
 	if r.Checkpoints < 5 || r.DiskPerID > 20.2 {
 		t.Fatalf("%d checkpoints, %.1f bytes per id on disk", r.Checkpoints, r.DiskPerID)
+	}
+}
+
+// The webhook figure runs on a small load: every event delivered, each
+// card's in order, every signature verified.
+func TestWebhooksSmall(t *testing.T) {
+	r, err := Webhooks(context.Background(), WebhookConfig{Dir: t.TempDir(), Rate: 200, For: 2 * time.Second, Burst: 2000, Cards: 50})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Events < 300 || r.BurstEvents != 2000 || r.P99 <= 0 || r.BurstPerSec <= 0 {
+		t.Fatalf("%+v", r)
+	}
+	if r.Misordered != 0 || r.Unsigned != 0 {
+		t.Fatalf("%d out of order, %d not verified", r.Misordered, r.Unsigned)
 	}
 }

@@ -49,6 +49,10 @@ func main() {
 	emptyDisk := flag.Bool("empty-disk", true, "with -index: also restore from a JetStream object store into an empty folder")
 	foldProfile := flag.String("fold-cpuprofile", "", "with -index: CPU profiles of the measured folds of new records only, to this file (index) and this file.mem (every id in memory)")
 	baseline := flag.Bool("baseline", true, "with -index: also fold the same records with every id in memory, for the rate to compare with")
+	webhooksRun := flag.Bool("webhooks", false, "measure only webhook deliveries to a local receiver: latency at -webhook-rate events/s, then the delivery rate of a backlog (no ClickHouse)")
+	webhookRate := flag.Int("webhook-rate", 1000, "with -webhooks: events published per second for the latency figure")
+	webhookFor := flag.Duration("webhook-for", 30*time.Second, "with -webhooks: how long at that rate")
+	webhookBurst := flag.Int("webhook-burst", 50000, "with -webhooks: events of the backlog")
 	clusterRun := flag.Bool("cluster", false, "measure only durable ingest on one JetStream server against a three-node cluster (R1 / R3, alternating rounds) and the pause when METER's leader node is killed (no ClickHouse)")
 	clusterRounds := flag.Int("cluster-rounds", 2, "with -cluster: rounds of each shape")
 	clusterKills := flag.Int("cluster-kills", 10, "with -cluster: kills of METER's leader node under load")
@@ -145,6 +149,16 @@ func main() {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
+		return
+	}
+	if *webhooksRun {
+		r, err := bench.Webhooks(context.Background(), bench.WebhookConfig{Dir: cfg.DataDir, Rate: *webhookRate, For: *webhookFor, Burst: *webhookBurst, Log: os.Stderr})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("machine: %d cores (GOMAXPROCS %d), %s\n\n| figure | value |\n|---|---|\n", runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.Version())
+		r.Print(os.Stdout)
 		return
 	}
 	if *replay {
