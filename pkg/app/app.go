@@ -316,6 +316,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	}
 	if has(cfg.Roles, RoleNotifier) {
 		nc := cfg.Notifier
+		nc.Partitions = cfg.Partitions
 		if nc.Instance == "" {
 			nc.Instance = cfg.Projector.Owner
 			if p.Projector != nil {

@@ -152,3 +152,41 @@ func TestWebhookRoutes(t *testing.T) {
 		return nil
 	})
 }
+
+// A webhook disabled by the notifier becomes an event through the fold:
+// cardmeter.webhook.disabled.v1 on EVENTS, its subject the webhook's id.
+func TestDisabledWebhookIsAnEvent(t *testing.T) {
+	p, err := Start(context.Background(), Config{Roles: []string{RoleAPI, RoleProjector, RoleNotifier}, DataDir: t.TempDir(), NATSPort: -1,
+		HTTPAddr: "127.0.0.1:0", Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC),
+		Notifier: webhook.Config{AllowPrivate: true, Timeout: time.Second, DisableAfter: time.Second, MaxInterval: 200 * time.Millisecond}}, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusBadGateway) }))
+	defer broken.Close()
+	c := &client{t: t, base: p.URL}
+	b, _ := json.Marshal(map[string]any{"url": broken.URL, "event_types": []string{"cardmeter.card.*"}})
+	var made api.WebhookResponse
+	if code := c.do("PUT", "/v1/webhooks/flaky", "application/json", b, &made); code != 201 {
+		t.Fatalf("create: %d %+v", code, made)
+	}
+	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 10, "cycle_anchor_day": 1, "time_zone": "UTC"})
+	c.putStored("/v1/cards/"+iccid(3), map[string]any{"account_id": "a", "plan_id": "p", "carrier": "cmcc"})
+	var cmd map[string]any
+	if code := c.do("POST", "/v1/cards/"+iccid(3)+"/stop", "application/json", []byte(`{"operator":"ops"}`), &cmd); code != 200 {
+		t.Fatalf("stop: %d %v", code, cmd)
+	}
+	seen := events(t, p.JS)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		got := ofType(seen(), "cardmeter.webhook.disabled.v1", "flaky")
+		if len(got) != 1 || got[0].Data.WebhookID != "flaky" || !strings.Contains(got[0].Data.Detail, "failed") {
+			return fmt.Errorf("webhook.disabled events: %+v", got)
+		}
+		return nil
+	})
+	var got api.WebhookResponse
+	if code := c.do("GET", "/v1/webhooks/flaky", "", nil, &got); code != 200 || got.State != "disabled" || got.DisabledReason == "" {
+		t.Fatalf("the webhook: %d %+v", code, got)
+	}
+}

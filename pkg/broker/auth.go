@@ -174,7 +174,7 @@ func RolePermissions(role string) *server.Permissions {
 			"$JS.API.CONSUMER.RESET."+StreamEvents+".*", "$JS.API.CONSUMER.MSG.NEXT."+StreamEvents+".*",
 			"$JS.API.CONSUMER.NAMES."+StreamEvents, "$JS.ACK."+StreamEvents+".*.>")
 		pub = append(pub, kv(BucketWebhooks)...)
-		pub = append(pub, "webhooks.attempts.>", "webhooks.dead.>")
+		pub = append(pub, "webhooks.attempts.>", "webhooks.dead.>", "meter.*.outcome")
 		pub = append(pub, reads(StreamDead)...) // replays of dead letters
 		pub = append(pub, "$JS.API.STREAM.MSG.DELETE."+StreamDead)
 		pub = append(pub, leases(RoleNotifier)...)

@@ -43,6 +43,10 @@ func UsageSubject(p int) string   { return "meter." + strconv.Itoa(p) + ".usage"
 func BillingSubject(p int) string { return "meter." + strconv.Itoa(p) + ".billing" }
 func ClockSubject(p int) string   { return "meter." + strconv.Itoa(p) + ".clock" }
 
+// OutcomeSubject carries what the pipeline's own roles report back into
+// the log (a webhook disabled, a carrier's answer), folded like any input.
+func OutcomeSubject(p int) string { return "meter." + strconv.Itoa(p) + ".outcome" }
+
 // IsUsageSubject reports whether a METER subject carries usage chunks.
 func IsUsageSubject(subject string) bool { return strings.HasSuffix(subject, ".usage") }
 

@@ -20,6 +20,9 @@ type Input struct {
 	Pool    *PoolChanged     `json:"pool,omitempty"`
 	Renewal *Renewal         `json:"renewal,omitempty"`
 	Command *ManualCommand   `json:"command,omitempty"`
+	// outcomes the pipeline's own roles report back into the log
+	Actuation *ActuationReport `json:"actuation,omitempty"`
+	Webhook   *WebhookNotice   `json:"webhook,omitempty"`
 }
 
 // InputType names an input event. Names are past tense and versioned.
@@ -47,7 +50,30 @@ const (
 	TypeStopRequested InputType = "card.stop_requested.v1"
 	// TypeResumeRequested is an operator's manual resume (人工复机).
 	TypeResumeRequested InputType = "card.resume_requested.v1"
+	// TypeActuationReported is what the card's carrier answered to an
+	// action the actuator sent it (a stop, resume or cancellation).
+	TypeActuationReported InputType = "card.actuation_reported.v1"
+	// TypeWebhookDisabled is the notifier's word that it disabled a
+	// webhook whose endpoint failed every attempt for too long.
+	TypeWebhookDisabled InputType = "webhook.disabled.v1"
 )
+
+// ActuationReport is the outcome of an action sent to a card's carrier.
+type ActuationReport struct {
+	ICCID    string `json:"iccid"`
+	Action   string `json:"action"` // stop, resume, cancel
+	Carrier  string `json:"carrier"`
+	OK       bool   `json:"ok"`
+	Cause    string `json:"cause"`            // the event acted on: "event:<id>"
+	Detail   string `json:"detail,omitempty"` // the carrier's answer, or why it failed
+	Attempts int    `json:"attempts,omitempty"`
+}
+
+// WebhookNotice is a webhook the notifier disabled, and why.
+type WebhookNotice struct {
+	WebhookID string `json:"webhook_id"`
+	Reason    string `json:"reason"`
+}
 
 // AccountChanged sets an account's options.
 type AccountChanged struct {
@@ -209,6 +235,12 @@ const (
 	EmitAccountWarning EmittedType = "account.warning.v1"
 	// EmitAccountWarningResolved: an account warning's condition went away.
 	EmitAccountWarningResolved EmittedType = "account.warning_resolved.v1"
+	// EmitActuationSucceeded: the card's carrier did what it was asked.
+	EmitActuationSucceeded EmittedType = "card.actuation_succeeded.v1"
+	// EmitActuationFailed: the card's carrier did not (after retries).
+	EmitActuationFailed EmittedType = "card.actuation_failed.v1"
+	// EmitWebhookDisabled: a webhook was disabled (subject: its id).
+	EmitWebhookDisabled EmittedType = "webhook.disabled.v1"
 )
 
 // Emitted is an event the fold emits. It is flat, so the fold fills it
@@ -237,4 +269,6 @@ type Emitted struct {
 	Until     int64  // renewals, expiry: the validity end
 	Pool      string // pool stops: the pool
 	PlanID    string // card events and a card's charges: the card's plan
+	Webhook   string // webhook events: the webhook's id (their subject)
+	Carrier   string // actuation events: the carrier asked
 }

@@ -229,6 +229,16 @@ func (p *Partition) Apply(in *Input, out []Emitted) ([]Emitted, error) {
 			return missing()
 		}
 		return p.applyCommand(in, out), nil
+	case TypeActuationReported:
+		if in.Actuation == nil {
+			return missing()
+		}
+		return p.applyActuation(in, out), nil
+	case TypeWebhookDisabled:
+		if in.Webhook == nil {
+			return missing()
+		}
+		return p.applyWebhookDisabled(in, out), nil
 	}
 	return out, fmt.Errorf("%w: %q", ErrUnknownInput, in.Type)
 }

@@ -50,6 +50,9 @@ type Data struct {
 	Code           string    `json:"code,omitempty"`
 	ValidUntil     string    `json:"valid_until,omitempty"`
 	PoolID         string    `json:"pool_id,omitempty"`
+	Action         string    `json:"action,omitempty"`     // actuation events: stop, resume, cancel
+	Carrier        string    `json:"carrier,omitempty"`    // actuation events
+	WebhookID      string    `json:"webhook_id,omitempty"` // webhook events
 }
 
 // CycleRef is a billing cycle in RFC 3339.
@@ -78,6 +81,9 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 	if subject == "" {
 		subject = e.AccountID
 	}
+	if e.Webhook != "" {
+		subject = e.Webhook
+	}
 	d := Data{ICCID: e.ICCID, AccountID: e.AccountID, PlanID: e.PlanID, Cause: e.Cause, RecordBytes: e.Bytes, Detail: e.Detail}
 	if isCardEvent(e.Type) {
 		reasons := e.Reasons.Names()
@@ -97,6 +103,13 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 		}
 	}
 	d.Warning, d.AmountFen, d.Operator, d.Note, d.Code, d.PoolID = e.Warning, e.Amount, e.Operator, e.Note, e.Code, e.Pool
+	d.Carrier, d.WebhookID = e.Carrier, e.Webhook
+	if e.Type == card.EmitActuationSucceeded || e.Type == card.EmitActuationFailed {
+		// the action asked of the carrier; the card's status and stop
+		// reasons as cardmeter has them, not its usage
+		d.Action, d.Code = e.Code, ""
+		d.UsageBytes, d.QuotaBytes, d.OvershootBytes = nil, nil, nil
+	}
 	if e.Expected != 0 {
 		d.ExpectedAt = Rfc3339(e.Expected)
 	}

@@ -58,6 +58,9 @@ func scenario(t *testing.T) [][]byte {
 	apply(card.Input{Type: card.TypeChargeRequested, Charge: &card.Charge{AccountID: "acme", ChargeID: "c1", AmountFen: 2000}})
 	apply(card.Input{Type: card.TypePaymentReceived, Payment: &card.Payment{AccountID: "acme", PaymentID: "p2", AmountFen: 5000}})
 	apply(card.Input{Type: card.TypeResumeRequested, Command: &card.ManualCommand{ICCID: iccid(1), Operator: "ops"}})
+	apply(card.Input{Type: card.TypeActuationReported, Actuation: &card.ActuationReport{ICCID: iccid(3), Action: "stop", Carrier: "cmcc", OK: true, Cause: "event:0-9-0"}})
+	apply(card.Input{Type: card.TypeActuationReported, Actuation: &card.ActuationReport{ICCID: iccid(3), Action: "resume", Carrier: "cmcc", Detail: "503 from the carrier", Cause: "event:0-10-0"}})
+	apply(card.Input{Type: card.TypeWebhookDisabled, Webhook: &card.WebhookNotice{WebhookID: "crm", Reason: "every attempt failed since 2026-01-07T00:00:00Z"}})
 	tick(200) // expiry again, keep-number fees, cancellation
 	var enc [][]byte
 	for i := range out {

@@ -24,6 +24,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/card"
 	"github.com/cardmeter/cardmeter/pkg/lease"
 )
 
@@ -44,6 +45,9 @@ type Config struct {
 	// AllowPrivate lets deliveries reach loopback, link-local and private
 	// addresses (tests, a receiver on the same network).
 	AllowPrivate bool
+	// Partitions is the log's: a webhook disabled is written to METER,
+	// on the partition of its id, and folded into an event.
+	Partitions int
 }
 
 // Units are the shares of the notifiers' work, leased like the
@@ -77,6 +81,8 @@ type Notifier struct {
 	delivered *prometheus.CounterVec
 	latency   prometheus.Histogram
 	inHand    prometheus.Gauge
+	// webhooks this notifier disabled
+	disabledTotal prometheus.Counter
 }
 
 // New makes a notifier; Run runs it.
@@ -105,9 +111,11 @@ func New(js jetstream.JetStream, cfg Config, reg prometheus.Registerer, log *zap
 			Help: "From an attempt's start to the endpoint's answer.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 15)}),
 		inHand: prometheus.NewGauge(prometheus.GaugeOpts{Name: "cardmeter_webhook_events_in_hand",
 			Help: "Events this notifier has read and not yet delivered or dead-lettered."}),
+		disabledTotal: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_webhooks_disabled_total",
+			Help: "Webhooks this notifier disabled because their endpoint failed every attempt for too long."}),
 	}
 	if reg != nil {
-		reg.MustRegister(n.delivered, n.latency, n.inHand)
+		reg.MustRegister(n.delivered, n.latency, n.inHand, n.disabledTotal)
 	}
 	return n
 }
@@ -676,12 +684,14 @@ func (n *Notifier) failed(ctx context.Context, sub *Subscription, at time.Time) 
 	if sub.FailingSince != nil && at.Sub(*sub.FailingSince) < n.cfg.DisableAfter {
 		return // nothing new to write
 	}
+	disabled := false
 	updated, err := n.store.Update(ctx, sub.ID, func(s *Subscription) error {
+		disabled = false
 		switch {
 		case s.FailingSince == nil:
 			s.FailingSince = &at
 		case at.Sub(*s.FailingSince) >= n.cfg.DisableAfter && s.Enabled:
-			s.Enabled = false
+			s.Enabled, disabled = false, true
 			s.DisabledReason = fmt.Sprintf("every attempt failed since %s", s.FailingSince.UTC().Format(time.RFC3339))
 		default:
 			return errNothing
@@ -693,8 +703,33 @@ func (n *Notifier) failed(ctx context.Context, sub *Subscription, at time.Time) 
 		n.log.Warn("writing a webhook's failures", zap.String("webhook", sub.ID), zap.Error(err))
 		return
 	}
-	if updated != nil && !updated.Enabled {
+	if disabled {
+		n.disabledTotal.Inc()
 		n.log.Error("webhook disabled: its endpoint failed every attempt", zap.String("webhook", sub.ID), zap.String("reason", updated.DisabledReason))
+		n.sayDisabled(ctx, updated, at)
+	}
+}
+
+// sayDisabled writes to the log that a webhook was disabled, for the fold
+// to emit cardmeter.webhook.disabled.v1 (its id makes a repeat harmless).
+func (n *Notifier) sayDisabled(ctx context.Context, sub *Subscription, at time.Time) {
+	if n.cfg.Partitions <= 0 {
+		return
+	}
+	in := card.Input{Type: card.TypeWebhookDisabled, ID: fmt.Sprintf("webhook-disabled-%s-%d", sub.ID, sub.FailingSince.Unix()), At: at.Unix(),
+		Webhook: &card.WebhookNotice{WebhookID: sub.ID, Reason: sub.DisabledReason}}
+	b, _ := json.Marshal(in)
+	m := nats.NewMsg(broker.OutcomeSubject(broker.Partition(sub.ID, n.cfg.Partitions)))
+	m.Data = b
+	m.Header.Set(jetstream.MsgIDHeader, in.ID)
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(5*time.Minute)), ctx)
+	if err := backoff.Retry(func() error {
+		pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		_, err := n.js.PublishMsg(pctx, m)
+		return err
+	}, bo); err != nil {
+		n.log.Error("writing the webhook's disabling to the log (its state says it)", zap.String("webhook", sub.ID), zap.Error(err))
 	}
 }
 

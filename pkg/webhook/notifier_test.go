@@ -286,7 +286,7 @@ func TestDeadLettersAndDisabling(t *testing.T) {
 	rcv.secret = subscribe(t, js, webhook.Subscription{ID: "broken", URL: rcv.srv.URL, EventTypes: []string{"cardmeter.card.*"}})
 	publishEvents(t, js, 2, 2)
 	_, stop := runNotifier(t, js, webhook.Config{Instance: "n1", RetryFor: 1500 * time.Millisecond, MaxInterval: 300 * time.Millisecond,
-		DisableAfter: 4 * time.Second})
+		DisableAfter: 4 * time.Second, Partitions: broker.DefaultTopology.Partitions})
 	defer stop()
 	dead, err := js.Stream(ctx, broker.StreamDead)
 	if err != nil {
@@ -327,6 +327,12 @@ func TestDeadLettersAndDisabling(t *testing.T) {
 		}
 		return nil
 	})
+	// and the log is told, for the fold to emit webhook.disabled.v1
+	meter, _ := js.Stream(ctx, broker.StreamMeter)
+	told, err := meter.GetLastMsgForSubject(ctx, broker.OutcomeSubject(broker.Partition("broken", broker.DefaultTopology.Partitions)))
+	if err != nil || !strings.Contains(string(told.Data), `"webhook.disabled.v1"`) || !strings.Contains(string(told.Data), `"webhook_id":"broken"`) {
+		t.Fatalf("the disabling in the log: %v %v", told, err)
+	}
 	attempts, err := webhook.Attempts(ctx, js, "broken", 10)
 	if err != nil || len(attempts) != 10 {
 		t.Fatalf("%d attempts listed (%v), want 10", len(attempts), err)
