@@ -1,8 +1,12 @@
 package event
 
 import (
+	"bytes"
 	"encoding/json"
+	"flag"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -125,4 +129,56 @@ func replace(b []byte, old, new string) []byte {
 		panic("replace: " + old + " not in " + s)
 	}
 	return []byte(s[:i] + new + s[i+len(old):])
+}
+
+var update = flag.Bool("update", false, "write schemas/events/CATALOGUE.md from the scenario")
+
+// schemas/events/CATALOGUE.md lists every event type with its schema's
+// description and an example the fold emitted (the scenario's first of
+// the type); it is made from them, so it cannot drift: `go test
+// ./pkg/event -run TestCatalogue -update` writes it again.
+func TestCatalogue(t *testing.T) {
+	first := map[string][]byte{}
+	for _, b := range scenario(t) {
+		var head struct{ Type string }
+		_ = json.Unmarshal(b, &head)
+		if _, ok := first[head.Type]; !ok {
+			first[head.Type] = b
+		}
+	}
+	types, err := Types()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(types)
+	var doc strings.Builder
+	doc.WriteString("# The event catalogue\n\nEvery event cardmeter emits, with its JSON Schema's description and an\n" +
+		"example the fold emitted (made by `go test ./pkg/event -run TestCatalogue\n-update` from `pkg/event`'s scenario; do not edit). Each is published on\n" +
+		"`cardmeter.events.<kind>.<subject>` and delivered to the webhooks that take\nits type. The envelope is `envelope.json`.\n")
+	for _, typ := range types {
+		name := strings.TrimPrefix(typ, "cardmeter.")
+		raw, err := os.ReadFile(filepath.Join("..", "..", "schemas", "events", name+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sch struct{ Description string }
+		if err := json.Unmarshal(raw, &sch); err != nil {
+			t.Fatal(err)
+		}
+		var pretty bytes.Buffer
+		if err := json.Indent(&pretty, first[typ], "", "  "); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(&doc, "\n## `%s`\n\n%s\n\n```json\n%s\n```\n", typ, sch.Description, pretty.String())
+	}
+	path := filepath.Join("..", "..", "schemas", "events", "CATALOGUE.md")
+	if *update {
+		if err := os.WriteFile(path, []byte(doc.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	have, err := os.ReadFile(path)
+	if err != nil || string(have) != doc.String() {
+		t.Fatalf("schemas/events/CATALOGUE.md is not what the schemas and the scenario make (%v): run go test ./pkg/event -run TestCatalogue -update", err)
+	}
 }
