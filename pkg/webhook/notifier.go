@@ -25,6 +25,7 @@ import (
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
+	"github.com/cardmeter/cardmeter/pkg/lanes"
 	"github.com/cardmeter/cardmeter/pkg/lease"
 )
 
@@ -408,8 +409,9 @@ func (n *Notifier) consume(ctx context.Context, l *lease.Lease, r *running) erro
 	if parallel == 0 {
 		parallel = DefaultParallel
 	}
-	d := &dispatcher{n: n, l: l, r: r, lanes: map[string][]jetstream.Msg{}, slots: make(chan struct{}, parallel)}
-	defer d.wait()
+	d := lanes.New(parallel, func(ctx context.Context, m jetstream.Msg) bool { return n.deliver(ctx, l, r, m) })
+	d.InHand = func(delta int) { n.inHand.Add(float64(delta)) }
+	defer d.Wait()
 	for {
 		m, err := it.Next()
 		if err != nil {
@@ -421,75 +423,19 @@ func (n *Notifier) consume(ctx context.Context, l *lease.Lease, r *running) erro
 		if !l.Valid() {
 			return errors.New("the unit's lease is not valid")
 		}
-		if err := d.add(ctx, m); err != nil {
+		if err := d.Add(ctx, subjectToken(m.Subject()), m); err != nil {
 			return nil // ctx ended while waiting for a slot
 		}
 	}
 }
 
-// dispatcher keeps each card's events in a lane, delivered in order by
-// one goroutine at a time, with at most cap(slots) lanes going at once.
-type dispatcher struct {
-	n     *Notifier
-	l     *lease.Lease
-	r     *running
-	mu    sync.Mutex
-	lanes map[string][]jetstream.Msg // by card (the event's subject); present while a goroutine drains it
-	slots chan struct{}
-	wg    sync.WaitGroup
+// subjectToken is an event subject's last token: its card (or account).
+func subjectToken(s string) string {
+	if i := strings.LastIndexByte(s, '.'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
 }
-
-func (d *dispatcher) add(ctx context.Context, m jetstream.Msg) error {
-	key := m.Subject()
-	if i := strings.LastIndexByte(key, '.'); i >= 0 {
-		key = key[i+1:]
-	}
-	d.n.inHand.Inc()
-	d.mu.Lock()
-	if q, busy := d.lanes[key]; busy {
-		d.lanes[key] = append(q, m)
-		d.mu.Unlock()
-		return nil
-	}
-	d.lanes[key] = []jetstream.Msg{m}
-	d.mu.Unlock()
-	select {
-	case d.slots <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	d.wg.Add(1)
-	go func() {
-		defer d.wg.Done()
-		defer func() { <-d.slots }()
-		for {
-			d.mu.Lock()
-			q := d.lanes[key]
-			if len(q) == 0 {
-				delete(d.lanes, key)
-				d.mu.Unlock()
-				return
-			}
-			m := q[0]
-			d.lanes[key] = q[1:]
-			d.mu.Unlock()
-			ok := d.n.deliver(ctx, d.l, d.r, m)
-			d.n.inHand.Dec()
-			if !ok {
-				// this life ends (ctx, or the lease): what is left in the
-				// lane is not acknowledged and goes again, in order
-				d.mu.Lock()
-				d.n.inHand.Sub(float64(len(d.lanes[key])))
-				delete(d.lanes, key)
-				d.mu.Unlock()
-				return
-			}
-		}
-	}()
-	return nil
-}
-
-func (d *dispatcher) wait() { d.wg.Wait() }
 
 // envelope is what the notifier reads of an event.
 type envelope struct {
@@ -532,7 +478,7 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 		_ = m.Ack()
 		return true
 	}
-	subject := m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:]
+	subject := subjectToken(m.Subject())
 	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(time.Second), backoff.WithMaxInterval(n.cfg.MaxInterval),
 		backoff.WithMaxElapsedTime(0), backoff.WithRandomizationFactor(0.5))
 	first := time.Now()
