@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
+	"github.com/cardmeter/cardmeter/pkg/actuate"
 	"github.com/cardmeter/cardmeter/pkg/api"
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/clock"
@@ -38,10 +39,13 @@ const (
 	RoleClock     = "clock"
 	RoleSink      = "sink"
 	RoleNotifier  = "notifier"
+	// RoleActuator acts on the carriers; the all-in-one runs it when
+	// --actuator-config names the carriers' drivers.
+	RoleActuator = "actuator"
 )
 
 // AllRoles is the all-in-one.
-var AllRoles = []string{RoleAPI, RoleProjector, RoleClock, RoleSink, RoleNotifier}
+var AllRoles = []string{RoleAPI, RoleProjector, RoleClock, RoleSink, RoleNotifier, RoleActuator}
 
 // Config configures a process.
 type Config struct {
@@ -66,6 +70,8 @@ type Config struct {
 	ClickHouse      sink.ClickHouseConfig
 	Sink            sink.Config
 	Notifier        webhook.Config
+	ActuatorConfig  string // the carriers' drivers (pkg/actuate); the actuator runs when set
+	Actuator        actuate.ActuatorConfig
 	Projector       projector.Config
 	API             api.Config // partitions are set from Partitions
 	// TokensFile and Tokens (inline, ';' between lines) configure bearer
@@ -125,6 +131,8 @@ type Pipeline struct {
 	Sink *sink.Sink
 	// Notifier is set when the notifier role runs.
 	Notifier *webhook.Notifier
+	// Actuator is set when the actuator runs.
+	Actuator *actuate.Actuator
 	// Metrics gathers what /metrics serves.
 	Metrics prometheus.Gatherer
 
@@ -326,6 +334,24 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		p.Notifier = webhook.New(p.JS, nc, reg, log.Named("notifier"))
 		p.goRun("notifier", func() error { return p.Notifier.Run(runCtx) })
 	}
+	configured := cfg.ActuatorConfig != "" || cfg.Actuator.Drivers != nil
+	if has(cfg.Roles, RoleActuator) && !configured && len(cfg.Roles) == 1 {
+		return nil, errors.New("actuator: --actuator-config names no file: the carriers' drivers are needed")
+	}
+	if has(cfg.Roles, RoleActuator) && configured { // the all-in-one without drivers acts on no carrier
+		ac := cfg.Actuator
+		ac.Partitions = cfg.Partitions
+		if cfg.ActuatorConfig != "" {
+			if ac.Drivers, err = actuate.LoadConfig(cfg.ActuatorConfig); err != nil {
+				return nil, fmt.Errorf("actuator: %w", err)
+			}
+		}
+		if ac.Instance == "" {
+			ac.Instance = cfg.Projector.Owner
+		}
+		p.Actuator = actuate.NewActuator(p.JS, ac, reg, log.Named("actuator"))
+		p.goRun("actuator", func() error { return p.Actuator.Run(runCtx) })
+	}
 	if has(cfg.Roles, RoleAPI) || has(cfg.Roles, RoleClock) {
 		p.Clock = clock.New(p.JS, clock.Config{Partitions: cfg.Partitions, Manual: cfg.ManualClock, Interval: cfg.TickInterval, Start: unixOrZero(cfg.ClockStart)}, log.Named("clock"))
 		if err := retry("reading the clock", p.Clock.Start); err != nil {
@@ -481,6 +507,11 @@ func (p *Pipeline) ready() (api.Readiness, error) {
 	if p.Notifier != nil {
 		if err := p.Notifier.Healthy(); err != nil {
 			return rd, fmt.Errorf("notifier: %w", err)
+		}
+	}
+	if p.Actuator != nil {
+		if err := p.Actuator.Healthy(); err != nil {
+			return rd, fmt.Errorf("actuator: %w", err)
 		}
 	}
 	return rd, nil

@@ -98,6 +98,8 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.DurationVar(&cfg.Notifier.RetryFor, "webhook-retry-for", envDur("webhook-retry-for", 24*time.Hour), "how long an event is retried from its first attempt before it goes to the dead letters")
 	fs.DurationVar(&cfg.Notifier.DisableAfter, "webhook-disable-after", envDur("webhook-disable-after", 72*time.Hour), "a webhook whose endpoint failed every attempt for this long is disabled")
 	fs.BoolVar(&cfg.Notifier.AllowPrivate, "webhook-allow-private", envBool("webhook-allow-private", false), "let webhooks reach loopback, link-local and private addresses (refused by default, checked at every connection)")
+	fs.StringVar(&cfg.ActuatorConfig, "actuator-config", env("actuator-config", ""), "the carriers' provisioning APIs (a JSON file, see README): with it the all-in-one also stops, resumes and cancels cards at their carrier")
+	fs.DurationVar(&cfg.Actuator.RetryFor, "actuator-retry-for", envDur("actuator-retry-for", time.Hour), "how long a carrier call is retried before the action is reported failed")
 	fs.DurationVar(&cfg.Projector.CheckpointInterval, "checkpoint-interval", envDur("checkpoint-interval", 10*time.Second), "longest time between projector checkpoints while it folds")
 	fs.IntVar(&cfg.Projector.CheckpointEvery, "checkpoint-every", envInt("checkpoint-every", 50000), "projector checkpoint after this many folded log messages")
 	fs.DurationVar(&cfg.StartTimeout, "start-timeout", envDur("start-timeout", 5*time.Minute), "how long start-up waits for NATS and its streams before it exits non-zero")

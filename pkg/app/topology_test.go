@@ -8,6 +8,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -60,11 +62,24 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	if _, err := broker.Ensure(context.Background(), adminJS, topo); err != nil {
 		t.Fatal(err)
 	}
+	// a carrier for the actuator's user to call
+	var carrierMu sync.Mutex
+	var carrierCalls []string
+	carrier := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		carrierMu.Lock()
+		carrierCalls = append(carrierCalls, r.URL.Path)
+		carrierMu.Unlock()
+	}))
+	defer carrier.Close()
+	carriers := filepath.Join(t.TempDir(), "carriers.json")
+	if err := os.WriteFile(carriers, []byte(fmt.Sprintf(`{"carriers":{"cmcc":{"base_url":%q,"actions":{"stop":{"path":"/stop/{{.ICCID}}"}}}}}`, carrier.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	start := func(role string, roles ...string) *Pipeline {
 		p, err := Start(context.Background(), Config{Roles: roles, NATSURL: srv.ClientURL(), NATS: NATSAuth{User: role, Password: pass[role]}, WaitForTopology: true,
 			HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(),
 			Partitions: 3, ManualClock: true, ClockStart: time.Date(2026, 3, 5, 0, 0, 0, 0, time.UTC), ClickHouse: ch,
-			Sink: sinkConfigForTests(), Notifier: webhook.Config{AllowPrivate: true, Timeout: 2 * time.Second}}, testenv.Logger(t))
+			Sink: sinkConfigForTests(), Notifier: webhook.Config{AllowPrivate: true, Timeout: 2 * time.Second}, ActuatorConfig: carriers}, testenv.Logger(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -76,6 +91,7 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	start(broker.RoleSink, RoleSink)
 	start(broker.RoleClock, RoleClock)
 	start(broker.RoleNotifier, RoleNotifier)
+	start(broker.RoleActuator, RoleActuator)
 	testenv.Eventually(t, 10*time.Second, proj.Projector.Ready)
 
 	c := &client{t: t, base: apiProc.URL}
@@ -123,6 +139,14 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 	if got := c.card(iccid(102), res.Position); got.Status != "stopped" {
 		t.Fatalf("card over quota: %+v", got)
 	}
+	testenv.Eventually(t, 20*time.Second, func() error {
+		carrierMu.Lock()
+		defer carrierMu.Unlock()
+		if fmt.Sprint(carrierCalls) != "[/stop/"+iccid(102)+"]" {
+			return fmt.Errorf("the carrier got %v", carrierCalls)
+		}
+		return nil
+	})
 	testenv.Eventually(t, 20*time.Second, func() error {
 		hookMu.Lock()
 		defer hookMu.Unlock()

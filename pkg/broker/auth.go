@@ -79,11 +79,12 @@ const (
 	RoleClock     = "clock"
 	RoleSink      = "sink"
 	RoleNotifier  = "notifier" // delivers events to webhooks
+	RoleActuator  = "actuator" // acts on the carriers
 	RoleRebuild   = "rebuild"  // the `cardmeter rebuild` tool: reads the log
 )
 
 // Roles lists the roles RolePermissions knows.
-var Roles = []string{RoleIngest, RoleProjector, RoleClock, RoleSink, RoleNotifier, RoleRebuild}
+var Roles = []string{RoleIngest, RoleProjector, RoleClock, RoleSink, RoleNotifier, RoleActuator, RoleRebuild}
 
 // reads are the JetStream API subjects that read stream: its messages by
 // sequence, and consumers on it (durable, ephemeral and ordered ones, whose
@@ -178,6 +179,16 @@ func RolePermissions(role string) *server.Permissions {
 		pub = append(pub, reads(StreamDead)...) // replays of dead letters
 		pub = append(pub, "$JS.API.STREAM.MSG.DELETE."+StreamDead)
 		pub = append(pub, leases(RoleNotifier)...)
+	case RoleActuator:
+		// its durable consumer on EVENTS, the directory (a card's carrier),
+		// its lease, and outcomes into METER
+		pub = append(pub,
+			"$JS.API.CONSUMER.CREATE."+StreamEvents+".*", "$JS.API.CONSUMER.CREATE."+StreamEvents+".*.>",
+			"$JS.API.CONSUMER.INFO."+StreamEvents+".*", "$JS.API.CONSUMER.RESET."+StreamEvents+".*",
+			"$JS.API.CONSUMER.MSG.NEXT."+StreamEvents+".*", "$JS.ACK."+StreamEvents+".*.>")
+		pub = append(pub, reads("KV_"+BucketDir)...)
+		pub = append(pub, leases(RoleActuator)...)
+		pub = append(pub, "meter.*.outcome")
 	case RoleRebuild:
 		pub = append(pub, reads(StreamMeter)...)
 	default:

@@ -1,0 +1,306 @@
+package actuate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/card"
+	"github.com/cardmeter/cardmeter/pkg/lanes"
+	"github.com/cardmeter/cardmeter/pkg/lease"
+)
+
+// ActuatorConfig configures the actuator.
+type ActuatorConfig struct {
+	Instance   string
+	Partitions int               // the log's: outcomes go to the card's account's partition
+	Drivers    map[string]Driver // by carrier
+	// RetryFor is how long an action is retried before it is reported
+	// failed; default 1 h.
+	RetryFor time.Duration
+	// MaxInterval bounds the wait between two tries; default 1 min.
+	MaxInterval time.Duration
+	Parallel    int // cards acted on at once; default 16
+}
+
+// ConsumerName is the actuator's durable consumer on EVENTS.
+const ConsumerName = "actuator"
+
+// Actuator acts on the carriers while it holds the one actuator lease.
+type Actuator struct {
+	cfg     ActuatorConfig
+	js      jetstream.JetStream
+	log     *zap.Logger
+	dir     jetstream.KeyValue
+	started atomic.Bool
+	failure atomic.Pointer[error]
+
+	outcomes *prometheus.CounterVec
+}
+
+// NewActuator makes an actuator; Run runs it.
+func NewActuator(js jetstream.JetStream, cfg ActuatorConfig, reg prometheus.Registerer, log *zap.Logger) *Actuator {
+	if cfg.RetryFor == 0 {
+		cfg.RetryFor = time.Hour
+	}
+	if cfg.MaxInterval == 0 {
+		cfg.MaxInterval = time.Minute
+	}
+	if cfg.Parallel == 0 {
+		cfg.Parallel = 16
+	}
+	if cfg.Instance == "" {
+		host, _ := os.Hostname()
+		cfg.Instance = fmt.Sprintf("%s:%d", host, os.Getpid())
+	}
+	a := &Actuator{cfg: cfg, js: js, log: log,
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_actuations_total",
+			Help: "Actions sent to carriers, by carrier, action and result (succeeded, failed, skipped: no driver)."}, []string{"carrier", "action", "result"})}
+	if reg != nil {
+		reg.MustRegister(a.outcomes)
+	}
+	return a
+}
+
+// Healthy returns why the actuator cannot act now, or nil.
+func (a *Actuator) Healthy() error {
+	if !a.started.Load() {
+		return errors.New("actuator starting")
+	}
+	if e := a.failure.Load(); e != nil && *e != nil {
+		return *e
+	}
+	return nil
+}
+
+// Run takes the actuator lease when it is free and acts until ctx ends.
+func (a *Actuator) Run(ctx context.Context) error {
+	var err error
+	if a.dir, err = a.js.KeyValue(ctx, broker.BucketDir); err != nil {
+		return fmt.Errorf("the directory: %w", err)
+	}
+	leases, err := a.js.KeyValue(ctx, broker.BucketLeases)
+	if err != nil {
+		return fmt.Errorf("the leases bucket: %w", err)
+	}
+	mgr, err := lease.New(ctx, leases, lease.Config{Role: broker.RoleActuator, Instance: a.cfg.Instance, Partitions: 1}, a.log)
+	if err != nil {
+		return err
+	}
+	go func() {
+		select {
+		case <-mgr.Started():
+			a.started.Store(true)
+		case <-ctx.Done():
+		}
+	}()
+	return mgr.Run(ctx, a.own)
+}
+
+// own acts while the lease holds, a life after another after a backoff.
+func (a *Actuator) own(ctx context.Context, l *lease.Lease) {
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond), backoff.WithMaxInterval(30*time.Second), backoff.WithMaxElapsedTime(0))
+	for ctx.Err() == nil {
+		err := a.consume(ctx, l)
+		if ctx.Err() != nil {
+			return
+		}
+		a.failure.Store(&err)
+		wait := bo.NextBackOff()
+		a.log.Warn("actuator stopped; starting again", zap.Error(err), zap.Duration("in", wait))
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Filters are the events the actuator acts on.
+var Filters = []string{
+	broker.EventSubject("card.stopped", "*"), broker.EventSubject("card.resumed", "*"), broker.EventSubject("card.cancelled", "*"),
+}
+
+func (a *Actuator) consume(ctx context.Context, l *lease.Lease) error {
+	// the first actuator acts on what happens from then on, not on the
+	// whole history
+	cons, err := a.js.CreateOrUpdateConsumer(ctx, broker.StreamEvents, jetstream.ConsumerConfig{
+		Durable: ConsumerName, Description: "carrier actuation", FilterSubjects: Filters, DeliverPolicy: jetstream.DeliverNewPolicy,
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 1000, MaxDeliver: -1,
+	})
+	if err != nil {
+		return fmt.Errorf("the consumer %s: %w", ConsumerName, err)
+	}
+	// a previous owner's unacknowledged actions first, in order
+	if info, err := cons.Info(ctx); err == nil && info.NumAckPending > 0 {
+		if _, err := a.js.ResetConsumer(ctx, broker.StreamEvents, ConsumerName); err != nil {
+			a.log.Warn("resetting the actuator's consumer to its first unacknowledged event", zap.Error(err))
+		}
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(256))
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-ctx.Done():
+			it.Stop()
+		case <-stopped:
+		}
+	}()
+	var none error
+	a.failure.Store(&none)
+	ln := lanes.New(a.cfg.Parallel, func(ctx context.Context, m jetstream.Msg) bool { return a.act(ctx, l, m) })
+	defer ln.Wait()
+	for {
+		m, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			return err
+		}
+		if !l.Valid() {
+			return errors.New("the actuator's lease is not valid")
+		}
+		key := m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:]
+		if err := ln.Add(ctx, key, m); err != nil {
+			return nil
+		}
+	}
+}
+
+// event is what the actuator reads of an event.
+type event struct {
+	ID   string `json:"id"`
+	Type string `json:"type"`
+	Data struct {
+		ICCID       string   `json:"iccid"`
+		AccountID   string   `json:"account_id"`
+		StopReasons []string `json:"stop_reasons"`
+	} `json:"data"`
+}
+
+// directoryCard is a card's entry in the directory bucket.
+type directoryCard struct {
+	Carrier string `json:"carrier"`
+	IMSI    string `json:"imsi"`
+	MSISDN  string `json:"msisdn"`
+}
+
+// act sends one event's action to the card's carrier until it succeeds,
+// is refused for good, or RetryFor passes, then writes the outcome into
+// the log and acknowledges the event. It returns false when it stopped
+// without an outcome (ctx ended, or the lease is not valid).
+func (a *Actuator) act(ctx context.Context, l *lease.Lease, m jetstream.Msg) bool {
+	var ev event
+	if err := json.Unmarshal(m.Data(), &ev); err != nil || ev.Data.ICCID == "" {
+		a.log.Error("an event that is not one; skipped", zap.String("subject", m.Subject()), zap.Error(err))
+		_ = m.Ack()
+		return true
+	}
+	act := Action{ICCID: ev.Data.ICCID, AccountID: ev.Data.AccountID, Reasons: ev.Data.StopReasons, EventID: ev.ID}
+	switch ev.Type {
+	case "cardmeter.card.stopped.v1":
+		act.Kind = "stop"
+	case "cardmeter.card.resumed.v1":
+		act.Kind = "resume"
+	case "cardmeter.card.cancelled.v1":
+		act.Kind = "cancel"
+	default:
+		_ = m.Ack()
+		return true
+	}
+	var dc directoryCard
+	if e, err := a.dir.Get(ctx, "card."+act.ICCID); err == nil {
+		_ = json.Unmarshal(e.Value(), &dc)
+	}
+	act.IMSI, act.MSISDN = dc.IMSI, dc.MSISDN
+	drv, ok := a.cfg.Drivers[dc.Carrier]
+	if !ok {
+		a.outcomes.WithLabelValues(dc.Carrier, act.Kind, "skipped").Inc()
+		_ = m.Ack() // no driver for this carrier: nothing to do
+		return true
+	}
+	first := time.Now()
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(time.Second), backoff.WithMaxInterval(a.cfg.MaxInterval), backoff.WithMaxElapsedTime(0))
+	var detail string
+	var err error
+	attempts := 0
+	for {
+		if ctx.Err() != nil || !l.Valid() {
+			return false
+		}
+		attempts++
+		detail, err = drv.Do(ctx, act)
+		var perm *backoff.PermanentError
+		if err == nil || errors.As(err, &perm) {
+			break
+		}
+		wait := bo.NextBackOff()
+		if time.Since(first)+wait > a.cfg.RetryFor {
+			break
+		}
+		a.log.Info("carrier call failed; retrying", zap.String("iccid", act.ICCID), zap.String("action", act.Kind), zap.Error(err), zap.Duration("in", wait))
+		if !sleep(ctx, m, wait) {
+			return false
+		}
+	}
+	rep := card.ActuationReport{ICCID: act.ICCID, Action: act.Kind, Carrier: dc.Carrier, OK: err == nil, Cause: "event:" + ev.ID, Detail: detail, Attempts: attempts}
+	result := "succeeded"
+	if err != nil {
+		result, rep.Detail = "failed", err.Error()
+	}
+	a.outcomes.WithLabelValues(dc.Carrier, act.Kind, result).Inc()
+	if !a.report(ctx, act.AccountID, rep) {
+		return false
+	}
+	_ = m.Ack()
+	return true
+}
+
+// sleep waits, telling JetStream the event is still in hand.
+func sleep(ctx context.Context, m jetstream.Msg, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		_ = m.InProgress()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(min(time.Until(deadline), 20*time.Second)):
+		}
+	}
+	return true
+}
+
+// report writes an outcome into the log, on the partition of the card's
+// account; its id (from the event acted on) makes a repeat harmless.
+func (a *Actuator) report(ctx context.Context, account string, rep card.ActuationReport) bool {
+	in := card.Input{Type: card.TypeActuationReported, ID: "actuation-" + strings.TrimPrefix(rep.Cause, "event:"), At: time.Now().Unix(), Actuation: &rep}
+	b, _ := json.Marshal(in)
+	m := nats.NewMsg(broker.OutcomeSubject(broker.Partition(account, a.cfg.Partitions)))
+	m.Data = b
+	m.Header.Set(jetstream.MsgIDHeader, in.ID)
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(0), backoff.WithMaxInterval(10*time.Second)), ctx)
+	err := backoff.Retry(func() error {
+		pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		_, err := a.js.PublishMsg(pctx, m)
+		return err
+	}, bo)
+	return err == nil // else ctx ended: the event comes back to the next owner
+}

@@ -1,0 +1,195 @@
+// Package actuate turns cardmeter's stops, resumes and cancellations into
+// calls to each card's carrier: a driver per carrier (a generic HTTP/JSON
+// one, configured in a file, covers the common provisioning APIs), and the
+// actuator role that reads the events, calls the driver in order per card,
+// retries, and writes each outcome back into the log.
+package actuate
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"text/template"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+)
+
+// Action is what the carrier is asked to do with a card.
+type Action struct {
+	Kind      string   // stop, resume, cancel
+	ICCID     string   `json:"iccid"`
+	IMSI      string   `json:"imsi,omitempty"`
+	MSISDN    string   `json:"msisdn,omitempty"`
+	AccountID string   `json:"account_id"`
+	Reasons   []string `json:"reasons,omitempty"` // the card's stop reasons in cardmeter
+	EventID   string   `json:"event_id"`          // the event acted on: the idempotency key
+}
+
+// Driver acts on one carrier's cards.
+type Driver interface {
+	// Do asks the carrier to act; it returns the carrier's answer (for
+	// the record), and an error when it did not. A backoff.Permanent error
+	// will not succeed on a retry.
+	Do(ctx context.Context, a Action) (detail string, err error)
+}
+
+// Config is the actuator's file: a driver per carrier.
+type Config struct {
+	Carriers map[string]HTTPConfig `json:"carriers"`
+}
+
+// HTTPConfig configures the generic HTTP/JSON driver of a carrier.
+type HTTPConfig struct {
+	BaseURL string `json:"base_url"`
+	// Headers are sent with every call; ${NAME} is replaced by the
+	// environment variable NAME (secrets stay out of the file).
+	Headers map[string]string `json:"headers,omitempty"`
+	Timeout string            `json:"timeout,omitempty"` // default 10s
+	// Actions by kind (stop, resume, cancel): a kind without one is not
+	// sent to this carrier.
+	Actions map[string]Call `json:"actions"`
+}
+
+// Call is one HTTP call: Path and Body are Go templates over an Action
+// ({{.ICCID}}, {{.IMSI}}, {{.MSISDN}}, {{.Kind}}, {{.EventID}},
+// {{json .Reasons}}: json writes a value as JSON).
+type Call struct {
+	Method  string `json:"method"`
+	Path    string `json:"path"`
+	Body    string `json:"body,omitempty"`
+	Success []int  `json:"success,omitempty"` // default any 2xx
+}
+
+// LoadConfig reads an actuator file and makes its drivers.
+func LoadConfig(path string) (map[string]Driver, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var cfg Config
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.DisallowUnknownFields()
+	if err := d.Decode(&cfg); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	drivers := map[string]Driver{}
+	for carrier, hc := range cfg.Carriers {
+		drv, err := NewHTTPDriver(hc)
+		if err != nil {
+			return nil, fmt.Errorf("%s: carrier %s: %w", path, carrier, err)
+		}
+		drivers[carrier] = drv
+	}
+	return drivers, nil
+}
+
+// HTTPDriver is the generic HTTP/JSON driver.
+type HTTPDriver struct {
+	base    string
+	headers map[string]string
+	client  *http.Client
+	calls   map[string]call
+}
+
+type call struct {
+	method     string
+	path, body *template.Template
+	success    []int
+}
+
+var funcs = template.FuncMap{"json": func(v any) (string, error) {
+	b, err := json.Marshal(v)
+	return string(b), err
+}}
+
+// NewHTTPDriver makes a driver from its configuration.
+func NewHTTPDriver(hc HTTPConfig) (*HTTPDriver, error) {
+	if !strings.HasPrefix(hc.BaseURL, "http://") && !strings.HasPrefix(hc.BaseURL, "https://") {
+		return nil, fmt.Errorf("base_url %q: http or https", hc.BaseURL)
+	}
+	timeout := 10 * time.Second
+	if hc.Timeout != "" {
+		t, err := time.ParseDuration(hc.Timeout)
+		if err != nil || t <= 0 {
+			return nil, fmt.Errorf("timeout %q: a duration like 10s", hc.Timeout)
+		}
+		timeout = t
+	}
+	d := &HTTPDriver{base: strings.TrimSuffix(hc.BaseURL, "/"), headers: map[string]string{}, client: &http.Client{Timeout: timeout}, calls: map[string]call{}}
+	for k, v := range hc.Headers {
+		d.headers[k] = os.Expand(v, os.Getenv)
+	}
+	for kind, c := range hc.Actions {
+		switch kind {
+		case "stop", "resume", "cancel":
+		default:
+			return nil, fmt.Errorf("action %q: one of stop, resume, cancel", kind)
+		}
+		pt, err := template.New("path").Funcs(funcs).Parse(c.Path)
+		if err != nil {
+			return nil, fmt.Errorf("action %s: path: %w", kind, err)
+		}
+		bt, err := template.New("body").Funcs(funcs).Parse(c.Body)
+		if err != nil {
+			return nil, fmt.Errorf("action %s: body: %w", kind, err)
+		}
+		m := strings.ToUpper(c.Method)
+		if m == "" {
+			m = http.MethodPost
+		}
+		d.calls[kind] = call{method: m, path: pt, body: bt, success: c.Success}
+	}
+	return d, nil
+}
+
+// ErrNotConfigured is an action kind the carrier's driver has no call for.
+var ErrNotConfigured = errors.New("no call configured for this action")
+
+// Do sends the action's call, with the event id as its Idempotency-Key.
+func (d *HTTPDriver) Do(ctx context.Context, a Action) (string, error) {
+	c, ok := d.calls[a.Kind]
+	if !ok {
+		return "", backoff.Permanent(fmt.Errorf("%s: %w", a.Kind, ErrNotConfigured))
+	}
+	var path, body bytes.Buffer
+	if err := c.path.Execute(&path, a); err != nil {
+		return "", backoff.Permanent(err)
+	}
+	if err := c.body.Execute(&body, a); err != nil {
+		return "", backoff.Permanent(err)
+	}
+	req, err := http.NewRequestWithContext(ctx, c.method, d.base+path.String(), bytes.NewReader(body.Bytes()))
+	if err != nil {
+		return "", backoff.Permanent(err)
+	}
+	if body.Len() > 0 {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Idempotency-Key", a.EventID)
+	for k, v := range d.headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	answer, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	detail := fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(answer)))
+	if (len(c.success) == 0 && resp.StatusCode/100 == 2) || slices.Contains(c.success, resp.StatusCode) {
+		return detail, nil
+	}
+	err = fmt.Errorf("the carrier answered %s", detail)
+	if resp.StatusCode/100 == 4 && resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusRequestTimeout {
+		return detail, backoff.Permanent(err) // a refusal: the same call again would be refused again
+	}
+	return detail, err
+}
