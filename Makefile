@@ -36,6 +36,7 @@ fuzz: ## run each fuzz target for FUZZTIME (default 30s)
 	  $(GO) test ./pkg/cdr -run '^$$' -fuzz "^$$t$$" -fuzztime $${FUZZTIME:-30s} || exit 1; done
 	$(GO) test ./pkg/card -run '^$$' -fuzz '^FuzzFold$$' -fuzztime $${FUZZTIME:-30s}
 	$(GO) test ./pkg/event -run '^$$' -fuzz '^FuzzUnmarshalAccepted$$' -fuzztime $${FUZZTIME:-30s}
+	$(GO) test ./pkg/webhook -run '^$$' -fuzz '^FuzzParseRetryAfter$$' -fuzztime $${FUZZTIME:-30s}
 
 bench: deps ## the benchmarks: micro-benchmarks, replay and memory, then the load harness (report in .data/bench-report.md)
 	$(GO) test -run '^$$' -bench . -benchmem ./pkg/card

@@ -580,13 +580,17 @@ func (n *Notifier) post(ctx context.Context, sub *Subscription, id string, body 
 	return resp.StatusCode, retryAfter, fmt.Errorf("the endpoint answered %d", resp.StatusCode)
 }
 
+// maxRetryAfter bounds a Retry-After in seconds (a year): the wait is
+// bounded by MaxInterval anyway.
+const maxRetryAfter = 365 * 24 * 3600
+
 // parseRetryAfter reads Retry-After: seconds, or an HTTP date.
 func parseRetryAfter(v string, now time.Time) time.Duration {
 	if v == "" {
 		return 0
 	}
 	if s, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && s >= 0 {
-		return time.Duration(s) * time.Second
+		return time.Duration(min(s, maxRetryAfter)) * time.Second // no overflow
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
 		return t.Sub(now)
