@@ -153,21 +153,26 @@ func (a *Actuator) consume(ctx context.Context, l *lease.Lease) error {
 		return err
 	}
 	defer it.Stop()
-	stopped := make(chan struct{})
-	defer close(stopped)
-	go func() {
-		select {
-		case <-ctx.Done():
-			it.Stop()
-		case <-stopped:
-		}
-	}()
 	var none error
 	a.failure.Store(&none)
-	ln := lanes.New(a.cfg.Parallel, func(ctx context.Context, m jetstream.Msg) bool { return a.act(ctx, l, m) })
+	lctx, cancel := context.WithCancel(ctx)
+	ln := lanes.New(lctx, a.cfg.Parallel, 20*time.Second, func(ctx context.Context, m jetstream.Msg) bool { return a.act(ctx, l, m) })
 	defer ln.Wait()
+	defer cancel()
+	go func() { // Next waits for a message whatever ctx says
+		select {
+		case <-lctx.Done():
+		case <-ln.Stopped():
+		}
+		it.Stop()
+	}()
 	for {
 		m, err := it.Next()
+		select {
+		case <-ln.Stopped():
+			return errors.New("an action stopped without an outcome; reading again from the first unacknowledged event")
+		default:
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
@@ -178,7 +183,7 @@ func (a *Actuator) consume(ctx context.Context, l *lease.Lease) error {
 			return errors.New("the actuator's lease is not valid")
 		}
 		key := m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:]
-		if err := ln.Add(ctx, key, m); err != nil {
+		if err := ln.Add(lctx, key, m); err != nil {
 			return nil
 		}
 	}
@@ -197,9 +202,10 @@ type event struct {
 
 // directoryCard is a card's entry in the directory bucket.
 type directoryCard struct {
-	Carrier string `json:"carrier"`
-	IMSI    string `json:"imsi"`
-	MSISDN  string `json:"msisdn"`
+	AccountID string `json:"account_id"`
+	Carrier   string `json:"carrier"`
+	IMSI      string `json:"imsi"`
+	MSISDN    string `json:"msisdn"`
 }
 
 // act sends one event's action to the card's carrier until it succeeds,
@@ -225,9 +231,12 @@ func (a *Actuator) act(ctx context.Context, l *lease.Lease, m jetstream.Msg) boo
 		_ = m.Ack()
 		return true
 	}
-	var dc directoryCard
-	if e, err := a.dir.Get(ctx, "card."+act.ICCID); err == nil {
-		_ = json.Unmarshal(e.Value(), &dc)
+	dc, ok := a.directory(ctx, act.ICCID)
+	if !ok {
+		return false // ctx ended: the event comes back to the next reader
+	}
+	if act.AccountID == "" {
+		act.AccountID = dc.AccountID
 	}
 	act.IMSI, act.MSISDN = dc.IMSI, dc.MSISDN
 	drv, ok := a.cfg.Drivers[dc.Carrier]
@@ -271,6 +280,42 @@ func (a *Actuator) act(ctx context.Context, l *lease.Lease, m jetstream.Msg) boo
 	}
 	_ = m.Ack()
 	return true
+}
+
+// directoryWait is how long a card missing from the directory is looked
+// for again (the API writes the directory after the fold) before its
+// event is left: a card the directory never had has no carrier to call.
+const directoryWait = 2 * time.Minute
+
+// directory reads a card's entry, retrying errors while ctx lasts and a
+// missing entry for directoryWait; ok is false when ctx ended.
+func (a *Actuator) directory(ctx context.Context, iccid string) (directoryCard, bool) {
+	var dc directoryCard
+	first := time.Now()
+	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond), backoff.WithMaxInterval(10*time.Second), backoff.WithMaxElapsedTime(0))
+	for {
+		if ctx.Err() != nil {
+			return dc, false
+		}
+		e, err := a.dir.Get(ctx, "card."+iccid)
+		switch {
+		case err == nil:
+			if err := json.Unmarshal(e.Value(), &dc); err != nil {
+				a.log.Error("a directory entry that is not one", zap.String("iccid", iccid), zap.Error(err))
+			}
+			return dc, true
+		case errors.Is(err, jetstream.ErrKeyNotFound) && time.Since(first) > directoryWait:
+			a.log.Warn("a card not in the directory: no carrier to act on", zap.String("iccid", iccid))
+			return dc, true
+		case !errors.Is(err, jetstream.ErrKeyNotFound) && ctx.Err() == nil:
+			a.log.Warn("reading the directory; retrying", zap.String("iccid", iccid), zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return dc, false
+		case <-time.After(bo.NextBackOff()):
+		}
+	}
 }
 
 // sleep waits, telling JetStream the event is still in hand.

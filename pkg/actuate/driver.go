@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"slices"
 	"strings"
@@ -125,7 +126,17 @@ func NewHTTPDriver(hc HTTPConfig) (*HTTPDriver, error) {
 	}
 	d := &HTTPDriver{base: strings.TrimSuffix(hc.BaseURL, "/"), headers: map[string]string{}, client: &http.Client{Timeout: timeout}, calls: map[string]call{}}
 	for k, v := range hc.Headers {
-		d.headers[k] = os.Expand(v, os.Getenv)
+		var missing []string
+		d.headers[k] = os.Expand(v, func(name string) string {
+			val, ok := os.LookupEnv(name)
+			if !ok {
+				missing = append(missing, name)
+			}
+			return val
+		})
+		if len(missing) > 0 {
+			return nil, fmt.Errorf("header %s: the environment has no %s", k, strings.Join(missing, ", "))
+		}
 	}
 	for kind, c := range hc.Actions {
 		switch kind {
@@ -160,7 +171,11 @@ func (d *HTTPDriver) Do(ctx context.Context, a Action) (string, error) {
 		return "", backoff.Permanent(fmt.Errorf("%s: %w", a.Kind, ErrNotConfigured))
 	}
 	var path, body bytes.Buffer
-	if err := c.path.Execute(&path, a); err != nil {
+	// the path's values escaped: a value cannot add a segment or a query
+	esc := a
+	esc.ICCID, esc.IMSI, esc.MSISDN, esc.AccountID, esc.EventID = url.PathEscape(a.ICCID), url.PathEscape(a.IMSI),
+		url.PathEscape(a.MSISDN), url.PathEscape(a.AccountID), url.PathEscape(a.EventID)
+	if err := c.path.Execute(&path, esc); err != nil {
 		return "", backoff.Permanent(err)
 	}
 	if err := c.body.Execute(&body, a); err != nil {
@@ -188,8 +203,13 @@ func (d *HTTPDriver) Do(ctx context.Context, a Action) (string, error) {
 		return detail, nil
 	}
 	err = fmt.Errorf("the carrier answered %s", detail)
-	if resp.StatusCode/100 == 4 && resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusRequestTimeout {
-		return detail, backoff.Permanent(err) // a refusal: the same call again would be refused again
+	switch resp.StatusCode {
+	case http.StatusTooManyRequests, http.StatusRequestTimeout, http.StatusUnauthorized, http.StatusForbidden:
+		// busy, or credentials that may be fixed: tried again
+	default:
+		if resp.StatusCode/100 == 4 {
+			return detail, backoff.Permanent(err) // a refusal: the same call again would be refused again
+		}
 	}
 	return detail, err
 }

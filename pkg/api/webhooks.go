@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/cardmeter/cardmeter/pkg/webhook"
 )
 
@@ -120,7 +122,9 @@ func (s *Server) putWebhook(w http.ResponseWriter, r *http.Request) error {
 			return err
 		}
 		sub.Secrets = []webhook.Secret{{Key: secret}}
-		if _, err := s.webhooks.Put(ctx, sub, 0); err != nil {
+		if _, err := s.webhooks.Put(ctx, sub, 0); errors.Is(err, jetstream.ErrKeyExists) {
+			return problem(http.StatusConflict, "conflict/webhook", "the webhook was made meanwhile", "read it; rotate its secret if this request's answer is lost")
+		} else if err != nil {
 			return fmt.Errorf("%w: %v", errUnavailable, err)
 		}
 		v := webhookView(sub)
@@ -137,6 +141,9 @@ func (s *Server) putWebhook(w http.ResponseWriter, r *http.Request) error {
 	// made and its replays; enabling it again clears its failures
 	sub.Secrets, sub.StartTime, sub.CreatedAt = old.Secrets, old.StartTime, old.CreatedAt
 	sub.Replay, sub.ReplayDone = old.Replay, old.ReplayDone
+	if b.Enabled == nil {
+		sub.Enabled = old.Enabled // a change that does not say keeps it as it is (disabled stays disabled)
+	}
 	if sub.Enabled {
 		sub.FailingSince, sub.DisabledReason = old.FailingSince, ""
 		if !old.Enabled {
@@ -145,8 +152,10 @@ func (s *Server) putWebhook(w http.ResponseWriter, r *http.Request) error {
 	} else {
 		sub.DisabledReason = old.DisabledReason
 	}
-	if _, err := s.webhooks.Put(ctx, sub, rev); err != nil {
+	if _, err := s.webhooks.Put(ctx, sub, rev); errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLast(err) {
 		return problem(http.StatusConflict, "conflict/webhook", "the webhook changed meanwhile", "read it again and retry the change")
+	} else if err != nil {
+		return fmt.Errorf("%w: %v", errUnavailable, err)
 	}
 	return ok(w, webhookView(sub))
 }
@@ -233,14 +242,14 @@ func (s *Server) rotateWebhookSecret(w http.ResponseWriter, r *http.Request) err
 	now := time.Now().UTC().Truncate(time.Second)
 	until := now.Add(secretOverlap)
 	_, err = s.webhooks.Update(r.Context(), id, func(sub *webhook.Subscription) error {
+		// the new one, and the one it replaces for the overlap: two at
+		// most, so rotations never grow the signature header, and a second
+		// rotation revokes a leaked secret at once
 		keep := []webhook.Secret{{Key: secret}}
-		for _, k := range sub.Secrets {
-			if k.Expires == nil {
-				k.Expires = &until
-			}
-			if k.Expires.After(now) {
-				keep = append(keep, k)
-			}
+		if len(sub.Secrets) > 0 {
+			prev := sub.Secrets[0]
+			prev.Expires = &until
+			keep = append(keep, prev)
 		}
 		sub.Secrets, sub.UpdatedAt = keep, now
 		return nil
@@ -323,4 +332,11 @@ func (s *Server) replayWebhook(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusAccepted, "application/json", webhookView(sub))
 	return nil
+}
+
+// isWrongLast is JetStream's answer to a compare-and-set that lost.
+func isWrongLast(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/cardmeter/cardmeter/pkg/api"
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/testenv"
@@ -145,9 +143,14 @@ func TestWebhookRoutes(t *testing.T) {
 		t.Fatalf("read after delete: %d", code)
 	}
 	testenv.Eventually(t, 10*time.Second, func() error {
-		_, err := p.JS.Consumer(context.Background(), broker.StreamEvents, webhook.ConsumerName("w1"))
-		if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-			return fmt.Errorf("the deleted webhook's consumer: %v", err)
+		st, err := p.JS.Stream(context.Background(), broker.StreamEvents)
+		if err != nil {
+			return err
+		}
+		for name := range st.ConsumerNames(context.Background()).Name() {
+			if strings.HasPrefix(name, "webhook-w1-") {
+				return fmt.Errorf("the deleted webhook's consumer %s is still there", name)
+			}
 		}
 		return nil
 	})

@@ -177,7 +177,7 @@ func RolePermissions(role string) *server.Permissions {
 		pub = append(pub, kv(BucketWebhooks)...)
 		pub = append(pub, "webhooks.attempts.>", "webhooks.dead.>", "meter.*.outcome")
 		pub = append(pub, reads(StreamDead)...) // replays of dead letters
-		pub = append(pub, "$JS.API.STREAM.MSG.DELETE."+StreamDead)
+		pub = append(pub, "$JS.API.STREAM.MSG.DELETE."+StreamDead, "$JS.API.STREAM.PURGE."+StreamDead)
 		pub = append(pub, leases(RoleNotifier)...)
 	case RoleActuator:
 		// its durable consumer on EVENTS, the directory (a card's carrier),

@@ -6,30 +6,67 @@ package lanes
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Handler handles one message; false ends its lane: the messages after it
-// in the lane are dropped unacknowledged (they come back, in order, to the
-// consumer's next reader).
+// Handler handles one message; false ends its lane, and the lanes stop
+// (Stopped): the messages after it must not go before it, so its reader
+// ends and the next starts again from the first one not acknowledged.
 type Handler func(ctx context.Context, m jetstream.Msg) bool
 
 // Lanes keeps each key's messages in a lane, drained by one goroutine at a
-// time, with at most Parallel lanes going at once.
+// time, with at most parallel lanes going at once. A copy of a message
+// already in hand (JetStream redelivers one not acknowledged in time) is
+// dropped, and every message in hand is said to be in progress every
+// keepAlive, so that queued ones do not come back behind newer ones.
 type Lanes struct {
-	handle Handler
-	mu     sync.Mutex
-	lanes  map[string][]jetstream.Msg // present while a goroutine drains it
-	slots  chan struct{}
-	wg     sync.WaitGroup
+	handle  Handler
+	mu      sync.Mutex
+	lanes   map[string][]jetstream.Msg // present while a goroutine drains it
+	held    map[uint64]jetstream.Msg   // stream sequence -> message in hand
+	slots   chan struct{}
+	wg      sync.WaitGroup
+	stopped chan struct{}
+	stop    sync.Once
 	// InHand, if set, is told how many messages came in (+) and went (-).
 	InHand func(delta int)
 }
 
-// New makes lanes of at most parallel keys at once.
-func New(parallel int, handle Handler) *Lanes {
-	return &Lanes{handle: handle, lanes: map[string][]jetstream.Msg{}, slots: make(chan struct{}, max(parallel, 1))}
+// New makes lanes of at most parallel keys at once; while ctx lasts, the
+// messages in hand are said in progress every keepAlive (0: never).
+func New(ctx context.Context, parallel int, keepAlive time.Duration, handle Handler) *Lanes {
+	l := &Lanes{handle: handle, lanes: map[string][]jetstream.Msg{}, held: map[uint64]jetstream.Msg{},
+		slots: make(chan struct{}, max(parallel, 1)), stopped: make(chan struct{})}
+	if keepAlive > 0 {
+		go l.keepAlive(ctx, keepAlive)
+	}
+	return l
+}
+
+// Stopped is closed when a handler returned false.
+func (l *Lanes) Stopped() <-chan struct{} { return l.stopped }
+
+func (l *Lanes) keepAlive(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		l.mu.Lock()
+		held := make([]jetstream.Msg, 0, len(l.held))
+		for _, m := range l.held {
+			held = append(held, m)
+		}
+		l.mu.Unlock()
+		for _, m := range held {
+			_ = m.InProgress()
+		}
+	}
 }
 
 func (l *Lanes) inHand(d int) {
@@ -38,12 +75,25 @@ func (l *Lanes) inHand(d int) {
 	}
 }
 
+func seq(m jetstream.Msg) uint64 {
+	if meta, err := m.Metadata(); err == nil {
+		return meta.Sequence.Stream
+	}
+	return 0
+}
+
 // Add queues m in key's lane, starting the lane when it is not going; it
-// waits for a slot when Parallel lanes are going, and returns ctx's error
-// if ctx ends meanwhile.
+// waits for a slot when every slot is taken, and returns ctx's error if
+// ctx ends meanwhile. A copy of a message in hand is dropped.
 func (l *Lanes) Add(ctx context.Context, key string, m jetstream.Msg) error {
-	l.inHand(1)
+	s := seq(m)
 	l.mu.Lock()
+	if _, dup := l.held[s]; dup && s != 0 {
+		l.mu.Unlock()
+		return nil
+	}
+	l.held[s] = m
+	l.inHand(1)
 	if q, busy := l.lanes[key]; busy {
 		l.lanes[key] = append(q, m)
 		l.mu.Unlock()
@@ -54,10 +104,7 @@ func (l *Lanes) Add(ctx context.Context, key string, m jetstream.Msg) error {
 	select {
 	case l.slots <- struct{}{}:
 	case <-ctx.Done():
-		l.mu.Lock()
-		l.inHand(-len(l.lanes[key]))
-		delete(l.lanes, key)
-		l.mu.Unlock()
+		l.drop(key)
 		return ctx.Err()
 	}
 	l.wg.Add(1)
@@ -76,17 +123,29 @@ func (l *Lanes) Add(ctx context.Context, key string, m jetstream.Msg) error {
 			l.lanes[key] = q[1:]
 			l.mu.Unlock()
 			ok := l.handle(ctx, m)
+			l.mu.Lock()
+			delete(l.held, seq(m))
 			l.inHand(-1)
+			l.mu.Unlock()
 			if !ok {
-				l.mu.Lock()
-				l.inHand(-len(l.lanes[key]))
-				delete(l.lanes, key)
-				l.mu.Unlock()
+				l.drop(key)
+				l.stop.Do(func() { close(l.stopped) })
 				return
 			}
 		}
 	}()
 	return nil
+}
+
+// drop forgets key's lane: its messages are not acknowledged and come back.
+func (l *Lanes) drop(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, m := range l.lanes[key] {
+		delete(l.held, seq(m))
+		l.inHand(-1)
+	}
+	delete(l.lanes, key)
 }
 
 // Wait waits for every lane to end.

@@ -10,21 +10,38 @@ import (
 	"time"
 )
 
-// cgnat is the shared address space of carrier-grade NAT (RFC 6598),
-// private in all but name.
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+// refusedRanges are not reachable in the public internet: the shared
+// space of carrier-grade NAT (RFC 6598), the IETF protocol assignments,
+// benchmarking and the reserved class E.
+var refusedRanges = []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("192.0.0.0/24"),
+	netip.MustParsePrefix("198.18.0.0/15"), netip.MustParsePrefix("240.0.0.0/4")}
+
+// nat64 are the prefixes that embed an IPv4 address in their last 32 bits
+// (RFC 6052, RFC 8215): an IPv6-only network reaches IPv4 through them.
+var nat64 = []netip.Prefix{netip.MustParsePrefix("64:ff9b::/96"), netip.MustParsePrefix("64:ff9b:1::/48")}
 
 // Refused reports why addr may not be delivered to (empty: it may): the
 // loopback, link-local, private, unspecified and multicast ranges, which
 // would let a subscription reach inside the network cardmeter runs in.
 func Refused(addr netip.Addr) string {
 	addr = addr.Unmap()
+	for _, p := range nat64 {
+		if p.Contains(addr) {
+			b := addr.As16()
+			return Refused(netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}))
+		}
+	}
+	for _, p := range refusedRanges {
+		if p.Contains(addr) {
+			return "a reserved address"
+		}
+	}
 	switch {
 	case addr.IsLoopback():
 		return "a loopback address"
 	case addr.IsLinkLocalUnicast() || addr.IsLinkLocalMulticast():
 		return "a link-local address"
-	case addr.IsPrivate() || cgnat.Contains(addr):
+	case addr.IsPrivate():
 		return "a private address"
 	case addr.IsUnspecified():
 		return "an unspecified address"

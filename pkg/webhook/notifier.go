@@ -9,6 +9,7 @@ import (
 	"hash/fnv"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"strconv"
@@ -167,7 +168,15 @@ func (n *Notifier) Run(ctx context.Context) error {
 		return fmt.Errorf("watching the webhooks: %w", err)
 	}
 	defer watcher.Stop() //nolint:errcheck
-	go n.watch(ctx, watcher)
+	loaded := make(chan struct{})
+	go n.watch(ctx, watcher, loaded)
+	// every subscription known before any unit is taken: a consumer whose
+	// subscription is not yet read would be taken for an orphan
+	select {
+	case <-loaded:
+	case <-ctx.Done():
+		return nil
+	}
 	leases, err := n.js.KeyValue(ctx, broker.BucketLeases)
 	if err != nil {
 		return fmt.Errorf("the leases bucket: %w", err)
@@ -183,7 +192,7 @@ func (n *Notifier) Run(ctx context.Context) error {
 }
 
 // watch keeps subs as the bucket has them.
-func (n *Notifier) watch(ctx context.Context, w jetstream.KeyWatcher) {
+func (n *Notifier) watch(ctx context.Context, w jetstream.KeyWatcher, loaded chan struct{}) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -193,7 +202,8 @@ func (n *Notifier) watch(ctx context.Context, w jetstream.KeyWatcher) {
 				return
 			}
 			if e == nil {
-				continue // the initial values are in
+				close(loaded) // the initial values are in
+				continue
 			}
 			n.mu.Lock()
 			if e.Operation() == jetstream.KeyValuePut {
@@ -249,15 +259,12 @@ func (n *Notifier) own(ctx context.Context, l *lease.Lease) {
 			stop(id)
 		}
 	}()
-	n.dropOrphans(ctx, l.Partition)
 	for {
 		subs, changed := n.unitSubs(l.Partition)
+		n.dropOrphans(ctx, l.Partition, subs)
 		for id, r := range run {
 			if s, ok := subs[id]; !ok || !s.Enabled || !sameDelivery(s, r.sub.Load()) {
 				stop(id)
-				if !ok {
-					n.deleteConsumer(ctx, id)
-				}
 			} else {
 				r.sub.Store(s) // secrets and state: read at each attempt
 			}
@@ -297,9 +304,12 @@ func replayID(s *Subscription) string {
 	return s.Replay.ID
 }
 
-// dropOrphans deletes the consumers of unit u's subscriptions that are
-// gone (deleted while no notifier held the unit).
-func (n *Notifier) dropOrphans(ctx context.Context, u int) {
+// dropOrphans deletes the consumers on EVENTS of unit u that no
+// subscription of subs owns: of a subscription deleted, or made again
+// under the same id (a consumer per generation: the new one starts where
+// it says, not where the old one was), and the dead letters of an id no
+// longer there.
+func (n *Notifier) dropOrphans(ctx context.Context, u int, subs map[string]*Subscription) {
 	st, err := n.js.Stream(ctx, broker.StreamEvents)
 	if err != nil {
 		return
@@ -307,26 +317,27 @@ func (n *Notifier) dropOrphans(ctx context.Context, u int) {
 	names := st.ConsumerNames(ctx)
 	var orphans []string
 	for name := range names.Name() {
-		id, ok := strings.CutPrefix(name, "webhook-")
+		id, ok := consumerID(name)
 		if !ok || UnitOf(id) != u {
 			continue
 		}
-		n.mu.Lock()
-		_, there := n.subs[id]
-		n.mu.Unlock()
-		if !there {
-			orphans = append(orphans, id)
+		if s, there := subs[id]; !there || ConsumerName(s) != name {
+			orphans = append(orphans, name)
 		}
 	}
-	for _, id := range orphans {
-		n.deleteConsumer(ctx, id)
-	}
-}
-
-func (n *Notifier) deleteConsumer(ctx context.Context, id string) {
-	err := n.js.DeleteConsumer(ctx, broker.StreamEvents, ConsumerName(id))
-	if err == nil {
-		n.log.Info("deleted the consumer of a deleted webhook", zap.String("webhook", id))
+	for _, name := range orphans {
+		if err := n.js.DeleteConsumer(ctx, broker.StreamEvents, name); err == nil {
+			n.log.Info("deleted the consumer of a webhook deleted or made again", zap.String("consumer", name))
+		}
+		if id, _ := consumerID(name); subs[id] == nil {
+			dead, err := n.js.Stream(ctx, broker.StreamDead)
+			if err == nil {
+				err = dead.Purge(ctx, jetstream.WithPurgeSubject(broker.DeadSubject(id)))
+			}
+			if err != nil {
+				n.log.Warn("purging a deleted webhook's dead letters", zap.String("webhook", id), zap.Error(err))
+			}
+		}
 	}
 }
 
@@ -367,7 +378,7 @@ func (n *Notifier) deliverAll(ctx context.Context, l *lease.Lease, r *running) {
 // to Parallel cards at once.
 func (n *Notifier) consume(ctx context.Context, l *lease.Lease, r *running) error {
 	sub := r.sub.Load()
-	name := ConsumerName(sub.ID)
+	name := ConsumerName(sub)
 	cons, err := n.js.CreateOrUpdateConsumer(ctx, broker.StreamEvents, jetstream.ConsumerConfig{
 		Durable: name, Description: "webhook " + sub.ID, FilterSubjects: sub.FilterSubjects(),
 		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &sub.StartTime,
@@ -395,25 +406,34 @@ func (n *Notifier) consume(ctx context.Context, l *lease.Lease, r *running) erro
 		return err
 	}
 	defer it.Stop()
-	stopped := make(chan struct{})
-	defer close(stopped)
-	go func() { // Next waits for a message whatever ctx says
-		select {
-		case <-ctx.Done():
-			it.Stop()
-		case <-stopped:
-		}
-	}()
 	n.setFailing(sub.ID, nil)
 	parallel := sub.Parallel
 	if parallel == 0 {
 		parallel = DefaultParallel
 	}
-	d := lanes.New(parallel, func(ctx context.Context, m jetstream.Msg) bool { return n.deliver(ctx, l, r, m) })
+	// the lanes live in a context of their own, ended (before waiting for
+	// them) whenever this life ends
+	lctx, cancel := context.WithCancel(ctx)
+	d := lanes.New(lctx, parallel, ackWait/3, func(ctx context.Context, m jetstream.Msg) bool { return n.deliver(ctx, l, r, m) })
 	d.InHand = func(delta int) { n.inHand.Add(float64(delta)) }
 	defer d.Wait()
+	defer cancel()
+	go func() { // Next waits for a message whatever ctx says
+		select {
+		case <-lctx.Done():
+		case <-d.Stopped():
+		}
+		it.Stop()
+	}()
 	for {
 		m, err := it.Next()
+		select {
+		case <-d.Stopped():
+			// a delivery ended without an outcome: what follows its card
+			// must not go first; the next life starts from it again
+			return errors.New("a delivery stopped without an outcome; reading again from the first unacknowledged event")
+		default:
+		}
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
 				return nil
@@ -423,7 +443,7 @@ func (n *Notifier) consume(ctx context.Context, l *lease.Lease, r *running) erro
 		if !l.Valid() {
 			return errors.New("the unit's lease is not valid")
 		}
-		if err := d.Add(ctx, subjectToken(m.Subject()), m); err != nil {
+		if err := d.Add(lctx, subjectToken(m.Subject()), m); err != nil {
 			return nil // ctx ended while waiting for a slot
 		}
 	}
@@ -566,7 +586,13 @@ func (n *Notifier) post(ctx context.Context, sub *Subscription, id string, body 
 	req.Header.Set("webhook-signature", strings.Join(sigs, " "))
 	resp, err := n.client.Do(req)
 	if err != nil {
-		return 0, 0, err
+		// without the URL: its path or query may hold a token, and the
+		// error goes to logs, attempts and dead letters
+		var uerr *url.Error
+		if errors.As(err, &uerr) {
+			err = uerr.Err
+		}
+		return 0, 0, fmt.Errorf("posting: %w", err)
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxResponseBody))
@@ -672,6 +698,9 @@ func (n *Notifier) sayDisabled(ctx context.Context, sub *Subscription, at time.T
 	m := nats.NewMsg(broker.OutcomeSubject(broker.Partition(sub.ID, n.cfg.Partitions)))
 	m.Data = b
 	m.Header.Set(jetstream.MsgIDHeader, in.ID)
+	// not cut by the delivery's end: disabling the webhook ends its
+	// delivery, which is what runs this
+	ctx = context.WithoutCancel(ctx)
 	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(5*time.Minute)), ctx)
 	if err := backoff.Retry(func() error {
 		pctx, cancel := context.WithTimeout(ctx, 20*time.Second)

@@ -98,6 +98,9 @@ func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscrip
 	}
 	var lastErr error
 	for {
+		if ctx.Err() != nil {
+			return delivered, left, ctx.Err()
+		}
 		if !l.Valid() {
 			return delivered, left, errors.New("the unit's lease is not valid")
 		}

@@ -27,3 +27,14 @@ func FuzzParseRetryAfter(f *testing.F) {
 		}
 	})
 }
+
+func TestConsumerNames(t *testing.T) {
+	for _, s := range []*Subscription{{ID: "crm"}, {ID: "a-b-c", CreatedAt: time.Unix(1700000000, 0)}} {
+		if id, ok := consumerID(ConsumerName(s)); !ok || id != s.ID {
+			t.Errorf("%s: %q %v", ConsumerName(s), id, ok)
+		}
+	}
+	if _, ok := consumerID("webhook-x"); ok {
+		t.Error("a name without a generation read as a webhook's")
+	}
+}

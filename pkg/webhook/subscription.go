@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -225,5 +226,22 @@ func (s *Subscription) Signing(now time.Time) []string {
 	return out
 }
 
-// ConsumerName is the durable consumer of subscription id on EVENTS.
-func ConsumerName(id string) string { return "webhook-" + id }
+// ConsumerName is a subscription's durable consumer on EVENTS: one per
+// generation (its creation), so that a webhook deleted and made again
+// under the same id gets a consumer of its own.
+func ConsumerName(s *Subscription) string {
+	return "webhook-" + s.ID + "-" + strconv.FormatInt(max(s.CreatedAt.Unix(), 0), 10)
+}
+
+// consumerID is the subscription id of a webhook consumer's name.
+func consumerID(name string) (string, bool) {
+	rest, ok := strings.CutPrefix(name, "webhook-")
+	i := strings.LastIndexByte(rest, '-')
+	if !ok || i <= 0 {
+		return "", false
+	}
+	if _, err := strconv.ParseUint(rest[i+1:], 10, 64); err != nil {
+		return "", false
+	}
+	return rest[:i], true
+}

@@ -89,7 +89,8 @@ func TestSignatureIsStandardWebhooks(t *testing.T) {
 func TestPrivateAddressesAreRefused(t *testing.T) {
 	for addr, refused := range map[string]bool{"127.0.0.1": true, "10.1.2.3": true, "192.168.0.10": true, "172.16.5.4": true,
 		"169.254.169.254": true, "100.64.0.1": true, "::1": true, "fe80::1": true, "fd00::1": true, "0.0.0.0": true,
-		"93.184.215.14": false, "2606:2800:21f:cb07:6820:80da:af6b:8b2c": false, "::ffff:127.0.0.1": true} {
+		"93.184.215.14": false, "2606:2800:21f:cb07:6820:80da:af6b:8b2c": false, "::ffff:127.0.0.1": true,
+		"64:ff9b::a00:5": true, "64:ff9b::5db8:d70e": false, "198.18.0.1": true, "240.0.0.1": true} {
 		if got := webhook.Refused(netip.MustParseAddr(addr)) != ""; got != refused {
 			t.Errorf("%s refused: %v, want %v", addr, got, refused)
 		}
