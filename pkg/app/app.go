@@ -1,5 +1,6 @@
 // Package app composes cardmeter's services (ingest API, projector, clock,
-// sink) into one process: the all-in-one for `make run`, small deployments
+// sink, notifier, and the actuator when carriers are configured) into one
+// process: the all-in-one for `make run`, small deployments
 // and tests. Each separate service binary runs a subset of the same roles.
 package app
 
