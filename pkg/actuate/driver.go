@@ -42,6 +42,19 @@ type Driver interface {
 	Do(ctx context.Context, a Action) (detail string, err error)
 }
 
+// CarrierCard is a card as its carrier has it.
+type CarrierCard struct {
+	ICCID  string
+	Active bool // in service at the carrier
+}
+
+// StateReader is a driver that can list the carrier's cards, a page at a
+// time (cursor "" for the first; next "" after the last), for
+// reconciliation.
+type StateReader interface {
+	States(ctx context.Context, cursor string) (page []CarrierCard, next string, err error)
+}
+
 // Config is the actuator's file: a driver per carrier.
 type Config struct {
 	Carriers map[string]HTTPConfig `json:"carriers"`
@@ -57,6 +70,22 @@ type HTTPConfig struct {
 	// Actions by kind (stop, resume, cancel): a kind without one is not
 	// sent to this carrier.
 	Actions map[string]Call `json:"actions"`
+	// State lists the carrier's cards, for `cardmeter reconcile`.
+	State *StateCall `json:"state,omitempty"`
+}
+
+// StateCall is how a carrier lists its cards: Path is a template over
+// {{.Cursor}}; the answer is a JSON object whose Items field holds the
+// cards (each an object with the ICCID and Status fields), and whose Next
+// field the next page's cursor (empty or absent after the last).
+type StateCall struct {
+	Method string   `json:"method,omitempty"` // default GET
+	Path   string   `json:"path"`
+	Items  string   `json:"items"`  // default "items"
+	ICCID  string   `json:"iccid"`  // default "iccid"
+	Status string   `json:"status"` // default "status"
+	Active []string `json:"active"` // the statuses that mean in service; default ["active"]
+	Next   string   `json:"next"`   // default "next"
 }
 
 // Call is one HTTP call: Path and Body are Go templates over an Action
@@ -98,6 +127,8 @@ type HTTPDriver struct {
 	headers map[string]string
 	client  *http.Client
 	calls   map[string]call
+	state   *StateCall
+	statePT *template.Template
 }
 
 type call struct {
@@ -158,7 +189,80 @@ func NewHTTPDriver(hc HTTPConfig) (*HTTPDriver, error) {
 		}
 		d.calls[kind] = call{method: m, path: pt, body: bt, success: c.Success}
 	}
+	if sc := hc.State; sc != nil {
+		st := *sc
+		def := func(v *string, d string) {
+			if *v == "" {
+				*v = d
+			}
+		}
+		def(&st.Method, http.MethodGet)
+		def(&st.Items, "items")
+		def(&st.ICCID, "iccid")
+		def(&st.Status, "status")
+		def(&st.Next, "next")
+		if len(st.Active) == 0 {
+			st.Active = []string{"active"}
+		}
+		pt, err := template.New("state").Funcs(funcs).Parse(st.Path)
+		if err != nil {
+			return nil, fmt.Errorf("state: path: %w", err)
+		}
+		d.state, d.statePT = &st, pt
+	}
 	return d, nil
+}
+
+// ErrNoState is a carrier whose driver cannot list its cards.
+var ErrNoState = errors.New("no state call configured for this carrier")
+
+// States lists a page of the carrier's cards.
+func (d *HTTPDriver) States(ctx context.Context, cursor string) ([]CarrierCard, string, error) {
+	if d.state == nil {
+		return nil, "", ErrNoState
+	}
+	var path bytes.Buffer
+	if err := d.statePT.Execute(&path, struct{ Cursor string }{url.QueryEscape(cursor)}); err != nil {
+		return nil, "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, d.state.Method, d.base+path.String(), nil)
+	if err != nil {
+		return nil, "", err
+	}
+	for k, v := range d.headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := d.client.Do(req)
+	if err != nil {
+		return nil, "", err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+		return nil, "", fmt.Errorf("the carrier answered %d %s", resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	var body map[string]json.RawMessage
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&body); err != nil {
+		return nil, "", fmt.Errorf("the carrier's list: %w", err)
+	}
+	var items []map[string]any
+	if err := json.Unmarshal(body[d.state.Items], &items); err != nil {
+		return nil, "", fmt.Errorf("the carrier's list: field %q: %w", d.state.Items, err)
+	}
+	page := make([]CarrierCard, 0, len(items))
+	for _, it := range items {
+		iccid, _ := it[d.state.ICCID].(string)
+		status, _ := it[d.state.Status].(string)
+		if iccid == "" {
+			continue
+		}
+		page = append(page, CarrierCard{ICCID: iccid, Active: slices.Contains(d.state.Active, status)})
+	}
+	var next string
+	if raw, ok := body[d.state.Next]; ok {
+		_ = json.Unmarshal(raw, &next)
+	}
+	return page, next, nil
 }
 
 // ErrNotConfigured is an action kind the carrier's driver has no call for.

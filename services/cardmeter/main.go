@@ -19,6 +19,7 @@ commands:
   push         stream usage files (CSV, NDJSON, plain or gzip) to the API
   rejections   list rejected records, or re-submit them once fixed
   rebuild      rebuild the ClickHouse tables from the log
+  reconcile    compare a carrier's cards with cardmeter's, and mend the drift
   setup        create the streams and buckets on a NATS server, as its admin
 `
 
@@ -36,6 +37,8 @@ func main() {
 		os.Exit(cli.Push(os.Args[2:], os.Stdout, os.Stderr))
 	case "rejections":
 		os.Exit(cli.Rejections(os.Args[2:], os.Stdout, os.Stderr))
+	case "reconcile":
+		os.Exit(cli.Reconcile(os.Args[2:], os.Stdout, os.Stderr))
 	case "rebuild":
 		os.Exit(cli.Rebuild(os.Args[2:], os.Stdout, os.Stderr))
 	case "setup":

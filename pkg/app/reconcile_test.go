@@ -1,0 +1,142 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cardmeter/cardmeter/pkg/cli"
+	"github.com/cardmeter/cardmeter/pkg/testenv"
+)
+
+// driftingCarrier keeps each card's state; it lists them two a page, and
+// drops the first call it gets (the reconciliation must not miss it).
+type driftingCarrier struct {
+	mu      sync.Mutex
+	active  map[string]bool
+	dropped bool
+}
+
+func (f *driftingCarrier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if r.URL.Path == "/cards" {
+		ids := make([]string, 0, len(f.active))
+		for id := range f.active {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		cursor := r.URL.Query().Get("cursor")
+		var items []map[string]string
+		next := ""
+		for _, id := range ids {
+			if id <= cursor {
+				continue
+			}
+			if len(items) == 2 {
+				next = items[1]["iccid"]
+				break
+			}
+			st := "suspended"
+			if f.active[id] {
+				st = "active"
+			}
+			items = append(items, map[string]string{"iccid": id, "state": st})
+		}
+		_ = json.NewEncoder(w).Encode(map[string]any{"items": items, "next": next})
+		return
+	}
+	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/") // cards/<iccid>/<action>
+	if len(parts) != 3 {
+		http.Error(w, "bad", http.StatusBadRequest)
+		return
+	}
+	if !f.dropped {
+		f.dropped = true
+		http.Error(w, "busy", http.StatusServiceUnavailable)
+		return
+	}
+	f.active[parts[1]] = parts[2] == "resume"
+}
+
+// The carrier drifted (a card cardmeter stopped is active there, one in
+// service is suspended, one it lists is not cardmeter's, one of
+// cardmeter's it does not list): reconcile reports each by kind, and with
+// --fix the carrier agrees with cardmeter for every card both know.
+func TestReconcileMendsDrift(t *testing.T) {
+	fc := &driftingCarrier{active: map[string]bool{}}
+	carrier := httptest.NewServer(fc)
+	defer carrier.Close()
+	conf := filepath.Join(t.TempDir(), "carriers.json")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`{"carriers": {"cmcc": {"base_url": %q,
+  "actions": {"stop": {"path": "/cards/{{.ICCID}}/stop"}, "resume": {"path": "/cards/{{.ICCID}}/resume"}},
+  "state": {"path": "/cards?cursor={{.Cursor}}", "status": "state"}}}}`, carrier.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Start(context.Background(), Config{Roles: []string{RoleAPI, RoleProjector}, DataDir: t.TempDir(), NATSPort: -1,
+		HTTPAddr: "127.0.0.1:0", Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	c := &client{t: t, base: p.URL}
+	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1000, "cycle_anchor_day": 1, "time_zone": "UTC"})
+	for i := 1; i <= 5; i++ {
+		carrierName := "cmcc"
+		if i == 5 {
+			carrierName = "unicom" // another carrier's: not compared
+		}
+		c.putStored("/v1/cards/"+iccid(i), map[string]any{"account_id": fmt.Sprint("a", i), "plan_id": "p", "carrier": carrierName})
+	}
+	var out map[string]any
+	if code := c.do("POST", "/v1/cards/"+iccid(1)+"/stop", "application/json", []byte(`{"operator":"ops"}`), &out); code != 200 {
+		t.Fatalf("stop: %d %v", code, out)
+	}
+	fc.mu.Lock()
+	fc.active[iccid(1)] = true  // stopped in cardmeter
+	fc.active[iccid(2)] = false // in service in cardmeter
+	fc.active[iccid(3)] = true  // agrees
+	fc.active["89860000000000000999"] = true
+	fc.mu.Unlock() // iccid(4) the carrier does not list
+	run := func(args ...string) (int, map[string]any) {
+		var stdout, stderr bytes.Buffer
+		code := cli.Reconcile(append([]string{"--url", p.URL, "--carrier", "cmcc", "--actuator-config", conf, "--json"}, args...), &stdout, &stderr)
+		var rep map[string]any
+		if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+			t.Fatalf("exit %d, %s %s", code, stdout.String(), stderr.String())
+		}
+		return code, rep
+	}
+	code, rep := run("--fix")
+	cards := rep["cards"].(map[string]any)
+	if code != cli.ExitFailed || rep["compared"].(float64) != 4 ||
+		fmt.Sprint(cards["active_at_carrier"]) != "["+iccid(1)+"]" || fmt.Sprint(cards["inactive_at_carrier"]) != "["+iccid(2)+"]" ||
+		fmt.Sprint(cards["missing_at_carrier"]) != "["+iccid(4)+"]" || fmt.Sprint(cards["unknown_to_cardmeter"]) != "[89860000000000000999]" {
+		t.Fatalf("first run (one call dropped): exit %d, %v", code, rep)
+	}
+	// the dropped call's card is still drifted; a second run mends it
+	code, rep = run("--fix")
+	if code != cli.ExitDrift {
+		t.Fatalf("second run: exit %d, %v", code, rep)
+	}
+	code, rep = run()
+	cards = rep["cards"].(map[string]any)
+	if cards["active_at_carrier"] != nil || cards["inactive_at_carrier"] != nil || code != cli.ExitDrift {
+		t.Fatalf("after the fixes: exit %d, %v", code, rep)
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if fc.active[iccid(1)] || !fc.active[iccid(2)] || !fc.active[iccid(3)] {
+		t.Fatalf("the carrier: %v", fc.active)
+	}
+}
