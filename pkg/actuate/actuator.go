@@ -20,6 +20,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/card"
 	"github.com/cardmeter/cardmeter/pkg/lanes"
 	"github.com/cardmeter/cardmeter/pkg/lease"
+	"github.com/cardmeter/cardmeter/pkg/query"
 )
 
 // ActuatorConfig configures the actuator.
@@ -33,6 +34,10 @@ type ActuatorConfig struct {
 	// MaxInterval bounds the wait between two tries; default 1 min.
 	MaxInterval time.Duration
 	Parallel    int // cards acted on at once; default 16
+	// ReconcileEvery, when set, reconciles every carrier whose driver
+	// lists its cards that often, mending the drift, and reports it (a
+	// gauge, and carrier.drift_detected.v1 through the log).
+	ReconcileEvery time.Duration
 }
 
 // ConsumerName is the actuator's durable consumer on EVENTS.
@@ -48,6 +53,7 @@ type Actuator struct {
 	failure atomic.Pointer[error]
 
 	outcomes *prometheus.CounterVec
+	drift    *prometheus.GaugeVec
 }
 
 // NewActuator makes an actuator; Run runs it.
@@ -67,9 +73,11 @@ func NewActuator(js jetstream.JetStream, cfg ActuatorConfig, reg prometheus.Regi
 	}
 	a := &Actuator{cfg: cfg, js: js, log: log,
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_actuations_total",
-			Help: "Actions sent to carriers, by carrier, action and result (succeeded, failed, skipped: no driver)."}, []string{"carrier", "action", "result"})}
+			Help: "Actions sent to carriers, by carrier, action and result (succeeded, failed, skipped: no driver)."}, []string{"carrier", "action", "result"}),
+		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "cardmeter_carrier_drift_cards",
+			Help: "Cards whose carrier state differed from cardmeter's at the last reconciliation, by carrier and kind."}, []string{"carrier", "kind"})}
 	if reg != nil {
-		reg.MustRegister(a.outcomes)
+		reg.MustRegister(a.outcomes, a.drift)
 	}
 	return a
 }
@@ -109,8 +117,12 @@ func (a *Actuator) Run(ctx context.Context) error {
 	return mgr.Run(ctx, a.own)
 }
 
-// own acts while the lease holds, a life after another after a backoff.
+// own acts while the lease holds, a life after another after a backoff,
+// and reconciles the carriers when told to.
 func (a *Actuator) own(ctx context.Context, l *lease.Lease) {
+	if a.cfg.ReconcileEvery > 0 {
+		go a.reconcileEvery(ctx, l)
+	}
 	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(200*time.Millisecond), backoff.WithMaxInterval(30*time.Second), backoff.WithMaxElapsedTime(0))
 	for ctx.Err() == nil {
 		err := a.consume(ctx, l)
@@ -348,4 +360,96 @@ func (a *Actuator) report(ctx context.Context, account string, rep card.Actuatio
 		return err
 	}, bo)
 	return err == nil // else ctx ended: the event comes back to the next owner
+}
+
+// reconcileEvery reconciles each carrier that lists its cards, every
+// ReconcileEvery while the lease holds.
+func (a *Actuator) reconcileEvery(ctx context.Context, l *lease.Lease) {
+	t := time.NewTicker(a.cfg.ReconcileEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for carrier, drv := range a.cfg.Drivers {
+			if _, ok := drv.(StateReader); !ok || !l.Valid() {
+				continue
+			}
+			now := time.Now()
+			d, err := Reconcile(ctx, carrier, drv, a.projectorCards, true, now)
+			if err != nil {
+				a.log.Warn("reconciling a carrier", zap.String("carrier", carrier), zap.Error(err))
+				continue
+			}
+			a.reportDrift(ctx, d, now)
+		}
+	}
+}
+
+// reportDrift sets the gauge and, when there is drift, writes it to the
+// log for the fold to emit carrier.drift_detected.v1.
+func (a *Actuator) reportDrift(ctx context.Context, d *Drift, at time.Time) {
+	counts := d.Counts()
+	total := 0
+	for _, kind := range []string{DriftActiveAtCarrier, DriftInactiveAtCarrier, DriftMissingAtCarrier, DriftUnknownToCardmeter} {
+		a.drift.WithLabelValues(d.Carrier, kind).Set(float64(counts[kind]))
+		total += counts[kind]
+	}
+	a.log.Info("carrier reconciled", zap.String("carrier", d.Carrier), zap.Int("compared", d.Compared), zap.Any("drift", counts), zap.Int("sent", d.Sent))
+	if total == 0 {
+		return
+	}
+	var cards []string
+	for _, kind := range []string{DriftActiveAtCarrier, DriftInactiveAtCarrier, DriftMissingAtCarrier, DriftUnknownToCardmeter} {
+		for _, c := range d.Cards[kind] {
+			if len(cards) < 100 {
+				cards = append(cards, c)
+			}
+		}
+	}
+	in := card.Input{Type: card.TypeDriftReported, ID: fmt.Sprintf("drift-%s-%d", d.Carrier, at.Unix()), At: at.Unix(),
+		Drift: &card.DriftReport{Carrier: d.Carrier, Counts: counts, Cards: cards, Sent: d.Sent}}
+	b, _ := json.Marshal(in)
+	m := nats.NewMsg(broker.OutcomeSubject(broker.Partition(d.Carrier, a.cfg.Partitions)))
+	m.Data = b
+	m.Header.Set(jetstream.MsgIDHeader, in.ID)
+	pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if _, err := a.js.PublishMsg(pctx, m); err != nil {
+		a.log.Warn("writing the drift to the log (the gauge says it)", zap.String("carrier", d.Carrier), zap.Error(err))
+	}
+}
+
+// projectorCards pages every card the projectors hold, partition after
+// partition (cursor "<partition>:<last iccid>").
+func (a *Actuator) projectorCards(ctx context.Context, cursor string) ([]CardmeterCard, string, error) {
+	part, after := 0, ""
+	if cursor != "" {
+		p, rest, _ := strings.Cut(cursor, ":")
+		fmt.Sscan(p, &part) //nolint:errcheck // our own cursor
+		after = rest
+	}
+	qctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	const limit = 1000
+	reply, err := query.Ask(qctx, a.js.Conn(), broker.QuerySubject(part), query.Request{Kind: query.KindCards, After: after, Limit: limit})
+	if err != nil {
+		return nil, "", err
+	}
+	if reply.Restoring || reply.Error != "" {
+		return nil, "", fmt.Errorf("partition %d: restoring %v %s", part, reply.Restoring, reply.Error)
+	}
+	out := make([]CardmeterCard, 0, len(reply.Cards))
+	for _, v := range reply.Cards {
+		out = append(out, CardmeterCard{ICCID: v.ICCID, AccountID: v.AccountID, Carrier: v.Carrier, Status: string(v.Status), Reasons: v.Reasons.Names()})
+	}
+	switch {
+	case len(reply.Cards) >= limit:
+		return out, fmt.Sprintf("%d:%s", part, reply.Cards[len(reply.Cards)-1].ICCID), nil
+	case part+1 < a.cfg.Partitions:
+		return out, fmt.Sprintf("%d:", part+1), nil
+	}
+	return out, "", nil
 }

@@ -20,7 +20,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/cenkalti/backoff/v4"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -560,28 +559,11 @@ func (s *Server) getClock(w http.ResponseWriter, _ *http.Request) error {
 // query asks the projector owning a partition, and turns its failures into
 // problems: 503 when it does not answer or has not reached min_position.
 func (s *Server) query(ctx context.Context, part int, q query.Request) (*query.Reply, error) {
-	b, _ := json.Marshal(q)
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadTimeout+2*time.Second)
 	defer cancel()
-	// No responder: no instance holds the partition this moment (one is
-	// handing it over, or its lease is passing after a crash); ask again
-	// until the read's deadline.
-	var m *nats.Msg
-	err := backoff.Retry(func() error {
-		var err error
-		m, err = s.nc.RequestWithContext(ctx, broker.QuerySubject(part), b)
-		if err != nil && !errors.Is(err, nats.ErrNoResponders) {
-			return backoff.Permanent(err)
-		}
-		return err
-	}, backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithInitialInterval(50*time.Millisecond),
-		backoff.WithMaxInterval(time.Second), backoff.WithMaxElapsedTime(0)), ctx))
+	reply, err := query.Ask(ctx, s.nc, broker.QuerySubject(part), q)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errProjectorUnavailable, err)
-	}
-	var reply query.Reply
-	if err := json.Unmarshal(m.Data, &reply); err != nil {
-		return nil, err
 	}
 	if reply.Restoring {
 		return nil, &retryProblem{problem(http.StatusServiceUnavailable, "unavailable/restoring", "partition restoring",
@@ -593,7 +575,7 @@ func (s *Server) query(ctx context.Context, part int, q query.Request) (*query.R
 	if reply.Error != "" {
 		return nil, problem(http.StatusInternalServerError, "internal/projector", "projector error", reply.Error)
 	}
-	return &reply, nil
+	return reply, nil
 }
 
 // retryProblem is a problem answered with Retry-After.

@@ -99,6 +99,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.DurationVar(&cfg.Notifier.DisableAfter, "webhook-disable-after", envDur("webhook-disable-after", 72*time.Hour), "a webhook whose endpoint failed every attempt for this long is disabled")
 	fs.BoolVar(&cfg.Notifier.AllowPrivate, "webhook-allow-private", envBool("webhook-allow-private", false), "let webhooks reach loopback, link-local and private addresses (refused by default, checked at every connection)")
 	fs.StringVar(&cfg.ActuatorConfig, "actuator-config", env("actuator-config", ""), "the carriers' provisioning APIs (a JSON file, see README): with it the all-in-one also stops, resumes and cancels cards at their carrier")
+	fs.DurationVar(&cfg.Actuator.ReconcileEvery, "reconcile-every", envDur("reconcile-every", 0), "reconcile every carrier whose driver lists its cards this often, mending the drift (0: only by `cardmeter reconcile`)")
 	fs.DurationVar(&cfg.Actuator.RetryFor, "actuator-retry-for", envDur("actuator-retry-for", time.Hour), "how long a carrier call is retried before the action is reported failed")
 	fs.DurationVar(&cfg.Projector.CheckpointInterval, "checkpoint-interval", envDur("checkpoint-interval", 10*time.Second), "longest time between projector checkpoints while it folds")
 	fs.IntVar(&cfg.Projector.CheckpointEvery, "checkpoint-every", envInt("checkpoint-every", 50000), "projector checkpoint after this many folded log messages")

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cardmeter/cardmeter/pkg/actuate"
 	"github.com/cardmeter/cardmeter/pkg/cli"
 	"github.com/cardmeter/cardmeter/pkg/testenv"
 )
@@ -139,4 +140,49 @@ func TestReconcileMendsDrift(t *testing.T) {
 	if fc.active[iccid(1)] || !fc.active[iccid(2)] || !fc.active[iccid(3)] {
 		t.Fatalf("the carrier: %v", fc.active)
 	}
+}
+
+// With --reconcile-every the actuator reconciles by itself: the carrier
+// comes to agree, the drift is a gauge and an event through the log.
+func TestPeriodicReconciliation(t *testing.T) {
+	fc := &driftingCarrier{active: map[string]bool{}, dropped: true}
+	carrier := httptest.NewServer(fc)
+	defer carrier.Close()
+	conf := filepath.Join(t.TempDir(), "carriers.json")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`{"carriers": {"cmcc": {"base_url": %q,
+  "actions": {"stop": {"path": "/cards/{{.ICCID}}/stop"}, "resume": {"path": "/cards/{{.ICCID}}/resume"}},
+  "state": {"path": "/cards?cursor={{.Cursor}}", "status": "state"}}}}`, carrier.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Start(context.Background(), Config{Roles: []string{RoleAPI, RoleProjector, RoleActuator}, DataDir: t.TempDir(), NATSPort: -1,
+		HTTPAddr: "127.0.0.1:0", Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC),
+		ActuatorConfig: conf, Actuator: actuate.ActuatorConfig{ReconcileEvery: 300 * time.Millisecond}}, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	c := &client{t: t, base: p.URL}
+	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1000, "cycle_anchor_day": 1, "time_zone": "UTC"})
+	for i := 1; i <= 3; i++ {
+		c.putStored("/v1/cards/"+iccid(i), map[string]any{"account_id": fmt.Sprint("a", i), "plan_id": "p", "carrier": "cmcc"})
+	}
+	seen := events(t, p.JS)
+	fc.mu.Lock()
+	fc.active[iccid(1)], fc.active[iccid(2)], fc.active[iccid(3)] = false, true, true // card 1 suspended there, in service here
+	fc.mu.Unlock()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		if !fc.active[iccid(1)] {
+			return fmt.Errorf("the carrier still has card 1 suspended")
+		}
+		return nil
+	})
+	testenv.Eventually(t, 30*time.Second, func() error {
+		got := ofType(seen(), "cardmeter.carrier.drift_detected.v1", "cmcc")
+		if len(got) == 0 || got[0].Data.Drift["inactive_at_carrier"] != 1 || fmt.Sprint(got[0].Data.Cards) != "["+iccid(1)+"]" {
+			return fmt.Errorf("drift events: %+v", got)
+		}
+		return nil
+	})
 }

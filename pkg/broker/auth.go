@@ -188,7 +188,7 @@ func RolePermissions(role string) *server.Permissions {
 			"$JS.API.CONSUMER.MSG.NEXT."+StreamEvents+".*", "$JS.ACK."+StreamEvents+".*.>")
 		pub = append(pub, reads("KV_"+BucketDir)...)
 		pub = append(pub, leases(RoleActuator)...)
-		pub = append(pub, "meter.*.outcome")
+		pub = append(pub, "meter.*.outcome", "cardmeter.query.*") // outcomes; cards' states, to reconcile
 	case RoleRebuild:
 		pub = append(pub, reads(StreamMeter)...)
 	default:

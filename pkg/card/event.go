@@ -23,6 +23,7 @@ type Input struct {
 	// outcomes the pipeline's own roles report back into the log
 	Actuation *ActuationReport `json:"actuation,omitempty"`
 	Webhook   *WebhookNotice   `json:"webhook,omitempty"`
+	Drift     *DriftReport     `json:"drift,omitempty"`
 }
 
 // InputType names an input event. Names are past tense and versioned.
@@ -56,6 +57,9 @@ const (
 	// TypeWebhookDisabled is the notifier's word that it disabled a
 	// webhook whose endpoint failed every attempt for too long.
 	TypeWebhookDisabled InputType = "webhook.disabled.v1"
+	// TypeDriftReported is a reconciliation's finding: how a carrier's
+	// cards differ from cardmeter's.
+	TypeDriftReported InputType = "carrier.drift_reported.v1"
 )
 
 // ActuationReport is the outcome of an action sent to a card's carrier.
@@ -67,6 +71,15 @@ type ActuationReport struct {
 	Cause    string `json:"cause"`            // the event acted on: "event:<id>"
 	Detail   string `json:"detail,omitempty"` // the carrier's answer, or why it failed
 	Attempts int    `json:"attempts,omitempty"`
+}
+
+// DriftReport is how a carrier's cards differ from cardmeter's, by kind,
+// with the first cards of each, and how many actions were sent to mend it.
+type DriftReport struct {
+	Carrier string         `json:"carrier"`
+	Counts  map[string]int `json:"counts"`
+	Cards   []string       `json:"cards,omitempty"`
+	Sent    int            `json:"sent"`
 }
 
 // WebhookNotice is a webhook the notifier disabled, and why.
@@ -241,6 +254,9 @@ const (
 	EmitActuationFailed EmittedType = "card.actuation_failed.v1"
 	// EmitWebhookDisabled: a webhook was disabled (subject: its id).
 	EmitWebhookDisabled EmittedType = "webhook.disabled.v1"
+	// EmitDriftDetected: a carrier's cards differ from cardmeter's
+	// (subject: the carrier).
+	EmitDriftDetected EmittedType = "carrier.drift_detected.v1"
 )
 
 // Emitted is an event the fold emits. It is flat, so the fold fills it
@@ -257,18 +273,20 @@ type Emitted struct {
 	Quota     uint64
 	Overshoot uint64
 	Cycle     Cycle
-	Bytes     uint64 // a record's bytes (adjustments, conflicts)
-	Detail    string // refusals: why; charges: the reason
-	Code      string // command refusals: the typed reason, e.g. "in-arrears"
-	Warning   string // warnings: which, e.g. "usage_80", "expiry_7d", "forecast", "low_balance"
-	Amount    int64  // charges and payments, fen
-	Balance   int64  // the account's balance after, fen
-	Expected  int64  // forecast: when the quota is expected to run out
-	Operator  string // manual commands: who asked
-	Note      string // manual commands: why
-	Until     int64  // renewals, expiry: the validity end
-	Pool      string // pool stops: the pool
-	PlanID    string // card events and a card's charges: the card's plan
-	Webhook   string // webhook events: the webhook's id (their subject)
-	Carrier   string // actuation events: the carrier asked
+	Bytes     uint64         // a record's bytes (adjustments, conflicts)
+	Detail    string         // refusals: why; charges: the reason
+	Code      string         // command refusals: the typed reason, e.g. "in-arrears"
+	Warning   string         // warnings: which, e.g. "usage_80", "expiry_7d", "forecast", "low_balance"
+	Amount    int64          // charges and payments, fen
+	Balance   int64          // the account's balance after, fen
+	Expected  int64          // forecast: when the quota is expected to run out
+	Operator  string         // manual commands: who asked
+	Note      string         // manual commands: why
+	Until     int64          // renewals, expiry: the validity end
+	Pool      string         // pool stops: the pool
+	PlanID    string         // card events and a card's charges: the card's plan
+	Webhook   string         // webhook events: the webhook's id (their subject)
+	Carrier   string         // actuation and drift events: the carrier
+	Drift     map[string]int // drift events: cards by kind
+	Cards     []string       // drift events: the first drifted cards
 }

@@ -38,3 +38,13 @@ func (p *Partition) applyWebhookDisabled(in *Input, out []Emitted) []Emitted {
 	}
 	return append(out, Emitted{Type: EmitWebhookDisabled, Webhook: w.WebhookID, At: p.at(in), Cause: "event:" + in.ID, Detail: w.Reason})
 }
+
+// applyDrift emits a reconciliation's finding.
+func (p *Partition) applyDrift(in *Input, out []Emitted) []Emitted {
+	d := in.Drift
+	if d.Carrier == "" {
+		return append(out, refused(in, "", RefusedInvalid, "a drift report without its carrier"))
+	}
+	return append(out, Emitted{Type: EmitDriftDetected, Carrier: d.Carrier, At: p.at(in), Cause: "event:" + in.ID,
+		Drift: d.Counts, Cards: d.Cards, Amount: int64(d.Sent)})
+}

@@ -239,6 +239,11 @@ func (p *Partition) Apply(in *Input, out []Emitted) ([]Emitted, error) {
 			return missing()
 		}
 		return p.applyWebhookDisabled(in, out), nil
+	case TypeDriftReported:
+		if in.Drift == nil {
+			return missing()
+		}
+		return p.applyDrift(in, out), nil
 	}
 	return out, fmt.Errorf("%w: %q", ErrUnknownInput, in.Type)
 }

@@ -28,31 +28,34 @@ type Envelope struct {
 // Data is the payload; which fields are set depends on the type (see the
 // JSON Schemas in schemas/events/).
 type Data struct {
-	ICCID          string    `json:"iccid,omitempty"`
-	AccountID      string    `json:"account_id,omitempty"`
-	PlanID         string    `json:"plan_id,omitempty"`
-	Cause          string    `json:"cause"`
-	Status         string    `json:"status,omitempty"`
-	Reason         string    `json:"reason,omitempty"`
-	StopReasons    *[]string `json:"stop_reasons,omitempty"` // card events
-	UsageBytes     *uint64   `json:"usage_bytes,omitempty"`  // card events
-	QuotaBytes     *uint64   `json:"quota_bytes,omitempty"`
-	OvershootBytes *uint64   `json:"overshoot_bytes,omitempty"`
-	Cycle          *CycleRef `json:"cycle,omitempty"`
-	RecordBytes    uint64    `json:"record_bytes,omitempty"`
-	Detail         string    `json:"detail,omitempty"`
-	Warning        string    `json:"warning,omitempty"`
-	ExpectedAt     string    `json:"expected_at,omitempty"`
-	AmountFen      int64     `json:"amount_fen,omitempty"`
-	BalanceFen     *int64    `json:"balance_fen,omitempty"`
-	Operator       string    `json:"operator,omitempty"`
-	Note           string    `json:"note,omitempty"`
-	Code           string    `json:"code,omitempty"`
-	ValidUntil     string    `json:"valid_until,omitempty"`
-	PoolID         string    `json:"pool_id,omitempty"`
-	Action         string    `json:"action,omitempty"`     // actuation events: stop, resume, cancel
-	Carrier        string    `json:"carrier,omitempty"`    // actuation events
-	WebhookID      string    `json:"webhook_id,omitempty"` // webhook events
+	ICCID          string         `json:"iccid,omitempty"`
+	AccountID      string         `json:"account_id,omitempty"`
+	PlanID         string         `json:"plan_id,omitempty"`
+	Cause          string         `json:"cause"`
+	Status         string         `json:"status,omitempty"`
+	Reason         string         `json:"reason,omitempty"`
+	StopReasons    *[]string      `json:"stop_reasons,omitempty"` // card events
+	UsageBytes     *uint64        `json:"usage_bytes,omitempty"`  // card events
+	QuotaBytes     *uint64        `json:"quota_bytes,omitempty"`
+	OvershootBytes *uint64        `json:"overshoot_bytes,omitempty"`
+	Cycle          *CycleRef      `json:"cycle,omitempty"`
+	RecordBytes    uint64         `json:"record_bytes,omitempty"`
+	Detail         string         `json:"detail,omitempty"`
+	Warning        string         `json:"warning,omitempty"`
+	ExpectedAt     string         `json:"expected_at,omitempty"`
+	AmountFen      int64          `json:"amount_fen,omitempty"`
+	BalanceFen     *int64         `json:"balance_fen,omitempty"`
+	Operator       string         `json:"operator,omitempty"`
+	Note           string         `json:"note,omitempty"`
+	Code           string         `json:"code,omitempty"`
+	ValidUntil     string         `json:"valid_until,omitempty"`
+	PoolID         string         `json:"pool_id,omitempty"`
+	Action         string         `json:"action,omitempty"`     // actuation events: stop, resume, cancel
+	Carrier        string         `json:"carrier,omitempty"`    // actuation events
+	WebhookID      string         `json:"webhook_id,omitempty"` // webhook events
+	Drift          map[string]int `json:"drift,omitempty"`      // drift events: cards by kind
+	Cards          []string       `json:"cards,omitempty"`      // drift events: the first drifted cards
+	ActionsSent    *int64         `json:"actions_sent,omitempty"`
 }
 
 // CycleRef is a billing cycle in RFC 3339.
@@ -84,6 +87,9 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 	if e.Webhook != "" {
 		subject = e.Webhook
 	}
+	if e.Type == card.EmitDriftDetected {
+		subject = e.Carrier
+	}
 	d := Data{ICCID: e.ICCID, AccountID: e.AccountID, PlanID: e.PlanID, Cause: e.Cause, RecordBytes: e.Bytes, Detail: e.Detail}
 	if isCardEvent(e.Type) {
 		reasons := e.Reasons.Names()
@@ -104,6 +110,10 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 	}
 	d.Warning, d.AmountFen, d.Operator, d.Note, d.Code, d.PoolID = e.Warning, e.Amount, e.Operator, e.Note, e.Code, e.Pool
 	d.Carrier, d.WebhookID = e.Carrier, e.Webhook
+	if e.Type == card.EmitDriftDetected {
+		sent := e.Amount
+		d.Drift, d.Cards, d.ActionsSent, d.AmountFen = e.Drift, e.Cards, &sent, 0
+	}
 	if e.Type == card.EmitActuationSucceeded || e.Type == card.EmitActuationFailed {
 		// the action asked of the carrier; the card's status and stop
 		// reasons as cardmeter has them, not its usage
