@@ -176,6 +176,7 @@ func RolePermissions(role string) *server.Permissions {
 			"$JS.API.CONSUMER.NAMES."+StreamEvents, "$JS.ACK."+StreamEvents+".*.>")
 		pub = append(pub, kv(BucketWebhooks)...)
 		pub = append(pub, "webhooks.attempts.>", "webhooks.dead.>", "meter.*.outcome")
+		pub = append(pub, kv(BucketRetries)...)
 		pub = append(pub, reads(StreamDead)...) // replays of dead letters
 		pub = append(pub, "$JS.API.STREAM.MSG.DELETE."+StreamDead, "$JS.API.STREAM.PURGE."+StreamDead)
 		pub = append(pub, leases(RoleNotifier)...)

@@ -36,6 +36,7 @@ const (
 	BucketLeases      = "leases"           // which instance of a role holds each partition (pkg/lease)
 	BucketSink        = "sink"             // how far the sink has written each partition into ClickHouse, and the block it is writing
 	BucketWebhooks    = "webhooks"         // webhook subscriptions, their secrets and state
+	BucketRetries     = "webhook_retries"  // when each failing webhook event was first tried
 )
 
 // Subjects of partition p in METER.
@@ -344,6 +345,11 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 		History: 1}); err != nil {
 		return t, fmt.Errorf("kv %s: %w", BucketWebhooks, err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketRetries,
+		Description: "the first attempt of each webhook event still failing, so that its retry window outlives a restart", Storage: jetstream.FileStorage,
+		Replicas: t.Replicas, History: 1, TTL: 7 * 24 * time.Hour}); err != nil {
+		return t, fmt.Errorf("kv %s: %w", BucketRetries, err)
+	}
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: StreamDead, Subjects: []string{"webhooks.dead.>"},
 		Description: "events a webhook did not take within its retry window, by subscription", Storage: jetstream.FileStorage,
 		Replicas: t.Replicas, MaxAge: 30 * 24 * time.Hour, Duplicates: t.DuplicateWindow}); err != nil {
@@ -369,7 +375,7 @@ func AttemptsSubject(id string) string { return "webhooks.attempts." + id }
 // bucket is a stream named KV_<bucket> or OBJ_<bucket>).
 var StreamNames = []string{StreamMeter, StreamEvents, StreamAccepted, StreamRejected, StreamAudit,
 	"OBJ_" + BucketSnapshot, "KV_" + BucketCheckpoints, "KV_" + BucketBatches, "KV_" + BucketResolved, "KV_" + BucketDir, "KV_" + BucketLeases, "KV_" + BucketSink,
-	"KV_" + BucketWebhooks, StreamDead, StreamAttempts}
+	"KV_" + BucketWebhooks, "KV_" + BucketRetries, StreamDead, StreamAttempts}
 
 // Check reports whether every stream and bucket exists, for a role whose
 // user may not create them (the setup step, `cardmeter setup`, does), and

@@ -68,11 +68,12 @@ const maxResponseBody = 64 << 10
 
 // Notifier delivers events to the subscriptions of the units it leases.
 type Notifier struct {
-	cfg    Config
-	js     jetstream.JetStream
-	store  *Store
-	client *http.Client
-	log    *zap.Logger
+	cfg     Config
+	js      jetstream.JetStream
+	store   *Store
+	retries jetstream.KeyValue // first attempts of failing events
+	client  *http.Client
+	log     *zap.Logger
 
 	mu      sync.Mutex
 	subs    map[string]*Subscription // as the bucket has them
@@ -163,6 +164,9 @@ func (n *Notifier) Run(ctx context.Context) error {
 		return fmt.Errorf("the webhooks bucket: %w", err)
 	}
 	n.store = NewStore(kv)
+	if n.retries, err = n.js.KeyValue(ctx, broker.BucketRetries); err != nil {
+		return fmt.Errorf("the webhook retries bucket: %w", err)
+	}
 	watcher, err := kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watching the webhooks: %w", err)
@@ -391,7 +395,11 @@ func (n *Notifier) consume(ctx context.Context, l *lease.Lease, r *running) erro
 	// behind newer ones: reset to the first one not acknowledged, so that
 	// each card's events go out in order (those acknowledged past it go
 	// again, with the same webhook-id)
+	// events up to here may have been tried before (their retry windows
+	// run from then): a reset sets their delivery counts back to one
+	var triedUpTo uint64
 	if info, err := cons.Info(ctx); err == nil && info.NumAckPending > 0 {
+		triedUpTo = info.Delivered.Stream
 		if _, err := n.js.ResetConsumer(ctx, broker.StreamEvents, name); err != nil {
 			n.log.Warn("resetting a webhook's consumer to its first unacknowledged event", zap.String("webhook", sub.ID), zap.Error(err))
 		}
@@ -414,7 +422,7 @@ func (n *Notifier) consume(ctx context.Context, l *lease.Lease, r *running) erro
 	// the lanes live in a context of their own, ended (before waiting for
 	// them) whenever this life ends
 	lctx, cancel := context.WithCancel(ctx)
-	d := lanes.New(lctx, parallel, ackWait/3, func(ctx context.Context, m jetstream.Msg) bool { return n.deliver(ctx, l, r, m) })
+	d := lanes.New(lctx, parallel, ackWait/3, func(ctx context.Context, m jetstream.Msg) bool { return n.deliver(ctx, l, r, m, triedUpTo) })
 	d.InHand = func(delta int) { n.inHand.Add(float64(delta)) }
 	defer d.Wait()
 	defer cancel()
@@ -485,7 +493,7 @@ type Attempt struct {
 // it), or its retry window passes (then it goes to the dead letters and
 // is acknowledged). It returns false when it stopped without either:
 // ctx ended, or the lease is no longer valid.
-func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m jetstream.Msg) bool {
+func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m jetstream.Msg, triedUpTo uint64) bool {
 	var env envelope
 	if err := json.Unmarshal(m.Data(), &env); err != nil || env.ID == "" {
 		n.log.Error("an event that is not one; skipped", zap.String("subject", m.Subject()), zap.Error(err))
@@ -501,8 +509,13 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 	subject := subjectToken(m.Subject())
 	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(time.Second), backoff.WithMaxInterval(n.cfg.MaxInterval),
 		backoff.WithMaxElapsedTime(0), backoff.WithRandomizationFactor(0.5))
-	first := time.Now()
-	lastProgress := first
+	first, known := n.firstAttempt(ctx, sub, env.ID, m, triedUpTo)
+	lastProgress := time.Now()
+	outcome := func() { // delivered or dead: its first attempt is no longer needed
+		if known {
+			n.forgetAttempt(sub, env.ID)
+		}
+	}
 	for attempt := 1; ; attempt++ {
 		if ctx.Err() != nil || !l.Valid() {
 			return false
@@ -519,6 +532,7 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 			n.record(sub.ID, a)
 			n.delivered.WithLabelValues("delivered").Inc()
 			_ = m.Ack()
+			outcome()
 			n.succeeded(ctx, sub)
 			return true
 		}
@@ -537,11 +551,15 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 			if n.deadLetter(ctx, sub, m, env.ID, err, attempt) {
 				n.delivered.WithLabelValues("dead").Inc()
 				_ = m.Ack()
+				outcome()
 				return true
 			}
 			return false
 		}
 		a.Result, a.NextTry = "failed", &next
+		if !known {
+			known = n.rememberAttempt(ctx, sub, env.ID, first)
+		}
 		n.record(sub.ID, a)
 		n.delivered.WithLabelValues("failed").Inc()
 		n.failed(ctx, sub, start)
@@ -560,6 +578,45 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 			}
 		}
 	}
+}
+
+// retryKey names an event's first attempt in the retries bucket.
+func retryKey(sub *Subscription, eventID string) string { return ConsumerName(sub) + "." + eventID }
+
+// firstAttempt is when an event was first tried: now, unless it was
+// delivered before (a previous life, another notifier: its delivery count
+// says so, or it is at or before triedUpTo, where the consumer had
+// delivered to before it was reset) and failed then.
+// known says the retries bucket has it.
+func (n *Notifier) firstAttempt(ctx context.Context, sub *Subscription, eventID string, m jetstream.Msg, triedUpTo uint64) (time.Time, bool) {
+	now := time.Now()
+	if meta, err := m.Metadata(); err != nil || (meta.NumDelivered <= 1 && meta.Sequence.Stream > triedUpTo) {
+		return now, false
+	}
+	e, err := n.retries.Get(ctx, retryKey(sub, eventID))
+	if err != nil {
+		return now, false
+	}
+	ns, err := strconv.ParseInt(string(e.Value()), 10, 64)
+	if err != nil {
+		return now, false
+	}
+	return time.Unix(0, ns), true
+}
+
+// rememberAttempt writes an event's first attempt at its first failure,
+// so that its retry window outlives a restart or a hand-over.
+func (n *Notifier) rememberAttempt(ctx context.Context, sub *Subscription, eventID string, first time.Time) bool {
+	_, err := n.retries.Put(ctx, retryKey(sub, eventID), []byte(strconv.FormatInt(first.UnixNano(), 10)))
+	return err == nil
+}
+
+// forgetAttempt removes an event's first attempt once it has an outcome
+// (the bucket's time to live removes what a crash leaves).
+func (n *Notifier) forgetAttempt(sub *Subscription, eventID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = n.retries.Purge(ctx, retryKey(sub, eventID))
 }
 
 // post sends an event once: a 2xx within the timeout is success. It

@@ -425,3 +425,44 @@ func TestReplays(t *testing.T) {
 		return nil
 	})
 }
+
+// An event's retry window runs from its first attempt, not from the
+// notifier's start: a notifier stopped while an event fails, and the next
+// one dead-letters it once the window has passed since that first attempt.
+func TestRetryWindowOutlivesARestart(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	rcv.fail = func(string, int) (int, string, bool) { return http.StatusInternalServerError, "", false }
+	rcv.secret = subscribe(t, js, webhook.Subscription{ID: "window", URL: rcv.srv.URL, EventTypes: []string{"cardmeter.card.*"}})
+	publishEvents(t, js, 1, 1)
+	cfg := webhook.Config{Instance: "n1", RetryFor: 5 * time.Second, MaxInterval: 200 * time.Millisecond}
+	_, stop := runNotifier(t, js, cfg)
+	testenv.Eventually(t, 10*time.Second, func() error {
+		rcv.mu.Lock()
+		defer rcv.mu.Unlock()
+		if rcv.seen["ev-0-0"] < 2 {
+			return errors.New("not failed twice yet")
+		}
+		return nil
+	})
+	time.Sleep(2500 * time.Millisecond)
+	stop()
+	restarted := time.Now()
+	cfg.Instance = "n2"
+	_, stop2 := runNotifier(t, js, cfg)
+	defer stop2()
+	dead, _ := js.Stream(ctx, broker.StreamDead)
+	testenv.Eventually(t, 20*time.Second, func() error {
+		info, err := dead.Info(ctx)
+		if err != nil || info.State.Msgs != 1 {
+			return fmt.Errorf("%v dead letters (%v)", info.State.Msgs, err)
+		}
+		return nil
+	})
+	// about 2.5 s of the window were left; a window started again would
+	// take 5 s from the restart
+	if waited := time.Since(restarted); waited > 4500*time.Millisecond {
+		t.Fatalf("dead-lettered %s after the restart: the retry window started again", waited)
+	}
+}
