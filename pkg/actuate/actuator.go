@@ -167,38 +167,8 @@ func (a *Actuator) consume(ctx context.Context, l *lease.Lease) error {
 	defer it.Stop()
 	var none error
 	a.failure.Store(&none)
-	lctx, cancel := context.WithCancel(ctx)
-	ln := lanes.New(lctx, a.cfg.Parallel, 20*time.Second, func(ctx context.Context, m jetstream.Msg) bool { return a.act(ctx, l, m) })
-	defer ln.Wait()
-	defer cancel()
-	go func() { // Next waits for a message whatever ctx says
-		select {
-		case <-lctx.Done():
-		case <-ln.Stopped():
-		}
-		it.Stop()
-	}()
-	for {
-		m, err := it.Next()
-		select {
-		case <-ln.Stopped():
-			return errors.New("an action stopped without an outcome; reading again from the first unacknowledged event")
-		default:
-		}
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
-			return err
-		}
-		if !l.Valid() {
-			return errors.New("the actuator's lease is not valid")
-		}
-		key := m.Subject()[strings.LastIndexByte(m.Subject(), '.')+1:]
-		if err := ln.Add(lctx, key, m); err != nil {
-			return nil
-		}
-	}
+	return lanes.Drain(ctx, it, a.cfg.Parallel, 20*time.Second, func(ctx context.Context, m jetstream.Msg) bool { return a.act(ctx, l, m) },
+		l.Valid, nil)
 }
 
 // event is what the actuator reads of an event.

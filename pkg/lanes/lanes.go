@@ -5,6 +5,8 @@ package lanes
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -150,3 +152,52 @@ func (l *Lanes) drop(key string) {
 
 // Wait waits for every lane to end.
 func (l *Lanes) Wait() { l.wg.Wait() }
+
+// ErrStopped ends a Drain whose handler returned false: the reader starts
+// again from the first message not acknowledged.
+var ErrStopped = errors.New("a message ended without an outcome; reading again from the first not acknowledged")
+
+// Drain hands the messages of it to lanes keyed by the last token of
+// their subject (a card), at most parallel lanes at once, until ctx ends
+// (nil), the iterator fails (its error), valid says the reader may not go
+// on, or a handler returned false (ErrStopped); it returns once every lane
+// has ended, their context ended first. inHand may be nil.
+func Drain(ctx context.Context, it jetstream.MessagesContext, parallel int, keepAlive time.Duration, handle Handler, valid func() bool, inHand func(int)) error {
+	lctx, cancel := context.WithCancel(ctx)
+	l := New(lctx, parallel, keepAlive, handle)
+	l.InHand = inHand
+	defer l.Wait()
+	defer cancel()
+	go func() { // Next waits for a message whatever ctx says
+		select {
+		case <-lctx.Done():
+		case <-l.Stopped():
+		}
+		it.Stop()
+	}()
+	for {
+		m, err := it.Next()
+		select {
+		case <-l.Stopped():
+			// what follows the stopped message's key must not go first
+			return ErrStopped
+		default:
+		}
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return nil
+			}
+			return err
+		}
+		if !valid() {
+			return errors.New("the reader's lease is not valid")
+		}
+		key := m.Subject()
+		if i := strings.LastIndexByte(key, '.'); i >= 0 {
+			key = key[i+1:]
+		}
+		if err := l.Add(lctx, key, m); err != nil {
+			return nil // ctx ended while waiting for a slot
+		}
+	}
+}

@@ -419,42 +419,8 @@ func (n *Notifier) consume(ctx context.Context, l *lease.Lease, r *running) erro
 	if parallel == 0 {
 		parallel = DefaultParallel
 	}
-	// the lanes live in a context of their own, ended (before waiting for
-	// them) whenever this life ends
-	lctx, cancel := context.WithCancel(ctx)
-	d := lanes.New(lctx, parallel, ackWait/3, func(ctx context.Context, m jetstream.Msg) bool { return n.deliver(ctx, l, r, m, triedUpTo) })
-	d.InHand = func(delta int) { n.inHand.Add(float64(delta)) }
-	defer d.Wait()
-	defer cancel()
-	go func() { // Next waits for a message whatever ctx says
-		select {
-		case <-lctx.Done():
-		case <-d.Stopped():
-		}
-		it.Stop()
-	}()
-	for {
-		m, err := it.Next()
-		select {
-		case <-d.Stopped():
-			// a delivery ended without an outcome: what follows its card
-			// must not go first; the next life starts from it again
-			return errors.New("a delivery stopped without an outcome; reading again from the first unacknowledged event")
-		default:
-		}
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
-			return err
-		}
-		if !l.Valid() {
-			return errors.New("the unit's lease is not valid")
-		}
-		if err := d.Add(lctx, subjectToken(m.Subject()), m); err != nil {
-			return nil // ctx ended while waiting for a slot
-		}
-	}
+	return lanes.Drain(ctx, it, parallel, ackWait/3, func(ctx context.Context, m jetstream.Msg) bool { return n.deliver(ctx, l, r, m, triedUpTo) },
+		l.Valid, func(delta int) { n.inHand.Add(float64(delta)) })
 }
 
 // subjectToken is an event subject's last token: its card (or account).
