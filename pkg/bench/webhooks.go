@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -138,6 +139,19 @@ func Webhooks(ctx context.Context, cfg WebhookConfig) (*WebhookReport, error) {
 	store := webhook.NewStore(kv)
 	if err := store.Delete(ctx, "bench"); err != nil {
 		return nil, err
+	}
+	// its delivery ended (the notifier deletes its consumer then), so that
+	// none of the backlog goes through it
+	gone := time.Now().Add(time.Minute)
+	for {
+		_, err := p.JS.Consumer(ctx, broker.StreamEvents, webhook.ConsumerName(sub))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			break
+		}
+		if time.Now().After(gone) {
+			return nil, fmt.Errorf("the first webhook's consumer is still there a minute after its deletion (%v)", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	first := n
 	backlogStart := time.Now().Add(-time.Second)

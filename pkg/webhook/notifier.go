@@ -265,7 +265,6 @@ func (n *Notifier) own(ctx context.Context, l *lease.Lease) {
 	}()
 	for {
 		subs, changed := n.unitSubs(l.Partition)
-		n.dropOrphans(ctx, l.Partition, subs)
 		for id, r := range run {
 			if s, ok := subs[id]; !ok || !s.Enabled || !sameDelivery(s, r.sub.Load()) {
 				stop(id)
@@ -273,6 +272,7 @@ func (n *Notifier) own(ctx context.Context, l *lease.Lease) {
 				r.sub.Store(s) // secrets and state: read at each attempt
 			}
 		}
+		n.dropOrphans(ctx, l.Partition, subs) // once the deliveries of those gone have ended
 		for id, s := range subs {
 			if _, ok := run[id]; ok || !s.Enabled {
 				continue
