@@ -247,8 +247,10 @@ func (a *Actuator) act(ctx context.Context, l *lease.Lease, m jetstream.Msg) boo
 			break
 		}
 		a.log.Info("carrier call failed; retrying", zap.String("iccid", act.ICCID), zap.String("action", act.Kind), zap.Error(err), zap.Duration("in", wait))
-		if !sleep(ctx, m, wait) {
+		select { // the lanes say the event is still in hand meanwhile
+		case <-ctx.Done():
 			return false
+		case <-time.After(wait):
 		}
 	}
 	rep := card.ActuationReport{ICCID: act.ICCID, Action: act.Kind, Carrier: dc.Carrier, OK: err == nil, Cause: "event:" + ev.ID, Detail: detail, Attempts: attempts}
@@ -298,20 +300,6 @@ func (a *Actuator) directory(ctx context.Context, iccid string) (directoryCard, 
 		case <-time.After(bo.NextBackOff()):
 		}
 	}
-}
-
-// sleep waits, telling JetStream the event is still in hand.
-func sleep(ctx context.Context, m jetstream.Msg, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		_ = m.InProgress()
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(min(time.Until(deadline), 20*time.Second)):
-		}
-	}
-	return true
 }
 
 // report writes an outcome into the log, on the partition of the card's

@@ -312,13 +312,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		sc := cfg.Sink
 		sc.Partitions = cfg.Partitions
 		if sc.Instance == "" {
-			// --instance names the process in every role; with a projector
-			// here, its name (the host and the data folder it locks), so
-			// that a restart takes the sink's units back at once too
-			sc.Instance = cfg.Projector.Owner
-			if p.Projector != nil {
-				sc.Instance = p.Projector.Owner()
-			}
+			sc.Instance = p.instance(cfg)
 		}
 		p.Sink = sink.New(p.JS, cfg.ClickHouse, sc, reg, log.Named("sink"))
 		p.goRun("sink", func() error { return p.Sink.Run(runCtx) })
@@ -327,10 +321,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		nc := cfg.Notifier
 		nc.Partitions = cfg.Partitions
 		if nc.Instance == "" {
-			nc.Instance = cfg.Projector.Owner
-			if p.Projector != nil {
-				nc.Instance = p.Projector.Owner()
-			}
+			nc.Instance = p.instance(cfg)
 		}
 		p.Notifier = webhook.New(p.JS, nc, reg, log.Named("notifier"))
 		p.goRun("notifier", func() error { return p.Notifier.Run(runCtx) })
@@ -348,7 +339,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 			}
 		}
 		if ac.Instance == "" {
-			ac.Instance = cfg.Projector.Owner
+			ac.Instance = p.instance(cfg)
 		}
 		p.Actuator = actuate.NewActuator(p.JS, ac, reg, log.Named("actuator"))
 		p.goRun("actuator", func() error { return p.Actuator.Run(runCtx) })
@@ -486,6 +477,16 @@ func (p *Pipeline) healthy() error {
 		}
 	}
 	return nil
+}
+
+// instance names this process for a role's leases when --instance does
+// not: with a projector here, its name (the host and the data folder it
+// locks), so that a restart takes the role's units back at once too.
+func (p *Pipeline) instance(cfg Config) string {
+	if p.Projector != nil {
+		return p.Projector.Owner()
+	}
+	return cfg.Projector.Owner
 }
 
 // ready is the pipeline's readiness for /readyz.

@@ -476,7 +476,6 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 	bo := backoff.NewExponentialBackOff(backoff.WithInitialInterval(time.Second), backoff.WithMaxInterval(n.cfg.MaxInterval),
 		backoff.WithMaxElapsedTime(0), backoff.WithRandomizationFactor(0.5))
 	first, known := n.firstAttempt(ctx, sub, env.ID, m, triedUpTo)
-	lastProgress := time.Now()
 	outcome := func() { // delivered or dead: its first attempt is no longer needed
 		if known {
 			n.forgetAttempt(sub, env.ID)
@@ -531,17 +530,11 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 		n.failed(ctx, sub, start)
 		n.log.Info("webhook attempt failed", zap.String("webhook", sub.ID), zap.String("event", env.ID), zap.Int("attempt", attempt),
 			zap.Int("status", status), zap.Error(err), zap.Duration("retry_in", wait))
-		// wait, saying every ackWait/3 that the event is still in hand
-		for time.Now().Before(next) {
-			if time.Since(lastProgress) > ackWait/3 {
-				_ = m.InProgress()
-				lastProgress = time.Now()
-			}
-			select {
-			case <-ctx.Done():
-				return false
-			case <-time.After(min(time.Until(next), ackWait/3)):
-			}
+		// wait (the lanes say the event is still in hand meanwhile)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Until(next)):
 		}
 	}
 }
