@@ -60,6 +60,16 @@ func (s *Server) putCard(w http.ResponseWriter, r *http.Request) error {
 	if err := checkID("carrier", b.Carrier); err != nil {
 		return err
 	}
+	if b.IMSI != "" {
+		if reason := cdr.ValidateIMSI(b.IMSI); reason != "" {
+			return invalid("imsi", reason)
+		}
+	}
+	if b.MSISDN != "" {
+		if reason := cdr.ValidateMSISDN(b.MSISDN); reason != "" {
+			return invalid("msisdn", reason)
+		}
+	}
 	if _, found := s.dir.Plan(b.PlanID); !found {
 		return problem(http.StatusUnprocessableEntity, "refused/unknown-plan", "unknown plan", "plan "+strconv.Quote(b.PlanID)+" does not exist: PUT /v1/plans/{plan_id} first")
 	}

@@ -178,6 +178,14 @@ func TestCarrierLanes(t *testing.T) {
 	if r := o.send("PUT", "/v1/cards/"+iccid(3), "", "application/json", `{"account_id":"a","plan_id":"p"}`); r.code != 400 || r.body["field"] != "carrier" {
 		t.Fatalf("a card without a carrier: %d %s", r.code, r.raw)
 	}
+	for field, body := range map[string]string{
+		"imsi":   `{"account_id":"a","plan_id":"p","carrier":"cmcc","imsi":"46000-123456789"}`,
+		"msisdn": `{"account_id":"a","plan_id":"p","carrier":"cmcc","msisdn":"+8613800138000"}`,
+	} {
+		if r := o.send("PUT", "/v1/cards/"+iccid(3), "", "application/json", body); r.code != 400 || r.body["field"] != field {
+			t.Fatalf("a card with a malformed %s: %d %s", field, r.code, r.raw)
+		}
+	}
 	o.must(o.send("PUT", "/v1/cards/"+iccid(3), "", "application/json", `{"account_id":"a","plan_id":"p","carrier":"cmcc"}`), 200)
 	if r := o.send("POST", "/v1/usage", "", "text/csv", csvOf(row("z1", iccid(3), "", 1))); r.code != 400 || r.body["field"] != "carrier" {
 		t.Fatalf("a batch without a carrier: %d %s", r.code, r.raw)

@@ -161,6 +161,29 @@ func ValidateICCID(s string) string {
 	return ""
 }
 
+// ValidateIMSI checks an IMSI (ITU-T E.212): 6 to 15 digits, the country
+// and network codes then the subscriber number. "" when valid.
+func ValidateIMSI(s string) string { return digits(s, 6, 15, "6 to 15 digits (ITU-T E.212)") }
+
+// ValidateMSISDN checks an MSISDN in international form (ITU-T E.164):
+// 6 to 15 digits, the country code first, without "+" or spaces, as the
+// carriers write it in their CDRs. "" when valid.
+func ValidateMSISDN(s string) string {
+	return digits(s, 6, 15, "6 to 15 digits in international form, country code first, without + (ITU-T E.164)")
+}
+
+func digits(s string, lo, hi int, want string) string {
+	if len(s) < lo || len(s) > hi {
+		return "must be " + want
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return "must be " + want
+		}
+	}
+	return ""
+}
+
 func luhnValid(s string) bool { return LuhnDigit(s[:len(s)-1]) == s[len(s)-1] }
 
 // LuhnDigit returns the check digit that makes prefix+digit Luhn-valid. Test

@@ -82,3 +82,26 @@ func TestIDHashSeparatesFields(t *testing.T) {
 		t.Fatal("different bytes, same content hash")
 	}
 }
+
+func TestValidateIMSIAndMSISDN(t *testing.T) {
+	for _, c := range []struct {
+		v      string
+		imsi   bool // the IMSI check accepts it
+		msisdn bool // the MSISDN check accepts it
+	}{
+		{"460001234567890", true, true},
+		{"8613800138000", true, true},
+		{"46000", false, false},
+		{"4600012345678901", false, false},
+		{"+8613800138000", false, false},
+		{"86 138 0013 8000", false, false},
+		{"46000123456789a", false, false},
+	} {
+		if got := ValidateIMSI(c.v) == ""; got != c.imsi {
+			t.Errorf("ValidateIMSI(%q) accepts = %v, want %v (%q)", c.v, got, c.imsi, ValidateIMSI(c.v))
+		}
+		if got := ValidateMSISDN(c.v) == ""; got != c.msisdn {
+			t.Errorf("ValidateMSISDN(%q) accepts = %v, want %v (%q)", c.v, got, c.msisdn, ValidateMSISDN(c.v))
+		}
+	}
+}
