@@ -150,7 +150,7 @@ func (s *Server) putWebhook(w http.ResponseWriter, r *http.Request) error {
 			sub.FailingSince = nil
 		}
 	} else {
-		sub.DisabledReason = old.DisabledReason
+		sub.DisabledReason, sub.FailingSince, sub.DisabledLogged = old.DisabledReason, old.FailingSince, old.DisabledLogged
 	}
 	if _, err := s.webhooks.Put(ctx, sub, rev); errors.Is(err, jetstream.ErrKeyRevisionMismatch) || isWrongLast(err) {
 		return problem(http.StatusConflict, "conflict/webhook", "the webhook changed meanwhile", "read it again and retry the change")

@@ -258,13 +258,35 @@ func (n *Notifier) own(ctx context.Context, l *lease.Lease) {
 		<-r.done
 		delete(run, id)
 	}
+	telling := map[string]chan struct{}{} // disablings being told to the log, by webhook
 	defer func() {
 		for id := range run {
 			stop(id)
 		}
+		for _, done := range telling {
+			<-done
+		}
 	}()
 	for {
 		subs, changed := n.unitSubs(l.Partition)
+		for id, done := range telling {
+			select {
+			case <-done:
+				delete(telling, id) // told, or to be told again on the next change
+			default:
+			}
+		}
+		for id, s := range subs {
+			if _, busy := telling[id]; busy || !untold(s) {
+				continue
+			}
+			done := make(chan struct{})
+			telling[id] = done
+			go func() {
+				defer close(done)
+				n.tell(ctx, s)
+			}()
+		}
 		for id, r := range run {
 			if s, ok := subs[id]; !ok || !s.Enabled || !sameDelivery(s, r.sub.Load()) {
 				stop(id)
@@ -698,33 +720,52 @@ func (n *Notifier) failed(ctx context.Context, sub *Subscription, at time.Time) 
 	if disabled {
 		n.disabledTotal.Inc()
 		n.log.Error("webhook disabled: its endpoint failed every attempt", zap.String("webhook", sub.ID), zap.String("reason", updated.DisabledReason))
-		n.sayDisabled(ctx, updated, at)
+		// the unit's owner sees the change and tells the log (tell)
 	}
 }
 
-// sayDisabled writes to the log that a webhook was disabled, for the fold
-// to emit cardmeter.webhook.disabled.v1 (its id makes a repeat harmless).
-func (n *Notifier) sayDisabled(ctx context.Context, sub *Subscription, at time.Time) {
+// untold: the notifier disabled the webhook and the log has not been told.
+func untold(s *Subscription) bool {
+	return !s.Enabled && s.DisabledReason != "" && !s.DisabledLogged && s.FailingSince != nil
+}
+
+// tell writes to the log that a webhook was disabled, for the fold to
+// emit cardmeter.webhook.disabled.v1, then marks the subscription told.
+// Until the mark is stored, each owner of the webhook's unit tells it
+// again (a crash between the two): the message id makes a repeat within
+// the stream's duplicate window harmless.
+func (n *Notifier) tell(ctx context.Context, sub *Subscription) {
 	if n.cfg.Partitions <= 0 {
 		return
 	}
-	in := card.Input{Type: card.TypeWebhookDisabled, ID: fmt.Sprintf("webhook-disabled-%s-%d", sub.ID, sub.FailingSince.Unix()), At: at.Unix(),
+	in := card.Input{Type: card.TypeWebhookDisabled, ID: fmt.Sprintf("webhook-disabled-%s-%d", sub.ID, sub.FailingSince.Unix()), At: sub.UpdatedAt.Unix(),
 		Webhook: &card.WebhookNotice{WebhookID: sub.ID, Reason: sub.DisabledReason}}
 	b, _ := json.Marshal(in)
 	m := nats.NewMsg(broker.OutcomeSubject(broker.Partition(sub.ID, n.cfg.Partitions)))
 	m.Data = b
 	m.Header.Set(jetstream.MsgIDHeader, in.ID)
-	// not cut by the delivery's end: disabling the webhook ends its
-	// delivery, which is what runs this
-	ctx = context.WithoutCancel(ctx)
-	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxElapsedTime(5*time.Minute)), ctx)
-	if err := backoff.Retry(func() error {
+	bo := backoff.WithContext(backoff.NewExponentialBackOff(backoff.WithMaxInterval(time.Minute), backoff.WithMaxElapsedTime(0)), ctx)
+	err := backoff.Retry(func() error {
 		pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		defer cancel()
-		_, err := n.js.PublishMsg(pctx, m)
+		if _, err := n.js.PublishMsg(pctx, m); err != nil {
+			n.log.Warn("telling the log a webhook was disabled; trying again", zap.String("webhook", sub.ID), zap.Error(err))
+			return err
+		}
+		_, err := n.store.Update(pctx, sub.ID, func(s *Subscription) error {
+			if !untold(s) {
+				return errNothing
+			}
+			s.DisabledLogged = true
+			return nil
+		})
+		if errors.Is(err, errNothing) || errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil
+		}
 		return err
-	}, bo); err != nil {
-		n.log.Error("writing the webhook's disabling to the log (its state says it)", zap.String("webhook", sub.ID), zap.Error(err))
+	}, bo)
+	if err != nil && ctx.Err() == nil {
+		n.log.Error("telling the log a webhook was disabled", zap.String("webhook", sub.ID), zap.Error(err))
 	}
 }
 

@@ -328,17 +328,79 @@ func TestDeadLettersAndDisabling(t *testing.T) {
 		return nil
 	})
 	// and the log is told, for the fold to emit webhook.disabled.v1
-	meter, _ := js.Stream(ctx, broker.StreamMeter)
-	told, err := meter.GetLastMsgForSubject(ctx, broker.OutcomeSubject(broker.Partition("broken", broker.DefaultTopology.Partitions)))
-	if err != nil || !strings.Contains(string(told.Data), `"webhook.disabled.v1"`) || !strings.Contains(string(told.Data), `"webhook_id":"broken"`) {
-		t.Fatalf("the disabling in the log: %v %v", told, err)
-	}
+	testenv.Eventually(t, 10*time.Second, func() error { return toldOnce(ctx, js, store, "broken") })
 	attempts, err := webhook.Attempts(ctx, js, "broken", 10)
 	if err != nil || len(attempts) != 10 {
 		t.Fatalf("%d attempts listed (%v), want 10", len(attempts), err)
 	}
 	if a := attempts[0]; a.Status != 500 || a.Result == "" || a.EventID == "" || (a.Result == "failed" && a.NextTry == nil) {
 		t.Fatalf("the last attempt: %+v", a)
+	}
+}
+
+// toldOnce: the log has been told once that the webhook was disabled, and
+// the subscription says so.
+func toldOnce(ctx context.Context, js jetstream.JetStream, store *webhook.Store, id string) error {
+	sub, _, err := store.Get(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !sub.DisabledLogged {
+		return fmt.Errorf("webhook %s: the log not told yet", id)
+	}
+	meter, err := js.Stream(ctx, broker.StreamMeter)
+	if err != nil {
+		return err
+	}
+	subject := broker.OutcomeSubject(broker.Partition(id, broker.DefaultTopology.Partitions))
+	info, err := meter.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return err
+	}
+	if n := info.State.Subjects[subject]; n != 1 {
+		return fmt.Errorf("%d messages on %s, want 1", n, subject)
+	}
+	told, err := meter.GetLastMsgForSubject(ctx, subject)
+	if err != nil || !strings.Contains(string(told.Data), `"webhook.disabled.v1"`) || !strings.Contains(string(told.Data), `"webhook_id":"`+id+`"`) {
+		return fmt.Errorf("the disabling in the log: %v %v", told, err)
+	}
+	return nil
+}
+
+// A notifier that died between disabling a webhook and telling the log:
+// the next owner of the webhook finds it disabled and untold, tells the
+// log once, and marks it told.
+func TestDisablingToldAfterACrash(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	rcv.secret = subscribe(t, js, webhook.Subscription{ID: "gone-quiet", URL: rcv.srv.URL, EventTypes: []string{"cardmeter.card.*"}})
+	kv, _ := js.KeyValue(ctx, broker.BucketWebhooks)
+	store := webhook.NewStore(kv)
+	since := time.Now().Add(-80 * time.Hour)
+	if _, err := store.Update(ctx, "gone-quiet", func(s *webhook.Subscription) error {
+		s.Enabled, s.FailingSince, s.DisabledReason, s.UpdatedAt = false, &since, "every attempt failed since then", time.Now()
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, stop := runNotifier(t, js, webhook.Config{Instance: "n1", Partitions: broker.DefaultTopology.Partitions})
+	testenv.Eventually(t, 10*time.Second, func() error { return toldOnce(ctx, js, store, "gone-quiet") })
+	stop()
+	_, rev, err := store.Get(ctx, "gone-quiet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// told, it is not told again by the next owner
+	n2, stop := runNotifier(t, js, webhook.Config{Instance: "n2", Partitions: broker.DefaultTopology.Partitions})
+	defer stop()
+	testenv.Eventually(t, 10*time.Second, n2.Healthy) // it owns every unit
+	time.Sleep(500 * time.Millisecond)
+	if err := toldOnce(ctx, js, store, "gone-quiet"); err != nil {
+		t.Fatal(err)
+	}
+	if _, now, err := store.Get(ctx, "gone-quiet"); err != nil || now != rev {
+		t.Fatalf("the told webhook was written again: revision %d, was %d (%v)", now, rev, err)
 	}
 }
 

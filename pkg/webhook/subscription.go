@@ -42,6 +42,10 @@ type Subscription struct {
 	FailingSince *time.Time `json:"failing_since,omitempty"`
 	// DisabledReason says why the notifier disabled it.
 	DisabledReason string `json:"disabled_reason,omitempty"`
+	// DisabledLogged: the log has been told of the disabling (the
+	// notifier that owns the webhook tells it until this is set, so a
+	// crash between the two does not lose the event).
+	DisabledLogged bool `json:"disabled_logged,omitempty"`
 	// Replay is the last replay asked for; ReplayDone says how it went
 	// once the notifier has done it.
 	Replay     *Replay       `json:"replay,omitempty"`
