@@ -404,7 +404,8 @@ func TestDisablingToldAfterACrash(t *testing.T) {
 	}
 }
 
-// Replays: the dead letters go again once the endpoint is back (those
+// Replays: the dead letters go again once the endpoint is back, each
+// card's in order and several cards at once (those
 // taken leave the dead letters), and "since a time" sends every event
 // stored from then on again, in order.
 func TestReplays(t *testing.T) {
@@ -423,14 +424,14 @@ func TestReplays(t *testing.T) {
 	}
 	before := time.Now().Add(-time.Minute)
 	rcv.secret = subscribe(t, js, webhook.Subscription{ID: "replayed", URL: rcv.srv.URL, EventTypes: []string{"cardmeter.card.*"}, StartTime: before})
-	want := publishEvents(t, js, 3, 2)
+	want := publishEvents(t, js, 4, 3)
 	_, stop := runNotifier(t, js, webhook.Config{Instance: "n1", RetryFor: 500 * time.Millisecond, MaxInterval: 200 * time.Millisecond})
 	defer stop()
 	dead, _ := js.Stream(ctx, broker.StreamDead)
 	testenv.Eventually(t, 30*time.Second, func() error {
 		info, err := dead.Info(ctx)
-		if err != nil || info.State.Msgs != 6 {
-			return fmt.Errorf("%v dead letters (%v), want 6", info.State.Msgs, err)
+		if err != nil || info.State.Msgs != 12 {
+			return fmt.Errorf("%v dead letters (%v), want 12", info.State.Msgs, err)
 		}
 		return nil
 	})
@@ -459,7 +460,7 @@ func TestReplays(t *testing.T) {
 		})
 		return done
 	}
-	if res := ask(webhook.Replay{DeadLetters: true}); res.Delivered != 6 || res.Left != 0 || res.Error != "" {
+	if res := ask(webhook.Replay{DeadLetters: true}); res.Delivered != 12 || res.Left != 0 || res.Error != "" {
 		t.Fatalf("replay of the dead letters: %+v", res)
 	}
 	if info, _ := dead.Info(ctx); info.State.Msgs != 0 {

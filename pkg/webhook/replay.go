@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -11,13 +12,15 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/cardmeter/cardmeter/pkg/broker"
+	"github.com/cardmeter/cardmeter/pkg/lanes"
 	"github.com/cardmeter/cardmeter/pkg/lease"
 )
 
 // replay does the replay a subscription asks for, before its events go on:
 // every event stored since a time (its consumer is set back to the first
-// of them), or its dead letters, each sent once (those taken are removed,
-// the others stay). The result is written in the subscription.
+// of them), or its dead letters, each sent once, each card's in order and
+// several cards at once (those taken are removed, the others stay). The
+// result is written in the subscription.
 func (n *Notifier) replay(ctx context.Context, l *lease.Lease, r *running, consumer string) error {
 	sub := r.sub.Load()
 	rp := sub.Replay
@@ -77,8 +80,9 @@ func (n *Notifier) replaySince(ctx context.Context, sub *Subscription, consumer 
 	return seq, nil
 }
 
-// replayDead sends each of the subscription's dead letters once, oldest
-// first; one taken is removed.
+// replayDead sends each of the subscription's dead letters once: each
+// card's oldest first, up to the subscription's Parallel cards at once. One
+// taken is removed; the others stay for a later replay.
 func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscription) (delivered, left int, err error) {
 	st, err := n.js.Stream(ctx, broker.StreamDead)
 	if err != nil {
@@ -96,21 +100,13 @@ func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscrip
 	if err != nil {
 		return 0, 0, err
 	}
-	var lastErr error
-	for {
-		if ctx.Err() != nil {
-			return delivered, left, ctx.Err()
-		}
+	var (
+		mu      sync.Mutex
+		lastErr error
+	)
+	send := func(ctx context.Context, m jetstream.Msg) bool {
 		if !l.Valid() {
-			return delivered, left, errors.New("the unit's lease is not valid")
-		}
-		m, err := oc.Next(jetstream.FetchMaxWait(5 * time.Second))
-		if err != nil {
-			return delivered, left, err
-		}
-		meta, err := m.Metadata()
-		if err != nil {
-			return delivered, left, err
+			return false // the next owner replays what is left
 		}
 		id := m.Headers().Get("webhook-id")
 		start := time.Now()
@@ -118,21 +114,66 @@ func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscrip
 		a := Attempt{EventID: id, Subject: m.Headers().Get("Cardmeter-Event-Subject"), Attempt: 1, At: start, Status: status,
 			LatencyMS: float64(time.Since(start).Microseconds()) / 1000, Result: "delivered"}
 		if perr == nil {
-			delivered++
-			if err := st.DeleteMsg(ctx, meta.Sequence.Stream); err != nil {
-				n.log.Warn("removing a replayed dead letter (a later replay sends it again)", zap.Error(err))
+			if meta, err := m.Metadata(); err == nil {
+				if err := st.DeleteMsg(ctx, meta.Sequence.Stream); err != nil {
+					n.log.Warn("removing a replayed dead letter (a later replay sends it again)", zap.Error(err))
+				}
 			}
 		} else {
-			left++
-			lastErr = perr
 			a.Result, a.Error = "dead", perr.Error()
 		}
 		n.record(sub.ID, a)
-		if meta.Sequence.Stream >= last.Sequence {
-			if lastErr != nil {
-				return delivered, left, fmt.Errorf("%d not taken again, the last: %w", left, lastErr)
-			}
-			return delivered, left, nil
+		mu.Lock()
+		defer mu.Unlock()
+		if perr == nil {
+			delivered++
+		} else {
+			left++
+			lastErr = perr
 		}
+		return true
 	}
+	parallel := sub.Parallel
+	if parallel == 0 {
+		parallel = DefaultParallel
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ln := lanes.New(lctx, parallel, 0, send)
+	err = func() error {
+		for {
+			select {
+			case <-ln.Stopped():
+				return errors.New("the unit's lease is not valid")
+			default:
+			}
+			m, err := oc.Next(jetstream.FetchMaxWait(5 * time.Second))
+			if err != nil {
+				return err
+			}
+			meta, err := m.Metadata()
+			if err != nil {
+				return err
+			}
+			if err := ln.Add(lctx, subjectToken(m.Headers().Get("Cardmeter-Event-Subject")), m); err != nil {
+				return err
+			}
+			if meta.Sequence.Stream >= last.Sequence {
+				return nil
+			}
+		}
+	}()
+	if err != nil {
+		cancel()
+	}
+	ln.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	switch {
+	case err != nil:
+		return delivered, left, err
+	case lastErr != nil:
+		return delivered, left, fmt.Errorf("%d not taken again, the last: %w", left, lastErr)
+	}
+	return delivered, left, nil
 }
