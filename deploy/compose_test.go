@@ -5,11 +5,13 @@ import (
 	"os"
 	"os/exec"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/cardmeter/cardmeter/pkg/api"
 	"github.com/cardmeter/cardmeter/pkg/broker"
@@ -35,6 +37,62 @@ func TestComposeFileIsValid(t *testing.T) {
 		if !slices.Contains(strings.Split(strings.TrimSpace(string(out)), "\n"), svc) {
 			t.Errorf("docker-compose.yml has no service %q (has: %s)", svc, out)
 		}
+	}
+}
+
+// The compose stack's NATS servers get every variable their config files
+// name (a missing one stops the server at start), and each cardmeter
+// service signs in with the password its NATS user has there.
+func TestComposeNATSEnvironment(t *testing.T) {
+	bin, err := exec.LookPath("docker-compose")
+	if err != nil {
+		t.Fatal("docker-compose not found: run `make test`, which installs it (deploy/local/deps.sh)")
+	}
+	out, err := exec.Command(bin, "-f", "../docker-compose.yml", "--profile", "actuator", "config").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Image       string            `yaml:"image"`
+			Environment map[string]string `yaml:"environment"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(out, &compose); err != nil {
+		t.Fatal(err)
+	}
+	var named [][]string
+	for _, conf := range []string{"nats/cluster.conf", "nats/users.conf"} {
+		b, err := os.ReadFile(conf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		named = append(named, regexp.MustCompile(`\$(CARDMETER_[A-Z_]+)`).FindAllStringSubmatch(string(b), -1)...)
+	}
+	servers, clients := 0, 0
+	for name, svc := range compose.Services {
+		if !strings.HasPrefix(svc.Image, "nats:") {
+			continue
+		}
+		servers++
+		for _, v := range named {
+			if _, ok := svc.Environment[v[1]]; !ok {
+				t.Errorf("service %s: the NATS config names $%s, which its environment lacks", name, v[1])
+			}
+		}
+		for _, c := range compose.Services {
+			user := c.Environment["CARDMETER_NATS_USER"]
+			if user == "" {
+				continue
+			}
+			clients++
+			if want := svc.Environment["CARDMETER_NATS_"+strings.ToUpper(user)+"_PASSWORD"]; want == "" || c.Environment["CARDMETER_NATS_PASSWORD"] != want {
+				t.Errorf("NATS user %s: %s has it with another password than the service using it", user, name)
+			}
+		}
+	}
+	if servers != 3 || clients == 0 {
+		t.Fatalf("%d NATS servers, %d clients checked", servers, clients)
 	}
 }
 
