@@ -164,6 +164,16 @@ func events(t *testing.T, js jetstream.JetStream) func() []event.Envelope {
 	}
 }
 
+func ofTypeAll(evs []event.Envelope, typ string) []event.Envelope {
+	var r []event.Envelope
+	for _, e := range evs {
+		if e.Type == typ {
+			r = append(r, e)
+		}
+	}
+	return r
+}
+
 func ofType(evs []event.Envelope, typ, subject string) []event.Envelope {
 	var r []event.Envelope
 	for _, e := range evs {
