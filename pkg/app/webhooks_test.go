@@ -13,6 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/cardmeter/cardmeter/pkg/api"
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/testenv"
@@ -21,13 +25,16 @@ import (
 
 // The webhook routes: fields named when refused, a private address refused
 // unless allowed, the secret shown once, a rotation during which both
-// secrets sign, the attempts listed, and a delete that removes the
-// subscription's consumer.
+// secrets sign, the attempts listed, no secret in any log line, and a
+// delete that removes the subscription's consumer.
 func TestWebhookRoutes(t *testing.T) {
+	// every log line at every level, to show that no secret is in one
+	observed, logs := observer.New(zap.DebugLevel)
+	logger := zap.New(zapcore.NewTee(testenv.Logger(t).Core(), observed))
 	start := func(allowPrivate bool) *Pipeline {
 		p, err := Start(context.Background(), Config{Roles: []string{RoleAPI, RoleProjector, RoleNotifier}, DataDir: t.TempDir(), NATSPort: -1,
 			HTTPAddr: "127.0.0.1:0", Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC),
-			Notifier: webhook.Config{AllowPrivate: allowPrivate, Timeout: 2 * time.Second}}, testenv.Logger(t))
+			Notifier: webhook.Config{AllowPrivate: allowPrivate, Timeout: 2 * time.Second}}, logger)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,6 +161,19 @@ func TestWebhookRoutes(t *testing.T) {
 		}
 		return nil
 	})
+	// no secret in any log line, whole or its key alone
+	if logs.Len() == 0 {
+		t.Fatal("nothing logged: the check below shows nothing")
+	}
+	for _, e := range logs.All() {
+		line, _ := json.Marshal(e.ContextMap())
+		for _, secret := range []string{made.Secret, rotated["secret"].(string)} {
+			key := strings.TrimPrefix(secret, "whsec_")
+			if strings.Contains(e.Message+string(line), key) || strings.Contains(e.Message+string(line), "whsec_") {
+				t.Fatalf("a secret in the log: %s %s", e.Message, line)
+			}
+		}
+	}
 }
 
 // A webhook disabled by the notifier becomes an event through the fold:
