@@ -156,6 +156,16 @@ func (n *Notifier) Healthy() error {
 	return nil
 }
 
+// Units are the units this notifier holds now.
+func (n *Notifier) Units() []int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.leases == nil {
+		return nil
+	}
+	return n.leases.Held()
+}
+
 // Run watches the subscriptions, takes this instance's share of the units
 // and delivers their events until ctx ends.
 func (n *Notifier) Run(ctx context.Context) error {

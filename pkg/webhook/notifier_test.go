@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -91,8 +92,13 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 // publishEvents publishes n events for each card, alternating stopped and
 // resumed, as the projector does (ids deterministic, on the card's subject).
 func publishEvents(t *testing.T, js jetstream.JetStream, cards, n int) map[string][]string {
+	return publishEventsFrom(t, js, cards, 0, n)
+}
+
+// publishEventsFrom publishes each card's events from to from+n-1.
+func publishEventsFrom(t *testing.T, js jetstream.JetStream, cards, from, n int) map[string][]string {
 	want := map[string][]string{}
-	for i := 0; i < n; i++ {
+	for i := from; i < from+n; i++ {
 		for c := 0; c < cards; c++ {
 			iccid := fmt.Sprintf("8986%016d", c)
 			kind := "card.stopped"
@@ -527,5 +533,84 @@ func TestRetryWindowOutlivesARestart(t *testing.T) {
 	// take 5 s from the restart
 	if waited := time.Since(restarted); waited > 4500*time.Millisecond {
 		t.Fatalf("dead-lettered %s after the restart: the retry window started again", waited)
+	}
+}
+
+// Two notifiers share the units (so the webhooks) between them, each
+// webhook delivered by one; when one stops, the other takes its units and
+// its webhooks' events go on, every event delivered, each card's in order.
+func TestTwoNotifiersShareTheWebhooks(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	n1, stop1 := runNotifier(t, js, webhook.Config{Instance: "n1"})
+	n2, stop2 := runNotifier(t, js, webhook.Config{Instance: "n2"})
+	defer stop2()
+	var u1, u2 []int
+	testenv.Eventually(t, 30*time.Second, func() error {
+		u1, u2 = n1.Units(), n2.Units()
+		if len(u1) == 0 || len(u2) == 0 || len(u1)+len(u2) != webhook.Units {
+			return fmt.Errorf("units held: n1 %v, n2 %v", u1, u2)
+		}
+		return nil
+	})
+	for _, u := range u1 {
+		if slices.Contains(u2, u) {
+			t.Fatalf("unit %d held by both: n1 %v, n2 %v", u, u1, u2)
+		}
+	}
+	// three webhooks on n1's units and three on n2's
+	var ids []string
+	for i, on1, on2 := 0, 0, 0; on1+on2 < 6; i++ {
+		id := fmt.Sprint("hook-", i)
+		switch u := webhook.UnitOf(id); {
+		case slices.Contains(u1, u) && on1 < 3:
+			on1++
+		case slices.Contains(u2, u) && on2 < 3:
+			on2++
+		default:
+			continue
+		}
+		ids = append(ids, id)
+	}
+	rcvs := map[string]*receiver{}
+	for _, id := range ids {
+		r := newReceiver(t)
+		r.secret = subscribe(t, js, webhook.Subscription{ID: id, URL: r.srv.URL, EventTypes: []string{"cardmeter.card.*"}})
+		rcvs[id] = r
+	}
+	delivered := func(want map[string][]string) func() error {
+		return func() error {
+			for id, r := range rcvs {
+				r.mu.Lock()
+				for card, evs := range want {
+					if got := dedupe(r.got[card]); fmt.Sprint(got) != fmt.Sprint(evs) {
+						r.mu.Unlock()
+						return fmt.Errorf("webhook %s, card %s: got %v, want %v", id, card, got, evs)
+					}
+				}
+				r.mu.Unlock()
+			}
+			return nil
+		}
+	}
+	want := publishEvents(t, js, 4, 4)
+	testenv.Eventually(t, 30*time.Second, delivered(want))
+	stop1()
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if u := n2.Units(); len(u) != webhook.Units {
+			return fmt.Errorf("n2 holds %v after n1 stopped", u)
+		}
+		return nil
+	})
+	more := publishEventsFrom(t, js, 4, 4, 4)
+	for card, evs := range more {
+		want[card] = append(want[card], evs...)
+	}
+	testenv.Eventually(t, 30*time.Second, delivered(want))
+	for id, r := range rcvs {
+		r.mu.Lock()
+		if r.bad != 0 {
+			t.Errorf("webhook %s: %d deliveries did not verify", id, r.bad)
+		}
+		r.mu.Unlock()
 	}
 }
