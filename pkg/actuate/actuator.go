@@ -40,6 +40,11 @@ type ActuatorConfig struct {
 	ReconcileEvery time.Duration
 }
 
+// actuatorMaxAckPending bounds the actions in hand: those waiting to
+// retry at a carrier that is down hold no slot, so other carriers' go on
+// until this many are waiting.
+const actuatorMaxAckPending = 10000
+
 // ConsumerName is the actuator's durable consumer on EVENTS.
 const ConsumerName = "actuator"
 
@@ -149,15 +154,21 @@ func (a *Actuator) consume(ctx context.Context, l *lease.Lease) error {
 	// whole history
 	cons, err := a.js.CreateOrUpdateConsumer(ctx, broker.StreamEvents, jetstream.ConsumerConfig{
 		Durable: ConsumerName, Description: "carrier actuation", FilterSubjects: Filters, DeliverPolicy: jetstream.DeliverNewPolicy,
-		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 1000, MaxDeliver: -1,
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: actuatorMaxAckPending, MaxDeliver: -1,
 	})
 	if err != nil {
 		return fmt.Errorf("the consumer %s: %w", ConsumerName, err)
 	}
 	// a previous owner's unacknowledged actions first, in order
-	if info, err := cons.Info(ctx); err == nil && info.NumAckPending > 0 {
+	// (not reset, they would come back after the ack wait behind newer
+	// ones: an old stop after a resume; so a failure ends this life)
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the consumer %s: %w", ConsumerName, err)
+	}
+	if info.NumAckPending > 0 {
 		if _, err := a.js.ResetConsumer(ctx, broker.StreamEvents, ConsumerName); err != nil {
-			a.log.Warn("resetting the actuator's consumer to its first unacknowledged event", zap.Error(err))
+			return fmt.Errorf("setting the consumer %s back to its first unacknowledged event: %w", ConsumerName, err)
 		}
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(256))
@@ -247,11 +258,16 @@ func (a *Actuator) act(ctx context.Context, l *lease.Lease, m jetstream.Msg) boo
 			break
 		}
 		a.log.Info("carrier call failed; retrying", zap.String("iccid", act.ICCID), zap.String("action", act.Kind), zap.Error(err), zap.Duration("in", wait))
-		select { // the lanes say the event is still in hand meanwhile
-		case <-ctx.Done():
+		// wait without holding a slot: other cards, of other carriers
+		// too, go on meanwhile (the lanes say the event is still in hand)
+		if lanes.Pause(ctx, wait) != nil {
 			return false
-		case <-time.After(wait):
 		}
+	}
+	if errors.Is(err, ErrNotConfigured) {
+		a.outcomes.WithLabelValues(dc.Carrier, act.Kind, "skipped").Inc()
+		_ = m.Ack() // the carrier's driver has no call for this kind: not sent
+		return true
 	}
 	rep := card.ActuationReport{ICCID: act.ICCID, Action: act.Kind, Carrier: dc.Carrier, OK: err == nil, Cause: "event:" + ev.ID, Detail: detail, Attempts: attempts}
 	result := "succeeded"

@@ -307,13 +307,10 @@ func (d *HTTPDriver) Do(ctx context.Context, a Action) (string, error) {
 		return detail, nil
 	}
 	err = fmt.Errorf("the carrier answered %s", detail)
-	switch resp.StatusCode {
-	case http.StatusTooManyRequests, http.StatusRequestTimeout, http.StatusUnauthorized, http.StatusForbidden:
-		// busy, or credentials that may be fixed: tried again
-	default:
-		if resp.StatusCode/100 == 4 {
-			return detail, backoff.Permanent(err) // a refusal: the same call again would be refused again
-		}
+	if resp.StatusCode/100 == 4 && resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusRequestTimeout {
+		// a refusal (401 and 403 too: the headers are read once, at
+		// start): the same call again would be refused again
+		return detail, backoff.Permanent(err)
 	}
-	return detail, err
+	return detail, err // busy, or down: tried again
 }

@@ -19,7 +19,8 @@ import (
 type Handler func(ctx context.Context, m jetstream.Msg) bool
 
 // Lanes keeps each key's messages in a lane, drained by one goroutine at a
-// time, with at most parallel lanes going at once. A copy of a message
+// time, with at most parallel handlers at work at once (one waiting in
+// Pause does not count). A copy of a message
 // already in hand (JetStream redelivers one not acknowledged in time) is
 // dropped, and every message in hand is said to be in progress every
 // keepAlive, so that queued ones do not come back behind newer ones.
@@ -31,6 +32,7 @@ type Lanes struct {
 	slots   chan struct{}
 	wg      sync.WaitGroup
 	stopped chan struct{}
+	halted  bool // a handler returned false: no lane starts again (under mu)
 	stop    sync.Once
 	// InHand, if set, is told how many messages came in (+) and went (-).
 	InHand func(delta int)
@@ -90,6 +92,11 @@ func seq(m jetstream.Msg) uint64 {
 func (l *Lanes) Add(ctx context.Context, key string, m jetstream.Msg) error {
 	s := seq(m)
 	l.mu.Lock()
+	if l.halted {
+		// a lane stopped: what follows its message must not go first
+		l.mu.Unlock()
+		return ErrStopped
+	}
 	if _, dup := l.held[s]; dup && s != 0 {
 		l.mu.Unlock()
 		return nil
@@ -112,7 +119,13 @@ func (l *Lanes) Add(ctx context.Context, key string, m jetstream.Msg) error {
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()
-		defer func() { <-l.slots }()
+		sl := &slot{l: l, held: true}
+		ctx := context.WithValue(ctx, slotKey{}, sl)
+		defer func() {
+			if sl.held {
+				<-l.slots
+			}
+		}()
 		for {
 			l.mu.Lock()
 			q := l.lanes[key]
@@ -130,12 +143,52 @@ func (l *Lanes) Add(ctx context.Context, key string, m jetstream.Msg) error {
 			l.inHand(-1)
 			l.mu.Unlock()
 			if !ok {
+				l.mu.Lock()
+				l.halted = true
+				l.mu.Unlock()
 				l.drop(key)
 				l.stop.Do(func() { close(l.stopped) })
 				return
 			}
 		}
 	}()
+	return nil
+}
+
+// slot is a lane's hold on one of the slots, in its handler's context.
+type slot struct {
+	l    *Lanes
+	held bool
+}
+
+type slotKey struct{}
+
+// Pause waits d in a handler without holding its slot, so that other
+// keys' lanes go on meanwhile (a handler waiting to retry its message);
+// the lane's key stays busy: its next messages still wait behind this
+// one. It returns ctx's error if ctx ends first. Outside a lane it just
+// waits.
+func Pause(ctx context.Context, d time.Duration) error {
+	sl, _ := ctx.Value(slotKey{}).(*slot)
+	if sl != nil && sl.held {
+		<-sl.l.slots
+		sl.held = false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+	}
+	if sl != nil {
+		select {
+		case sl.l.slots <- struct{}{}:
+			sl.held = true
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	return nil
 }
 
@@ -196,7 +249,9 @@ func Drain(ctx context.Context, it jetstream.MessagesContext, parallel int, keep
 		if i := strings.LastIndexByte(key, '.'); i >= 0 {
 			key = key[i+1:]
 		}
-		if err := l.Add(lctx, key, m); err != nil {
+		if err := l.Add(lctx, key, m); errors.Is(err, ErrStopped) {
+			return ErrStopped
+		} else if err != nil {
 			return nil // ctx ended while waiting for a slot
 		}
 	}

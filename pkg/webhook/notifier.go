@@ -429,11 +429,17 @@ func (n *Notifier) consume(ctx context.Context, l *lease.Lease, r *running) erro
 	// again, with the same webhook-id)
 	// events up to here may have been tried before (their retry windows
 	// run from then): a reset sets their delivery counts back to one
+	// (a failure ends this life: not reset, they would come back behind
+	// newer ones)
 	var triedUpTo uint64
-	if info, err := cons.Info(ctx); err == nil && info.NumAckPending > 0 {
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the consumer %s: %w", name, err)
+	}
+	if info.NumAckPending > 0 {
 		triedUpTo = info.Delivered.Stream
 		if _, err := n.js.ResetConsumer(ctx, broker.StreamEvents, name); err != nil {
-			n.log.Warn("resetting a webhook's consumer to its first unacknowledged event", zap.String("webhook", sub.ID), zap.Error(err))
+			return fmt.Errorf("setting the consumer %s back to its first unacknowledged event: %w", name, err)
 		}
 	}
 	if sub.ReplayPending() {
@@ -539,7 +545,7 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 		a.Error = err.Error()
 		wait := bo.NextBackOff()
 		if retryAfter > 0 {
-			wait = min(retryAfter, n.cfg.MaxInterval)
+			wait = min(retryAfter, MaxRetryAfter)
 		}
 		next := time.Now().Add(wait)
 		if next.Sub(first) > n.cfg.RetryFor {
@@ -562,14 +568,17 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 		n.failed(ctx, sub, start)
 		n.log.Info("webhook attempt failed", zap.String("webhook", sub.ID), zap.String("event", env.ID), zap.Int("attempt", attempt),
 			zap.Int("status", status), zap.Error(err), zap.Duration("retry_in", wait))
-		// wait (the lanes say the event is still in hand meanwhile)
-		select {
-		case <-ctx.Done():
+		// wait without holding a slot: other cards go on meanwhile (the
+		// lanes say the event is still in hand)
+		if lanes.Pause(ctx, time.Until(next)) != nil {
 			return false
-		case <-time.After(time.Until(next)):
 		}
 	}
 }
+
+// MaxRetryAfter bounds the wait an endpoint's Retry-After asks for (the
+// retry window bounds it too: past it the event is dead-lettered).
+const MaxRetryAfter = time.Hour
 
 // retryKey names an event's first attempt in the retries bucket.
 func retryKey(sub *Subscription, eventID string) string { return ConsumerName(sub) + "." + eventID }
