@@ -170,8 +170,14 @@ func (s *Server) checkWebhookHost(ctx context.Context, raw string) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", u.Hostname())
-	if err != nil {
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
 		return invalid("url", fmt.Sprintf("its host %s does not resolve: %v", u.Hostname(), err))
+	case err != nil:
+		// a resolver timing out or failing says nothing of the URL
+		return &retryProblem{problem(http.StatusServiceUnavailable, "unavailable/dns", "host not resolved now",
+			fmt.Sprintf("resolving %s failed (%v); retry later", u.Hostname(), err))}
 	}
 	for _, a := range addrs {
 		if why := webhook.Refused(a); why != "" {
@@ -241,7 +247,9 @@ func (s *Server) rotateWebhookSecret(w http.ResponseWriter, r *http.Request) err
 	}
 	now := time.Now().UTC().Truncate(time.Second)
 	until := now.Add(secretOverlap)
+	overlap := false
 	_, err = s.webhooks.Update(r.Context(), id, func(sub *webhook.Subscription) error {
+		overlap = len(sub.Secrets) > 0
 		// the new one, and the one it replaces for the overlap: two at
 		// most, so rotations never grow the signature header, and a second
 		// rotation revokes a leaked secret at once
@@ -260,7 +268,11 @@ func (s *Server) rotateWebhookSecret(w http.ResponseWriter, r *http.Request) err
 	if err != nil {
 		return fmt.Errorf("%w: %v", errUnavailable, err)
 	}
-	return ok(w, map[string]any{"id": id, "secret": secret, "previous_valid_until": until.Format(time.RFC3339)})
+	out := map[string]any{"id": id, "secret": secret}
+	if overlap {
+		out["previous_valid_until"] = until.Format(time.RFC3339)
+	}
+	return ok(w, out)
 }
 
 func (s *Server) listWebhookDeliveries(w http.ResponseWriter, r *http.Request) error {
@@ -314,6 +326,11 @@ func (s *Server) replayWebhook(w http.ResponseWriter, r *http.Request) error {
 	}
 	rp.ID = fmt.Sprintf("%d", now.UnixNano())
 	sub, err := s.webhooks.Update(r.Context(), id, func(sub *webhook.Subscription) error {
+		if !sub.Enabled {
+			// a disabled webhook is not delivered: its replay would wait
+			return problem(http.StatusConflict, "refused/webhook-disabled", "the webhook is disabled",
+				"enable it first (PUT with \"enabled\": true), then ask for the replay")
+		}
 		if rp.Since != nil && rp.Since.Before(sub.StartTime) {
 			return invalid("since", "before the webhook's start_time "+sub.StartTime.UTC().Format(time.RFC3339)+": its consumer starts there")
 		}

@@ -42,11 +42,12 @@ func TestWebhookRoutes(t *testing.T) {
 		return p
 	}
 	var mu sync.Mutex
-	var sigs []string
+	var sigs, ids []string
 	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		mu.Lock()
 		sigs = append(sigs, r.Header.Get("webhook-signature"))
+		ids = append(ids, r.Header.Get("webhook-id"))
 		mu.Unlock()
 	}))
 	defer hook.Close()
@@ -127,6 +128,9 @@ func TestWebhookRoutes(t *testing.T) {
 			t.Errorf("replay %v: %d %+v", b, code, prob)
 		}
 	}
+	mu.Lock()
+	delivered := len(ids) // all the webhook has had: the replay since its start sends them again
+	mu.Unlock()
 	var replayed api.WebhookResponse
 	if code := c.do("POST", "/v1/webhooks/w1/replay", "application/json", body(map[string]any{"since": made.StartTime}), &replayed); code != 202 || replayed.Replay == nil {
 		t.Fatalf("replay: %d %+v", code, replayed)
@@ -134,11 +138,19 @@ func TestWebhookRoutes(t *testing.T) {
 	testenv.Eventually(t, 20*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
-		if len(sigs) < 2 {
-			return errors.New("the stop was not delivered again")
+		if fmt.Sprint(ids[delivered:]) != fmt.Sprint(ids[:delivered]) {
+			return fmt.Errorf("deliveries %v: want the first %d again, in order, under their webhook-ids", ids, delivered)
 		}
 		return nil
 	})
+	// a disabled webhook's replay would never be done: refused
+	if code := c.do("PUT", "/v1/webhooks/w1", "application/json", body(map[string]any{"url": hook.URL, "event_types": []string{"cardmeter.card.*"}, "enabled": false}), nil); code != 200 {
+		t.Fatalf("disable: %d", code)
+	}
+	prob = api.Problem{}
+	if code := c.do("POST", "/v1/webhooks/w1/replay", "application/json", body(map[string]any{"dead_letters": true}), &prob); code != 409 || prob.Type != "cardmeter:refused/webhook-disabled" {
+		t.Fatalf("replay of a disabled webhook: %d %+v", code, prob)
+	}
 	var list map[string][]api.WebhookResponse
 	if code := c.do("GET", "/v1/webhooks", "", nil, &list); code != 200 || len(list["webhooks"]) != 1 {
 		t.Fatalf("list: %d %v", code, list)

@@ -551,7 +551,7 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 		if next.Sub(first) > n.cfg.RetryFor {
 			a.Result = "dead"
 			n.record(sub.ID, a)
-			if n.deadLetter(ctx, sub, m, env.ID, err, attempt) {
+			if n.deadLetter(ctx, sub, m, env.ID, err, attempt, first) {
 				n.delivered.WithLabelValues("dead").Inc()
 				_ = m.Ack()
 				outcome()
@@ -575,6 +575,10 @@ func (n *Notifier) deliver(ctx context.Context, l *lease.Lease, r *running, m je
 		}
 	}
 }
+
+// headerConsumer names, on a dead letter, the consumer (the webhook's
+// generation) it was delivered from.
+const headerConsumer = "Cardmeter-Consumer"
 
 // MaxRetryAfter bounds the wait an endpoint's Retry-After asks for (the
 // retry window bounds it too: past it the event is dead-lettered).
@@ -692,11 +696,16 @@ func (n *Notifier) record(id string, a Attempt) {
 
 // deadLetter stores an event its endpoint did not take in time, with why,
 // and reports whether it is stored.
-func (n *Notifier) deadLetter(ctx context.Context, sub *Subscription, m jetstream.Msg, id string, cause error, attempts int) bool {
+func (n *Notifier) deadLetter(ctx context.Context, sub *Subscription, m jetstream.Msg, id string, cause error, attempts int, first time.Time) bool {
 	msg := nats.NewMsg(broker.DeadSubject(sub.ID))
 	msg.Data = m.Data()
-	msg.Header.Set(jetstream.MsgIDHeader, sub.ID+"."+id)
+	// kept once if stored again after a crash (the same first attempt),
+	// again if the event dies again after a replay
+	msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("%s.%s.%d", ConsumerName(sub), id, first.UnixNano()))
 	msg.Header.Set("webhook-id", id)
+	// the webhook's generation: a webhook deleted and made again under
+	// the same id does not get the letters of the one before
+	msg.Header.Set(headerConsumer, ConsumerName(sub))
 	msg.Header.Set("Cardmeter-Event-Subject", m.Subject())
 	msg.Header.Set("Cardmeter-Error", cause.Error())
 	msg.Header.Set("Cardmeter-Attempts", strconv.Itoa(attempts))

@@ -411,20 +411,25 @@ func TestDisablingToldAfterACrash(t *testing.T) {
 }
 
 // Replays: the dead letters go again once the endpoint is back, each
-// card's in order and several cards at once (those
-// taken leave the dead letters), and "since a time" sends every event
-// stored from then on again, in order.
+// card's in order and several cards at once (those taken leave the dead
+// letters; a card whose letter fails again keeps its later ones behind
+// it, for the next replay), and "since a time" sends every event stored
+// from then on again, in order.
 func TestReplays(t *testing.T) {
 	_, js := testenv.JetStream(t)
 	ctx := context.Background()
 	rcv := newReceiver(t)
 	var mu sync.Mutex
-	down := true
-	rcv.fail = func(string, int) (int, string, bool) {
+	down, failOnce := true, "ev-1-0"
+	rcv.fail = func(id string, _ int) (int, string, bool) {
 		mu.Lock()
 		defer mu.Unlock()
 		if down {
 			return http.StatusServiceUnavailable, "", false
+		}
+		if id == failOnce {
+			failOnce = ""
+			return http.StatusInternalServerError, "", false
 		}
 		return 0, "", false
 	}
@@ -446,28 +451,15 @@ func TestReplays(t *testing.T) {
 	mu.Unlock()
 	kv, _ := js.KeyValue(ctx, broker.BucketWebhooks)
 	store := webhook.NewStore(kv)
-	ask := func(rp webhook.Replay) *webhook.ReplayResult {
-		t.Helper()
-		rp.ID, rp.RequestedAt = fmt.Sprint(time.Now().UnixNano()), time.Now()
-		if _, err := store.Update(ctx, "replayed", func(s *webhook.Subscription) error { s.Replay = &rp; return nil }); err != nil {
-			t.Fatal(err)
-		}
-		var done *webhook.ReplayResult
-		testenv.Eventually(t, 30*time.Second, func() error {
-			sub, _, err := store.Get(ctx, "replayed")
-			if err != nil {
-				return err
-			}
-			if sub.ReplayDone == nil || sub.ReplayDone.ID != rp.ID {
-				return errors.New("the replay is not done")
-			}
-			done = sub.ReplayDone
-			return nil
-		})
-		return done
+	// card 1's first letter fails again: its two later ones stay behind it
+	if res := askReplay(t, store, "replayed", webhook.Replay{DeadLetters: true}); res.Delivered != 9 || res.Left != 3 || res.Error == "" {
+		t.Fatalf("replay of the dead letters, one failing again: %+v", res)
 	}
-	if res := ask(webhook.Replay{DeadLetters: true}); res.Delivered != 12 || res.Left != 0 || res.Error != "" {
-		t.Fatalf("replay of the dead letters: %+v", res)
+	if info, _ := dead.Info(ctx); info.State.Msgs != 3 {
+		t.Fatalf("%d dead letters left, want card 1's three", info.State.Msgs)
+	}
+	if res := askReplay(t, store, "replayed", webhook.Replay{DeadLetters: true}); res.Delivered != 3 || res.Left != 0 || res.Error != "" {
+		t.Fatalf("the second replay: %+v", res)
 	}
 	if info, _ := dead.Info(ctx); info.State.Msgs != 0 {
 		t.Fatalf("%d dead letters left after they were taken", info.State.Msgs)
@@ -480,7 +472,7 @@ func TestReplays(t *testing.T) {
 	}
 	rcv.got = map[string][]string{}
 	rcv.mu.Unlock()
-	if res := ask(webhook.Replay{Since: &before}); res.FromSeq != 1 || res.Error != "" {
+	if res := askReplay(t, store, "replayed", webhook.Replay{Since: &before}); res.FromSeq != 1 || res.Error != "" {
 		t.Fatalf("replay since %s: %+v", before, res)
 	}
 	testenv.Eventually(t, 30*time.Second, func() error {
@@ -493,6 +485,89 @@ func TestReplays(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// askReplay asks for a replay and waits for its result.
+func askReplay(t *testing.T, store *webhook.Store, id string, rp webhook.Replay) *webhook.ReplayResult {
+	t.Helper()
+	ctx := context.Background()
+	rp.ID, rp.RequestedAt = fmt.Sprint(time.Now().UnixNano()), time.Now()
+	if _, err := store.Update(ctx, id, func(s *webhook.Subscription) error { s.Replay = &rp; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	var done *webhook.ReplayResult
+	testenv.Eventually(t, 30*time.Second, func() error {
+		sub, _, err := store.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if sub.ReplayDone == nil || sub.ReplayDone.ID != rp.ID {
+			return errors.New("the replay is not done")
+		}
+		done = sub.ReplayDone
+		return nil
+	})
+	return done
+}
+
+// A replay sends only what the webhook asks for now: after its account
+// filter changed, the other account's letters are removed, not sent; so is
+// a letter of an earlier webhook of the same id.
+func TestReplayTakesOnlyWhatTheWebhookAsksFor(t *testing.T) {
+	_, js := testenv.JetStream(t)
+	ctx := context.Background()
+	rcv := newReceiver(t)
+	var mu sync.Mutex
+	down := true
+	rcv.fail = func(string, int) (int, string, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			return http.StatusServiceUnavailable, "", false
+		}
+		return 0, "", false
+	}
+	rcv.secret = subscribe(t, js, webhook.Subscription{ID: "narrowed", URL: rcv.srv.URL, EventTypes: []string{"cardmeter.card.*"}})
+	want := publishEvents(t, js, 2, 2) // card 0 of acct-0, card 1 of acct-1
+	_, stop := runNotifier(t, js, webhook.Config{Instance: "n1", RetryFor: 500 * time.Millisecond, MaxInterval: 200 * time.Millisecond})
+	defer stop()
+	dead, _ := js.Stream(ctx, broker.StreamDead)
+	testenv.Eventually(t, 30*time.Second, func() error {
+		info, err := dead.Info(ctx)
+		if err != nil || info.State.Msgs != 4 {
+			return fmt.Errorf("%v dead letters (%v), want 4", info.State.Msgs, err)
+		}
+		return nil
+	})
+	// a letter left by an earlier webhook of this id
+	old := nats.NewMsg(broker.DeadSubject("narrowed"))
+	old.Data = []byte(`{"id":"ev-old","type":"cardmeter.card.stopped.v1","subject":"89860000000000000000","data":{"account_id":"acct-0"}}`)
+	old.Header.Set("webhook-id", "ev-old")
+	old.Header.Set("Cardmeter-Event-Subject", broker.EventSubject("card.stopped", "89860000000000000000"))
+	old.Header.Set("Cardmeter-Consumer", "webhook-narrowed-1")
+	if _, err := js.PublishMsg(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	kv, _ := js.KeyValue(ctx, broker.BucketWebhooks)
+	store := webhook.NewStore(kv)
+	if _, err := store.Update(ctx, "narrowed", func(s *webhook.Subscription) error { s.AccountID = "acct-0"; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	if res := askReplay(t, store, "narrowed", webhook.Replay{DeadLetters: true}); res.Delivered != 2 || res.Left != 0 || res.Error != "" {
+		t.Fatalf("replay: %+v, want card 0's two delivered", res)
+	}
+	if info, _ := dead.Info(ctx); info.State.Msgs != 0 {
+		t.Fatalf("%d dead letters left: those not taken are removed", info.State.Msgs)
+	}
+	rcv.mu.Lock()
+	defer rcv.mu.Unlock()
+	card0, card1 := "89860000000000000000", "89860000000000000001"
+	if fmt.Sprint(rcv.got[card0]) != fmt.Sprint(want[card0]) || len(rcv.got[card1]) != 0 {
+		t.Fatalf("delivered %v, want only card 0's %v", rcv.got, want[card0])
+	}
 }
 
 // An event's retry window runs from its first attempt, not from the

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
@@ -35,6 +36,9 @@ func (n *Notifier) replay(ctx context.Context, l *lease.Lease, r *running, consu
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	if errors.Is(err, errLeaseLost) || errors.Is(err, lanes.ErrStopped) {
+		return err // not done: the unit's next owner does it
+	}
 	if err != nil {
 		res.Error = err.Error()
 	}
@@ -52,6 +56,9 @@ func (n *Notifier) replay(ctx context.Context, l *lease.Lease, r *running, consu
 		zap.Int("left", res.Left), zap.Uint64("from_seq", res.FromSeq), zap.String("error", res.Error))
 	return nil
 }
+
+// errLeaseLost ends a replay whose unit's lease is no longer valid.
+var errLeaseLost = errors.New("the unit's lease is not valid")
 
 // replaySince sets the consumer back to the first of the subscription's
 // events stored at or after since: from there every event goes again, in
@@ -103,10 +110,42 @@ func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscrip
 	var (
 		mu      sync.Mutex
 		lastErr error
+		stuck   = map[string]bool{} // cards whose letter failed again: their later ones wait behind it
+		lost    bool                // the lease: the next owner replays what is left
 	)
+	consumer := ConsumerName(sub)
 	send := func(ctx context.Context, m jetstream.Msg) bool {
 		if !l.Valid() {
-			return false // the next owner replays what is left
+			mu.Lock()
+			lost = true
+			mu.Unlock()
+			return false
+		}
+		meta, err := m.Metadata()
+		if err != nil {
+			return false
+		}
+		card := subjectToken(m.Headers().Get("Cardmeter-Event-Subject"))
+		// a letter of another generation of this id, or one the webhook
+		// no longer asks for (its types or account changed): not sent,
+		// and removed
+		var env envelope
+		_ = json.Unmarshal(m.Data(), &env)
+		if g := m.Headers().Get(headerConsumer); g != consumer || !sub.Matches(env.Type) ||
+			(sub.AccountID != "" && env.Data.AccountID != sub.AccountID) {
+			if err := st.DeleteMsg(ctx, meta.Sequence.Stream); err != nil {
+				n.log.Warn("removing a dead letter the webhook does not take", zap.Error(err))
+			}
+			return true
+		}
+		mu.Lock()
+		wait := stuck[card]
+		if wait {
+			left++
+		}
+		mu.Unlock()
+		if wait {
+			return true // its card's earlier letter failed: it stays, in order
 		}
 		id := m.Headers().Get("webhook-id")
 		start := time.Now()
@@ -114,10 +153,8 @@ func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscrip
 		a := Attempt{EventID: id, Subject: m.Headers().Get("Cardmeter-Event-Subject"), Attempt: 1, At: start, Status: status,
 			LatencyMS: float64(time.Since(start).Microseconds()) / 1000, Result: "delivered"}
 		if perr == nil {
-			if meta, err := m.Metadata(); err == nil {
-				if err := st.DeleteMsg(ctx, meta.Sequence.Stream); err != nil {
-					n.log.Warn("removing a replayed dead letter (a later replay sends it again)", zap.Error(err))
-				}
+			if err := st.DeleteMsg(ctx, meta.Sequence.Stream); err != nil {
+				n.log.Warn("removing a replayed dead letter (a later replay sends it again)", zap.Error(err))
 			}
 		} else {
 			a.Result, a.Error = "dead", perr.Error()
@@ -130,6 +167,7 @@ func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscrip
 		} else {
 			left++
 			lastErr = perr
+			stuck[card] = true
 		}
 		return true
 	}
@@ -144,7 +182,7 @@ func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscrip
 		for {
 			select {
 			case <-ln.Stopped():
-				return errors.New("the unit's lease is not valid")
+				return errLeaseLost
 			default:
 			}
 			m, err := oc.Next(jetstream.FetchMaxWait(5 * time.Second))
@@ -170,6 +208,8 @@ func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscrip
 	mu.Lock()
 	defer mu.Unlock()
 	switch {
+	case lost:
+		return delivered, left, errLeaseLost
 	case err != nil:
 		return delivered, left, err
 	case lastErr != nil:
