@@ -224,6 +224,11 @@ func Main(name string, roles []string, args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
+	if cfg.Notifier.RetryFor > broker.RetriesTTL {
+		// past it the first attempt is forgotten and the window starts again
+		fmt.Fprintf(os.Stderr, "%s: --webhook-retry-for %s is longer than the retries bucket keeps a first attempt (%s)\n", name, cfg.Notifier.RetryFor, broker.RetriesTTL)
+		return 2
+	}
 	cfg.Finish()
 	cfg.Roles = roles
 	log, err := NewLogger(level)

@@ -347,7 +347,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketRetries,
 		Description: "the first attempt of each webhook event still failing, so that its retry window outlives a restart", Storage: jetstream.FileStorage,
-		Replicas: t.Replicas, History: 1, TTL: 7 * 24 * time.Hour}); err != nil {
+		Replicas: t.Replicas, History: 1, TTL: RetriesTTL}); err != nil {
 		return t, fmt.Errorf("kv %s: %w", BucketRetries, err)
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: StreamDead, Subjects: []string{"webhooks.dead.>"},
@@ -364,6 +364,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 	}
 	return t, nil
 }
+
+// RetriesTTL is how long the retries bucket keeps an event's first
+// attempt: the longest retry window a notifier may have.
+const RetriesTTL = 7 * 24 * time.Hour
 
 // DeadSubject is where subscription id's dead letters go.
 func DeadSubject(id string) string { return "webhooks.dead." + id }

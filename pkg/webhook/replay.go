@@ -65,7 +65,7 @@ var errLeaseLost = errors.New("the unit's lease is not valid")
 // order, with its own webhook-id.
 func (n *Notifier) replaySince(ctx context.Context, sub *Subscription, consumer string, since time.Time) (uint64, error) {
 	oc, err := n.js.OrderedConsumer(ctx, broker.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: sub.FilterSubjects(),
-		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since})
+		DeliverPolicy: jetstream.DeliverByStartTimePolicy, OptStartTime: &since, InactiveThreshold: 5 * time.Second})
 	if err != nil {
 		return 0, err
 	}
@@ -103,7 +103,7 @@ func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscrip
 	if err != nil {
 		return 0, 0, err
 	}
-	oc, err := n.js.OrderedConsumer(ctx, broker.StreamDead, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	oc, err := n.js.OrderedConsumer(ctx, broker.StreamDead, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, InactiveThreshold: 5 * time.Second})
 	if err != nil {
 		return 0, 0, err
 	}

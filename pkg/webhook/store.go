@@ -127,26 +127,35 @@ func Attempts(ctx context.Context, js jetstream.JetStream, id string, limit int)
 	if err != nil {
 		return nil, err
 	}
-	c, err := js.OrderedConsumer(ctx, broker.StreamAttempts, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	// at most the stream's 1,000 per webhook, read in batches; the reader
+	// goes away 5 s after its last use
+	c, err := js.OrderedConsumer(ctx, broker.StreamAttempts, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject},
+		InactiveThreshold: 5 * time.Second})
 	if err != nil {
 		return nil, err
 	}
 	var all []Attempt
-	for {
-		m, err := c.Next(jetstream.FetchMaxWait(5 * time.Second))
+	for done := false; !done; {
+		batch, err := c.Fetch(256, jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return nil, err
 		}
-		var a Attempt
-		if json.Unmarshal(m.Data(), &a) == nil {
-			all = append(all, a)
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			var a Attempt
+			if json.Unmarshal(m.Data(), &a) == nil {
+				all = append(all, a)
+			}
+			if meta, err := m.Metadata(); err == nil && meta.Sequence.Stream >= last.Sequence {
+				done = true
+			}
 		}
-		meta, err := m.Metadata()
-		if err != nil {
+		if err := batch.Error(); err != nil {
 			return nil, err
 		}
-		if meta.Sequence.Stream >= last.Sequence {
-			break
+		if n == 0 && !done {
+			return nil, errors.New("the attempts stream gave nothing up to its last attempt")
 		}
 	}
 	out := make([]Attempt, 0, min(limit, len(all)))
