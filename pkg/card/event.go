@@ -24,6 +24,7 @@ type Input struct {
 	Actuation *ActuationReport `json:"actuation,omitempty"`
 	Webhook   *WebhookNotice   `json:"webhook,omitempty"`
 	Drift     *DriftReport     `json:"drift,omitempty"`
+	Resync    *ResyncRequest   `json:"resync,omitempty"`
 }
 
 // InputType names an input event. Names are past tense and versioned.
@@ -60,7 +61,19 @@ const (
 	// TypeDriftReported is a reconciliation's finding: how a carrier's
 	// cards differ from cardmeter's.
 	TypeDriftReported InputType = "carrier.drift_reported.v1"
+	// TypeResyncRequested asks that the card's carrier be told the card's
+	// state again (a reconciliation found them apart): the fold emits
+	// card.resync_requested.v1 with the action that state needs, at its
+	// place in the card's history, for the actuator to send in order.
+	TypeResyncRequested InputType = "card.resync_requested.v1"
 )
+
+// ResyncRequest asks for a card's state to be sent to its carrier again.
+type ResyncRequest struct {
+	ICCID  string `json:"iccid"`
+	Reason string `json:"reason"` // why, e.g. "reconcile: active_at_carrier"
+	By     string `json:"by"`     // who asked: an operator, or the actuator
+}
 
 // ActuationReport is the outcome of an action sent to a card's carrier.
 type ActuationReport struct {
@@ -257,6 +270,9 @@ const (
 	// EmitDriftDetected: a carrier's cards differ from cardmeter's
 	// (subject: the carrier).
 	EmitDriftDetected EmittedType = "carrier.drift_detected.v1"
+	// EmitResyncRequested: the card's state is to be sent to its carrier
+	// again; its action (stop, resume, cancel) is what the state needs.
+	EmitResyncRequested EmittedType = "card.resync_requested.v1"
 )
 
 // Emitted is an event the fold emits. It is flat, so the fold fills it

@@ -274,6 +274,15 @@ func genLog(seed uint64, n int) []any {
 		case k < 22:
 			a := accounts[r.IntN(len(accounts))]
 			log = append(log, Input{Type: TypePoolChanged, ID: id(), At: now, Pool: &PoolChanged{PoolID: "pool-" + a, AccountID: a, QuotaBytes: uint64(r.IntN(6)+1) * 1e6}})
+		case k < 23:
+			// what the actuator and a reconciliation write back
+			c := cards[r.IntN(len(cards))]
+			if r.IntN(2) == 0 {
+				log = append(log, Input{Type: TypeResyncRequested, ID: id(), At: now, Resync: &ResyncRequest{ICCID: c, Reason: "reconcile", By: "test"}})
+			} else {
+				log = append(log, Input{Type: TypeActuationReported, ID: id(), At: now, Actuation: &ActuationReport{ICCID: c,
+					Action: []string{"stop", "resume", "cancel"}[r.IntN(3)], Carrier: "cmcc", OK: r.IntN(2) == 0}})
+			}
 		default:
 			h := cdr.ChunkHeader{Carrier: "cmcc", BatchID: id(), ReceivedAt: now}
 			var recs []cdr.Record

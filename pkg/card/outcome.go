@@ -48,3 +48,25 @@ func (p *Partition) applyDrift(in *Input, out []Emitted) []Emitted {
 	return append(out, Emitted{Type: EmitDriftDetected, Carrier: d.Carrier, At: p.at(in), Cause: "event:" + in.ID,
 		Drift: d.Counts, Cards: d.Cards, Amount: int64(d.Sent)})
 }
+
+// applyResync emits the action the card's state needs at its carrier now,
+// at this place in its history: stop for a stopped card, resume for one in
+// service, cancel for a cancelled one. The actuator sends it in order with
+// the card's other actions, so a resync asked for before a resume cannot
+// undo it.
+func (p *Partition) applyResync(in *Input, out []Emitted) []Emitted {
+	r := in.Resync
+	c, ok := p.card(r.ICCID)
+	if !ok {
+		return append(out, refused(in, r.ICCID, RefusedUnknownCard, "a resync of a card not provisioned"))
+	}
+	action := "resume"
+	switch c.status() {
+	case Cancelled:
+		action = "cancel"
+	case Stopped:
+		action = "stop"
+	}
+	return append(out, Emitted{Type: EmitResyncRequested, ICCID: r.ICCID, AccountID: c.account, PlanID: c.planID, At: p.at(in),
+		Cause: "event:" + in.ID, Reasons: c.reasons, Code: action, Detail: r.Reason, Operator: r.By})
+}

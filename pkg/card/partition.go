@@ -244,6 +244,11 @@ func (p *Partition) Apply(in *Input, out []Emitted) ([]Emitted, error) {
 			return missing()
 		}
 		return p.applyDrift(in, out), nil
+	case TypeResyncRequested:
+		if in.Resync == nil {
+			return missing()
+		}
+		return p.applyResync(in, out), nil
 	}
 	return out, fmt.Errorf("%w: %q", ErrUnknownInput, in.Type)
 }

@@ -8,7 +8,9 @@ import (
 // checkInvariants folds a log one event at a time and checks, after each:
 // no panic; usage never wraps below zero; a card is in service iff it has
 // no stop reason and is not cancelled; a resumed event leaves no reason;
-// a cancelled card never emits again nor leaves cancellation.
+// a cancelled card never emits again (but for its carrier's answers and
+// resyncs) nor leaves cancellation; a resync of a cancelled card asks for
+// cancel.
 func checkInvariants(t *testing.T, log []any) {
 	p := NewPartition()
 	cancelled := map[string]bool{}
@@ -30,7 +32,13 @@ func checkInvariants(t *testing.T, log []any) {
 			}
 		}
 		for _, em := range out {
-			if cancelled[em.ICCID] && em.Type != EmitInputRefused && em.Type != EmitCommandRefused {
+			// (what its carrier answers, and a resync, are about the
+			// cancellation itself: the carrier follows cardmeter)
+			carrier := em.Type == EmitActuationSucceeded || em.Type == EmitActuationFailed || em.Type == EmitResyncRequested
+			if em.Type == EmitResyncRequested && cancelled[em.ICCID] != (em.Code == "cancel") {
+				t.Fatalf("event %d: resync of card %s (cancelled %v) asks %s", i, em.ICCID, cancelled[em.ICCID], em.Code)
+			}
+			if cancelled[em.ICCID] && em.Type != EmitInputRefused && em.Type != EmitCommandRefused && !carrier {
 				t.Fatalf("event %d: cancelled card %s emitted %s", i, em.ICCID, em.Type)
 			}
 			if em.Type == EmitCancelled {

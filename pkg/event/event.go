@@ -114,11 +114,14 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 		sent := e.Amount
 		d.Drift, d.Cards, d.ActionsSent, d.AmountFen = e.Drift, e.Cards, &sent, 0
 	}
-	if e.Type == card.EmitActuationSucceeded || e.Type == card.EmitActuationFailed {
+	if e.Type == card.EmitActuationSucceeded || e.Type == card.EmitActuationFailed || e.Type == card.EmitResyncRequested {
 		// the action asked of the carrier; the card's status and stop
 		// reasons as cardmeter has them, not its usage
 		d.Action, d.Code = e.Code, ""
 		d.UsageBytes, d.QuotaBytes, d.OvershootBytes = nil, nil, nil
+		if e.Type == card.EmitResyncRequested && e.Code == "cancel" {
+			d.Status = string(card.Cancelled)
+		}
 	}
 	if e.Expected != 0 {
 		d.ExpectedAt = Rfc3339(e.Expected)

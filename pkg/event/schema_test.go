@@ -66,6 +66,7 @@ func scenario(t *testing.T) [][]byte {
 	apply(card.Input{Type: card.TypeActuationReported, Actuation: &card.ActuationReport{ICCID: iccid(3), Action: "resume", Carrier: "cmcc", Detail: "503 from the carrier", Cause: "event:0-10-0"}})
 	apply(card.Input{Type: card.TypeDriftReported, Drift: &card.DriftReport{Carrier: "cmcc", Counts: map[string]int{"active_at_carrier": 1, "unknown_to_cardmeter": 2},
 		Cards: []string{iccid(1), "89860000000000000999", "89860000000000000998"}, Sent: 1}})
+	apply(card.Input{Type: card.TypeResyncRequested, Resync: &card.ResyncRequest{ICCID: iccid(3), Reason: "reconcile: inactive_at_carrier", By: "ops"}})
 	apply(card.Input{Type: card.TypeWebhookDisabled, Webhook: &card.WebhookNotice{WebhookID: "crm", Reason: "every attempt failed since 2026-01-07T00:00:00Z"}})
 	tick(200) // expiry again, keep-number fees, cancellation
 	var enc [][]byte
