@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -57,8 +58,9 @@ type Actuator struct {
 	started atomic.Bool
 	failure atomic.Pointer[error]
 
-	outcomes *prometheus.CounterVec
-	drift    *prometheus.GaugeVec
+	outcomes  *prometheus.CounterVec
+	drift     *prometheus.GaugeVec
+	lastDrift sync.Map // carrier -> the drift last told to the log
 }
 
 // NewActuator makes an actuator; Run runs it.
@@ -147,6 +149,7 @@ func (a *Actuator) own(ctx context.Context, l *lease.Lease) {
 // Filters are the events the actuator acts on.
 var Filters = []string{
 	broker.EventSubject("card.stopped", "*"), broker.EventSubject("card.resumed", "*"), broker.EventSubject("card.cancelled", "*"),
+	broker.EventSubject("card.resync_requested", "*"),
 }
 
 func (a *Actuator) consume(ctx context.Context, l *lease.Lease) error {
@@ -190,6 +193,7 @@ type event struct {
 		ICCID       string   `json:"iccid"`
 		AccountID   string   `json:"account_id"`
 		StopReasons []string `json:"stop_reasons"`
+		Action      string   `json:"action"` // resyncs: what the card's state needs
 	} `json:"data"`
 }
 
@@ -220,6 +224,8 @@ func (a *Actuator) act(ctx context.Context, l *lease.Lease, m jetstream.Msg) boo
 		act.Kind = "resume"
 	case "cardmeter.card.cancelled.v1":
 		act.Kind = "cancel"
+	case "cardmeter.card.resync_requested.v1":
+		act.Kind = ev.Data.Action // the state's action, at this place in the card's history
 	default:
 		_ = m.Ack()
 		return true
@@ -347,12 +353,22 @@ func (a *Actuator) reconcileEvery(ctx context.Context, l *lease.Lease) {
 			return
 		case <-t.C:
 		}
+		// an action in hand or waiting would show as drift, and be asked
+		// for twice: reconcile when there is none
+		if cons, err := a.js.Consumer(ctx, broker.StreamEvents, ConsumerName); err == nil {
+			if info, err := cons.Info(ctx); err == nil && info.NumPending+uint64(info.NumAckPending) > 0 {
+				a.log.Info("reconciliation put off: actions in flight", zap.Uint64("waiting", info.NumPending), zap.Int("in_hand", info.NumAckPending))
+				continue
+			}
+		}
 		for carrier, drv := range a.cfg.Drivers {
 			if _, ok := drv.(StateReader); !ok || !l.Valid() {
 				continue
 			}
 			now := time.Now()
-			d, err := Reconcile(ctx, carrier, drv, a.projectorCards, true, now)
+			d, err := Reconcile(ctx, carrier, drv, a.projectorCards, func(ctx context.Context, c CardmeterCard, kind string) error {
+				return a.resync(ctx, c, kind, now)
+			})
 			if err != nil {
 				a.log.Warn("reconciling a carrier", zap.String("carrier", carrier), zap.Error(err))
 				continue
@@ -362,28 +378,49 @@ func (a *Actuator) reconcileEvery(ctx context.Context, l *lease.Lease) {
 	}
 }
 
-// reportDrift sets the gauge and, when there is drift, writes it to the
-// log for the fold to emit carrier.drift_detected.v1.
+// resync writes to the log that a drifted card's state is to be sent to
+// its carrier again (the fold emits card.resync_requested.v1, which this
+// actuator then acts on in the card's order).
+func (a *Actuator) resync(ctx context.Context, c CardmeterCard, kind string, at time.Time) error {
+	in := card.Input{Type: card.TypeResyncRequested, ID: fmt.Sprintf("resync-%d-%s", at.UnixNano(), c.ICCID), At: at.Unix(),
+		Resync: &card.ResyncRequest{ICCID: c.ICCID, Reason: "reconcile: " + kind, By: "actuator " + a.cfg.Instance}}
+	b, _ := json.Marshal(in)
+	m := nats.NewMsg(broker.OutcomeSubject(broker.Partition(c.AccountID, a.cfg.Partitions)))
+	m.Data = b
+	m.Header.Set(jetstream.MsgIDHeader, in.ID)
+	pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	_, err := a.js.PublishMsg(pctx, m)
+	return err
+}
+
+// reportDrift sets the gauge and, when the drift changed (found, or gone),
+// writes it to the log for the fold to emit carrier.drift_detected.v1.
 func (a *Actuator) reportDrift(ctx context.Context, d *Drift, at time.Time) {
 	counts := d.Counts()
 	total := 0
-	for _, kind := range []string{DriftActiveAtCarrier, DriftInactiveAtCarrier, DriftMissingAtCarrier, DriftUnknownToCardmeter} {
+	for _, kind := range DriftKinds {
 		a.drift.WithLabelValues(d.Carrier, kind).Set(float64(counts[kind]))
 		total += counts[kind]
 	}
-	a.log.Info("carrier reconciled", zap.String("carrier", d.Carrier), zap.Int("compared", d.Compared), zap.Any("drift", counts), zap.Int("sent", d.Sent))
-	if total == 0 {
-		return
-	}
+	a.log.Info("carrier reconciled", zap.String("carrier", d.Carrier), zap.Int("compared", d.Compared), zap.Any("drift", counts), zap.Int("resyncs", d.Sent))
 	var cards []string
-	for _, kind := range []string{DriftActiveAtCarrier, DriftInactiveAtCarrier, DriftMissingAtCarrier, DriftUnknownToCardmeter} {
+	for _, kind := range DriftKinds {
 		for _, c := range d.Cards[kind] {
 			if len(cards) < 100 {
 				cards = append(cards, c)
 			}
 		}
 	}
-	in := card.Input{Type: card.TypeDriftReported, ID: fmt.Sprintf("drift-%s-%d", d.Carrier, at.Unix()), At: at.Unix(),
+	// told when it changed: the same cards left drifted (a card the
+	// carrier lists that cardmeter does not have) are one event, not one
+	// each round
+	seen := fmt.Sprint(counts, cards)
+	if last, _ := a.lastDrift.Load(d.Carrier); last == seen || (last == nil && total == 0) {
+		return
+	}
+	a.lastDrift.Store(d.Carrier, seen)
+	in := card.Input{Type: card.TypeDriftReported, ID: fmt.Sprintf("drift-%s-%d", d.Carrier, at.UnixNano()), At: at.Unix(),
 		Drift: &card.DriftReport{Carrier: d.Carrier, Counts: counts, Cards: cards, Sent: d.Sent}}
 	b, _ := json.Marshal(in)
 	m := nats.NewMsg(broker.OutcomeSubject(broker.Partition(d.Carrier, a.cfg.Partitions)))

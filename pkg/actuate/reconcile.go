@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"time"
 )
 
 // CardmeterCard is a card as cardmeter has it.
@@ -30,26 +29,36 @@ type Drift struct {
 	Carrier  string              `json:"carrier"`
 	Compared int                 `json:"compared"` // cards of this carrier in cardmeter
 	Cards    map[string][]string `json:"cards"`    // by kind
-	Sent     int                 `json:"sent"`     // actions sent again (with fix)
+	Sent     int                 `json:"sent"`     // resyncs asked (with a mend)
 	Failed   []string            `json:"failed,omitempty"`
 }
 
-// Counts are the drifted cards by kind.
+// DriftKinds are the kinds of drift, in the order they are reported.
+var DriftKinds = []string{DriftActiveAtCarrier, DriftInactiveAtCarrier, DriftMissingAtCarrier, DriftUnknownToCardmeter}
+
+// Counts are the drifted cards by kind, every kind named (0 when none).
 func (d *Drift) Counts() map[string]int {
 	out := map[string]int{}
-	for k, v := range d.Cards {
-		out[k] = len(v)
+	for _, k := range DriftKinds {
+		out[k] = len(d.Cards[k])
 	}
 	return out
 }
 
+// Mend asks that a drifted card's state be sent to its carrier again
+// (kind says how it drifted). It goes through the log, not to the carrier
+// directly: the fold emits card.resync_requested.v1 at its place in the
+// card's history and the actuator sends it in order with the card's other
+// actions, so a mend listed before a resume cannot undo the resume.
+type Mend func(ctx context.Context, c CardmeterCard, kind string) error
+
 // Reconcile compares a carrier's cards (from its driver) with
-// cardmeter's (from list, every card cardmeter has, paged) and, with fix,
-// sends each drifted card the action that makes the carrier agree with
-// cardmeter: stop (or cancel) for one in service there but not here,
-// resume for one stopped there but in service here. A card missing at the
-// carrier, or unknown to cardmeter, is reported and left alone.
-func Reconcile(ctx context.Context, carrier string, drv Driver, list func(ctx context.Context, cursor string) ([]CardmeterCard, string, error), fix bool, now time.Time) (*Drift, error) {
+// cardmeter's (from list, every card cardmeter has, paged) and, with a
+// mend, asks for each card in service at one and not the other to be sent
+// again. A card missing at the carrier (but for a cancelled one: a carrier
+// forgets those), or listed there but unknown to cardmeter, is reported
+// and left alone.
+func Reconcile(ctx context.Context, carrier string, drv Driver, list func(ctx context.Context, cursor string) ([]CardmeterCard, string, error), mend Mend) (*Drift, error) {
 	sr, ok := drv.(StateReader)
 	if !ok {
 		return nil, fmt.Errorf("carrier %s: %w", carrier, ErrNoState)
@@ -69,7 +78,11 @@ func Reconcile(ctx context.Context, carrier string, drv Driver, list func(ctx co
 		cursor = next
 	}
 	d := &Drift{Carrier: carrier, Cards: map[string][]string{}}
-	var mend []Action
+	type drifted struct {
+		card CardmeterCard
+		kind string
+	}
+	var mends []drifted
 	seen := map[string]bool{}
 	for cursor := ""; ; {
 		page, next, err := list(ctx, cursor)
@@ -83,27 +96,22 @@ func Reconcile(ctx context.Context, carrier string, drv Driver, list func(ctx co
 			seen[c.ICCID] = true
 			d.Compared++
 			active, listed := atCarrier[c.ICCID]
-			a := Action{ICCID: c.ICCID, AccountID: c.AccountID, Reasons: c.Reasons,
-				EventID: fmt.Sprintf("reconcile-%s-%s", now.UTC().Format("20060102T150405"), c.ICCID)}
+			var kind string
 			switch {
-			case !listed:
+			case !listed && c.Status != "cancelled":
 				d.Cards[DriftMissingAtCarrier] = append(d.Cards[DriftMissingAtCarrier], c.ICCID)
 				continue
-			case active && c.Status == "stopped":
-				a.Kind = "stop"
-			case active && c.Status == "cancelled":
-				a.Kind = "cancel"
+			case !listed:
+				continue // cancelled here, forgotten there: they agree
+			case active && c.Status != "in_service":
+				kind = DriftActiveAtCarrier
 			case !active && c.Status == "in_service":
-				a.Kind = "resume"
+				kind = DriftInactiveAtCarrier
 			default:
 				continue
 			}
-			kind := DriftActiveAtCarrier
-			if a.Kind == "resume" {
-				kind = DriftInactiveAtCarrier
-			}
 			d.Cards[kind] = append(d.Cards[kind], c.ICCID)
-			mend = append(mend, a)
+			mends = append(mends, drifted{c, kind})
 		}
 		if next == "" || next == cursor {
 			break
@@ -118,18 +126,33 @@ func Reconcile(ctx context.Context, carrier string, drv Driver, list func(ctx co
 	for _, v := range d.Cards {
 		sort.Strings(v)
 	}
-	if !fix {
+	if mend == nil {
 		return d, nil
 	}
-	for _, a := range mend {
+	for _, m := range mends {
 		if ctx.Err() != nil {
 			return d, ctx.Err()
 		}
-		if _, err := drv.Do(ctx, a); err != nil {
-			d.Failed = append(d.Failed, fmt.Sprintf("%s %s: %v", a.Kind, a.ICCID, err))
+		if err := mend(ctx, m.card, m.kind); err != nil {
+			d.Failed = append(d.Failed, fmt.Sprintf("%s (%s): %v", m.card.ICCID, m.kind, err))
 			continue
 		}
 		d.Sent++
 	}
 	return d, nil
+}
+
+// Unmendable is the drift a resync cannot mend: cards missing at the
+// carrier, and cards it lists that cardmeter does not have.
+func (d *Drift) Unmendable() int {
+	return len(d.Cards[DriftMissingAtCarrier]) + len(d.Cards[DriftUnknownToCardmeter])
+}
+
+// Total is every drifted card.
+func (d *Drift) Total() int {
+	n := 0
+	for _, v := range d.Cards {
+		n += len(v)
+	}
+	return n
 }

@@ -187,6 +187,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"POST /v1/cards/{iccid}/renewals", ScopeBilling, s.postRenewal, false},
 		{"POST /v1/cards/{iccid}/stop", ScopeOperator, s.command(card.TypeStopRequested), true},
 		{"POST /v1/cards/{iccid}/resume", ScopeOperator, s.command(card.TypeResumeRequested), true},
+		{"POST /v1/cards/{iccid}/resync", ScopeOperator, s.postResync, true},
+		{"POST /v1/carriers/{carrier}/drift", ScopeOperator, s.postDrift, false},
 		{"PUT /v1/accounts/{account_id}", ScopeBilling, s.putAccount, false},
 		{"GET /v1/accounts/{account_id}", ScopeRead, s.getAccount, true},
 		{"POST /v1/accounts/{account_id}/payments", ScopeBilling, s.postPayment, false},

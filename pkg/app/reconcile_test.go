@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+
 	"github.com/cardmeter/cardmeter/pkg/actuate"
 	"github.com/cardmeter/cardmeter/pkg/cli"
 	"github.com/cardmeter/cardmeter/pkg/testenv"
@@ -72,8 +73,11 @@ func (f *driftingCarrier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // The carrier drifted (a card cardmeter stopped is active there, one in
 // service is suspended, one it lists is not cardmeter's, one of
-// cardmeter's it does not list): reconcile reports each by kind, and with
-// --fix the carrier agrees with cardmeter for every card both know.
+// cardmeter's it does not list): reconcile reports each by kind and
+// writes the finding to the log; with --fix it asks for resyncs, which
+// the fold makes events with the action each card's state needs and the
+// actuator sends, and the carrier agrees with cardmeter for every card
+// both know.
 func TestReconcileMendsDrift(t *testing.T) {
 	fc := &driftingCarrier{active: map[string]bool{}}
 	carrier := httptest.NewServer(fc)
@@ -84,13 +88,15 @@ func TestReconcileMendsDrift(t *testing.T) {
   "state": {"path": "/cards?cursor={{.Cursor}}", "status": "state"}}}}`, carrier.URL)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p, err := Start(context.Background(), Config{Roles: []string{RoleAPI, RoleProjector}, DataDir: t.TempDir(), NATSPort: -1,
-		HTTPAddr: "127.0.0.1:0", Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)}, testenv.Logger(t))
+	p, err := Start(context.Background(), Config{Roles: []string{RoleAPI, RoleProjector, RoleActuator}, DataDir: t.TempDir(), NATSPort: -1,
+		HTTPAddr: "127.0.0.1:0", Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC),
+		ActuatorConfig: conf, Actuator: actuate.ActuatorConfig{MaxInterval: 200 * time.Millisecond}}, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Stop)
 	c := &client{t: t, base: p.URL}
+	seen := events(t, p.JS)
 	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1000, "cycle_anchor_day": 1, "time_zone": "UTC"})
 	for i := 1; i <= 5; i++ {
 		carrierName := "cmcc"
@@ -103,8 +109,15 @@ func TestReconcileMendsDrift(t *testing.T) {
 	if code := c.do("POST", "/v1/cards/"+iccid(1)+"/stop", "application/json", []byte(`{"operator":"ops"}`), &out); code != 200 {
 		t.Fatalf("stop: %d %v", code, out)
 	}
+	// the actuator's stop of card 1 is the dropped call, retried: done
+	testenv.Eventually(t, 30*time.Second, func() error {
+		if n := len(ofType(seen(), "cardmeter.card.actuation_succeeded.v1", iccid(1))); n != 1 {
+			return fmt.Errorf("card 1's stop: %d outcomes", n)
+		}
+		return nil
+	})
 	fc.mu.Lock()
-	fc.active[iccid(1)] = true  // stopped in cardmeter
+	fc.active[iccid(1)] = true  // stopped in cardmeter: switched on again by hand
 	fc.active[iccid(2)] = false // in service in cardmeter
 	fc.active[iccid(3)] = true  // agrees
 	fc.active["89860000000000000999"] = true
@@ -120,25 +133,33 @@ func TestReconcileMendsDrift(t *testing.T) {
 	}
 	code, rep := run("--fix")
 	cards := rep["cards"].(map[string]any)
-	if code != cli.ExitFailed || rep["compared"].(float64) != 4 ||
+	if code != cli.ExitDrift || rep["compared"].(float64) != 4 || rep["sent"].(float64) != 2 ||
 		fmt.Sprint(cards["active_at_carrier"]) != "["+iccid(1)+"]" || fmt.Sprint(cards["inactive_at_carrier"]) != "["+iccid(2)+"]" ||
 		fmt.Sprint(cards["missing_at_carrier"]) != "["+iccid(4)+"]" || fmt.Sprint(cards["unknown_to_cardmeter"]) != "[89860000000000000999]" {
-		t.Fatalf("first run (one call dropped): exit %d, %v", code, rep)
+		t.Fatalf("reconcile --fix: exit %d, %v", code, rep)
 	}
-	// the dropped call's card is still drifted; a second run mends it
-	code, rep = run("--fix")
-	if code != cli.ExitDrift {
-		t.Fatalf("second run: exit %d, %v", code, rep)
-	}
+	// the resyncs go through the log: each card's event says the action,
+	// the actuator sends it, and the finding is an event too
+	testenv.Eventually(t, 30*time.Second, func() error {
+		evs := seen()
+		r1, r2 := ofType(evs, "cardmeter.card.resync_requested.v1", iccid(1)), ofType(evs, "cardmeter.card.resync_requested.v1", iccid(2))
+		if len(r1) != 1 || r1[0].Data.Action != "stop" || len(r2) != 1 || r2[0].Data.Action != "resume" {
+			return fmt.Errorf("resyncs: %+v %+v", r1, r2)
+		}
+		if d := ofType(evs, "cardmeter.carrier.drift_detected.v1", "cmcc"); len(d) != 1 || d[0].Data.Drift["missing_at_carrier"] != 1 {
+			return fmt.Errorf("the finding: %+v", d)
+		}
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		if fc.active[iccid(1)] || !fc.active[iccid(2)] || !fc.active[iccid(3)] {
+			return fmt.Errorf("the carrier: %v", fc.active)
+		}
+		return nil
+	})
 	code, rep = run()
 	cards = rep["cards"].(map[string]any)
 	if cards["active_at_carrier"] != nil || cards["inactive_at_carrier"] != nil || code != cli.ExitDrift {
 		t.Fatalf("after the fixes: exit %d, %v", code, rep)
-	}
-	fc.mu.Lock()
-	defer fc.mu.Unlock()
-	if fc.active[iccid(1)] || !fc.active[iccid(2)] || !fc.active[iccid(3)] {
-		t.Fatalf("the carrier: %v", fc.active)
 	}
 }
 
@@ -178,13 +199,50 @@ func TestPeriodicReconciliation(t *testing.T) {
 		}
 		return nil
 	})
+	// the finding is an event once, and again when it is gone; the gauge
+	// says what the last round found
 	testenv.Eventually(t, 30*time.Second, func() error {
 		got := ofType(seen(), "cardmeter.carrier.drift_detected.v1", "cmcc")
-		if len(got) == 0 || got[0].Data.Drift["inactive_at_carrier"] != 1 || fmt.Sprint(got[0].Data.Cards) != "["+iccid(1)+"]" {
+		gone := map[string]int{"active_at_carrier": 0, "inactive_at_carrier": 0, "missing_at_carrier": 0, "unknown_to_cardmeter": 0}
+		if len(got) != 2 || got[0].Data.Drift["inactive_at_carrier"] != 1 || fmt.Sprint(got[0].Data.Cards) != "["+iccid(1)+"]" ||
+			fmt.Sprint(got[1].Data.Drift) != fmt.Sprint(gone) || len(got[1].Data.Cards) != 0 {
 			return fmt.Errorf("drift events: %+v", got)
 		}
 		return nil
 	})
+	time.Sleep(time.Second) // three more rounds: nothing new to tell
+	if got := ofType(seen(), "cardmeter.carrier.drift_detected.v1", "cmcc"); len(got) != 2 {
+		t.Fatalf("%d drift events, want 2 (found, then gone)", len(got))
+	}
+	if v := gaugeOf(t, p, "cardmeter_carrier_drift_cards", "cmcc", "inactive_at_carrier"); v != 0 {
+		t.Fatalf("the gauge says %v cards inactive at the carrier after the mend", v)
+	}
+}
+
+// gaugeOf reads one labelled gauge from the pipeline's metrics (carrier,
+// kind), failing when it is not there.
+func gaugeOf(t *testing.T, p *Pipeline, name, carrier, kind string) float64 {
+	t.Helper()
+	families, err := p.Metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["carrier"] == carrier && labels["kind"] == kind {
+				return m.GetGauge().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no %s{carrier=%q,kind=%q}", name, carrier, kind)
+	return 0
 }
 
 // lossyCarrier keeps each card's state and loses calls: every fifth
@@ -243,9 +301,10 @@ func (f *lossyCarrier) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // The actuator acts on 40 cards' stops and resumes through a carrier that
 // loses a fifth of the calls without saying so and is slow on a third,
-// and someone changes two cards at the carrier by hand: one
-// `cardmeter reconcile --fix` later the carrier agrees with cardmeter on
-// every card, and a second run finds no drift.
+// and someone changes two cards at the carrier by hand: after
+// `cardmeter reconcile --fix` and the actuator's resyncs (again while
+// the carrier loses some), the carrier agrees with cardmeter on every
+// card, and a run finds no drift.
 func TestReconcileAfterALossyCarrier(t *testing.T) {
 	const cards = 40
 	fc := &lossyCarrier{active: map[string]bool{}}
@@ -314,14 +373,26 @@ func TestReconcileAfterALossyCarrier(t *testing.T) {
 		}
 		return code, rep
 	}
-	// the fix may itself be lost: runs until one finds nothing, at most 4
+	// the resyncs may be lost too: a run, then the actuator's calls, until
+	// a run finds nothing, at most 5
 	var code int
 	var rep map[string]any
-	for i := 0; i < 4; i++ {
-		if code, rep = run("--fix"); code == cli.ExitOK {
+	for i := 0; i < 5; i++ {
+		code, rep = run("--fix")
+		if code != cli.ExitOK {
+			t.Fatalf("reconcile --fix %d: exit %d, %v", i+1, code, rep)
+		}
+		if rep["sent"].(float64) == 0 {
 			break
 		}
-		t.Logf("reconcile --fix %d: exit %d, %v", i+1, code, rep["cards"])
+		t.Logf("reconcile --fix %d: %v resyncs for %v", i+1, rep["sent"], rep["cards"])
+		actions += int(rep["sent"].(float64))
+		testenv.Eventually(t, 60*time.Second, func() error {
+			if n := len(ofTypeAll(seen(), "cardmeter.card.actuation_succeeded.v1")); n != actions {
+				return fmt.Errorf("%d actions reported done, want %d", n, actions)
+			}
+			return nil
+		})
 	}
 	if code, rep = run(); code != cli.ExitOK || rep["compared"].(float64) != cards {
 		t.Fatalf("after the fixes: exit %d, %v", code, rep)
@@ -342,5 +413,5 @@ func TestReconcileAfterALossyCarrier(t *testing.T) {
 			t.Errorf("card %s: %s in cardmeter, active %v at the carrier", cd.ICCID, cd.Status, fc.active[cd.ICCID])
 		}
 	}
-	t.Logf("%d of %d carrier calls lost before the reconciliation", lost, fc.calls)
+	t.Logf("%d carrier calls lost before the reconciliation, %d calls in all", lost, fc.calls)
 }

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -16,17 +17,20 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/actuate"
 )
 
-// Exit code of reconcile: drift found (and, with --fix, sent).
+// Exit code of reconcile: drift is left (found without --fix, or drift
+// a resync cannot mend).
 const ExitDrift = 4
 
 // Reconcile is `cardmeter reconcile --carrier X`: it lists the carrier's
 // cards through its driver (--actuator-config) and cardmeter's through the
-// API, reports how they differ, and with --fix sends each drifted card the
-// action that makes the carrier agree.
+// API, reports how they differ (and writes the finding to the log, for
+// carrier.drift_detected.v1), and with --fix asks for each drifted card's
+// state to be sent to the carrier again (POST /v1/cards/{iccid}/resync):
+// the actuator sends it in order with the card's other actions.
 func Reconcile(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("reconcile", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	apiURL := fs.String("url", getenv("CARDMETER_URL", "http://127.0.0.1:8080"), "the API's base URL (CARDMETER_URL); the token (scope read) from CARDMETER_TOKEN")
+	apiURL := fs.String("url", getenv("CARDMETER_URL", "http://127.0.0.1:8080"), "the API's base URL (CARDMETER_URL); the token (scopes read and operator) from CARDMETER_TOKEN")
 	carrier := fs.String("carrier", os.Getenv("CARDMETER_CARRIER"), "the carrier to reconcile")
 	config := fs.String("actuator-config", getenv("CARDMETER_ACTUATOR_CONFIG", ""), "the carriers' drivers (the actuator's file)")
 	fix := fs.Bool("fix", false, "send each drifted card the action that makes the carrier agree with cardmeter")
@@ -51,10 +55,30 @@ func Reconcile(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	d, err := actuate.Reconcile(ctx, *carrier, drv, apiCards(strings.TrimSuffix(*apiURL, "/"), os.Getenv("CARDMETER_TOKEN")), *fix, time.Now())
+	base, token := strings.TrimSuffix(*apiURL, "/"), os.Getenv("CARDMETER_TOKEN")
+	var mend actuate.Mend
+	if *fix {
+		run := time.Now().UTC().Format("20060102T150405.000000000")
+		mend = func(ctx context.Context, c actuate.CardmeterCard, kind string) error {
+			// the same key for the same run: a retried request is one resync
+			return apiPost(ctx, base, token, "/v1/cards/"+url.PathEscape(c.ICCID)+"/resync", "reconcile-"+run+"-"+c.ICCID,
+				map[string]any{"operator": "cardmeter reconcile", "reason": "reconcile: " + kind})
+		}
+	}
+	d, err := actuate.Reconcile(ctx, *carrier, drv, apiCards(base, token), mend)
 	if err != nil {
 		fmt.Fprintln(stderr, "reconcile:", err)
 		return ExitFailed
+	}
+	if d.Total() > 0 {
+		cards := []string{}
+		for _, k := range actuate.DriftKinds {
+			cards = append(cards, d.Cards[k]...)
+		}
+		if err := apiPost(ctx, base, token, "/v1/carriers/"+url.PathEscape(*carrier)+"/drift", "",
+			map[string]any{"counts": d.Counts(), "cards": cards[:min(len(cards), 100)], "sent": d.Sent}); err != nil {
+			d.Failed = append(d.Failed, "writing the finding to the log: "+err.Error())
+		}
 	}
 	if *asJSON {
 		b, _ := json.MarshalIndent(d, "", "  ")
@@ -65,10 +89,36 @@ func Reconcile(args []string, stdout, stderr io.Writer) int {
 	switch {
 	case len(d.Failed) > 0:
 		return ExitFailed
-	case len(d.Cards[actuate.DriftActiveAtCarrier])+len(d.Cards[actuate.DriftInactiveAtCarrier])+len(d.Cards[actuate.DriftMissingAtCarrier])+len(d.Cards[actuate.DriftUnknownToCardmeter]) > 0:
+	case d.Unmendable() > 0 || (!*fix && d.Total() > 0):
 		return ExitDrift
 	}
-	return ExitOK
+	return ExitOK // they agree, or every drifted card's resync is in the log
+}
+
+// apiPost sends a JSON body to the API and wants a 2xx.
+func apiPost(ctx context.Context, base, token, path, key string, body any) error {
+	b, _ := json.Marshal(body)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		answer, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
+		return fmt.Errorf("POST %s: %d %s", path, resp.StatusCode, strings.TrimSpace(string(answer)))
+	}
+	return nil
 }
 
 // apiCards pages GET /v1/cards.
@@ -135,7 +185,7 @@ func printDrift(w io.Writer, d *actuate.Drift, fix bool) {
 		fmt.Fprintf(w, "%-22s %6d  %s%s\n", k, len(cards), strings.Join(shown, " "), more)
 	}
 	if fix {
-		fmt.Fprintf(w, "actions sent: %d, failed: %d\n", d.Sent, len(d.Failed))
+		fmt.Fprintf(w, "resyncs asked (the actuator sends them): %d, failed: %d\n", d.Sent, len(d.Failed))
 		for _, f := range d.Failed {
 			fmt.Fprintln(w, "  "+f)
 		}
