@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/cardmeter/cardmeter/pkg/actuate"
 	"github.com/cardmeter/cardmeter/pkg/cli"
 	"github.com/cardmeter/cardmeter/pkg/testenv"
