@@ -61,6 +61,7 @@ type Actuator struct {
 	outcomes  *prometheus.CounterVec
 	drift     *prometheus.GaugeVec
 	lastDrift sync.Map // carrier -> the drift last told to the log
+	refused   sync.Map // carrier -> error: it refuses the credentials
 }
 
 // NewActuator makes an actuator; Run runs it.
@@ -97,7 +98,12 @@ func (a *Actuator) Healthy() error {
 	if e := a.failure.Load(); e != nil && *e != nil {
 		return *e
 	}
-	return nil
+	var refused error
+	a.refused.Range(func(k, v any) bool {
+		refused = fmt.Errorf("carrier %s: %w", k, v.(error))
+		return false
+	})
+	return refused
 }
 
 // Run takes the actuator lease when it is free and acts until ctx ends.
@@ -255,6 +261,11 @@ func (a *Actuator) act(ctx context.Context, l *lease.Lease, m jetstream.Msg) boo
 		}
 		attempts++
 		detail, err = drv.Do(ctx, act)
+		if errors.Is(err, ErrCredentials) {
+			a.refused.Store(dc.Carrier, err)
+		} else {
+			a.refused.Delete(dc.Carrier)
+		}
 		var perm *backoff.PermanentError
 		if err == nil || errors.As(err, &perm) {
 			break
@@ -316,10 +327,8 @@ func (a *Actuator) directory(ctx context.Context, iccid string) (directoryCard, 
 		case !errors.Is(err, jetstream.ErrKeyNotFound) && ctx.Err() == nil:
 			a.log.Warn("reading the directory; retrying", zap.String("iccid", iccid), zap.Error(err))
 		}
-		select {
-		case <-ctx.Done():
+		if lanes.Pause(ctx, bo.NextBackOff()) != nil { // waiting holds no slot
 			return dc, false
-		case <-time.After(bo.NextBackOff()):
 		}
 	}
 }
@@ -345,6 +354,7 @@ func (a *Actuator) report(ctx context.Context, account string, rep card.Actuatio
 // reconcileEvery reconciles each carrier that lists its cards, every
 // ReconcileEvery while the lease holds.
 func (a *Actuator) reconcileEvery(ctx context.Context, l *lease.Lease) {
+	a.lastDrift.Clear() // a new owner tells what it finds, whatever another told since
 	t := time.NewTicker(a.cfg.ReconcileEvery)
 	defer t.Stop()
 	for {
@@ -353,14 +363,8 @@ func (a *Actuator) reconcileEvery(ctx context.Context, l *lease.Lease) {
 			return
 		case <-t.C:
 		}
-		// an action in hand or waiting would show as drift, and be asked
-		// for twice: reconcile when there is none
-		if cons, err := a.js.Consumer(ctx, broker.StreamEvents, ConsumerName); err == nil {
-			if info, err := cons.Info(ctx); err == nil && info.NumPending+uint64(info.NumAckPending) > 0 {
-				a.log.Info("reconciliation put off: actions in flight", zap.Uint64("waiting", info.NumPending), zap.Int("in_hand", info.NumAckPending))
-				continue
-			}
-		}
+		// (a card whose action is in flight shows as drift; its resync
+		// goes after that action, and the carrier is asked the same twice)
 		for carrier, drv := range a.cfg.Drivers {
 			if _, ok := drv.(StateReader); !ok || !l.Valid() {
 				continue
@@ -419,7 +423,6 @@ func (a *Actuator) reportDrift(ctx context.Context, d *Drift, at time.Time) {
 	if last, _ := a.lastDrift.Load(d.Carrier); last == seen || (last == nil && total == 0) {
 		return
 	}
-	a.lastDrift.Store(d.Carrier, seen)
 	in := card.Input{Type: card.TypeDriftReported, ID: fmt.Sprintf("drift-%s-%d", d.Carrier, at.UnixNano()), At: at.Unix(),
 		Drift: &card.DriftReport{Carrier: d.Carrier, Counts: counts, Cards: cards, Sent: d.Sent}}
 	b, _ := json.Marshal(in)
@@ -429,8 +432,10 @@ func (a *Actuator) reportDrift(ctx context.Context, d *Drift, at time.Time) {
 	pctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	if _, err := a.js.PublishMsg(pctx, m); err != nil {
-		a.log.Warn("writing the drift to the log (the gauge says it)", zap.String("carrier", d.Carrier), zap.Error(err))
+		a.log.Warn("writing the drift to the log (the gauge says it; the next round tells it again)", zap.String("carrier", d.Carrier), zap.Error(err))
+		return
 	}
+	a.lastDrift.Store(d.Carrier, seen)
 }
 
 // projectorCards pages every card the projectors hold, partition after

@@ -265,6 +265,14 @@ func (d *HTTPDriver) States(ctx context.Context, cursor string) ([]CarrierCard, 
 	return page, next, nil
 }
 
+// Can says whether the carrier's entry has a call for an action kind.
+func (d *HTTPDriver) Can(kind string) bool { _, ok := d.calls[kind]; return ok }
+
+// ErrCredentials is a carrier refusing the driver's credentials (401,
+// 403): its calls are retried, and the actuator reports itself unhealthy
+// meanwhile.
+var ErrCredentials = errors.New("the carrier refuses the credentials (its headers are read at start: fix them and restart)")
+
 // ErrNotConfigured is an action kind the carrier's driver has no call for.
 var ErrNotConfigured = errors.New("no call configured for this action")
 
@@ -307,10 +315,16 @@ func (d *HTTPDriver) Do(ctx context.Context, a Action) (string, error) {
 		return detail, nil
 	}
 	err = fmt.Errorf("the carrier answered %s", detail)
-	if resp.StatusCode/100 == 4 && resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusRequestTimeout {
-		// a refusal (401 and 403 too: the headers are read once, at
-		// start): the same call again would be refused again
-		return detail, backoff.Permanent(err)
+	switch resp.StatusCode {
+	case http.StatusUnauthorized, http.StatusForbidden:
+		// credentials: tried again (the actions wait, not lost) until
+		// the headers are fixed and the actuator restarted with them
+		return detail, fmt.Errorf("%w: %w", ErrCredentials, err)
+	case http.StatusTooManyRequests, http.StatusRequestTimeout:
+		return detail, err // busy: tried again
 	}
-	return detail, err // busy, or down: tried again
+	if resp.StatusCode/100 == 4 {
+		return detail, backoff.Permanent(err) // a refusal: the same call again would be refused again
+	}
+	return detail, err // down: tried again
 }

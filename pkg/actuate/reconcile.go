@@ -31,7 +31,13 @@ type Drift struct {
 	Cards    map[string][]string `json:"cards"`    // by kind
 	Sent     int                 `json:"sent"`     // resyncs asked (with a mend)
 	Failed   []string            `json:"failed,omitempty"`
+	// Unsent are drifted cards whose action the carrier's driver has no
+	// call for: no resync would reach the carrier.
+	Unsent []string `json:"unsent,omitempty"`
 }
+
+// Caller is a driver that says which action kinds it can send.
+type Caller interface{ Can(kind string) bool }
 
 // DriftKinds are the kinds of drift, in the order they are reported.
 var DriftKinds = []string{DriftActiveAtCarrier, DriftInactiveAtCarrier, DriftMissingAtCarrier, DriftUnknownToCardmeter}
@@ -78,10 +84,6 @@ func Reconcile(ctx context.Context, carrier string, drv Driver, list func(ctx co
 		cursor = next
 	}
 	d := &Drift{Carrier: carrier, Cards: map[string][]string{}}
-	type drifted struct {
-		card CardmeterCard
-		kind string
-	}
 	var mends []drifted
 	seen := map[string]bool{}
 	for cursor := ""; ; {
@@ -133,6 +135,10 @@ func Reconcile(ctx context.Context, carrier string, drv Driver, list func(ctx co
 		if ctx.Err() != nil {
 			return d, ctx.Err()
 		}
+		if c, ok := drv.(Caller); ok && !c.Can(m.action()) {
+			d.Unsent = append(d.Unsent, m.card.ICCID)
+			continue
+		}
 		if err := mend(ctx, m.card, m.kind); err != nil {
 			d.Failed = append(d.Failed, fmt.Sprintf("%s (%s): %v", m.card.ICCID, m.kind, err))
 			continue
@@ -142,10 +148,28 @@ func Reconcile(ctx context.Context, carrier string, drv Driver, list func(ctx co
 	return d, nil
 }
 
+// drifted is a card a resync may mend.
+type drifted struct {
+	card CardmeterCard
+	kind string
+}
+
+// action is what the card's state needs at its carrier.
+func (m drifted) action() string {
+	switch {
+	case m.kind == DriftInactiveAtCarrier:
+		return "resume"
+	case m.card.Status == "cancelled":
+		return "cancel"
+	}
+	return "stop"
+}
+
 // Unmendable is the drift a resync cannot mend: cards missing at the
-// carrier, and cards it lists that cardmeter does not have.
+// carrier, cards it lists that cardmeter does not have, and cards whose
+// action its driver has no call for.
 func (d *Drift) Unmendable() int {
-	return len(d.Cards[DriftMissingAtCarrier]) + len(d.Cards[DriftUnknownToCardmeter])
+	return len(d.Cards[DriftMissingAtCarrier]) + len(d.Cards[DriftUnknownToCardmeter]) + len(d.Unsent)
 }
 
 // Total is every drifted card.

@@ -2,6 +2,8 @@ package api
 
 import (
 	"net/http"
+	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/nats-io/nuid"
@@ -72,11 +74,25 @@ func (s *Server) postDrift(w http.ResponseWriter, r *http.Request) error {
 	if len(b.Cards) > 100 {
 		b.Cards = b.Cards[:100] // the first ones; the counts say how many
 	}
-	for k, n := range b.Counts {
-		if n < 0 || !validDriftKind(k) {
-			return invalid("counts", "kinds are active_at_carrier, inactive_at_carrier, missing_at_carrier, unknown_to_cardmeter, with counts of 0 or more")
+	for _, c := range b.Cards {
+		if !cardRef.MatchString(c) {
+			return invalid("cards", "each a card's ICCID (up to 32 letters and digits): "+strconv.Quote(c))
 		}
 	}
+	if b.Sent < 0 {
+		return invalid("sent", "0 or more")
+	}
+	counts := map[string]int{} // every kind named, 0 when none
+	for _, k := range driftKinds {
+		counts[k] = 0
+	}
+	for k, n := range b.Counts {
+		if _, known := counts[k]; !known || n < 0 {
+			return invalid("counts", "kinds are active_at_carrier, inactive_at_carrier, missing_at_carrier, unknown_to_cardmeter, with counts of 0 or more")
+		}
+		counts[k] = n
+	}
+	b.Counts = counts
 	id := "drift-" + nuid.Next()
 	if k := r.Header.Get("Idempotency-Key"); k != "" {
 		id = "drift-" + contentID([]byte(carrier), []byte(k))
@@ -93,10 +109,8 @@ func (s *Server) postDrift(w http.ResponseWriter, r *http.Request) error {
 	return decided(w, d, map[string]any{"carrier": carrier, "report_id": id, "position": pos})
 }
 
-func validDriftKind(k string) bool {
-	switch k {
-	case "active_at_carrier", "inactive_at_carrier", "missing_at_carrier", "unknown_to_cardmeter":
-		return true
-	}
-	return false
-}
+// driftKinds are actuate.DriftKinds (the API does not depend on the
+// actuator).
+var driftKinds = []string{"active_at_carrier", "inactive_at_carrier", "missing_at_carrier", "unknown_to_cardmeter"}
+
+var cardRef = regexp.MustCompile(`^[0-9A-Za-z]{1,32}$`)

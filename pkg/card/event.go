@@ -305,4 +305,5 @@ type Emitted struct {
 	Carrier   string         // actuation and drift events: the carrier
 	Drift     map[string]int // drift events: cards by kind
 	Cards     []string       // drift events: the first drifted cards
+	Cancelled bool           // actuation and resync events: the card is cancelled
 }

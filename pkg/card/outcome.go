@@ -27,7 +27,7 @@ func (p *Partition) applyActuation(in *Input, out []Emitted) []Emitted {
 		cause = "event:" + in.ID
 	}
 	return append(out, Emitted{Type: typ, ICCID: r.ICCID, AccountID: c.account, PlanID: c.planID, At: p.at(in), Cause: cause,
-		Reasons: c.reasons, Code: r.Action, Detail: r.Detail, Carrier: r.Carrier})
+		Reasons: c.reasons, Code: r.Action, Detail: r.Detail, Carrier: r.Carrier, Cancelled: c.cancelled})
 }
 
 // applyWebhookDisabled emits that a webhook was disabled.
@@ -68,5 +68,5 @@ func (p *Partition) applyResync(in *Input, out []Emitted) []Emitted {
 		action = "stop"
 	}
 	return append(out, Emitted{Type: EmitResyncRequested, ICCID: r.ICCID, AccountID: c.account, PlanID: c.planID, At: p.at(in),
-		Cause: "event:" + in.ID, Reasons: c.reasons, Code: action, Detail: r.Reason, Operator: r.By})
+		Cause: "event:" + in.ID, Reasons: c.reasons, Code: action, Detail: r.Reason, Operator: r.By, Cancelled: c.cancelled})
 }

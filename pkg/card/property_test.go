@@ -35,6 +35,9 @@ func checkInvariants(t *testing.T, log []any) {
 			// (what its carrier answers, and a resync, are about the
 			// cancellation itself: the carrier follows cardmeter)
 			carrier := em.Type == EmitActuationSucceeded || em.Type == EmitActuationFailed || em.Type == EmitResyncRequested
+			if carrier && em.Cancelled != cancelled[em.ICCID] {
+				t.Fatalf("event %d: %s of card %s says cancelled %v, the card is %v", i, em.Type, em.ICCID, em.Cancelled, cancelled[em.ICCID])
+			}
 			if em.Type == EmitResyncRequested && cancelled[em.ICCID] != (em.Code == "cancel") {
 				t.Fatalf("event %d: resync of card %s (cancelled %v) asks %s", i, em.ICCID, cancelled[em.ICCID], em.Code)
 			}

@@ -104,7 +104,7 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 		if e.Reasons != 0 {
 			d.Status = string(card.Stopped)
 		}
-		if e.Type == card.EmitCancelled {
+		if e.Type == card.EmitCancelled || e.Cancelled {
 			d.Status = string(card.Cancelled)
 		}
 	}
@@ -119,9 +119,6 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 		// reasons as cardmeter has them, not its usage
 		d.Action, d.Code = e.Code, ""
 		d.UsageBytes, d.QuotaBytes, d.OvershootBytes = nil, nil, nil
-		if e.Type == card.EmitResyncRequested && e.Code == "cancel" {
-			d.Status = string(card.Cancelled)
-		}
 	}
 	if e.Expected != 0 {
 		d.ExpectedAt = Rfc3339(e.Expected)

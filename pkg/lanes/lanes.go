@@ -116,6 +116,14 @@ func (l *Lanes) Add(ctx context.Context, key string, m jetstream.Msg) error {
 		l.drop(key)
 		return ctx.Err()
 	}
+	l.mu.Lock()
+	halted := l.halted
+	l.mu.Unlock()
+	if halted { // a lane stopped while this one waited for its slot
+		<-l.slots
+		l.drop(key)
+		return ErrStopped
+	}
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()

@@ -182,3 +182,72 @@ func TestMessagesInHandAreHandledOnce(t *testing.T) {
 		})
 	}
 }
+
+// A handler waiting in Pause gives its slot up: with one slot, another
+// key's message is handled meanwhile, and no two handlers are at work at
+// once; a context ended during a pause ends it, and Drain returns.
+func TestPauseGivesTheSlotUp(t *testing.T) {
+	it, _ := consumer(t, 2, 1) // k0/0, k1/0
+	var mu sync.Mutex
+	working, most := 0, 0
+	var order []string
+	work := func(d int, what string) {
+		mu.Lock()
+		defer mu.Unlock()
+		working += d
+		most = max(most, working)
+		if what != "" {
+			order = append(order, what)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	handle := func(ctx context.Context, m jetstream.Msg) bool {
+		work(1, string(m.Data())+" starts")
+		if string(m.Data()) == "k0/0" {
+			work(-1, "")
+			if err := lanes.Pause(ctx, 300*time.Millisecond); err != nil {
+				return false
+			}
+			work(1, "k0/0 resumes")
+		}
+		work(-1, string(m.Data())+" ends")
+		_ = m.Ack()
+		if string(m.Data()) == "k0/0" {
+			cancel()
+		}
+		return true
+	}
+	if err := lanes.Drain(ctx, it, 1, 0, handle, func() bool { return true }, nil); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := "[k0/0 starts k1/0 starts k1/0 ends k0/0 resumes k0/0 ends]"
+	if fmt.Sprint(order) != want || most != 1 {
+		t.Fatalf("order %v (want %s), at most %d at work at once (want 1)", order, want, most)
+	}
+
+	// ended while paused
+	it2, _ := consumer(t, 1, 1)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	paused := make(chan struct{})
+	var pauseErr error
+	go func() { <-paused; cancel2() }()
+	done := make(chan error, 1)
+	go func() {
+		done <- lanes.Drain(ctx2, it2, 1, 0, func(ctx context.Context, m jetstream.Msg) bool {
+			close(paused)
+			pauseErr = lanes.Pause(ctx, time.Hour)
+			return false
+		}, func() bool { return true }, nil)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Drain did not return once its context ended during a pause")
+	}
+	if !errors.Is(pauseErr, context.Canceled) {
+		t.Fatalf("Pause: %v, want the context's end", pauseErr)
+	}
+}

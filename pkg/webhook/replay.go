@@ -131,7 +131,9 @@ func (n *Notifier) replayDead(ctx context.Context, l *lease.Lease, sub *Subscrip
 		// and removed
 		var env envelope
 		_ = json.Unmarshal(m.Data(), &env)
-		if g := m.Headers().Get(headerConsumer); g != consumer || !sub.Matches(env.Type) ||
+		// (a letter without the header is older than it: its types and
+		// account are what says whether it is this webhook's)
+		if g := m.Headers().Get(headerConsumer); (g != "" && g != consumer) || !sub.Matches(env.Type) ||
 			(sub.AccountID != "" && env.Data.AccountID != sub.AccountID) {
 			if err := st.DeleteMsg(ctx, meta.Sequence.Stream); err != nil {
 				n.log.Warn("removing a dead letter the webhook does not take", zap.Error(err))

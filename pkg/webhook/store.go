@@ -127,8 +127,14 @@ func Attempts(ctx context.Context, js jetstream.JetStream, id string, limit int)
 	if err != nil {
 		return nil, err
 	}
-	// at most the stream's 1,000 per webhook, read in batches; the reader
-	// goes away 5 s after its last use
+	// at most the stream's 1,000 per webhook, read in batches of what is
+	// there (a pull for more would wait out its time); the reader goes
+	// away 5 s after its last use
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return nil, err
+	}
+	left := int(info.State.Subjects[subject])
 	c, err := js.OrderedConsumer(ctx, broker.StreamAttempts, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject},
 		InactiveThreshold: 5 * time.Second})
 	if err != nil {
@@ -136,13 +142,14 @@ func Attempts(ctx context.Context, js jetstream.JetStream, id string, limit int)
 	}
 	var all []Attempt
 	for done := false; !done; {
-		batch, err := c.Fetch(256, jetstream.FetchMaxWait(5*time.Second))
+		batch, err := c.Fetch(max(1, min(256, left)), jetstream.FetchMaxWait(5*time.Second))
 		if err != nil {
 			return nil, err
 		}
 		n := 0
 		for m := range batch.Messages() {
 			n++
+			left--
 			var a Attempt
 			if json.Unmarshal(m.Data(), &a) == nil {
 				all = append(all, a)
