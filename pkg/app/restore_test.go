@@ -85,7 +85,8 @@ func TestPipelineRidesOutNATSOutages(t *testing.T) {
 		t.Fatalf("start-up gave up on a NATS server that came up 1.5 s later: %v", err)
 	}
 	t.Cleanup(p.Stop)
-	<-restarted                                              // (ns is the test's again)
+	// (ns is the test's again once its restart has returned)
+	<-restarted
 	testenv.Eventually(t, 20*time.Second, p.Projector.Ready) // a write's decision is final (200) once its partition folds
 	c := &client{t: t, base: p.URL}
 	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1 << 30})
