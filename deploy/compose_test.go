@@ -33,7 +33,7 @@ func TestComposeFileIsValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, svc := range []string{"nats-1", "nats-2", "nats-3", "clickhouse", "ingest", "ingest-2", "projector", "projector-2", "clock", "sink", "sink-2"} {
+	for _, svc := range []string{"nats-1", "nats-2", "nats-3", "clickhouse", "ingest", "ingest-2", "projector", "projector-2", "clock", "sink", "sink-2", "notifier", "prometheus", "grafana"} {
 		if !slices.Contains(strings.Split(strings.TrimSpace(string(out)), "\n"), svc) {
 			t.Errorf("docker-compose.yml has no service %q (has: %s)", svc, out)
 		}

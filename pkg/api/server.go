@@ -108,6 +108,8 @@ type Server struct {
 type metrics struct {
 	auditFailures prometheus.Counter
 	records       *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+	delay         prometheus.Histogram
 	requests      *prometheus.CounterVec
 	latency       *prometheus.HistogramVec
 }
@@ -157,7 +159,12 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	}
 	m := &metrics{
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_ingest_records_total",
-			Help: "Usage records received, by outcome (accepted, rejected, duplicate_chunk)."}, []string{"outcome"}),
+			Help: "Usage records received, by carrier and outcome (accepted, rejected, duplicate_chunk)."}, []string{"carrier", "outcome"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_ingest_rejected_total",
+			Help: "Usage records rejected, by carrier and the field at fault (\"record\": the record as a whole)."}, []string{"carrier", "field"}),
+		delay: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cardmeter_ingest_delay_seconds",
+			Help:    "From a stored record's end time to its storage: how late carriers send usage.",
+			Buckets: []float64{1, 10, 60, 300, 900, 3600, 3 * 3600, 12 * 3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400}}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "cardmeter_http_requests_total",
 			Help: "HTTP requests by route and status code."}, []string{"route", "code"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "cardmeter_http_request_seconds",
@@ -165,7 +172,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	}
 	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_audit_failures_total",
 		Help: "Writes whose audit entry the log did not store (each is logged with who and what)."})
-	reg.MustRegister(m.records, m.requests, m.latency, m.auditFailures)
+	reg.MustRegister(m.records, m.rejected, m.delay, m.requests, m.latency, m.auditFailures)
 	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m,
 		budget: newBudget(cfg.Batch.InFlightBytes, reg)}
 	s.batches, s.resolved = cfg.Batches, cfg.Resolved

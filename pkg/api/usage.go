@@ -10,6 +10,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 
@@ -201,9 +202,9 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 		accepted, dups := p.Accepted+p.Late, p.Duplicate
 		res.Verdicts, res.Accepted, res.Duplicates = "final", &accepted, &dups
 	}
-	s.metrics.records.WithLabelValues("accepted").Add(float64(res.Stored))
-	s.metrics.records.WithLabelValues("rejected").Add(float64(res.RejectedCount))
-	s.metrics.records.WithLabelValues("duplicate_chunk").Add(float64(acks.duplicates))
+	s.metrics.records.WithLabelValues(carrier, "accepted").Add(float64(res.Stored))
+	s.metrics.records.WithLabelValues(carrier, "rejected").Add(float64(res.RejectedCount))
+	s.metrics.records.WithLabelValues(carrier, "duplicate_chunk").Add(float64(acks.duplicates))
 	status, answer := http.StatusOK, any(res)
 	ctype := "application/json"
 	if res.RejectedCount > 0 {
@@ -254,8 +255,10 @@ func (s *Server) readBatch(rd cdr.Reader, bw *batchWriter, res *BatchResult, car
 			if err := bw.add(p, &rec); err != nil {
 				return err
 			}
+			s.metrics.delay.Observe(float64(max(0, now-rec.End)))
 			continue
 		}
+		s.metrics.rejected.WithLabelValues(carrier, rejectedField(rj.Error.Field)).Inc()
 		if res.RejectedCount++; len(res.Rejected) < maxAnswerRejections {
 			res.Rejected = append(res.Rejected, rj.Error)
 		} else {
@@ -409,4 +412,13 @@ func (s *Server) projected(ctx context.Context, seqs map[int][]uint64) *query.Ch
 		}
 	}
 	return total
+}
+
+// rejectedField is a rejection's field as a metric label: one of the
+// record's fields, or "record" (a label never takes what a client wrote).
+func rejectedField(f string) string {
+	if slices.Contains(cdr.Fields, f) || f == "carrier" {
+		return f
+	}
+	return "record"
 }

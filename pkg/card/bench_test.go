@@ -91,3 +91,26 @@ func BenchmarkSnapshot(b *testing.B) {
 		b.SetBytes(int64(len(snap)))
 	}
 }
+
+// BenchmarkCensus counts a partition of 125,000 cards (1M cards over 8
+// partitions), a tenth of them stopped: the fold's pause for a census.
+func BenchmarkCensus(b *testing.B) {
+	p := NewPartition()
+	now := unix("2026-03-01T00:00:00+08:00")
+	p.Apply(&Input{Type: TypeClockTicked, At: now}, nil)                                                                //nolint:errcheck
+	p.Apply(&Input{Type: TypePlanChanged, ID: "p", At: now, Plan: &PlanChanged{PlanID: "p", QuotaBytes: 1 << 40}}, nil) //nolint:errcheck
+	for i := 0; i < 125000; i++ {
+		prefix := fmt.Sprintf("898600%013d", i)
+		iccid := prefix + string(cdr.LuhnDigit(prefix))
+		p.Apply(&Input{Type: TypeCardProvisioned, ID: "c", At: now, Card: &CardProvisioned{ICCID: iccid, AccountID: fmt.Sprint("a", i%100), PlanID: "p"}}, nil) //nolint:errcheck
+		if i%10 == 0 {
+			p.Apply(&Input{Type: TypeStopRequested, ID: fmt.Sprint("s", i), At: now, Command: &ManualCommand{ICCID: iccid, Operator: "op"}}, nil) //nolint:errcheck
+		}
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if c := p.Census(); c.Stopped != 12500 || c.ByReason["manual"] != 12500 {
+			b.Fatalf("census %+v", c)
+		}
+	}
+}

@@ -78,3 +78,37 @@ func FuzzFold(f *testing.F) {
 		checkInvariants(t, genLog(seed, int(n%1500)+10))
 	})
 }
+
+// The census agrees with the cards' own statuses and reasons, whatever
+// the log.
+func TestCensusAgreesWithTheCards(t *testing.T) {
+	var stopped, inService int
+	for seed := uint64(1); seed <= 8; seed++ {
+		p := NewPartition()
+		fold(t, p, genLog(seed, 300))
+		want := Census{ByReason: map[string]int{}}
+		for _, n := range reasonNames {
+			want.ByReason[n.name] = 0
+		}
+		for _, c := range p.cards {
+			switch c.status() {
+			case InService:
+				want.InService++
+			case Stopped:
+				want.Stopped++
+				for _, r := range c.reasons.Names() {
+					want.ByReason[r]++
+				}
+			case Cancelled:
+				want.Cancelled++
+			}
+		}
+		if got := p.Census(); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("seed %d: census %+v, the cards say %+v", seed, got, want)
+		}
+		stopped, inService = stopped+want.Stopped, inService+want.InService
+	}
+	if stopped == 0 || inService == 0 {
+		t.Fatalf("logs without stopped (%d) or in-service (%d) cards show nothing", stopped, inService)
+	}
+}

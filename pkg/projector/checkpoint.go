@@ -312,6 +312,11 @@ func (s *store) save(ctx context.Context, idx *index.Index, job saveJob) error {
 		return err
 	}
 	s.deleteObjects(ctx, obsolete)
+	if pt := s.p.parts[s.part]; pt != nil {
+		pt.mu.Lock()
+		pt.checkpointAt = time.Now()
+		pt.mu.Unlock()
+	}
 	s.p.m.checkpointSecs.Observe(time.Since(start).Seconds())
 	s.p.m.checkpointB.Add(float64(bytes))
 	s.log.Debug("checkpoint stored", zap.Uint64("seq", job.seq), zap.Bool("base", job.base), zap.Int("cards", job.cards),

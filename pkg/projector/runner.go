@@ -42,6 +42,8 @@ type runner struct {
 	unsaved  int    // messages folded since the last checkpoint began
 	lastSave time.Time
 	pending  []*nats.Msg // messages to publish before the next applied mark
+	counted  []counted   // what each pending message counts for in the metrics
+	census   time.Time   // when the last census was taken
 
 	saving  sync.WaitGroup // the checkpoint being stored
 	busy    atomic.Bool    // set while a checkpoint is being stored
@@ -108,7 +110,7 @@ func (r *runner) restore(ctx context.Context) error {
 	r.folder = &fold.Folder{Partition: r.pt.id, State: state, Index: idx}
 	r.last, r.lastSave = m.Seq, time.Now()
 	r.pt.mu.Lock()
-	r.pt.state, r.pt.applied = state, m.Seq
+	r.pt.state, r.pt.applied, r.pt.checkpointAt = state, m.Seq, time.Now()
 	// A partition that could not fold a message stays unready, stuck and
 	// failing /healthz until a life folds past it (the flush clears it), so
 	// that it does not flap ready between retries.
@@ -163,6 +165,7 @@ func (r *runner) run(ctx context.Context) error {
 		}
 	}()
 	defer it.Stop()
+	r.takeCensus()
 	tick := time.NewTicker(min(r.p.cfg.CheckpointInterval, time.Second))
 	defer tick.Stop()
 	for {
@@ -207,8 +210,41 @@ func (r *runner) run(ctx context.Context) error {
 			if r.unsaved > 0 && time.Since(r.lastSave) >= r.p.cfg.CheckpointInterval {
 				r.checkpoint(ctx)
 			}
+			if time.Since(r.census) >= r.p.cfg.CensusInterval {
+				r.takeCensus()
+			}
 		case <-ctx.Done():
 			return r.shutdown(ctx)
+		}
+	}
+}
+
+// takeCensus counts the partition's cards, in the fold's goroutine.
+func (r *runner) takeCensus() {
+	r.pt.mu.Lock()
+	c := r.folder.State.Census()
+	r.pt.census, r.pt.censusAt = &c, time.Now()
+	r.pt.mu.Unlock()
+	r.census = time.Now()
+}
+
+// counted is what a published message counts for: an event's type, and
+// for stops and resumes the reason (an accepted-usage message: nothing).
+type counted struct{ typ, reason string }
+
+// count adds the events just published to the metrics, but for those the
+// log already had (a replay after a restart publishes them again).
+func (r *runner) count(dup []bool) {
+	for i, c := range r.counted {
+		if c.typ == "" || (i < len(dup) && dup[i]) {
+			continue
+		}
+		r.p.m.emitted.WithLabelValues(c.typ).Inc()
+		switch c.typ {
+		case "cardmeter.card.stopped.v1":
+			r.p.m.stops.WithLabelValues(c.reason).Inc()
+		case "cardmeter.card.resumed.v1":
+			r.p.m.resumes.WithLabelValues(c.reason).Inc()
 		}
 	}
 }
@@ -272,8 +308,9 @@ func (r *runner) fold(m jetstream.Msg) error {
 	if seq <= r.last {
 		return nil // a redelivery of what is folded already
 	}
+	r.p.m.foldDelay.Observe(time.Since(meta.Timestamp).Seconds())
 	r.pt.mu.Lock()
-	r.pt.pending = meta.NumPending
+	r.pt.pending, r.pt.foldedStored = meta.NumPending, meta.Timestamp
 	before := r.folder.Lookups()
 	out, err := r.folder.Fold(m.Subject(), seq, m.Data())
 	if err == nil && out.Verdicts != nil {
@@ -303,6 +340,7 @@ func (r *runner) fold(m jetstream.Msg) error {
 		msg.Data = b
 		msg.Header.Set(jetstream.MsgIDHeader, env.ID)
 		r.pending = append(r.pending, msg)
+		r.counted = append(r.counted, counted{typ: env.Type, reason: env.Data.Reason})
 	}
 	if out.Accepted != nil {
 		b, err := out.Accepted.Marshal()
@@ -313,6 +351,7 @@ func (r *runner) fold(m jetstream.Msg) error {
 		msg.Data = b
 		msg.Header.Set(jetstream.MsgIDHeader, fmt.Sprintf("acc-%d-%d", r.pt.id, seq))
 		r.pending = append(r.pending, msg)
+		r.counted = append(r.counted, counted{})
 	}
 	r.last = seq
 	r.unsaved++
@@ -330,7 +369,9 @@ func (r *runner) flush(ctx context.Context) error {
 		return err
 	}
 	if len(r.pending) > 0 {
+		var dup []bool // of the last try, the one that succeeded
 		op := func() error {
+			dup = dup[:0]
 			if !r.lease.Valid() {
 				return errors.New("the lease's renewal is late: publishing waits") // retried; a lost lease ends the context
 			}
@@ -344,7 +385,8 @@ func (r *runner) flush(ctx context.Context) error {
 			}
 			for _, f := range futs {
 				select {
-				case <-f.Ok():
+				case ack := <-f.Ok():
+					dup = append(dup, ack.Duplicate)
 				case err := <-f.Err():
 					return err
 				case <-ctx.Done():
@@ -366,7 +408,8 @@ func (r *runner) flush(ctx context.Context) error {
 			return err
 		}
 		r.p.m.published.Add(float64(len(r.pending)))
-		r.pending = r.pending[:0]
+		r.count(dup)
+		r.pending, r.counted = r.pending[:0], r.counted[:0]
 		if failed {
 			r.pt.mu.Lock()
 			r.pt.failure = nil

@@ -94,6 +94,7 @@ type Sink struct {
 	unitsHeld prometheus.Gauge
 	blocks    prometheus.Counter
 	blockRows *prometheus.HistogramVec
+	delay     *prometheus.HistogramVec
 }
 
 // unitStatus is what Healthy and Pending know of a unit held.
@@ -133,9 +134,12 @@ func New(js jetstream.JetStream, ch ClickHouseConfig, cfg Config, reg prometheus
 		blocks:    prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_sink_blocks_repeated_total", Help: "Blocks a previous owner had decided, inserted again exactly."}),
 		blockRows: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "cardmeter_sink_block_rows", Help: "Rows per insert into ClickHouse, by table (small blocks cost ClickHouse more per row).",
 			Buckets: prometheus.ExponentialBuckets(100, 2, 12)}, []string{"table"}),
+		delay: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "cardmeter_sink_delay_seconds",
+			Help:    "From a block's first message's storage (the fold's output, or the event) to its rows in ClickHouse, by table.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 4, 11)}, []string{"table"}),
 	}
 	if reg != nil {
-		reg.MustRegister(s.inserted, s.skipped, s.failures, s.up, s.pending, s.unitsHeld, s.blocks, s.blockRows)
+		reg.MustRegister(s.inserted, s.skipped, s.failures, s.up, s.pending, s.unitsHeld, s.blocks, s.blockRows, s.delay)
 	}
 	return s
 }

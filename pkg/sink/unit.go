@@ -256,6 +256,9 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 		if err := s.insert(ctx, l, u, b.block, check, log); err != nil {
 			return err
 		}
+		if !b.oldest.IsZero() {
+			s.delay.WithLabelValues(u.w.table()).Observe(time.Since(b.oldest).Seconds())
+		}
 		check, checked = false, true
 		if s.cfg.AfterInsert != nil {
 			if err := s.cfg.AfterInsert(u.stream); err != nil {
@@ -490,9 +493,10 @@ type filler struct {
 // filled is a block read.
 type filled struct {
 	block       []blockMsg
-	first, last uint64 // stream positions
-	pending     uint64 // messages after the last, as the stream said
-	passed      bool   // a message past upTo was read: the block is complete
+	first, last uint64    // stream positions
+	pending     uint64    // messages after the last, as the stream said
+	passed      bool      // a message past upTo was read: the block is complete
+	oldest      time.Time // when its first message was stored
 }
 
 // fill reads a block: until it holds BatchRows rows or the flush interval
@@ -547,7 +551,7 @@ func (f *filler) fill(ctx context.Context, upTo uint64) (filled, error) {
 			return b, fmt.Errorf("sink: %s at %d: %w", m.Subject(), seq, err)
 		}
 		if len(b.block) == 0 {
-			b.first = seq
+			b.first, b.oldest = seq, meta.Timestamp
 			timer.Reset(f.s.cfg.FlushInterval)
 		}
 		b.block = append(b.block, bm)

@@ -1,0 +1,227 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql/parser"
+
+	"github.com/cardmeter/cardmeter/pkg/actuate"
+	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/pkg/testenv"
+	"github.com/cardmeter/cardmeter/pkg/webhook"
+)
+
+// metricNames are the series names an expression reads.
+func metricNames(t *testing.T, expr string) []string {
+	t.Helper()
+	e, err := parser.NewParser(parser.Options{}).ParseExpr(expr)
+	if err != nil {
+		t.Fatalf("%q: %v", expr, err)
+	}
+	var names []string
+	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+		if vs, ok := n.(*parser.VectorSelector); ok {
+			names = append(names, vs.Name)
+		}
+		return nil
+	})
+	return names
+}
+
+// The dashboard and the alert rules name only metrics the pipeline serves
+// on /metrics after a short run of every role (API, projector, clock,
+// sink, notifier, actuator with reconciliation); the rules parse as
+// Prometheus parses them; and the new figures count what happened: one
+// manual stop and resume, a rejection by field, the cards by status.
+func TestDashboardAndAlertsNameRealMetrics(t *testing.T) {
+	rules, errs := rulefmt.ParseFile("../../deploy/prometheus/rules.yml", false, model.UTF8Validation, parser.NewParser(parser.Options{}), nil)
+	if len(errs) > 0 {
+		t.Fatalf("deploy/prometheus/rules.yml: %v", errs)
+	}
+	named := map[string][]string{} // metric -> where
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			for _, n := range metricNames(t, r.Expr) {
+				named[n] = append(named[n], "rule "+r.Alert)
+			}
+		}
+	}
+	if len(named) < 8 {
+		t.Fatalf("the rules name %d metrics", len(named))
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	b, err := os.ReadFile("../../deploy/grafana/dashboards/cardmeter.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &dash); err != nil {
+		t.Fatal(err)
+	}
+	exprs := 0
+	for _, p := range dash.Panels {
+		for _, tg := range p.Targets {
+			exprs++
+			for _, n := range metricNames(t, tg.Expr) {
+				named[n] = append(named[n], "panel "+p.Title)
+			}
+		}
+	}
+	if exprs < 20 {
+		t.Fatalf("the dashboard has %d expressions", exprs)
+	}
+
+	// a short run of every role
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+	defer rcv.Close()
+	carrier := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/cards" {
+			_ = json.NewEncoder(w).Encode(map[string]any{"items": []map[string]string{{"iccid": iccid(1), "state": "active"}}})
+			return
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer carrier.Close()
+	conf := filepath.Join(t.TempDir(), "carriers.json")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`{"carriers": {"cmcc": {"base_url": %q,
+  "actions": {"stop": {"path": "/cards/{{.ICCID}}/stop"}, "resume": {"path": "/cards/{{.ICCID}}/resume"}},
+  "state": {"path": "/cards", "status": "state"}}}}`, carrier.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ch := testenv.ClickHouse(t)
+	p, err := Start(context.Background(), Config{Roles: AllRoles, DataDir: t.TempDir(), NATSPort: -1, HTTPAddr: "127.0.0.1:0",
+		Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC), ClickHouse: ch, Sink: sinkConfigForTests(),
+		Projector:      projector.Config{CensusInterval: 200 * time.Millisecond, CheckpointInterval: 200 * time.Millisecond},
+		Notifier:       webhook.Config{AllowPrivate: true},
+		ActuatorConfig: conf, Actuator: actuate.ActuatorConfig{ReconcileEvery: 300 * time.Millisecond}}, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	testenv.Eventually(t, 20*time.Second, p.Projector.Ready)
+	c := &client{t: t, base: p.URL}
+	if code := c.do("PUT", "/v1/webhooks/ops", "application/json", []byte(`{"url":"`+rcv.URL+`","event_types":["cardmeter.card.*"]}`), nil); code != 201 {
+		t.Fatalf("webhook: %d", code)
+	}
+	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1 << 30, "cycle_anchor_day": 1, "time_zone": "UTC"})
+	for i := 1; i <= 3; i++ {
+		c.putStored("/v1/cards/"+iccid(i), map[string]any{"account_id": fmt.Sprint("a", i), "plan_id": "p", "carrier": "cmcc"})
+	}
+	csv := "record_id,iccid,start_time,end_time,bytes_up,bytes_down\n" +
+		"r1," + iccid(1) + ",2026-03-10T10:00:00Z,2026-03-10T11:00:00Z,0,100\n" +
+		"r2," + iccid(2) + ",2026-03-10T10:00:00Z,2026-03-10T11:00:00Z,0,100\n" +
+		"r3,89860000000000000000,2026-03-10T10:00:00Z,2026-03-10T11:00:00Z,0,100\n"
+	if code := c.do("POST", "/v1/usage?carrier=cmcc", "text/csv", []byte(csv), nil); code != 422 {
+		t.Fatalf("usage with a bad record: %d", code)
+	}
+	for _, what := range []string{"stop", "resume"} {
+		if code := c.do("POST", "/v1/cards/"+iccid(1)+"/"+what, "application/json", []byte(`{"operator":"ops"}`), nil); code != 200 {
+			t.Fatalf("%s: %d", what, code)
+		}
+	}
+
+	scrape := func() map[string]*dto.MetricFamily {
+		resp, err := http.Get(p.URL + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		tp := expfmt.NewTextParser(model.UTF8Validation)
+		fams, err := tp.TextToMetricFamilies(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fams
+	}
+	// series names as the text format has them (a histogram's _bucket too)
+	served := func(fams map[string]*dto.MetricFamily) map[string]bool {
+		out := map[string]bool{}
+		for name, f := range fams {
+			if len(f.GetMetric()) == 0 {
+				continue
+			}
+			out[name] = true
+			if f.GetType() == dto.MetricType_HISTOGRAM {
+				out[name+"_bucket"], out[name+"_sum"], out[name+"_count"] = true, true, true
+			}
+		}
+		return out
+	}
+	value := func(fams map[string]*dto.MetricFamily, name string, labels ...string) float64 {
+		f := fams[name]
+		if f == nil {
+			return -1
+		}
+	metrics:
+		for _, m := range f.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue metrics
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.GetCounter().GetValue()
+			case m.Gauge != nil:
+				return m.GetGauge().GetValue()
+			}
+		}
+		return -1
+	}
+	testenv.Eventually(t, 30*time.Second, func() error {
+		fams := scrape()
+		have := served(fams)
+		var missing []string
+		for n, where := range named {
+			if !have[n] {
+				missing = append(missing, fmt.Sprintf("%s (%s)", n, strings.Join(where, ", ")))
+			}
+		}
+		sort.Strings(missing)
+		if len(missing) > 0 {
+			return fmt.Errorf("named but not served: %s", strings.Join(missing, "; "))
+		}
+		for _, c := range []struct {
+			name   string
+			labels []string
+			want   float64
+		}{
+			{"cardmeter_stops_total", []string{"reason", "manual"}, 1},
+			{"cardmeter_resumes_total", []string{"reason", "manual"}, 1},
+			{"cardmeter_events_emitted_total", []string{"type", "cardmeter.card.stopped.v1"}, 1},
+			{"cardmeter_cards", []string{"status", "in_service"}, 3},
+			{"cardmeter_cards", []string{"status", "stopped"}, 0},
+			{"cardmeter_ingest_records_total", []string{"carrier", "cmcc", "outcome", "accepted"}, 2},
+			{"cardmeter_ingest_rejected_total", []string{"carrier", "cmcc", "field", "iccid"}, 1},
+		} {
+			if got := value(fams, c.name, c.labels...); got != c.want {
+				return fmt.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,63 @@
+package projector
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cardmeter/cardmeter/pkg/card"
+)
+
+// collector reads the partitions this instance holds at each scrape: the
+// cards by status and stop reason (their last census), how far behind
+// the fold is in seconds, and each partition's checkpoint age.
+type collector struct{ p *Projector }
+
+var (
+	descCards = prometheus.NewDesc("cardmeter_cards",
+		"Cards by status, in the partitions this instance folds (their census, every 15 s).", []string{"status"}, nil)
+	descStoppedBy = prometheus.NewDesc("cardmeter_cards_stopped",
+		"Stopped cards by stop reason (a card stopped for two reasons counts under both).", []string{"reason"}, nil)
+	descLagSeconds = prometheus.NewDesc("cardmeter_projector_lag_seconds",
+		"How far the fold is behind the log, in seconds: while messages wait, the time since the last one folded was stored (the most over the partitions).", nil, nil)
+	descCheckpointAge = prometheus.NewDesc("cardmeter_projector_checkpoint_age_seconds",
+		"Seconds since the partition's last checkpoint was stored (or it was restored).", []string{"partition"}, nil)
+)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descCards
+	ch <- descStoppedBy
+	ch <- descLagSeconds
+	ch <- descCheckpointAge
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	total := card.Census{ByReason: map[string]int{}}
+	var lag float64
+	for _, pt := range c.p.sorted() {
+		pt.mu.Lock()
+		census, held, pending, stored, saved := pt.census, pt.lease != nil && pt.ready, pt.pending, pt.foldedStored, pt.checkpointAt
+		pt.mu.Unlock()
+		if !held {
+			continue
+		}
+		if census != nil {
+			total = total.Add(*census)
+		}
+		if pending > 0 && !stored.IsZero() {
+			lag = max(lag, now.Sub(stored).Seconds())
+		}
+		if !saved.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descCheckpointAge, prometheus.GaugeValue, now.Sub(saved).Seconds(), strconv.Itoa(pt.id))
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(descCards, prometheus.GaugeValue, float64(total.InService), string(card.InService))
+	ch <- prometheus.MustNewConstMetric(descCards, prometheus.GaugeValue, float64(total.Stopped), string(card.Stopped))
+	ch <- prometheus.MustNewConstMetric(descCards, prometheus.GaugeValue, float64(total.Cancelled), string(card.Cancelled))
+	for reason, n := range total.ByReason {
+		ch <- prometheus.MustNewConstMetric(descStoppedBy, prometheus.GaugeValue, float64(n), reason)
+	}
+	ch <- prometheus.MustNewConstMetric(descLagSeconds, prometheus.GaugeValue, lag)
+}
