@@ -17,6 +17,8 @@ commands:
   run          start the whole pipeline in one process (flags: cardmeter run -h)
   notifier     deliver events to the webhooks alone (flags as run's)
   push         stream usage files (CSV, NDJSON, plain or gzip) to the API
+  card         show a card, its events; stop or resume it (card -h)
+  account      show an account
   rejections   list rejected records, or re-submit them once fixed
   rebuild      rebuild the ClickHouse tables from the log
   reconcile    compare a carrier's cards with cardmeter's, and mend the drift
@@ -33,6 +35,10 @@ func main() {
 		os.Exit(app.Main("cardmeter", app.AllRoles, os.Args[2:]))
 	case "notifier":
 		os.Exit(app.Main("notifier", []string{app.RoleNotifier}, os.Args[2:]))
+	case "card":
+		os.Exit(cli.Card(os.Args[2:], os.Stdout, os.Stderr))
+	case "account":
+		os.Exit(cli.Account(os.Args[2:], os.Stdout, os.Stderr))
 	case "push":
 		os.Exit(cli.Push(os.Args[2:], os.Stdout, os.Stderr))
 	case "rejections":
