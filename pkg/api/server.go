@@ -18,6 +18,7 @@ import (
 	"regexp"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -84,6 +85,7 @@ var DefaultBatchLimits = BatchLimits{MaxBodyBytes: 64 << 20, MaxDecompressedByte
 
 // Server is the HTTP API. Create it with New; it is an http.Handler.
 type Server struct {
+	intake  struct{ accepted, rejected atomic.Int64 }
 	cfg     Config
 	nc      *nats.Conn
 	js      jetstream.JetStream
@@ -214,6 +216,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"GET /v1/webhooks/{id}/deliveries", ScopeAdmin, s.listWebhookDeliveries, false},
 		{"POST /v1/webhooks/{id}/replay", ScopeAdmin, s.replayWebhook, false},
 		{"GET /v1/clock", ScopeRead, s.getClock, false},
+		{"GET /v1/status", ScopeRead, s.getStatus, false},
 		{"GET /healthz", "", s.healthz, false},
 		{"GET /readyz", "", s.readyz, false},
 		{"GET /openapi.yaml", "", s.openapi, false},
@@ -238,6 +241,12 @@ func principal(r *http.Request) *Principal {
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Intake is how many records this API stored and rejected since it
+// started (for the status reports' rates).
+func (s *Server) Intake() (stored, rejected int64) {
+	return s.intake.accepted.Load(), s.intake.rejected.Load()
+}
 
 // statusWriter remembers the status code for metrics.
 type statusWriter struct {

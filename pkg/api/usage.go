@@ -202,6 +202,8 @@ func (s *Server) postUsage(w http.ResponseWriter, r *http.Request) error {
 		accepted, dups := p.Accepted+p.Late, p.Duplicate
 		res.Verdicts, res.Accepted, res.Duplicates = "final", &accepted, &dups
 	}
+	s.intake.accepted.Add(int64(res.Stored))
+	s.intake.rejected.Add(int64(res.RejectedCount))
 	s.metrics.records.WithLabelValues(carrier, "accepted").Add(float64(res.Stored))
 	s.metrics.records.WithLabelValues(carrier, "rejected").Add(float64(res.RejectedCount))
 	s.metrics.records.WithLabelValues(carrier, "duplicate_chunk").Add(float64(acks.duplicates))

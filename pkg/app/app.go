@@ -8,8 +8,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/cardmeter/cardmeter/pkg/status"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"regexp"
 	"sync"
@@ -60,8 +62,9 @@ type Config struct {
 	// a NATS user with least privilege: `cardmeter setup` (as the NATS
 	// admin) makes them. The embedded server's process always makes them.
 	WaitForTopology bool
-	HTTPAddr        string // the API's listen address
-	HealthAddr      string // without the API role: where /healthz, /readyz and /metrics listen ("" for none)
+	HTTPAddr        string        // the API's listen address
+	HealthAddr      string        // without the API role: where /healthz, /readyz and /metrics listen ("" for none)
+	StatusEvery     time.Duration // how often the roles report to the status bucket (default status.Every)
 	Partitions      int
 	LeaseTTL        time.Duration // partition leases' time to live, where this process sets the topology up
 	Replicas        int           // copies of each stream, where this process sets the topology up; 0: as the log has them
@@ -125,7 +128,8 @@ type Pipeline struct {
 	// URL is the API's base URL when the API role runs.
 	URL string
 	// Clock is set when the API or clock role runs.
-	Clock *clock.Clock
+	Clock     *clock.Clock
+	runsClock bool // the clock role (the API has a Clock to read)
 	// Projector is set when the projector role runs.
 	Projector *projector.Projector
 	// Sink is set when the sink role runs.
@@ -350,6 +354,7 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 			return nil, err
 		}
 		if has(cfg.Roles, RoleClock) {
+			p.runsClock = true
 			p.goRun("clock", func() error { return p.Clock.Run(runCtx) })
 		}
 	}
@@ -413,7 +418,76 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 			return nil, err
 		}
 	}
+	if sources := p.statusSources(); len(sources) > 0 {
+		name := p.instance(cfg)
+		if name == "" {
+			host, _ := os.Hostname()
+			name = fmt.Sprintf("%s:%d", host, os.Getpid())
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			status.Publish(runCtx, p.JS, name, cfg.StatusEvery, sources, log.Named("status"))
+		}()
+	}
 	return p, nil
+}
+
+// statusSources are the reports of the roles this process runs, for the
+// status bucket (GET /v1/status).
+func (p *Pipeline) statusSources() []status.Source {
+	var out []status.Source
+	why := func(err error) (bool, string) {
+		if err != nil {
+			return false, err.Error()
+		}
+		return true, ""
+	}
+	if p.api != nil {
+		var last time.Time
+		var lastStored, lastRejected int64
+		out = append(out, status.Source{Role: broker.RoleIngest, Report: func() status.Report {
+			stored, rejected := p.api.Intake()
+			var in *status.Ingest // the first report knows no rate yet
+			now := time.Now()
+			if !last.IsZero() {
+				secs := now.Sub(last).Seconds()
+				in = &status.Ingest{RecordsPerSecond: float64(stored-lastStored) / secs, RejectedPerSecond: float64(rejected-lastRejected) / secs}
+			}
+			last, lastStored, lastRejected = now, stored, rejected
+			return status.Report{Ready: true, Ingest: in}
+		}})
+	}
+	if pr := p.Projector; pr != nil {
+		out = append(out, status.Source{Role: broker.RoleProjector, Report: func() status.Report {
+			ready, detail := why(pr.Ready())
+			st := pr.Status()
+			return status.Report{Ready: ready, Detail: detail, Projector: &st}
+		}})
+	}
+	if sk := p.Sink; sk != nil {
+		out = append(out, status.Source{Role: broker.RoleSink, Report: func() status.Report {
+			ready, detail := why(sk.Healthy())
+			st := sk.Status()
+			return status.Report{Ready: ready, Detail: detail, Sink: &st}
+		}})
+	}
+	if n := p.Notifier; n != nil {
+		out = append(out, status.Source{Role: broker.RoleNotifier, Report: func() status.Report {
+			ready, detail := why(n.Healthy())
+			return status.Report{Ready: ready, Detail: detail}
+		}})
+	}
+	if a := p.Actuator; a != nil {
+		out = append(out, status.Source{Role: broker.RoleActuator, Report: func() status.Report {
+			ready, detail := why(a.Healthy())
+			return status.Report{Ready: ready, Detail: detail}
+		}})
+	}
+	if p.runsClock {
+		out = append(out, status.Source{Role: broker.RoleClock, Report: func() status.Report { return status.Report{Ready: true} }})
+	}
+	return out
 }
 
 // serveHealth serves the operational endpoints of a process without the API.

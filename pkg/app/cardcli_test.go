@@ -15,10 +15,12 @@ import (
 // `cardmeter card` and `cardmeter account` against a running API: a card
 // over quota shows stopped with its reason in words and its cause in the
 // history; a resume is refused with the reason in words (exit 5); a stop
-// and a resume by an operator go through; an unknown card is exit 4.
+// and a resume by an operator go through; an unknown card is exit 4; and
+// `cardmeter status` says what no role reports (here: no sink), exit 6.
 func TestCardCommands(t *testing.T) {
 	p, err := Start(context.Background(), Config{Roles: []string{RoleAPI, RoleProjector, RoleClock}, DataDir: t.TempDir(), NATSPort: -1,
-		HTTPAddr: "127.0.0.1:0", Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 1, 10, 12, 0, 0, 0, time.UTC)}, testenv.Logger(t))
+		HTTPAddr: "127.0.0.1:0", Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 1, 10, 12, 0, 0, 0, time.UTC),
+		StatusEvery: 200 * time.Millisecond}, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,4 +73,14 @@ func TestCardCommands(t *testing.T) {
 	if code, _, _ = run(card, "explode", iccid(1)); code != cli.ExitUsage {
 		t.Fatalf("an unknown verb: exit %d", code)
 	}
+	// no sink runs here: the status says so, and the partitions are held
+	status := func(args []string, o, e *bytes.Buffer) int { return cli.Status(args, o, e) }
+	testenv.Eventually(t, 10*time.Second, func() error {
+		code, out, _ := run(status)
+		if code != cli.ExitUnhealthy || !strings.Contains(out, "problem       no sink is reporting") || !strings.Contains(out, "sink          unknown: none reporting") ||
+			!strings.Contains(out, "partition 0   ready") || !strings.Contains(out, "partition 1   ready") || !strings.Contains(out, "ingest        ") {
+			return fmt.Errorf("status: exit %d\n%s", code, out)
+		}
+		return nil
+	})
 }

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -20,6 +21,8 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 
 	"github.com/cardmeter/cardmeter/pkg/actuate"
+	"github.com/cardmeter/cardmeter/pkg/api"
+	"github.com/cardmeter/cardmeter/pkg/cli"
 	"github.com/cardmeter/cardmeter/pkg/projector"
 	"github.com/cardmeter/cardmeter/pkg/testenv"
 	"github.com/cardmeter/cardmeter/pkg/webhook"
@@ -113,7 +116,7 @@ func TestDashboardAndAlertsNameRealMetrics(t *testing.T) {
 		Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC), ClickHouse: ch, Sink: sinkConfigForTests(),
 		Projector:      projector.Config{CensusInterval: 200 * time.Millisecond, CheckpointInterval: 200 * time.Millisecond},
 		Notifier:       webhook.Config{AllowPrivate: true},
-		ActuatorConfig: conf, Actuator: actuate.ActuatorConfig{ReconcileEvery: 300 * time.Millisecond}}, testenv.Logger(t))
+		ActuatorConfig: conf, Actuator: actuate.ActuatorConfig{ReconcileEvery: 300 * time.Millisecond}, StatusEvery: 200 * time.Millisecond}, testenv.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,6 +224,24 @@ func TestDashboardAndAlertsNameRealMetrics(t *testing.T) {
 			if got := value(fams, c.name, c.labels...); got != c.want {
 				return fmt.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 			}
+		}
+		return nil
+	})
+	// every role reports itself: the status is healthy, with every figure
+	testenv.Eventually(t, 20*time.Second, func() error {
+		var out, errb bytes.Buffer
+		code := cli.Status([]string{"--url", p.URL, "--json"}, &out, &errb)
+		var st api.StatusResponse
+		if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+			return fmt.Errorf("exit %d: %s %s", code, out.String(), errb.String())
+		}
+		roles := map[string]bool{}
+		for _, r := range st.Instances {
+			roles[r.Role] = true
+		}
+		if code != cli.ExitOK || !st.Healthy || st.ClickHouseUp == nil || !*st.ClickHouseUp || st.SinkPending == nil || st.IngestPerSecond == nil ||
+			len(st.Partitions) != 2 || st.Partitions[0].Owner == "" || st.Partitions[1].CheckpointAgeSeconds == nil || len(roles) != 6 {
+			return fmt.Errorf("status: exit %d, roles %v\n%s", code, roles, out.String())
 		}
 		return nil
 	})

@@ -133,6 +133,12 @@ func objects(bucket string) []string {
 func RolePermissions(role string) *server.Permissions {
 	pub := []string{"$JS.API.INFO", "$JS.API.STREAM.INFO.*"}
 	sub := []string{InboxPrefix(role) + ".>"}
+	// every role reports itself in the status bucket, under its name; the
+	// API reads every report
+	pub = append(pub, "$KV."+BucketStatus+"."+role+".>")
+	if role == RoleIngest {
+		pub = append(pub, reads("KV_"+BucketStatus)...)
+	}
 	var resp *server.ResponsePermission
 	switch role {
 	case RoleIngest:

@@ -37,6 +37,7 @@ const (
 	BucketSink        = "sink"             // how far the sink has written each partition into ClickHouse, and the block it is writing
 	BucketWebhooks    = "webhooks"         // webhook subscriptions, their secrets and state
 	BucketRetries     = "webhook_retries"  // when each failing webhook event was first tried
+	BucketStatus      = "status"           // each running role's last report of itself (GET /v1/status)
 )
 
 // Subjects of partition p in METER.
@@ -350,6 +351,11 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 		Replicas: t.Replicas, History: 1, TTL: RetriesTTL}); err != nil {
 		return t, fmt.Errorf("kv %s: %w", BucketRetries, err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketStatus,
+		Description: "each running role's last report of itself, for GET /v1/status (gone a minute after its role stops reporting)",
+		Storage: jetstream.MemoryStorage, Replicas: t.Replicas, History: 1, TTL: StatusTTL}); err != nil {
+		return t, fmt.Errorf("kv %s: %w", BucketStatus, err)
+	}
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: StreamDead, Subjects: []string{"webhooks.dead.>"},
 		Description: "events a webhook did not take within its retry window, by subscription", Storage: jetstream.FileStorage,
 		Replicas: t.Replicas, MaxAge: 30 * 24 * time.Hour, Duplicates: t.DuplicateWindow}); err != nil {
@@ -365,6 +371,10 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 	return t, nil
 }
 
+// StatusTTL is how long a role's report stays in the status bucket after
+// its last write (roles write every StatusEvery).
+const StatusTTL = time.Minute
+
 // RetriesTTL is how long the retries bucket keeps an event's first
 // attempt: the longest retry window a notifier may have.
 const RetriesTTL = 7 * 24 * time.Hour
@@ -379,7 +389,7 @@ func AttemptsSubject(id string) string { return "webhooks.attempts." + id }
 // bucket is a stream named KV_<bucket> or OBJ_<bucket>).
 var StreamNames = []string{StreamMeter, StreamEvents, StreamAccepted, StreamRejected, StreamAudit,
 	"OBJ_" + BucketSnapshot, "KV_" + BucketCheckpoints, "KV_" + BucketBatches, "KV_" + BucketResolved, "KV_" + BucketDir, "KV_" + BucketLeases, "KV_" + BucketSink,
-	"KV_" + BucketWebhooks, "KV_" + BucketRetries, StreamDead, StreamAttempts}
+	"KV_" + BucketWebhooks, "KV_" + BucketRetries, StreamDead, StreamAttempts, "KV_" + BucketStatus}
 
 // Check reports whether every stream and bucket exists, for a role whose
 // user may not create them (the setup step, `cardmeter setup`, does), and

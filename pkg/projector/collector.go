@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/cardmeter/cardmeter/pkg/card"
+	"github.com/cardmeter/cardmeter/pkg/status"
 )
 
 // collector reads the partitions this instance holds at each scrape: the
@@ -60,4 +61,35 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descStoppedBy, prometheus.GaugeValue, float64(n), reason)
 	}
 	ch <- prometheus.MustNewConstMetric(descLagSeconds, prometheus.GaugeValue, lag)
+}
+
+// Status is this instance's partitions for the status bucket.
+func (p *Projector) Status() status.Projector {
+	now := time.Now()
+	st := status.Projector{LagMessages: p.Lag(), Partitions: []status.Partition{}}
+	for _, pt := range p.sorted() {
+		pt.mu.Lock()
+		held, ready, failure, census, pending, stored, saved := pt.lease != nil, pt.ready, pt.failure, pt.census, pt.pending, pt.foldedStored, pt.checkpointAt
+		pt.mu.Unlock()
+		if !held {
+			continue
+		}
+		ps := status.Partition{ID: pt.id, Ready: ready}
+		if failure != nil {
+			ps.Error = failure.Error()
+		}
+		if census != nil {
+			n := census.InService + census.Stopped + census.Cancelled
+			ps.Cards = &n
+		}
+		if !saved.IsZero() {
+			age := now.Sub(saved).Seconds()
+			ps.CheckpointAgeSeconds = &age
+		}
+		if pending > 0 && !stored.IsZero() {
+			st.LagSeconds = max(st.LagSeconds, now.Sub(stored).Seconds())
+		}
+		st.Partitions = append(st.Partitions, ps)
+	}
+	return st
 }

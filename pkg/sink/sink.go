@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/cardmeter/cardmeter/pkg/status"
 	"os"
 	"sort"
 	"sync"
@@ -555,4 +556,16 @@ func (e *eventsWriter) insertBlock(ctx context.Context, block []blockMsg, reload
 		return 0, skipped, nil
 	}
 	return n, skipped, b.Send()
+}
+
+// Status is this instance's units for the status bucket.
+func (s *Sink) Status() status.Sink {
+	s.mu.Lock()
+	up := s.lastErr == nil
+	s.mu.Unlock()
+	units := s.Held()
+	if units == nil {
+		units = []int{}
+	}
+	return status.Sink{Units: units, Pending: s.Pending(), ClickHouseUp: up}
 }

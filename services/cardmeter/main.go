@@ -19,6 +19,7 @@ commands:
   push         stream usage files (CSV, NDJSON, plain or gzip) to the API
   card         show a card, its events; stop or resume it (card -h)
   account      show an account
+  status       the pipeline's health: lag, backlog, ClickHouse, partitions
   rejections   list rejected records, or re-submit them once fixed
   rebuild      rebuild the ClickHouse tables from the log
   reconcile    compare a carrier's cards with cardmeter's, and mend the drift
@@ -39,6 +40,8 @@ func main() {
 		os.Exit(cli.Card(os.Args[2:], os.Stdout, os.Stderr))
 	case "account":
 		os.Exit(cli.Account(os.Args[2:], os.Stdout, os.Stderr))
+	case "status":
+		os.Exit(cli.Status(os.Args[2:], os.Stdout, os.Stderr))
 	case "push":
 		os.Exit(cli.Push(os.Args[2:], os.Stdout, os.Stderr))
 	case "rejections":
