@@ -85,18 +85,20 @@ var DefaultBatchLimits = BatchLimits{MaxBodyBytes: 64 << 20, MaxDecompressedByte
 
 // Server is the HTTP API. Create it with New; it is an http.Handler.
 type Server struct {
-	intake  struct{ accepted, rejected atomic.Int64 }
-	cfg     Config
-	nc      *nats.Conn
-	js      jetstream.JetStream
-	dir     *Directory
-	clock   *clock.Clock
-	log     *zap.Logger
-	mux     *http.ServeMux
-	ready   func() (Readiness, error)
-	metrics *metrics
-	routes  []string
-	budget  *budget // of the usage batches in flight
+	intake    struct{ accepted, rejected atomic.Int64 }
+	endStream chan struct{} // closed when the streams are to end (a shutdown)
+	endOnce   sync.Once
+	cfg       Config
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	dir       *Directory
+	clock     *clock.Clock
+	log       *zap.Logger
+	mux       *http.ServeMux
+	ready     func() (Readiness, error)
+	metrics   *metrics
+	routes    []string
+	budget    *budget // of the usage batches in flight
 
 	auditing sync.WaitGroup // audit entries awaiting their ack
 	auditMu  sync.Mutex     // guards drained, so that no Add follows Drain's Wait
@@ -175,7 +177,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_audit_failures_total",
 		Help: "Writes whose audit entry the log did not store (each is logged with who and what)."})
 	reg.MustRegister(m.records, m.rejected, m.delay, m.requests, m.latency, m.auditFailures)
-	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m,
+	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m, endStream: make(chan struct{}),
 		budget: newBudget(cfg.Batch.InFlightBytes, reg)}
 	s.batches, s.resolved = cfg.Batches, cfg.Resolved
 	if cfg.Webhooks != nil {
@@ -217,6 +219,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"POST /v1/webhooks/{id}/replay", ScopeAdmin, s.replayWebhook, false},
 		{"GET /v1/clock", ScopeRead, s.getClock, false},
 		{"GET /v1/status", ScopeRead, s.getStatus, false},
+		{"GET /v1/events/stream", ScopeRead, s.streamEvents, true},
 		{"GET /healthz", "", s.healthz, false},
 		{"GET /readyz", "", s.readyz, false},
 		{"GET /openapi.yaml", "", s.openapi, false},
@@ -242,6 +245,10 @@ func principal(r *http.Request) *Principal {
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
+// EndStreams ends the event streams being served, so that a graceful
+// shutdown does not wait for their clients to go.
+func (s *Server) EndStreams() { s.endOnce.Do(func() { close(s.endStream) }) }
+
 // Intake is how many records this API stored and rejected since it
 // started (for the status reports' rates).
 func (s *Server) Intake() (stored, rejected int64) {
@@ -256,6 +263,10 @@ type statusWriter struct {
 }
 
 func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
+
+// Unwrap lets http.ResponseController reach the connection (to flush a
+// stream and move its write deadline).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // wrap authorizes a route's requests, answers its errors and measures it.
 // An account's token reaches only the routes that show an account's

@@ -611,6 +611,7 @@ func (p *Pipeline) Stop() {
 		close(p.stopped)
 	}
 	if p.httpSrv != nil {
+		p.api.EndStreams()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_ = p.httpSrv.Shutdown(ctx) // in-flight requests finish or are cut at the deadline
 		cancel()

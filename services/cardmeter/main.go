@@ -20,6 +20,7 @@ commands:
   card         show a card, its events; stop or resume it (card -h)
   account      show an account
   status       the pipeline's health: lag, backlog, ClickHouse, partitions
+  tail         follow the events the fold emits (--type, --account, --card, --json)
   rejections   list rejected records, or re-submit them once fixed
   rebuild      rebuild the ClickHouse tables from the log
   reconcile    compare a carrier's cards with cardmeter's, and mend the drift
@@ -40,6 +41,8 @@ func main() {
 		os.Exit(cli.Card(os.Args[2:], os.Stdout, os.Stderr))
 	case "account":
 		os.Exit(cli.Account(os.Args[2:], os.Stdout, os.Stderr))
+	case "tail":
+		os.Exit(cli.Tail(os.Args[2:], os.Stdout, os.Stderr))
 	case "status":
 		os.Exit(cli.Status(os.Args[2:], os.Stdout, os.Stderr))
 	case "push":
