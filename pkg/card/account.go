@@ -1,5 +1,10 @@
 package card
 
+import (
+	"slices"
+	"strings"
+)
+
 // account is an enterprise's balance and options (DOMAIN.md "Plans and
 // accounts", §3 欠费停机).
 type account struct {
@@ -11,6 +16,7 @@ type account struct {
 	inArrears   bool
 	lowWarned   bool
 	cards       []*Card
+	sorted      []*Card         // cards in ICCID order, for lists; rebuilt when cards grew
 	payments    map[string]bool // payment ids applied: each counts once
 	charges     map[string]bool // billing charge ids applied
 	dirty       bool            // changed since the last checkpoint
@@ -164,4 +170,13 @@ func (p *Partition) Account(id string) (AccountView, bool) {
 		v.CardsByStatus[c.status()]++
 	}
 	return v, true
+}
+
+// sortedCards are the account's cards in ICCID order.
+func (a *account) sortedCards() []*Card {
+	if len(a.sorted) != len(a.cards) {
+		a.sorted = slices.Clone(a.cards)
+		slices.SortFunc(a.sorted, func(x, y *Card) int { return strings.Compare(x.iccid, y.iccid) })
+	}
+	return a.sorted
 }

@@ -2,7 +2,10 @@ package card
 
 import (
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cardmeter/cardmeter/pkg/cdr"
 )
@@ -92,25 +95,124 @@ func BenchmarkSnapshot(b *testing.B) {
 	}
 }
 
-// BenchmarkCensus counts a partition of 125,000 cards (1M cards over 8
-// partitions), a tenth of them stopped: the fold's pause for a census.
-func BenchmarkCensus(b *testing.B) {
+// censusPartition is a partition of 125,000 cards (1M cards over 8
+// partitions) of 100 accounts, a tenth of them stopped by hand.
+func censusPartition(b *testing.B) *Partition {
 	p := NewPartition()
 	now := unix("2026-03-01T00:00:00+08:00")
 	p.Apply(&Input{Type: TypeClockTicked, At: now}, nil)                                                                //nolint:errcheck
 	p.Apply(&Input{Type: TypePlanChanged, ID: "p", At: now, Plan: &PlanChanged{PlanID: "p", QuotaBytes: 1 << 40}}, nil) //nolint:errcheck
 	for i := 0; i < 125000; i++ {
-		prefix := fmt.Sprintf("898600%013d", i)
+		prefix := fmt.Sprintf("898600%013d", (i*7919)%125000) // not in ICCID order
 		iccid := prefix + string(cdr.LuhnDigit(prefix))
 		p.Apply(&Input{Type: TypeCardProvisioned, ID: "c", At: now, Card: &CardProvisioned{ICCID: iccid, AccountID: fmt.Sprint("a", i%100), PlanID: "p"}}, nil) //nolint:errcheck
 		if i%10 == 0 {
 			p.Apply(&Input{Type: TypeStopRequested, ID: fmt.Sprint("s", i), At: now, Command: &ManualCommand{ICCID: iccid, Operator: "op"}}, nil) //nolint:errcheck
 		}
 	}
+	return p
+}
+
+// BenchmarkListCards reads a page of 100 cards of a 125,000-card
+// partition, mid-way through: every card, the stopped ones (a tenth), and
+// one account's (a hundredth): the fold's pause for a page of a list.
+func BenchmarkListCards(b *testing.B) {
+	p := censusPartition(b)
+	p.ListCards(Filter{}, "", 1) // the first list sorts the cards once
+	mid := fmt.Sprintf("898600%013d", 62500)
+	for _, c := range []struct {
+		name string
+		f    Filter
+	}{{"all", Filter{}}, {"stopped", Filter{Status: Stopped}}, {"account", Filter{AccountID: "a42"}}} {
+		b.Run(c.name, func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				if page := p.ListCards(c.f, mid, 100); len(page) != 100 {
+					b.Fatalf("%d cards", len(page))
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkCensus counts a partition of 125,000 cards (1M cards over 8
+// partitions), a tenth of them stopped: the fold's pause for a census.
+func BenchmarkCensus(b *testing.B) {
+	p := censusPartition(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if c := p.Census(); c.Stopped != 12500 || c.ByReason["manual"] != 12500 {
 			b.Fatalf("census %+v", c)
 		}
+	}
+}
+
+// BenchmarkFoldWhileListing folds usage into a 125,000-card partition
+// under its lock, alone, while another goroutine reads list pages of 100
+// stopped cards under the same lock 20 times a second (consoles paging
+// through the fleet), and while it reads them as fast as it can: the
+// fold's rate each way, in records/s.
+func BenchmarkFoldWhileListing(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		every time.Duration // between pages; 0: no lister; -1: no pause
+	}{{"alone", 0}, {"listing_20_per_s", 50 * time.Millisecond}, {"listing_flat_out", -1}} {
+		listing := c.every != 0
+		b.Run(c.name, func(b *testing.B) {
+			p := censusPartition(b)
+			var mu sync.Mutex
+			iccids := make([]string, 0, 125000)
+			for _, c := range p.order {
+				iccids = append(iccids, c.iccid)
+			}
+			stop := make(chan struct{})
+			var pages atomic.Int64
+			var wg sync.WaitGroup
+			if listing {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					after := ""
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						mu.Lock()
+						page := p.ListCards(Filter{Status: Stopped}, after, 100)
+						mu.Unlock()
+						pages.Add(1)
+						if c.every > 0 {
+							time.Sleep(c.every)
+						}
+						after = ""
+						if len(page) == 100 {
+							after = page[99].ICCID
+						}
+					}
+				}()
+			}
+			now := p.now
+			h := cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: now + 86400}
+			recs := make([]cdr.Record, 4096)
+			var verdicts []Verdict
+			var out []Emitted
+			b.ResetTimer()
+			for done := 0; done < b.N; done += len(recs) {
+				n := min(len(recs), b.N-done)
+				for j := 0; j < n; j++ {
+					k := done + j
+					recs[j] = cdr.Record{RecordID: fmt.Sprint("r", k), ICCID: iccids[k%len(iccids)], Start: now + int64(k%80000), End: now + int64(k%80000) + 60, BytesDown: 900}
+				}
+				mu.Lock()
+				verdicts, out = p.ApplyUsage(&h, recs[:n], nil, verdicts, out[:0])
+				mu.Unlock()
+			}
+			b.StopTimer()
+			close(stop)
+			wg.Wait()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+			b.ReportMetric(float64(pages.Load())/b.Elapsed().Seconds(), "pages/s")
+		})
 	}
 }

@@ -20,24 +20,30 @@ package card
 import (
 	"fmt"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
+	"slices"
 	"strconv"
 	"time"
 )
 
 // Partition is the folded state of the accounts and cards of one partition.
 type Partition struct {
-	now        int64 // the log's time: the latest clock tick applied
-	plans      map[string]*plan
-	accounts   map[string]*account
-	cards      map[string]*Card
-	byNumber   map[uint64]*Card // the cards whose ICCID packs into 64 bits (every valid one): the usage fold's lookup
-	pools      map[string]*pool
-	order      []*Card           // cards in provisioning order: the order ticks visit them
-	strs       map[string]string // interned carrier, plan and account names: one copy for many cards
-	accOrder   []*account        // accounts in creation order
-	poolOrd    []*pool
-	due        deadlines // cards by the time a tick next changes them
-	plansDirty bool      // a plan changed since the last checkpoint
+	now      int64 // the log's time: the latest clock tick applied
+	plans    map[string]*plan
+	accounts map[string]*account
+	cards    map[string]*Card
+	byNumber map[uint64]*Card // the cards whose ICCID packs into 64 bits (every valid one): the usage fold's lookup
+	pools    map[string]*pool
+	order    []*Card // cards in provisioning order: the order ticks visit them
+	// listed is every card in ICCID order, for ListCards: a page starts
+	// where its cursor falls instead of sorting every card. Cards filed in
+	// bulk (a restore) are sorted once, at the first list.
+	listed       []*Card
+	listedSorted bool
+	strs         map[string]string // interned carrier, plan and account names: one copy for many cards
+	accOrder     []*account        // accounts in creation order
+	poolOrd      []*pool
+	due          deadlines // cards by the time a tick next changes them
+	plansDirty   bool      // a plan changed since the last checkpoint
 	// pieceCardBytes is what a card took in the last checkpoint piece: the
 	// next piece's buffer is sized from it (a buffer grown by doubling
 	// cleared and copied a third of a checkpoint's time). A hint only.
@@ -146,6 +152,12 @@ func (p *Partition) addCard(c *Card) {
 	c.ord = len(p.order)
 	c.key = uint64(c.ord)
 	p.order = append(p.order, c)
+	if p.listedSorted {
+		i, _ := slices.BinarySearchFunc(p.listed, c.iccid, byICCID)
+		p.listed = slices.Insert(p.listed, i, c)
+	} else {
+		p.listed = append(p.listed, c)
+	}
 	p.account(c.account).cards = append(p.account(c.account).cards, c)
 	c.due = never // until the provisioning that files it schedules it
 	p.due.push(c)

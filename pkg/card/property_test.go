@@ -2,7 +2,10 @@ package card
 
 import (
 	"fmt"
+	"slices"
 	"testing"
+
+	"github.com/cardmeter/cardmeter/pkg/cdr"
 )
 
 // checkInvariants folds a log one event at a time and checks, after each:
@@ -110,5 +113,55 @@ func TestCensusAgreesWithTheCards(t *testing.T) {
 	}
 	if stopped == 0 || inService == 0 {
 		t.Fatalf("logs without stopped (%d) or in-service (%d) cards show nothing", stopped, inService)
+	}
+}
+
+// ListCards pages as sorting every match would: from the cursor, in ICCID
+// order, the first limit matches, for any filter; paging through gives
+// every match once.
+func TestListCardsAgreesWithASort(t *testing.T) {
+	for seed := uint64(1); seed <= 4; seed++ {
+		p := NewPartition()
+		fold(t, p, genLog(seed, 400))
+		accounts := []string{""}
+		for a := range p.accounts {
+			accounts = append(accounts, a)
+		}
+		for _, f := range []Filter{{}, {Status: Stopped}, {Status: InService}, {Reason: ReasonArrears}, {Status: Cancelled}} {
+			for _, acct := range accounts {
+				f.AccountID = acct
+				var want []string
+				for _, c := range p.cards {
+					if (acct == "" || c.account == acct) && (f.Status == "" || c.status() == f.Status) && (f.Reason == 0 || c.reasons.Has(f.Reason)) {
+						want = append(want, c.iccid)
+					}
+				}
+				slices.Sort(want)
+				var got []string
+				for after := ""; ; {
+					page := p.ListCards(f, after, 7)
+					for _, v := range page {
+						got = append(got, v.ICCID)
+					}
+					if len(page) < 7 {
+						break
+					}
+					after = page[len(page)-1].ICCID
+				}
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Fatalf("seed %d, filter %+v: paged %v, want %v", seed, f, got, want)
+				}
+			}
+		}
+		// a card provisioned after the first list goes in its place
+		prefix := "8986000000000000000"
+		iccid := prefix + string(cdr.LuhnDigit(prefix))
+		p.Apply(&Input{Type: TypeCardProvisioned, ID: "late", At: p.now, Card: &CardProvisioned{ICCID: iccid, AccountID: "acct-late", PlanID: "plan0"}}, nil) //nolint:errcheck
+		if page := p.ListCards(Filter{}, "", 1); len(page) != 1 || page[0].ICCID != iccid {
+			t.Fatalf("seed %d: the first card is %+v, want the late one %s", seed, page, iccid)
+		}
+		if page := p.ListCards(Filter{AccountID: "acct-late"}, "", 5); len(page) != 1 || page[0].ICCID != iccid {
+			t.Fatalf("seed %d: the late account's cards %+v", seed, page)
+		}
 	}
 }

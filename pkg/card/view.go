@@ -1,6 +1,9 @@
 package card
 
-import "sort"
+import (
+	"slices"
+	"strings"
+)
 
 // Status is a card's service state.
 type Status string
@@ -49,6 +52,13 @@ func (p *Partition) Card(iccid string) (View, bool) {
 	if !ok {
 		return View{}, false
 	}
+	v := p.view(c)
+	v.Account, _ = p.Account(c.account)
+	return v, true
+}
+
+// view is a card's view without its account's.
+func (p *Partition) view(c *Card) View {
 	pl := p.plans[c.planID]
 	v := View{
 		ICCID: c.iccid, AccountID: c.account, PlanID: c.planID, PoolID: c.poolID, Carrier: c.carrier,
@@ -59,8 +69,7 @@ func (p *Partition) Card(iccid string) (View, bool) {
 	if v.UsageBytes > v.QuotaBytes {
 		v.OvershootBytes = v.UsageBytes - v.QuotaBytes
 	}
-	v.Account, _ = p.Account(c.account)
-	return v, true
+	return v
 }
 
 // Filter selects cards for ListCards; empty fields match everything.
@@ -73,22 +82,41 @@ type Filter struct {
 // ListCards returns up to limit ICCIDs after the cursor, in ICCID order,
 // of the cards that match f. (An ICCID order across partitions lets the
 // API merge pages.)
+//
+// A page reads from its cursor on in the cards' ICCID order, up to limit
+// matches: an unfiltered page reads limit cards, a filtered one as many as
+// it takes to find limit matches (at worst every card after the cursor,
+// about 2 ms per 100,000; BenchmarkListCards). An account's page reads
+// that account's cards only.
 func (p *Partition) ListCards(f Filter, after string, limit int) []View {
+	if limit <= 0 {
+		return nil
+	}
+	if !p.listedSorted {
+		slices.SortFunc(p.listed, func(a, b *Card) int { return strings.Compare(a.iccid, b.iccid) })
+		p.listedSorted = true
+	}
+	from := p.listed
+	if f.AccountID != "" {
+		a, ok := p.accounts[f.AccountID]
+		if !ok {
+			return nil
+		}
+		from = a.sortedCards()
+	}
+	i, found := slices.BinarySearchFunc(from, after, byICCID)
+	if found {
+		i++
+	}
 	var out []View
-	for _, c := range p.order {
-		if c.iccid <= after || (f.AccountID != "" && c.account != f.AccountID) ||
-			(f.Status != "" && c.status() != f.Status) || (f.Reason != 0 && !c.reasons.Has(f.Reason)) {
+	for ; i < len(from) && len(out) < limit; i++ {
+		c := from[i]
+		if (f.AccountID != "" && c.account != f.AccountID) || (f.Status != "" && c.status() != f.Status) || (f.Reason != 0 && !c.reasons.Has(f.Reason)) {
 			continue
 		}
-		v, _ := p.Card(c.iccid)
-		v.Account = AccountView{}
-		out = append(out, v)
-	}
-	sortViews(out)
-	if len(out) > limit {
-		out = out[:limit]
+		out = append(out, p.view(c))
 	}
 	return out
 }
 
-func sortViews(v []View) { sort.Slice(v, func(i, j int) bool { return v[i].ICCID < v[j].ICCID }) }
+func byICCID(c *Card, iccid string) int { return strings.Compare(c.iccid, iccid) }
