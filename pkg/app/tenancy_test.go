@@ -110,6 +110,20 @@ func TestAccountTokensSeeTheirAccountOnly(t *testing.T) {
 		}
 		return nil
 	})
+	// search by each number; an account's token finds its account's only
+	if r := c.must(c.send("GET", "/v1/search?q=460001000000001", tokRead, "", ""), 200); fmt.Sprint(r.body["matches"]) !=
+		fmt.Sprintf("[map[account_id:a carrier:cmcc iccid:%s matched:imsi]]", iccid(1)) {
+		t.Fatalf("search by IMSI: %s", r.raw)
+	}
+	if r := c.must(c.send("GET", "/v1/search?q="+iccid(1), tokAcctA, "", ""), 200); len(r.body["matches"].([]any)) != 1 {
+		t.Fatalf("search by ICCID, account a's token: %s", r.raw)
+	}
+	if r := c.must(c.send("GET", "/v1/search?q="+iccid(2), tokAcctA, "", ""), 200); len(r.body["matches"].([]any)) != 0 {
+		t.Fatalf("account a's token found account b's card: %s", r.raw)
+	}
+	if r := c.send("GET", "/v1/search?q=", tokRead, "", ""); r.code != 400 || r.body["field"] != "q" {
+		t.Fatalf("an empty search: %d %s", r.code, r.raw)
+	}
 }
 
 // Tokens reload from their file when it changes and on SIGHUP, without a
