@@ -221,6 +221,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"GET /v1/status", ScopeRead, s.getStatus, false},
 		{"GET /v1/events/stream", ScopeRead, s.streamEvents, true},
 		{"GET /v1/search", ScopeRead, s.search, true},
+		{"GET /v1/fleet", ScopeRead, s.fleet, false},
 		{"GET /healthz", "", s.healthz, false},
 		{"GET /readyz", "", s.readyz, false},
 		{"GET /openapi.yaml", "", s.openapi, false},

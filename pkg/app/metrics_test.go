@@ -227,6 +227,18 @@ func TestDashboardAndAlertsNameRealMetrics(t *testing.T) {
 		}
 		return nil
 	})
+	// the fleet's counts, from the partitions' last census
+	testenv.Eventually(t, 10*time.Second, func() error {
+		var fl api.FleetResponse
+		if code := c.do("GET", "/v1/fleet", "", nil, &fl); code != 200 {
+			return fmt.Errorf("fleet: %d", code)
+		}
+		if fl.InService != 3 || fl.Stopped != 0 || fl.Partitions != 2 || len(fl.Missing) != 0 || len(fl.Nearest) != 2 ||
+			fl.Nearest[0].UsageBytes != 100 || fl.ByReason["manual"] != 0 || len(fl.RunOut) != 0 {
+			return fmt.Errorf("fleet: %+v", fl)
+		}
+		return nil
+	})
 	// every role reports itself: the status is healthy, with every figure
 	testenv.Eventually(t, 20*time.Second, func() error {
 		var out, errb bytes.Buffer

@@ -106,8 +106,31 @@ func TestCensusAgreesWithTheCards(t *testing.T) {
 				want.Cancelled++
 			}
 		}
-		if got := p.Census(); fmt.Sprint(got) != fmt.Sprint(want) {
+		var near, runOut []Near
+		for _, c := range p.cards {
+			pl := p.plans[c.planID]
+			if c.status() != InService || pl == nil || pl.QuotaBytes == 0 || c.usage == 0 {
+				continue
+			}
+			n := Near{ICCID: c.iccid, AccountID: c.account, UsageBytes: c.usage, QuotaBytes: pl.QuotaBytes, CycleEnd: c.cycle.End}
+			near = append(near, n)
+			if el := p.now - c.cycle.Start; el > 0 && c.usage < pl.QuotaBytes {
+				if at := c.cycle.Start + int64(float64(pl.QuotaBytes)/float64(c.usage)*float64(el)); at < c.cycle.End {
+					n.RunOutAt = at
+					runOut = append(runOut, n)
+				}
+			}
+		}
+		slices.SortFunc(near, nearer)
+		slices.SortFunc(runOut, sooner)
+		want.Nearest, want.RunOut, want.At = near[:min(len(near), CensusTop)], runOut[:min(len(runOut), CensusTop)], p.now
+		got := p.Census()
+		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("seed %d: census %+v, the cards say %+v", seed, got, want)
+		}
+		// a census of two halves adds up to the whole
+		if sum := got.Add(Census{ByReason: map[string]int{}}); fmt.Sprint(sum) != fmt.Sprint(want) {
+			t.Fatalf("seed %d: census plus nothing %+v", seed, sum)
 		}
 		stopped, inService = stopped+want.Stopped, inService+want.InService
 	}

@@ -53,6 +53,8 @@ func (p *Projector) answer(ctx context.Context, pt *partition, m *nats.Msg) {
 				reply.Pool, reply.Found = &v, ok
 			case query.KindCards:
 				reply.Cards, reply.Found = pt.state.ListCards(q.Filter, q.After, max(1, min(q.Limit, 1000))), true
+			case query.KindCensus:
+				reply.Census, reply.Found = pt.census, pt.census != nil
 			case query.KindChunks:
 				reply.Chunks, reply.Found = pt.chunks.pick(q.Seqs)
 			case query.KindInputs:

@@ -30,6 +30,10 @@ const (
 	// KindInputs asks what the fold decided of billing and provisioning
 	// inputs (by position): applied, or refused and why.
 	KindInputs Kind = "inputs"
+	// KindCensus asks for the partition's last census (cards by status and
+	// reason, the nearest their quota, the forecasts): taken every 15 s by
+	// the fold, read without holding it.
+	KindCensus Kind = "census"
 )
 
 // Reply answers a Request.
@@ -39,6 +43,7 @@ type Reply struct {
 	Account *card.AccountView `json:"account,omitempty"`
 	Pool    *card.PoolView    `json:"pool,omitempty"`
 	Cards   []card.View       `json:"cards,omitempty"`
+	Census  *card.Census      `json:"census,omitempty"`
 	// Chunks: the verdicts of each asked chunk the partition still keeps.
 	Chunks map[uint64]*ChunkVerdicts `json:"chunks,omitempty"`
 	// Inputs: the decision on each asked input the partition still keeps.
