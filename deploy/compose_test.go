@@ -168,3 +168,22 @@ func TestTokensExampleParses(t *testing.T) {
 		t.Fatalf("the account token: %+v", p)
 	}
 }
+
+// Every role may write its reports to the status bucket (GET /v1/status
+// would say it is not running otherwise), under its own name only.
+func TestEveryRoleReportsItsStatus(t *testing.T) {
+	for _, role := range broker.Roles {
+		if role == broker.RoleRebuild {
+			continue // a tool, not a running role
+		}
+		allow := broker.RolePermissions(role).Publish.Allow
+		if !slices.Contains(allow, "$KV."+broker.BucketStatus+"."+role+".>") {
+			t.Errorf("role %s may not write its status reports", role)
+		}
+		for _, a := range allow {
+			if strings.HasPrefix(a, "$KV."+broker.BucketStatus+".") && a != "$KV."+broker.BucketStatus+"."+role+".>" {
+				t.Errorf("role %s may write %s", role, a)
+			}
+		}
+	}
+}

@@ -138,6 +138,9 @@ type Pipeline struct {
 	Notifier *webhook.Notifier
 	// Actuator is set when the actuator runs.
 	Actuator *actuate.Actuator
+	// HealthURL is where a process without the API serves /healthz,
+	// /readyz and /metrics (--health-addr).
+	HealthURL string
 	// Metrics gathers what /metrics serves.
 	Metrics prometheus.Gatherer
 
@@ -523,6 +526,7 @@ func (p *Pipeline) serveHealth(addr string, reg *prometheus.Registry) error {
 		}
 		return nil
 	})
+	p.HealthURL = "http://" + ln.Addr().String()
 	p.log.Info("health endpoints listening", zap.String("addr", ln.Addr().String()))
 	return nil
 }
@@ -611,7 +615,9 @@ func (p *Pipeline) Stop() {
 		close(p.stopped)
 	}
 	if p.httpSrv != nil {
-		p.api.EndStreams()
+		if p.api != nil { // (a process without the API serves only its health endpoints)
+			p.api.EndStreams()
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_ = p.httpSrv.Shutdown(ctx) // in-flight requests finish or are cut at the deadline
 		cancel()

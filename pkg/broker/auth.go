@@ -222,6 +222,7 @@ func SinkPermissions() *server.Permissions {
 		"$JS.API.CONSUMER.MSG.NEXT."+StreamEvents+".*")
 	pub = append(pub, leases(RoleSink)...)
 	pub = append(pub, kv(BucketSink)...)
+	pub = append(pub, "$KV."+BucketStatus+"."+RoleSink+".>") // its status reports
 	return &server.Permissions{Publish: &server.SubjectPermission{Allow: pub},
 		Subscribe: &server.SubjectPermission{Allow: []string{InboxPrefix(RoleSink) + ".>"}}}
 }
