@@ -58,14 +58,15 @@ func (s *Server) command(typ card.InputType) func(http.ResponseWriter, *http.Req
 				"detail": "decided; a later command followed: see GET /v1/cards/{iccid}/events"})
 			return nil
 		case !v.LastCommand.Applied:
-			p := problem(http.StatusConflict, "refused/"+v.LastCommand.Code, "command refused", refusalDetail(v.LastCommand.Code))
+			p := problem(http.StatusConflict, "refused/"+v.LastCommand.Code, "command refused", RefusalDetail(v.LastCommand.Code))
 			return p
 		}
 		return ok(w, cardResponse(v, reply.Now, reply.Applied))
 	}
 }
 
-func refusalDetail(code string) string {
+// RefusalDetail says a refused command's code in words.
+func RefusalDetail(code string) string {
 	switch code {
 	case card.RefusedExpired:
 		return "the card's plan has expired: renew it first"

@@ -58,6 +58,10 @@ func TestCardCommands(t *testing.T) {
 	if code != cli.ExitRefused || !strings.Contains(errOut, "refused: the card (or its pool) is over quota: it resumes at the next cycle") {
 		t.Fatalf("a refused resume: exit %d: %s", code, errOut)
 	}
+	if code, out, _ = run(card, "events", iccid(1)); code != cli.ExitOK || !strings.Contains(out, "card.command_refused.v1") ||
+		!strings.Contains(out, "the card (or its pool) is over quota: it resumes at the next cycle") {
+		t.Fatalf("the refusal in the history, in words: exit %d\n%s", code, out)
+	}
 	if code, out, _ = run(card, "stop", iccid(2), "--operator", "ops", "--note", "parked"); code != cli.ExitOK || !strings.Contains(out, "manual: stopped by an operator") {
 		t.Fatalf("card stop: exit %d\n%s", code, out)
 	}
@@ -78,7 +82,7 @@ func TestCardCommands(t *testing.T) {
 	testenv.Eventually(t, 10*time.Second, func() error {
 		code, out, _ := run(status)
 		if code != cli.ExitUnhealthy || !strings.Contains(out, "problem       no sink is reporting") || !strings.Contains(out, "sink          unknown: none reporting") ||
-			!strings.Contains(out, "partition 0   ready") || !strings.Contains(out, "partition 1   ready") || !strings.Contains(out, "ingest        ") {
+			!strings.Contains(out, "partition 0   ready") || !strings.Contains(out, "partition 1   ready") || !strings.Contains(out, "ingest        0 records/s") {
 			return fmt.Errorf("status: exit %d\n%s", code, out)
 		}
 		return nil

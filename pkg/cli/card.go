@@ -54,6 +54,12 @@ func (e *apiError) Error() string {
 }
 
 func (c *client) do(method, path string, body, out any) error {
+	_, err := c.doStatus(method, path, body, out)
+	return err
+}
+
+// doStatus is do, with the answer's status code.
+func (c *client) doStatus(method, path string, body, out any) (int, error) {
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
@@ -61,7 +67,7 @@ func (c *client) do(method, path string, body, out any) error {
 	}
 	req, err := http.NewRequest(method, c.base+path, rd)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -71,28 +77,46 @@ func (c *client) do(method, path string, body, out any) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return err
+		return resp.StatusCode, err
 	}
 	if resp.StatusCode/100 != 2 {
 		e := &apiError{status: resp.StatusCode}
 		_ = json.Unmarshal(b, &e.p)
-		return e
+		return resp.StatusCode, e
+	}
+	if resp.StatusCode == http.StatusAccepted {
+		// decided, but not what out describes (a later command followed)
+		var d struct {
+			Detail string `json:"detail"`
+		}
+		_ = json.Unmarshal(b, &d)
+		return resp.StatusCode, &decidedLater{d.Detail}
 	}
 	if out != nil {
-		return json.Unmarshal(b, out)
+		return resp.StatusCode, json.Unmarshal(b, out)
 	}
-	return nil
+	return resp.StatusCode, nil
 }
+
+// decidedLater is a 202: the command was decided, and another for the
+// card was decided after it.
+type decidedLater struct{ detail string }
+
+func (d *decidedLater) Error() string { return d.detail }
 
 // exitFor is the exit code of a failed request, printed in words.
 func exitFor(err error, stderr io.Writer) int {
 	var ae *apiError
+	var later *decidedLater
 	switch {
+	case errors.As(err, &later):
+		fmt.Fprintln(stderr, "done, and another command for the card followed:", later.detail)
+		return ExitOK
 	case errors.As(err, &ae) && ae.status == http.StatusNotFound:
 		fmt.Fprintln(stderr, "not found:", ae.Error())
 		return ExitNotFound
@@ -276,7 +300,11 @@ func EventLine(e *event.Envelope) string {
 	if e.Data.Reason != "" {
 		extra = append(extra, e.Data.Reason+": "+ReasonWords(e.Data.Reason))
 	}
-	for _, s := range []string{e.Data.Warning, e.Data.Action, e.Data.Code, e.Data.Detail} {
+	code := e.Data.Code
+	if code != "" && strings.HasSuffix(e.Type, ".command_refused.v1") {
+		code = api.RefusalDetail(code) // in words
+	}
+	for _, s := range []string{e.Data.Warning, e.Data.Action, code, e.Data.Detail} {
 		if s != "" {
 			extra = append(extra, s)
 		}

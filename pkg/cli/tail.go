@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -123,6 +124,14 @@ func tailOnce(ctx context.Context, u, token string, last *string, show func([]by
 	var data []byte
 	for sc.Scan() {
 		line := sc.Text()
+		// the stream says where it starts: a reconnection before any event
+		// was shown goes on from there, not from a later "now"
+		if from, ok := strings.CutPrefix(line, ": cardmeter events from "); ok && *last == "" {
+			if n, err := strconv.ParseUint(from, 10, 64); err == nil && n > 0 {
+				*last = strconv.FormatUint(n-1, 10)
+			}
+			continue
+		}
 		switch {
 		case line == "":
 			if kind == "error" {

@@ -233,10 +233,11 @@ func (r *runner) takeCensus() {
 type counted struct{ typ, reason string }
 
 // count adds the events just published to the metrics, but for those the
-// log already had (a replay after a restart publishes them again).
-func (r *runner) count(dup []bool) {
+// log already had (a replay after a restart publishes them again; one
+// older than the stream's duplicate window is counted again).
+func (r *runner) count(stored []bool) {
 	for i, c := range r.counted {
-		if c.typ == "" || (i < len(dup) && dup[i]) {
+		if c.typ == "" || !stored[i] {
 			continue
 		}
 		r.p.m.emitted.WithLabelValues(c.typ).Inc()
@@ -369,9 +370,10 @@ func (r *runner) flush(ctx context.Context) error {
 		return err
 	}
 	if len(r.pending) > 0 {
-		var dup []bool // of the last try, the one that succeeded
+		// stored[i]: some try's ack said the log took message i anew (a
+		// failed try may store some; the next one then hears "duplicate")
+		stored := make([]bool, len(r.pending))
 		op := func() error {
-			dup = dup[:0]
 			if !r.lease.Valid() {
 				return errors.New("the lease's renewal is late: publishing waits") // retried; a lost lease ends the context
 			}
@@ -383,10 +385,10 @@ func (r *runner) flush(ctx context.Context) error {
 				}
 				futs = append(futs, f)
 			}
-			for _, f := range futs {
+			for i, f := range futs {
 				select {
 				case ack := <-f.Ok():
-					dup = append(dup, ack.Duplicate)
+					stored[i] = stored[i] || !ack.Duplicate
 				case err := <-f.Err():
 					return err
 				case <-ctx.Done():
@@ -408,7 +410,7 @@ func (r *runner) flush(ctx context.Context) error {
 			return err
 		}
 		r.p.m.published.Add(float64(len(r.pending)))
-		r.count(dup)
+		r.count(stored)
 		r.pending, r.counted = r.pending[:0], r.counted[:0]
 		if failed {
 			r.pt.mu.Lock()
