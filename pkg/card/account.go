@@ -1,10 +1,5 @@
 package card
 
-import (
-	"slices"
-	"strings"
-)
-
 // account is an enterprise's balance and options (DOMAIN.md "Plans and
 // accounts", §3 欠费停机).
 type account struct {
@@ -16,7 +11,8 @@ type account struct {
 	inArrears   bool
 	lowWarned   bool
 	cards       []*Card
-	sorted      []*Card         // cards in ICCID order, for lists; rebuilt when cards grew
+	sorted      []*Card // cards for lists: the first sortedN in ICCID order
+	sortedN     int
 	payments    map[string]bool // payment ids applied: each counts once
 	charges     map[string]bool // billing charge ids applied
 	dirty       bool            // changed since the last checkpoint
@@ -174,9 +170,9 @@ func (p *Partition) Account(id string) (AccountView, bool) {
 
 // sortedCards are the account's cards in ICCID order.
 func (a *account) sortedCards() []*Card {
-	if len(a.sorted) != len(a.cards) {
-		a.sorted = slices.Clone(a.cards)
-		slices.SortFunc(a.sorted, func(x, y *Card) int { return strings.Compare(x.iccid, y.iccid) })
+	if len(a.sorted) < len(a.cards) {
+		a.sorted = append(a.sorted, a.cards[len(a.sorted):]...) // cards are only ever added
 	}
+	a.sorted, a.sortedN = mergeSorted(a.sorted, a.sortedN)
 	return a.sorted
 }

@@ -20,7 +20,6 @@ package card
 import (
 	"fmt"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
-	"slices"
 	"strconv"
 	"time"
 )
@@ -34,11 +33,12 @@ type Partition struct {
 	byNumber map[uint64]*Card // the cards whose ICCID packs into 64 bits (every valid one): the usage fold's lookup
 	pools    map[string]*pool
 	order    []*Card // cards in provisioning order: the order ticks visit them
-	// listed is every card in ICCID order, for ListCards: a page starts
-	// where its cursor falls instead of sorting every card. Cards filed in
-	// bulk (a restore) are sorted once, at the first list.
-	listed       []*Card
-	listedSorted bool
+	// listed is every card, for ListCards: the first listedN in ICCID
+	// order, then those filed since, which the next list sorts and merges
+	// in (a page starts where its cursor falls instead of sorting every
+	// card; filing a card costs an append).
+	listed  []*Card
+	listedN int
 	strs         map[string]string // interned carrier, plan and account names: one copy for many cards
 	accOrder     []*account        // accounts in creation order
 	poolOrd      []*pool
@@ -152,12 +152,7 @@ func (p *Partition) addCard(c *Card) {
 	c.ord = len(p.order)
 	c.key = uint64(c.ord)
 	p.order = append(p.order, c)
-	if p.listedSorted {
-		i, _ := slices.BinarySearchFunc(p.listed, c.iccid, byICCID)
-		p.listed = slices.Insert(p.listed, i, c)
-	} else {
-		p.listed = append(p.listed, c)
-	}
+	p.listed = append(p.listed, c)
 	p.account(c.account).cards = append(p.account(c.account).cards, c)
 	c.due = never // until the provisioning that files it schedules it
 	p.due.push(c)

@@ -176,6 +176,18 @@ func TestListCardsAgreesWithASort(t *testing.T) {
 				}
 			}
 		}
+		// a restored partition lists the same, without a sort at its first list
+		b, err := p.MarshalSnapshot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := UnmarshalSnapshot(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q.listedN != len(q.listed) || fmt.Sprint(viewIDs(q.ListCards(Filter{}, "", 1000))) != fmt.Sprint(viewIDs(p.ListCards(Filter{}, "", 1000))) {
+			t.Fatalf("seed %d: the restored partition lists otherwise (sorted %d of %d)", seed, q.listedN, len(q.listed))
+		}
 		// a card provisioned after the first list goes in its place
 		prefix := "8986000000000000000"
 		iccid := prefix + string(cdr.LuhnDigit(prefix))
@@ -187,4 +199,12 @@ func TestListCardsAgreesWithASort(t *testing.T) {
 			t.Fatalf("seed %d: the late account's cards %+v", seed, page)
 		}
 	}
+}
+
+func viewIDs(vs []View) []string {
+	out := make([]string, len(vs))
+	for i, v := range vs {
+		out[i] = v.ICCID
+	}
+	return out
 }

@@ -434,6 +434,9 @@ func (r *Restorer) Finish() (*Partition, error) {
 		c.due = p.deadline(c)
 	}
 	heap.Init(&p.due)
+	// sorted for lists now, while the partition is restoring, not at the
+	// first list while it folds
+	p.listed, p.listedN = mergeSorted(p.listed, 0)
 	p.head(true) // what was restored is checkpointed
 	return p, nil
 }

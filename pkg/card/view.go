@@ -92,10 +92,7 @@ func (p *Partition) ListCards(f Filter, after string, limit int) []View {
 	if limit <= 0 {
 		return nil
 	}
-	if !p.listedSorted {
-		slices.SortFunc(p.listed, func(a, b *Card) int { return strings.Compare(a.iccid, b.iccid) })
-		p.listedSorted = true
-	}
+	p.listed, p.listedN = mergeSorted(p.listed, p.listedN)
 	from := p.listed
 	if f.AccountID != "" {
 		a, ok := p.accounts[f.AccountID]
@@ -120,3 +117,30 @@ func (p *Partition) ListCards(f Filter, after string, limit int) []View {
 }
 
 func byICCID(c *Card, iccid string) int { return strings.Compare(c.iccid, iccid) }
+
+func iccidOrder(a, b *Card) int { return strings.Compare(a.iccid, b.iccid) }
+
+// mergeSorted returns cards in ICCID order, given that its first n are:
+// the rest are sorted and merged in (a linear pass; cards filed one by one
+// between two lists cost that, not a sort of them all).
+func mergeSorted(cards []*Card, n int) ([]*Card, int) {
+	if n == len(cards) {
+		return cards, n
+	}
+	tail := cards[n:]
+	slices.SortFunc(tail, iccidOrder)
+	if n == 0 || iccidOrder(cards[n-1], tail[0]) < 0 {
+		return cards, len(cards) // the new ones all come after
+	}
+	out := make([]*Card, 0, len(cards))
+	a, b := cards[:n], tail
+	for len(a) > 0 && len(b) > 0 {
+		if iccidOrder(a[0], b[0]) <= 0 {
+			out, a = append(out, a[0]), a[1:]
+		} else {
+			out, b = append(out, b[0]), b[1:]
+		}
+	}
+	out = append(append(out, a...), b...)
+	return out, len(out)
+}
