@@ -51,7 +51,7 @@ func metricNames(t *testing.T, expr string) []string {
 // Prometheus parses them; and the new figures count what happened: one
 // manual stop and resume, a rejection by field, the cards by status.
 func TestDashboardAndAlertsNameRealMetrics(t *testing.T) {
-	rules, errs := rulefmt.ParseFile("../../deploy/prometheus/rules.yml", false, model.UTF8Validation, parser.NewParser(parser.Options{}), nil)
+	rules, errs := rulefmt.ParseFile("../../deploy/grafana/rules.yml", false, model.UTF8Validation, parser.NewParser(parser.Options{}), nil)
 	if len(errs) > 0 {
 		t.Fatalf("deploy/prometheus/rules.yml: %v", errs)
 	}

@@ -39,6 +39,9 @@ type Manifest struct {
 	DeltaBytes int64               `json:"delta_bytes"`
 	Segments   []index.SegmentInfo `json:"segments,omitempty"`
 	Written    time.Time           `json:"written"`
+	// Saved is when the checkpoint it names was stored (Written also
+	// moves when a new owner takes the partition).
+	Saved time.Time `json:"saved,omitempty"`
 }
 
 const manifestVersion = 1
@@ -304,7 +307,7 @@ func (s *store) save(ctx context.Context, idx *index.Index, job saveJob) error {
 			m.DeltaBytes += int64(len(b))
 		}
 	}
-	m.Seq = job.seq
+	m.Seq, m.Saved = job.seq, time.Now().UTC()
 	if err := s.putManifest(ctx, m); err != nil {
 		return err
 	}

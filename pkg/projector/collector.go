@@ -23,7 +23,9 @@ var (
 	descLagSeconds = prometheus.NewDesc("cardmeter_projector_lag_seconds",
 		"How far the fold is behind the log, in seconds: while messages wait, the time since the last one folded was stored (the most over the partitions).", nil, nil)
 	descCheckpointAge = prometheus.NewDesc("cardmeter_projector_checkpoint_age_seconds",
-		"Seconds since the partition's last checkpoint was stored (or it was restored).", []string{"partition"}, nil)
+		"Seconds since the last checkpoint of a partition this instance holds was stored (restoring or retrying too).", []string{"partition"}, nil)
+	descPartitions = prometheus.NewDesc("cardmeter_projector_partitions",
+		"Partitions of the log (every projector says the same): held and ready should add up to it.", nil, nil)
 )
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
@@ -31,6 +33,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descStoppedBy
 	ch <- descLagSeconds
 	ch <- descCheckpointAge
+	ch <- descPartitions
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -39,9 +42,17 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	var lag float64
 	for _, pt := range c.p.sorted() {
 		pt.mu.Lock()
-		census, held, pending, stored, saved := pt.census, pt.lease != nil && pt.ready, pt.pending, pt.foldedStored, pt.checkpointAt
+		census, held, ready, pending, stored, saved := pt.census, pt.lease != nil, pt.ready, pt.pending, pt.foldedStored, pt.checkpointAt
 		pt.mu.Unlock()
 		if !held {
+			continue
+		}
+		// (the age of a held partition's checkpoint grows while it
+		// restores or retries too: that is what the alert is for)
+		if !saved.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descCheckpointAge, prometheus.GaugeValue, now.Sub(saved).Seconds(), strconv.Itoa(pt.id))
+		}
+		if !ready {
 			continue
 		}
 		if census != nil {
@@ -49,9 +60,6 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if pending > 0 && !stored.IsZero() {
 			lag = max(lag, now.Sub(stored).Seconds())
-		}
-		if !saved.IsZero() {
-			ch <- prometheus.MustNewConstMetric(descCheckpointAge, prometheus.GaugeValue, now.Sub(saved).Seconds(), strconv.Itoa(pt.id))
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(descCards, prometheus.GaugeValue, float64(total.InService), string(card.InService))
@@ -61,6 +69,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descStoppedBy, prometheus.GaugeValue, float64(n), reason)
 	}
 	ch <- prometheus.MustNewConstMetric(descLagSeconds, prometheus.GaugeValue, lag)
+	ch <- prometheus.MustNewConstMetric(descPartitions, prometheus.GaugeValue, float64(c.p.cfg.Partitions))
 }
 
 // Status is this instance's partitions for the status bucket.

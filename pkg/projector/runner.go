@@ -110,7 +110,10 @@ func (r *runner) restore(ctx context.Context) error {
 	r.folder = &fold.Folder{Partition: r.pt.id, State: state, Index: idx}
 	r.last, r.lastSave = m.Seq, time.Now()
 	r.pt.mu.Lock()
-	r.pt.state, r.pt.applied, r.pt.checkpointAt = state, m.Seq, time.Now()
+	r.pt.state, r.pt.applied, r.pt.checkpointAt = state, m.Seq, m.Saved
+	if m.Saved.IsZero() { // a manifest from before Saved, or none yet
+		r.pt.checkpointAt = time.Now()
+	}
 	// A partition that could not fold a message stays unready, stuck and
 	// failing /healthz until a life folds past it (the flush clears it), so
 	// that it does not flap ready between retries.

@@ -100,8 +100,9 @@ type Sink struct {
 
 // unitStatus is what Healthy and Pending know of a unit held.
 type unitStatus struct {
-	pending uint64 // messages after the last one read, as of the last block
-	failure error  // the last life's, while it is retried
+	pending uint64    // messages after the last one read, as of the last block
+	failure error     // the last life's, while it is retried
+	oldest  time.Time // when the block being written's first message was stored (zero: none in hand)
 }
 
 // instances tells apart the sinks of one process (tests run several).
@@ -141,6 +142,9 @@ func New(js jetstream.JetStream, ch ClickHouseConfig, cfg Config, reg prometheus
 	}
 	if reg != nil {
 		reg.MustRegister(s.inserted, s.skipped, s.failures, s.up, s.pending, s.unitsHeld, s.blocks, s.blockRows, s.delay)
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "cardmeter_sink_backlog_age_seconds",
+			Help: "How long the oldest message read and not yet in ClickHouse has waited (the most over this instance's units; 0: none in hand). It grows while ClickHouse refuses."},
+			s.backlogAge))
 	}
 	return s
 }
@@ -568,4 +572,17 @@ func (s *Sink) Status() status.Sink {
 		units = []int{}
 	}
 	return status.Sink{Units: units, Pending: s.Pending(), ClickHouseUp: up}
+}
+
+// backlogAge is how long the oldest message in hand has waited, in seconds.
+func (s *Sink) backlogAge() float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var age float64
+	for _, u := range s.units {
+		if !u.oldest.IsZero() {
+			age = max(age, time.Since(u.oldest).Seconds())
+		}
+	}
+	return age
 }

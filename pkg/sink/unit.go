@@ -234,7 +234,7 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 		}
 		s.mu.Lock()
 		if st := s.units[u.id]; st != nil {
-			st.pending = b.pending
+			st.pending, st.oldest = b.pending, b.oldest // the oldest message not yet in ClickHouse
 		}
 		s.mu.Unlock()
 		s.pending.WithLabelValues(u.name).Set(float64(b.pending))
@@ -259,6 +259,11 @@ func (s *Sink) work(ctx context.Context, l *lease.Lease, u unit, log *zap.Logger
 		if !b.oldest.IsZero() {
 			s.delay.WithLabelValues(u.w.table()).Observe(time.Since(b.oldest).Seconds())
 		}
+		s.mu.Lock()
+		if st := s.units[u.id]; st != nil {
+			st.oldest = time.Time{} // in; the next block's first message is the oldest next
+		}
+		s.mu.Unlock()
 		check, checked = false, true
 		if s.cfg.AfterInsert != nil {
 			if err := s.cfg.AfterInsert(u.stream); err != nil {
