@@ -53,7 +53,7 @@ func metricNames(t *testing.T, expr string) []string {
 func TestDashboardAndAlertsNameRealMetrics(t *testing.T) {
 	rules, errs := rulefmt.ParseFile("../../deploy/grafana/rules.yml", false, model.UTF8Validation, parser.NewParser(parser.Options{}), nil)
 	if len(errs) > 0 {
-		t.Fatalf("deploy/prometheus/rules.yml: %v", errs)
+		t.Fatalf("deploy/grafana/rules.yml: %v", errs)
 	}
 	named := map[string][]string{} // metric -> where
 	for _, g := range rules.Groups {
