@@ -88,6 +88,7 @@ type Server struct {
 	intake    struct{ accepted, rejected atomic.Int64 }
 	endStream chan struct{} // closed when the streams are to end (a shutdown)
 	endOnce   sync.Once
+	streams   chan struct{} // a slot per event stream served
 	cfg       Config
 	nc        *nats.Conn
 	js        jetstream.JetStream
@@ -177,7 +178,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 	m.auditFailures = prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_audit_failures_total",
 		Help: "Writes whose audit entry the log did not store (each is logged with who and what)."})
 	reg.MustRegister(m.records, m.rejected, m.delay, m.requests, m.latency, m.auditFailures)
-	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m, endStream: make(chan struct{}),
+	s := &Server{cfg: cfg, nc: nc, js: js, dir: dir, clock: clk, log: log, mux: http.NewServeMux(), ready: ready, metrics: m, endStream: make(chan struct{}), streams: make(chan struct{}, MaxStreams),
 		budget: newBudget(cfg.Batch.InFlightBytes, reg)}
 	s.batches, s.resolved = cfg.Batches, cfg.Resolved
 	if cfg.Webhooks != nil {

@@ -49,6 +49,7 @@ func Summarize(reports []status.Report, partitions int) StatusResponse {
 		resp.Instances = []status.Report{}
 	}
 	byID := map[int]PartitionState{}
+	at := map[string]time.Time{} // when each projector reported
 	projectors, sinks := 0, 0
 	var lag, pending uint64
 	var lagSecs, in, rej float64
@@ -63,8 +64,13 @@ func Summarize(reports []status.Report, partitions int) StatusResponse {
 			lag += p.LagMessages
 			lagSecs = max(lagSecs, p.LagSeconds)
 			for _, pt := range p.Partitions {
-				byID[pt.ID] = PartitionState{Partition: pt, Owner: r.Instance}
+				// during a hand-over two may say they hold it: the newer
+				// report tells
+				if old, ok := byID[pt.ID]; !ok || r.At.After(at[old.Owner]) {
+					byID[pt.ID] = PartitionState{Partition: pt, Owner: r.Instance}
+				}
 			}
+			at[r.Instance] = r.At
 		}
 		if sk := r.Sink; sk != nil {
 			sinks++

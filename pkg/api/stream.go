@@ -15,6 +15,9 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/broker"
 )
 
+// MaxStreams is how many event streams an API serves at once.
+const MaxStreams = 256
+
 // streamPoll is how often a stream that has caught up asks the log for
 // what came since (the API's NATS user reads single messages of EVENTS,
 // not consumers).
@@ -87,6 +90,13 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) error {
 		for _, a := range accounts {
 			f.accounts[a] = true
 		}
+	}
+	select {
+	case s.streams <- struct{}{}:
+		defer func() { <-s.streams }()
+	default:
+		return &retryProblem{problem(http.StatusServiceUnavailable, "unavailable/streams", "too many event streams",
+			fmt.Sprintf("this API serves %d event streams at once; retry later, or follow EVENTS on NATS", cap(s.streams)))}
 	}
 	stream, err := s.js.Stream(r.Context(), broker.StreamEvents)
 	if err != nil {
@@ -168,6 +178,13 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) error {
 		next = m.Sequence + 1
 		head.Type, head.Data.AccountID = "", ""
 		if json.Unmarshal(m.Data, &head) != nil || !f.takes(head.Type, head.Data.AccountID) {
+			// skipping a long way: the client hears the stream is alive
+			if time.Since(quiet) > 15*time.Second {
+				if write([]byte(": keep-alive\n\n")) != nil {
+					return nil
+				}
+				quiet = time.Now()
+			}
 			continue
 		}
 		frame := make([]byte, 0, len(m.Data)+64)

@@ -27,6 +27,7 @@ type Report struct {
 	Role     string    `json:"role"`
 	Instance string    `json:"instance"`
 	At       time.Time `json:"at"`
+	Every    float64   `json:"every_seconds"` // how often it reports: a report 3 times older is stale
 	Ready    bool      `json:"ready"`
 	Detail   string    `json:"detail,omitempty"` // why not ready
 	// what the role knows; the others are nil
@@ -92,7 +93,7 @@ func Publish(ctx context.Context, js jetstream.JetStream, instance string, every
 		if kv != nil {
 			for _, s := range sources {
 				r := s.Report()
-				r.Role, r.Instance, r.At = s.Role, instance, time.Now().UTC()
+				r.Role, r.Instance, r.At, r.Every = s.Role, instance, time.Now().UTC(), every.Seconds()
 				b, _ := json.Marshal(r)
 				pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 				if _, err := kv.Put(pctx, s.Role+"."+Key(instance), b); err != nil && ctx.Err() == nil {
@@ -103,6 +104,14 @@ func Publish(ctx context.Context, js jetstream.JetStream, instance string, every
 		}
 		select {
 		case <-ctx.Done():
+			// gone: its reports go at once, not a minute later
+			if kv != nil {
+				dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				for _, s := range sources {
+					_ = kv.Delete(dctx, s.Role+"."+Key(instance))
+				}
+				cancel()
+			}
 			return
 		case <-t.C:
 		}
@@ -143,7 +152,9 @@ func Read(ctx context.Context, js jetstream.JetStream) ([]Report, error) {
 			return nil, err
 		}
 		var r Report
-		if json.Unmarshal(e.Value(), &r) == nil {
+		// a report three intervals old is of a process that stopped
+		// reporting (the bucket drops it after a minute anyway)
+		if json.Unmarshal(e.Value(), &r) == nil && (r.Every == 0 || time.Since(r.At).Seconds() < 3*r.Every) {
 			out = append(out, r)
 		}
 	}
