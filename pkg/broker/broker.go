@@ -353,7 +353,7 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 	}
 	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketStatus,
 		Description: "each running role's last report of itself, for GET /v1/status (gone a minute after its role stops reporting)",
-		Storage: jetstream.MemoryStorage, Replicas: t.Replicas, History: 1, TTL: StatusTTL}); err != nil {
+		Storage:     jetstream.MemoryStorage, Replicas: t.Replicas, History: 1, TTL: StatusTTL}); err != nil {
 		return t, fmt.Errorf("kv %s: %w", BucketStatus, err)
 	}
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: StreamDead, Subjects: []string{"webhooks.dead.>"},

@@ -37,13 +37,13 @@ type Partition struct {
 	// order, then those filed since, which the next list sorts and merges
 	// in (a page starts where its cursor falls instead of sorting every
 	// card; filing a card costs an append).
-	listed  []*Card
-	listedN int
-	strs         map[string]string // interned carrier, plan and account names: one copy for many cards
-	accOrder     []*account        // accounts in creation order
-	poolOrd      []*pool
-	due          deadlines // cards by the time a tick next changes them
-	plansDirty   bool      // a plan changed since the last checkpoint
+	listed     []*Card
+	listedN    int
+	strs       map[string]string // interned carrier, plan and account names: one copy for many cards
+	accOrder   []*account        // accounts in creation order
+	poolOrd    []*pool
+	due        deadlines // cards by the time a tick next changes them
+	plansDirty bool      // a plan changed since the last checkpoint
 	// pieceCardBytes is what a card took in the last checkpoint piece: the
 	// next piece's buffer is sized from it (a buffer grown by doubling
 	// cleared and copied a third of a checkpoint's time). A hint only.
