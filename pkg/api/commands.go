@@ -30,18 +30,11 @@ func (s *Server) command(typ card.InputType) func(http.ResponseWriter, *http.Req
 		if err := decodeBody(r, &b); err != nil {
 			return err
 		}
-		if strings.TrimSpace(b.Operator) == "" {
-			return invalid("operator", "required: who asks is recorded")
+		operator, id, err := asker(r, b.Operator, "cmd-", iccid, string(typ))
+		if err != nil {
+			return err
 		}
-		if pr := principal(r); pr != nil && !pr.Has(ScopeOperator) {
-			// an account's token speaks for its holder: the events name
-			// the token, then who the holder says asked
-			b.Operator = pr.Name + ": " + b.Operator
-		}
-		id := "cmd-" + nuid.Next()
-		if k := r.Header.Get("Idempotency-Key"); k != "" {
-			id = "cmd-" + contentID([]byte(iccid), []byte(typ), []byte(k))
-		}
+		b.Operator = operator
 		pos, err := s.writeInput(r, entry.AccountID, card.Input{Type: typ, ID: id, Command: &card.ManualCommand{ICCID: iccid, Operator: b.Operator, Note: b.Note}})
 		if err != nil {
 			return err
@@ -78,4 +71,27 @@ func RefusalDetail(code string) string {
 		return "the card is cancelled"
 	}
 	return code
+}
+
+// asker checks who asks for an operator's write and names it: an
+// account's token speaks for its holder (the events name the token, then
+// who the holder says asked). The input's id comes from the
+// Idempotency-Key when there is one (a retry is the same input), else is
+// new.
+func asker(r *http.Request, operator, prefix string, key ...string) (who, id string, err error) {
+	if strings.TrimSpace(operator) == "" {
+		return "", "", invalid("operator", "required: who asks is recorded")
+	}
+	if pr := principal(r); pr != nil && !pr.Has(ScopeOperator) {
+		operator = pr.Name + ": " + operator
+	}
+	id = prefix + nuid.Next()
+	if k := r.Header.Get("Idempotency-Key"); k != "" {
+		parts := make([][]byte, 0, len(key)+1)
+		for _, s := range key {
+			parts = append(parts, []byte(s))
+		}
+		id = prefix + contentID(append(parts, []byte(k))...)
+	}
+	return operator, id, nil
 }

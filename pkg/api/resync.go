@@ -4,7 +4,6 @@ import (
 	"net/http"
 	"regexp"
 	"strconv"
-	"strings"
 
 	"github.com/nats-io/nuid"
 
@@ -31,16 +30,11 @@ func (s *Server) postResync(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(r, &b); err != nil {
 		return err
 	}
-	if strings.TrimSpace(b.Operator) == "" {
-		return invalid("operator", "required: who asks is recorded")
+	operator, id, err := asker(r, b.Operator, "resync-", iccid)
+	if err != nil {
+		return err
 	}
-	if pr := principal(r); pr != nil && !pr.Has(ScopeOperator) {
-		b.Operator = pr.Name + ": " + b.Operator
-	}
-	id := "resync-" + nuid.Next()
-	if k := r.Header.Get("Idempotency-Key"); k != "" {
-		id = "resync-" + contentID([]byte(iccid), []byte(k))
-	}
+	b.Operator = operator
 	pos, err := s.writeInput(r, entry.AccountID, card.Input{Type: card.TypeResyncRequested, ID: id,
 		Resync: &card.ResyncRequest{ICCID: iccid, Reason: b.Reason, By: b.Operator}})
 	if err != nil {
