@@ -38,6 +38,9 @@ import (
 
 // Config configures the API.
 type Config struct {
+	// Analytics, when set, is the ClickHouse the console's charts read
+	// (daily usage, stops per hour), as the read-only analyst user.
+	Analytics    *Analytics
 	Partitions   int
 	ChunkRecords int // records per log message at most; default 4096
 	Batch        BatchLimits
@@ -223,6 +226,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"GET /v1/events/stream", ScopeRead, s.streamEvents, true},
 		{"GET /v1/search", ScopeRead, s.search, true},
 		{"GET /v1/fleet", ScopeRead, s.fleet, false},
+		{"GET /v1/fleet/stops", ScopeRead, s.fleetStops, false},
+		{"GET /v1/cards/{iccid}/usage/daily", ScopeRead, s.cardDailyUsage, true},
 		{"GET /healthz", "", s.healthz, false},
 		{"GET /readyz", "", s.readyz, false},
 		{"GET /openapi.yaml", "", s.openapi, false},

@@ -65,6 +65,9 @@ type Config struct {
 	HTTPAddr        string        // the API's listen address
 	HealthAddr      string        // without the API role: where /healthz, /readyz and /metrics listen ("" for none)
 	StatusEvery     time.Duration // how often the roles report to the status bucket (default status.Every)
+	// AnalystUser, when set, is the read-only ClickHouse user (at
+	// ClickHouse.Addr) the API reads the console's charts as.
+	AnalystUser, AnalystPassword string
 	Partitions      int
 	LeaseTTL        time.Duration // partition leases' time to live, where this process sets the topology up
 	Replicas        int           // copies of each stream, where this process sets the topology up; 0: as the log has them
@@ -364,6 +367,10 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 	if has(cfg.Roles, RoleAPI) {
 		var dir *api.Directory
 		apiCfg := cfg.API
+		if cfg.AnalystUser != "" && cfg.ClickHouse.Addr != "" && apiCfg.Analytics == nil {
+			apiCfg.Analytics = &api.Analytics{Addrs: cfg.ClickHouse.Addrs(), Database: cfg.ClickHouse.Database,
+				User: cfg.AnalystUser, Password: cfg.AnalystPassword}
+		}
 		if err := retry("opening the directory and the batch buckets", func(ctx context.Context) error {
 			kv, err := p.JS.KeyValue(ctx, broker.BucketDir)
 			if err != nil {

@@ -90,6 +90,8 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.StringVar(&cfg.ClickHouse.Database, "clickhouse-db", env("clickhouse-db", "cardmeter"), "ClickHouse database")
 	fs.StringVar(&cfg.ClickHouse.User, "clickhouse-user", env("clickhouse-user", "default"), "ClickHouse user")
 	fs.StringVar(&cfg.ClickHouse.Password, "clickhouse-password", env("clickhouse-password", ""), "ClickHouse password")
+	fs.StringVar(&cfg.AnalystUser, "clickhouse-analyst-user", env("clickhouse-analyst-user", "analyst"), "the read-only ClickHouse user the API reads the console's charts as (\"\": none)")
+	fs.StringVar(&cfg.AnalystPassword, "clickhouse-analyst-password", env("clickhouse-analyst-password", "analyst"), "its password")
 	fs.IntVar(&cfg.GCPercent, "gc-percent", envInt("gc-percent", DefaultGCPercent), "garbage collection target: the heap grows by this percent of live memory between collections (GOGC, when set, wins)")
 	fs.IntVar(&cfg.MemoryLimitMiB, "memory-limit-mib", envInt("memory-limit-mib", 0), "soft memory limit in MiB: the collector works harder near it; 0: half the machine's (or cgroup's) memory; -1: none (GOMEMLIMIT, when set, wins)")
 	fs.IntVar(&cfg.Sink.BatchRows, "sink-batch-rows", envInt("sink-batch-rows", 200000), "rows per ClickHouse insert at most")

@@ -114,6 +114,7 @@ func TestDashboardAndAlertsNameRealMetrics(t *testing.T) {
 	ch := testenv.ClickHouse(t)
 	p, err := Start(context.Background(), Config{Roles: AllRoles, DataDir: t.TempDir(), NATSPort: -1, HTTPAddr: "127.0.0.1:0",
 		Partitions: 2, ManualClock: true, ClockStart: time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC), ClickHouse: ch, Sink: sinkConfigForTests(),
+		AnalystUser: "analyst", AnalystPassword: "analyst",
 		Projector:      projector.Config{CensusInterval: 200 * time.Millisecond, CheckpointInterval: 200 * time.Millisecond},
 		Notifier:       webhook.Config{AllowPrivate: true},
 		ActuatorConfig: conf, Actuator: actuate.ActuatorConfig{ReconcileEvery: 300 * time.Millisecond}, StatusEvery: 200 * time.Millisecond}, testenv.Logger(t))
@@ -236,6 +237,29 @@ func TestDashboardAndAlertsNameRealMetrics(t *testing.T) {
 		if fl.InService != 3 || fl.Stopped != 0 || fl.Partitions != 2 || len(fl.Missing) != 0 || len(fl.Nearest) != 2 ||
 			fl.Nearest[0].UsageBytes != 100 || fl.ByReason["manual"] != 0 || len(fl.RunOut) != 0 {
 			return fmt.Errorf("fleet: %+v", fl)
+		}
+		return nil
+	})
+	// the console's charts, from ClickHouse as the analyst: card 1's day,
+	// and its stop and resume in their hour
+	testenv.Eventually(t, 30*time.Second, func() error {
+		var daily struct {
+			Days []api.DailyUsage `json:"days"`
+		}
+		if code := c.do("GET", "/v1/cards/"+iccid(1)+"/usage/daily", "", nil, &daily); code != 200 {
+			return fmt.Errorf("daily usage: %d", code)
+		}
+		if len(daily.Days) != 1 || daily.Days[0].Day != "2026-03-10" || daily.Days[0].BytesDown != 100 || daily.Days[0].Records != 1 {
+			return fmt.Errorf("daily usage: %+v", daily.Days)
+		}
+		var stops struct {
+			PerHour []api.StopsHour `json:"per_hour"`
+		}
+		if code := c.do("GET", "/v1/fleet/stops?hours=24", "", nil, &stops); code != 200 {
+			return fmt.Errorf("stops per hour: %d", code)
+		}
+		if fmt.Sprint(stops.PerHour) != "[{2026-03-10T12:00:00Z resumed manual 1} {2026-03-10T12:00:00Z stopped manual 1}]" {
+			return fmt.Errorf("stops per hour: %v", stops.PerHour)
 		}
 		return nil
 	})
