@@ -151,3 +151,101 @@ func queryInt(r *http.Request, name string, def, lo, hi int) (int, error) {
 	}
 	return n, nil
 }
+
+// LedgerEntry is a payment or a charge on an account.
+type LedgerEntry struct {
+	Time      string `json:"time"`
+	Kind      string `json:"kind"` // payment, charge
+	AmountFen int64  `json:"amount_fen"`
+	Reason    string `json:"reason,omitempty"` // a charge's reason, a payment's id
+	ICCID     string `json:"iccid,omitempty"`  // a card's charge
+	EventID   string `json:"event_id"`
+}
+
+// accountLedger is GET /v1/accounts/{account_id}/ledger?days=N: the
+// account's payments and charges over the last N days (default 93), the
+// newest first, at most 500, from ClickHouse.
+func (s *Server) accountLedger(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("account_id")
+	if !principal(r).May(ScopeRead, id) {
+		return problem(http.StatusNotFound, "not-found/account", "no such account", id)
+	}
+	days, err := queryInt(r, "days", 93, 1, 800)
+	if err != nil {
+		return err
+	}
+	since := time.Unix(s.clock.Now(), 0).AddDate(0, 0, -days)
+	rows, err := s.analytics(r.Context(), `SELECT time, kind, amount_fen, reason, iccid, event_id FROM (
+		SELECT time, 'payment' AS kind, amount_fen, payment_id AS reason, '' AS iccid, event_id FROM payments FINAL WHERE account_id = ? AND time >= ?
+		UNION ALL
+		SELECT time, 'charge' AS kind, amount_fen, reason, iccid, event_id FROM charges FINAL WHERE account_id = ? AND time >= ?)
+		ORDER BY time DESC, event_id DESC LIMIT 500`, id, since, id, since)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	out := []LedgerEntry{}
+	for rows.Next() {
+		var e LedgerEntry
+		var at time.Time
+		if err := rows.Scan(&at, &e.Kind, &e.AmountFen, &e.Reason, &e.ICCID, &e.EventID); err != nil {
+			return err
+		}
+		e.Time = at.UTC().Format(time.RFC3339)
+		out = append(out, e)
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return ok(w, map[string]any{"account_id": id, "since": since.UTC().Format(time.RFC3339), "entries": out})
+}
+
+// UsageRow is a counted usage record as ClickHouse keeps it.
+type UsageRow struct {
+	Carrier   string `json:"carrier"`
+	RecordID  string `json:"record_id"`
+	ICCID     string `json:"iccid"`
+	StartTime string `json:"start_time"`
+	EndTime   string `json:"end_time"`
+	BytesUp   uint64 `json:"bytes_up"`
+	BytesDown uint64 `json:"bytes_down"`
+	APN       string `json:"apn,omitempty"`
+	RAT       string `json:"rat,omitempty"`
+	IMEI      string `json:"imei,omitempty"`
+	CellID    string `json:"cell_id,omitempty"`
+	Late      bool   `json:"late"`
+	Received  string `json:"received_at"`
+}
+
+// cardRecord is GET /v1/cards/{iccid}/records/{carrier}/{record_id}: a
+// counted record of the card, the cause an event names
+// ("record:<carrier>/<record_id>"), from ClickHouse.
+func (s *Server) cardRecord(w http.ResponseWriter, r *http.Request) error {
+	iccid := r.PathValue("iccid")
+	entry, err := s.visibleCard(r, iccid, ScopeRead)
+	if err != nil {
+		return err
+	}
+	rows, err := s.analytics(r.Context(), `SELECT carrier, record_id, iccid, start_time, end_time, bytes_up, bytes_down, apn, rat, imei, cell_id, late, received_at
+		FROM usage_records FINAL WHERE account_id = ? AND iccid = ? AND carrier = ? AND record_id = ? LIMIT 1`,
+		entry.AccountID, iccid, r.PathValue("carrier"), r.PathValue("record_id"))
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return problem(http.StatusNotFound, "not-found/record", "no such record in ClickHouse",
+			"not counted for this card, or not yet written by the sink (it runs some seconds behind the fold)")
+	}
+	var u UsageRow
+	var start, end, recv time.Time
+	var late uint8
+	if err := rows.Scan(&u.Carrier, &u.RecordID, &u.ICCID, &start, &end, &u.BytesUp, &u.BytesDown, &u.APN, &u.RAT, &u.IMEI, &u.CellID, &late, &recv); err != nil {
+		return err
+	}
+	u.StartTime, u.EndTime, u.Received, u.Late = start.UTC().Format(time.RFC3339), end.UTC().Format(time.RFC3339), recv.UTC().Format(time.RFC3339), late == 1
+	return ok(w, u)
+}

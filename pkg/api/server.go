@@ -228,6 +228,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"GET /v1/fleet", ScopeRead, s.fleet, false},
 		{"GET /v1/fleet/stops", ScopeRead, s.fleetStops, false},
 		{"GET /v1/cards/{iccid}/usage/daily", ScopeRead, s.cardDailyUsage, true},
+		{"GET /v1/cards/{iccid}/records/{carrier}/{record_id}", ScopeRead, s.cardRecord, true},
+		{"GET /v1/accounts/{account_id}/ledger", ScopeRead, s.accountLedger, true},
 		{"GET /healthz", "", s.healthz, false},
 		{"GET /readyz", "", s.readyz, false},
 		{"GET /openapi.yaml", "", s.openapi, false},

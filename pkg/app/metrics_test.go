@@ -131,6 +131,9 @@ func TestDashboardAndAlertsNameRealMetrics(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		c.putStored("/v1/cards/"+iccid(i), map[string]any{"account_id": fmt.Sprint("a", i), "plan_id": "p", "carrier": "cmcc"})
 	}
+	if code, out := c.post("/v1/accounts/a1/payments", map[string]any{"payment_id": "pay-1", "amount_fen": 5000}); code != 200 {
+		t.Fatalf("payment: %d %v", code, out)
+	}
 	csv := "record_id,iccid,start_time,end_time,bytes_up,bytes_down\n" +
 		"r1," + iccid(1) + ",2026-03-10T10:00:00Z,2026-03-10T11:00:00Z,0,100\n" +
 		"r2," + iccid(2) + ",2026-03-10T10:00:00Z,2026-03-10T11:00:00Z,0,100\n" +
@@ -260,6 +263,24 @@ func TestDashboardAndAlertsNameRealMetrics(t *testing.T) {
 		}
 		if fmt.Sprint(stops.PerHour) != "[{2026-03-10T12:00:00Z resumed manual 1} {2026-03-10T12:00:00Z stopped manual 1}]" {
 			return fmt.Errorf("stops per hour: %v", stops.PerHour)
+		}
+		return nil
+	})
+	// the record an event names as its cause, and an account's ledger
+	testenv.Eventually(t, 30*time.Second, func() error {
+		var rec api.UsageRow
+		if code := c.do("GET", "/v1/cards/"+iccid(1)+"/records/cmcc/r1", "", nil, &rec); code != 200 || rec.BytesDown != 100 || rec.StartTime != "2026-03-10T10:00:00Z" {
+			return fmt.Errorf("record r1: %d %+v", code, rec)
+		}
+		if code := c.do("GET", "/v1/cards/"+iccid(1)+"/records/cmcc/r2", "", nil, nil); code != 404 {
+			return fmt.Errorf("another card's record: %d", code)
+		}
+		var ledger struct {
+			Entries []api.LedgerEntry `json:"entries"`
+		}
+		if code := c.do("GET", "/v1/accounts/a1/ledger", "", nil, &ledger); code != 200 || len(ledger.Entries) != 1 ||
+			ledger.Entries[0].Kind != "payment" || ledger.Entries[0].AmountFen != 5000 {
+			return fmt.Errorf("ledger: %+v", ledger.Entries)
 		}
 		return nil
 	})
