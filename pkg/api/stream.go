@@ -135,6 +135,18 @@ func (s *Server) streamEvents(w http.ResponseWriter, r *http.Request) error {
 	if err := write([]byte(": cardmeter events from " + strconv.FormatUint(next, 10) + "\n\n")); err != nil {
 		return nil
 	}
+	// a client coming back after what the stream still keeps is told what
+	// it missed, not served the rest as if nothing were
+	if after != "" {
+		if info, err := stream.Info(r.Context()); err == nil && next < info.State.FirstSeq {
+			gap := fmt.Sprintf(`{"missed_from":%d,"missed_to":%d,"detail":"events past the stream's retention are gone; from here on none is missed"}`,
+				next, info.State.FirstSeq-1)
+			if write([]byte("event: gap\ndata: "+gap+"\n\n")) != nil {
+				return nil
+			}
+			next = info.State.FirstSeq
+		}
+	}
 	subject := f.subject()
 	var head struct {
 		Type string `json:"type"`

@@ -2,9 +2,14 @@ package app
 
 import (
 	"bufio"
+	"strconv"
+
+	"github.com/nats-io/nats.go/jetstream"
+
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/cardmeter/cardmeter/pkg/broker"
 
 	"net/http"
 	"strings"
@@ -63,7 +68,7 @@ func readStream(t *testing.T, base, path, token, lastID string, d time.Duration,
 				return out
 			}
 			f.account, f.subject = e.Data.AccountID, e.Subject
-		case line == "" && f.id != "":
+		case line == "" && (f.id != "" || f.kind != ""):
 			out = append(out, f)
 			f = frame{}
 		}
@@ -129,6 +134,21 @@ func TestEventStream(t *testing.T) {
 	// a bad filter is named
 	if r := c.send("GET", "/v1/events/stream?type=stopped", tokRead, "", ""); r.code != 400 || r.body["field"] != "type" {
 		t.Fatalf("a bad type: %d %s", r.code, r.raw)
+	}
+
+	// a client coming back after what the stream still keeps hears what it
+	// missed (the log's events up to the second stop purged)
+	events, err := p.JS.Stream(context.Background(), broker.StreamEvents)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, _ := strconv.ParseUint(all[1].id, 10, 64)
+	if err := events.Purge(context.Background(), jetstream.WithPurgeSequence(second)); err != nil {
+		t.Fatal(err)
+	}
+	back := readStream(t, p.URL, "/v1/events/stream?type=cardmeter.card.stopped.v1", tokRead, "0", 10*time.Second, 2)
+	if len(back) != 2 || back[0].kind != "gap" || back[1].id != all[1].id {
+		t.Fatalf("after a purge: %+v", back)
 	}
 
 	// a shutdown does not wait for a stream's client

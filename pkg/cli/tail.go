@@ -134,8 +134,13 @@ func tailOnce(ctx context.Context, u, token string, last *string, show func([]by
 		}
 		switch {
 		case line == "":
-			if kind == "error" {
+			switch kind {
+			case "error":
 				return fmt.Errorf("the stream: %s", data)
+			case "gap":
+				fmt.Fprintf(os.Stderr, "tail: events missed (past the stream's retention): %s\n", data)
+				id, kind, data = "", "", nil
+				continue
 			}
 			if len(data) > 0 {
 				if id != "" {
