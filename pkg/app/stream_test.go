@@ -2,20 +2,18 @@ package app
 
 import (
 	"bufio"
-	"strconv"
-
-	"github.com/nats-io/nats.go/jetstream"
-
 	"bytes"
 	"context"
 	"encoding/json"
-	"github.com/cardmeter/cardmeter/pkg/broker"
-
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/cli"
 )
 
