@@ -68,19 +68,19 @@ type Config struct {
 	// AnalystUser, when set, is the read-only ClickHouse user (at
 	// ClickHouse.Addr) the API reads the console's charts as.
 	AnalystUser, AnalystPassword string
-	Partitions      int
-	LeaseTTL        time.Duration // partition leases' time to live, where this process sets the topology up
-	Replicas        int           // copies of each stream, where this process sets the topology up; 0: as the log has them
-	ManualClock     bool
-	ClockStart      time.Time // where a manual clock starts on an empty log; zero: now
-	TickInterval    time.Duration
-	ClickHouse      sink.ClickHouseConfig
-	Sink            sink.Config
-	Notifier        webhook.Config
-	ActuatorConfig  string // the carriers' drivers (pkg/actuate); the actuator runs when set
-	Actuator        actuate.ActuatorConfig
-	Projector       projector.Config
-	API             api.Config // partitions are set from Partitions
+	Partitions                   int
+	LeaseTTL                     time.Duration // partition leases' time to live, where this process sets the topology up
+	Replicas                     int           // copies of each stream, where this process sets the topology up; 0: as the log has them
+	ManualClock                  bool
+	ClockStart                   time.Time // where a manual clock starts on an empty log; zero: now
+	TickInterval                 time.Duration
+	ClickHouse                   sink.ClickHouseConfig
+	Sink                         sink.Config
+	Notifier                     webhook.Config
+	ActuatorConfig               string // the carriers' drivers (pkg/actuate); the actuator runs when set
+	Actuator                     actuate.ActuatorConfig
+	Projector                    projector.Config
+	API                          api.Config // partitions are set from Partitions
 	// TokensFile and Tokens (inline, ';' between lines) configure bearer
 	// tokens; with neither, the API runs open and only on loopback.
 	TokensFile string
