@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -54,23 +55,27 @@ func (e *apiError) Error() string {
 }
 
 func (c *client) do(method, path string, body, out any) error {
-	_, err := c.doStatus(method, path, body, out)
+	_, err := c.doStatus(context.Background(), method, path, "", body, out)
 	return err
 }
 
-// doStatus is do, with the answer's status code.
-func (c *client) doStatus(method, path string, body, out any) (int, error) {
+// doStatus is do within ctx, with an Idempotency-Key when key is set, and
+// the answer's status code.
+func (c *client) doStatus(ctx context.Context, method, path, key string, body, out any) (int, error) {
 	var rd io.Reader
 	if body != nil {
 		b, _ := json.Marshal(body)
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequest(method, c.base+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
 	if err != nil {
 		return 0, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -55,17 +54,18 @@ func Reconcile(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	base, token := strings.TrimSuffix(*apiURL, "/"), os.Getenv("CARDMETER_TOKEN")
+	cm := &client{base: strings.TrimSuffix(*apiURL, "/"), token: os.Getenv("CARDMETER_TOKEN"), http: &http.Client{Timeout: time.Minute}}
 	var mend actuate.Mend
 	if *fix {
 		run := time.Now().UTC().Format("20060102T150405.000000000")
 		mend = func(ctx context.Context, c actuate.CardmeterCard, kind string) error {
 			// the same key for the same run: a retried request is one resync
-			return apiPost(ctx, base, token, "/v1/cards/"+url.PathEscape(c.ICCID)+"/resync", "reconcile-"+run+"-"+c.ICCID,
-				map[string]any{"operator": "cardmeter reconcile", "reason": "reconcile: " + kind})
+			_, err := cm.doStatus(ctx, "POST", "/v1/cards/"+url.PathEscape(c.ICCID)+"/resync", "reconcile-"+run+"-"+c.ICCID,
+				map[string]any{"operator": "cardmeter reconcile", "reason": "reconcile: " + kind}, nil)
+			return err
 		}
 	}
-	d, err := actuate.Reconcile(ctx, *carrier, drv, apiCards(base, token), mend)
+	d, err := actuate.Reconcile(ctx, *carrier, drv, cm.cards, mend)
 	if err != nil {
 		fmt.Fprintln(stderr, "reconcile:", err)
 		return ExitFailed
@@ -75,8 +75,8 @@ func Reconcile(args []string, stdout, stderr io.Writer) int {
 		for _, k := range actuate.DriftKinds {
 			cards = append(cards, d.Cards[k]...)
 		}
-		if err := apiPost(ctx, base, token, "/v1/carriers/"+url.PathEscape(*carrier)+"/drift", "",
-			map[string]any{"counts": d.Counts(), "cards": cards[:min(len(cards), 100)], "sent": d.Sent}); err != nil {
+		if _, err := cm.doStatus(ctx, "POST", "/v1/carriers/"+url.PathEscape(*carrier)+"/drift", "",
+			map[string]any{"counts": d.Counts(), "cards": cards[:min(len(cards), 100)], "sent": d.Sent}, nil); err != nil {
 			d.Failed = append(d.Failed, "writing the finding to the log: "+err.Error())
 		}
 	}
@@ -95,71 +95,26 @@ func Reconcile(args []string, stdout, stderr io.Writer) int {
 	return ExitOK // they agree, or every drifted card's resync is in the log
 }
 
-// apiPost sends a JSON body to the API and wants a 2xx.
-func apiPost(ctx context.Context, base, token, path, key string, body any) error {
-	b, _ := json.Marshal(body)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(b))
-	if err != nil {
-		return err
+// cards pages GET /v1/cards for Reconcile.
+func (c *client) cards(ctx context.Context, cursor string) ([]actuate.CardmeterCard, string, error) {
+	var page struct {
+		Cards []struct {
+			ICCID       string   `json:"iccid"`
+			AccountID   string   `json:"account_id"`
+			Carrier     string   `json:"carrier"`
+			Status      string   `json:"status"`
+			StopReasons []string `json:"stop_reasons"`
+		} `json:"cards"`
+		NextCursor string `json:"next_cursor"`
 	}
-	req.Header.Set("Content-Type", "application/json")
-	if key != "" {
-		req.Header.Set("Idempotency-Key", key)
+	if _, err := c.doStatus(ctx, "GET", "/v1/cards?limit=1000&cursor="+url.QueryEscape(cursor), "", nil, &page); err != nil {
+		return nil, "", fmt.Errorf("GET /v1/cards: %w", err)
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
+	out := make([]actuate.CardmeterCard, 0, len(page.Cards))
+	for _, c := range page.Cards {
+		out = append(out, actuate.CardmeterCard{ICCID: c.ICCID, AccountID: c.AccountID, Carrier: c.Carrier, Status: c.Status, Reasons: c.StopReasons})
 	}
-	resp, err := (&http.Client{Timeout: time.Minute}).Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		answer, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
-		return fmt.Errorf("POST %s: %d %s", path, resp.StatusCode, strings.TrimSpace(string(answer)))
-	}
-	return nil
-}
-
-// apiCards pages GET /v1/cards.
-func apiCards(base, token string) func(ctx context.Context, cursor string) ([]actuate.CardmeterCard, string, error) {
-	c := &http.Client{Timeout: time.Minute}
-	return func(ctx context.Context, cursor string) ([]actuate.CardmeterCard, string, error) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/cards?limit=1000&cursor="+url.QueryEscape(cursor), nil)
-		if err != nil {
-			return nil, "", err
-		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := c.Do(req)
-		if err != nil {
-			return nil, "", err
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			b, _ := io.ReadAll(io.LimitReader(resp.Body, 2048))
-			return nil, "", fmt.Errorf("GET /v1/cards: %d %s", resp.StatusCode, strings.TrimSpace(string(b)))
-		}
-		var page struct {
-			Cards []struct {
-				ICCID       string   `json:"iccid"`
-				AccountID   string   `json:"account_id"`
-				Carrier     string   `json:"carrier"`
-				Status      string   `json:"status"`
-				StopReasons []string `json:"stop_reasons"`
-			} `json:"cards"`
-			NextCursor string `json:"next_cursor"`
-		}
-		if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
-			return nil, "", err
-		}
-		out := make([]actuate.CardmeterCard, 0, len(page.Cards))
-		for _, c := range page.Cards {
-			out = append(out, actuate.CardmeterCard{ICCID: c.ICCID, AccountID: c.AccountID, Carrier: c.Carrier, Status: c.Status, Reasons: c.StopReasons})
-		}
-		return out, page.NextCursor, nil
-	}
+	return out, page.NextCursor, nil
 }
 
 func printDrift(w io.Writer, d *actuate.Drift, fix bool) {
