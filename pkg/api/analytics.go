@@ -249,3 +249,62 @@ func (s *Server) cardRecord(w http.ResponseWriter, r *http.Request) error {
 	u.StartTime, u.EndTime, u.Received, u.Late = start.UTC().Format(time.RFC3339), end.UTC().Format(time.RFC3339), recv.UTC().Format(time.RFC3339), late == 1
 	return ok(w, u)
 }
+
+// EventRow is an emitted event as ClickHouse keeps it (card_events).
+type EventRow struct {
+	EventID   string `json:"event_id"`
+	Type      string `json:"type"`
+	Time      string `json:"time"`
+	ICCID     string `json:"iccid,omitempty"`
+	Reason    string `json:"reason,omitempty"`
+	Cause     string `json:"cause,omitempty"`
+	Detail    string `json:"detail,omitempty"`
+	AmountFen int64  `json:"amount_fen,omitempty"`
+	Balance   int64  `json:"balance_fen,omitempty"`
+	Operator  string `json:"operator,omitempty"`
+	Note      string `json:"note,omitempty"`
+	Code      string `json:"code,omitempty"`
+}
+
+// accountCause is GET /v1/accounts/{account_id}/causes/{id}: what an
+// event's cause "event:<id>" names, from ClickHouse. The id is either an
+// emitted event (event is set) or an input (a command, payment or
+// provisioning: no event row of its own); caused lists the account's
+// events it caused, each carrying the command's operator and note or the
+// payment's amount.
+func (s *Server) accountCause(w http.ResponseWriter, r *http.Request) error {
+	account, id := r.PathValue("account_id"), r.PathValue("id")
+	if !principal(r).May(ScopeRead, account) {
+		return problem(http.StatusNotFound, "not-found/account", "no such account", account)
+	}
+	rows, err := s.analytics(r.Context(), `SELECT event_id, type, time, iccid, reason, cause, detail, amount_fen, balance_fen, operator, note, code
+		FROM card_events FINAL WHERE account_id = ? AND (event_id = ? OR cause = ?) ORDER BY time, event_id LIMIT 1000`,
+		account, id, "event:"+id)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	var event *EventRow
+	caused := []EventRow{}
+	for rows.Next() {
+		var e EventRow
+		var at time.Time
+		if err := rows.Scan(&e.EventID, &e.Type, &at, &e.ICCID, &e.Reason, &e.Cause, &e.Detail, &e.AmountFen, &e.Balance, &e.Operator, &e.Note, &e.Code); err != nil {
+			return err
+		}
+		e.Time = at.UTC().Format(time.RFC3339)
+		if e.EventID == id {
+			event = &e
+		} else {
+			caused = append(caused, e)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if event == nil && len(caused) == 0 {
+		return problem(http.StatusNotFound, "not-found/cause", "nothing known of this cause",
+			"no event of the account has this id or cause, or the sink has not written it yet (it runs some seconds behind the fold)")
+	}
+	return ok(w, map[string]any{"account_id": account, "id": id, "event": event, "caused": caused})
+}

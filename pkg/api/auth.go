@@ -18,6 +18,7 @@ const (
 	ScopeRead     = "read"
 	ScopeAdmin    = "admin"  // every scope
 	scopeUsage    = "usage:" // usage:<carrier>
+	scopeAny      = "any"    // any known token
 	// read:account:<id> and operator:account:<id> are read and operator
 	// for one account's cards, pools, events and rejections only: an
 	// enterprise customer's own token.
@@ -213,6 +214,9 @@ func (s *Server) authorize(r *http.Request, scope string) (*Principal, error) {
 	if !ok {
 		return nil, &authProblem{problem(http.StatusUnauthorized, "auth/invalid-token", "invalid token", "the token is not known")}
 	}
+	if scope == scopeAny {
+		return p, nil
+	}
 	if scope == scopeUsage {
 		if len(p.Carriers()) == 0 && !p.Has(ScopeAdmin) {
 			return p, problem(http.StatusForbidden, "auth/forbidden", "forbidden", "the token has no usage:<carrier> scope")
@@ -258,4 +262,40 @@ func (s *Server) carrierOf(r *http.Request, p *Principal) (string, error) {
 	}
 	return "", problem(http.StatusForbidden, "auth/forbidden-carrier", "forbidden",
 		"the token may not push usage for carrier "+asked+": the carrier comes from the token")
+}
+
+// WhoAmI is GET /v1/whoami: who the token speaks for and what it may do,
+// for the console to show only what the token reaches.
+type WhoAmI struct {
+	Name   string   `json:"name"`
+	Scopes []string `json:"scopes"`
+	// Open: the API runs without tokens (loopback only): anything goes.
+	Open bool `json:"open"`
+	// Read and Operator: on every account; else ReadAccounts and
+	// OperatorAccounts list the accounts it may.
+	Read             bool     `json:"read"`
+	Operator         bool     `json:"operator"`
+	Billing          bool     `json:"billing"`
+	Admin            bool     `json:"admin"`
+	ReadAccounts     []string `json:"read_accounts"`
+	OperatorAccounts []string `json:"operator_accounts"`
+	Carriers         []string `json:"carriers"` // usage:<carrier>: whose rejections it may re-submit
+}
+
+func (s *Server) whoami(w http.ResponseWriter, r *http.Request) error {
+	p := principal(r)
+	if p == nil {
+		return ok(w, WhoAmI{Name: "open", Scopes: []string{}, Open: true, Read: true, Operator: true, Billing: true, Admin: true,
+			ReadAccounts: []string{}, OperatorAccounts: []string{}, Carriers: []string{}})
+	}
+	me := WhoAmI{Name: p.Name, Scopes: p.Scopes, Read: p.Has(ScopeRead), Operator: p.Has(ScopeOperator),
+		Billing: p.Has(ScopeBilling), Admin: p.Has(ScopeAdmin), ReadAccounts: []string{}, OperatorAccounts: []string{}, Carriers: []string{}}
+	if a, limited := p.Accounts(ScopeRead); limited {
+		me.ReadAccounts = append(me.ReadAccounts, a...)
+	}
+	if a, limited := p.Accounts(ScopeOperator); limited {
+		me.OperatorAccounts = append(me.OperatorAccounts, a...)
+	}
+	me.Carriers = append(me.Carriers, p.Carriers()...)
+	return ok(w, me)
 }

@@ -93,7 +93,18 @@ type AccountResponse struct {
 	InArrears           bool           `json:"in_arrears"`
 	ActiveWarnings      []string       `json:"active_warnings"`
 	Cards               map[string]int `json:"cards"`
+	Pools               []PoolResponse `json:"pools"`
 	Position            uint64         `json:"position"`
+}
+
+// PoolResponse is a pool of an account: its quota shared by its cards.
+type PoolResponse struct {
+	PoolID     string    `json:"pool_id"`
+	QuotaBytes uint64    `json:"quota_bytes"`
+	UsageBytes uint64    `json:"usage_bytes"`
+	Cycle      CycleView `json:"cycle"`
+	Exhausted  bool      `json:"exhausted"`
+	Cards      int       `json:"cards"` // not cancelled
 }
 
 func (s *Server) getAccount(w http.ResponseWriter, r *http.Request) error {
@@ -115,7 +126,12 @@ func (s *Server) getAccount(w http.ResponseWriter, r *http.Request) error {
 	a := reply.Account
 	resp := AccountResponse{AccountID: a.AccountID, BalanceFen: a.BalanceFen, CreditLimitFen: a.CreditLimitFen,
 		LowBalanceFen: a.LowBalanceFen, AutoResumeOnPayment: a.AutoResumeOnPayment, InArrears: a.InArrears,
-		ActiveWarnings: []string{}, Cards: map[string]int{}, Position: reply.Applied}
+		ActiveWarnings: []string{}, Cards: map[string]int{}, Pools: []PoolResponse{}, Position: reply.Applied}
+	for _, po := range a.Pools {
+		resp.Pools = append(resp.Pools, PoolResponse{PoolID: po.PoolID, QuotaBytes: po.QuotaBytes, UsageBytes: po.UsageBytes,
+			Cycle: CycleView{Start: rfc3339(po.Cycle.Start), End: rfc3339(po.Cycle.End), UsageBytes: po.UsageBytes, QuotaBytes: po.QuotaBytes},
+			Exhausted: po.Exhausted, Cards: po.Cards})
+	}
 	if a.LowBalanceWarned {
 		resp.ActiveWarnings = append(resp.ActiveWarnings, card.WarnLowBalance)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -79,16 +80,38 @@ type RejectionView struct {
 	Resubmitted string           `json:"resubmitted,omitempty"` // the re-submission's batch id
 }
 
+// rejectionsFrom is where a read of the REJECTED stream starts: at a
+// time, or after an entry (a page's last id).
+type rejectionsFrom struct {
+	since         time.Time
+	afterSeq   uint64 // 0: from since (or the start)
+	afterIndex int
+}
+
+// parseRejectionID reads an entry id, <stream position>.<index>.
+func parseRejectionID(id string) (seq uint64, idx int, ok bool) {
+	a, b, found := strings.Cut(id, ".")
+	if !found {
+		return 0, 0, false
+	}
+	seq, err1 := strconv.ParseUint(a, 10, 64)
+	idx, err2 := strconv.Atoi(b)
+	return seq, idx, err1 == nil && err2 == nil && seq > 0 && idx >= 0
+}
+
 // readRejections reads the REJECTED stream for carrier ("" for all) from
-// time since, calling f for each entry until f returns false.
-func (s *Server) readRejections(ctx context.Context, carrier string, since time.Time, f func(RejectionView) bool) error {
+// from, calling f for each entry until f returns false.
+func (s *Server) readRejections(ctx context.Context, carrier string, from rejectionsFrom, f func(RejectionView) bool) error {
 	filter := broker.RejectedSubject("*")
 	if carrier != "" {
 		filter = broker.RejectedSubject(carrier)
 	}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}}
-	if !since.IsZero() {
-		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &since
+	switch {
+	case from.afterSeq > 0:
+		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, from.afterSeq
+	case !from.since.IsZero():
+		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &from.since
 	}
 	return s.scan(ctx, broker.StreamRejected, cfg, func(m jetstream.Msg) (bool, error) {
 		meta, err := m.Metadata()
@@ -100,6 +123,9 @@ func (s *Server) readRejections(ctx context.Context, carrier string, since time.
 			return true, nil // not ours to read; the stream keeps it
 		}
 		for i, rj := range rb.Rejections {
+			if meta.Sequence.Stream == from.afterSeq && i <= from.afterIndex {
+				continue // the previous page's
+			}
 			v := RejectionView{ID: fmt.Sprintf("%d.%d", meta.Sequence.Stream, i), Carrier: rb.Carrier, BatchID: rb.BatchID,
 				ReceivedAt: rfc3339(rb.ReceivedAt), Error: rj.Error, Record: rj.Record}
 			if s.resolved != nil {
@@ -164,23 +190,111 @@ func (s *Server) listRejections(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	from := rejectionsFrom{since: since}
+	if v := q.Get("after"); v != "" {
+		seq, idx, good := parseRejectionID(v)
+		if !good {
+			return invalid("after", "an entry id (<position>.<index>), the next_after of the previous page")
+		}
+		from.afterSeq, from.afterIndex = seq, idx
+	}
 	pending := q.Get("pending") == "true"
-	batch := q.Get("batch_id")
+	batch, field := q.Get("batch_id"), q.Get("field")
 	out := []RejectionView{}
 	_, limited := principal(r).Accounts(ScopeRead)
-	err = s.readRejections(r.Context(), carrier, since, func(v RejectionView) bool {
+	more := false
+	err = s.readRejections(r.Context(), carrier, from, func(v RejectionView) bool {
 		if limited && !s.rejectionVisible(r, v) {
 			return true
 		}
-		if (!pending || v.Resubmitted == "") && (batch == "" || v.BatchID == batch) {
+		if (!pending || v.Resubmitted == "") && (batch == "" || v.BatchID == batch) && (field == "" || fieldOf(v) == field) {
+			if len(out) == limit {
+				more = true // one more than the page: there is a next
+				return false
+			}
 			out = append(out, v)
 		}
-		return len(out) < limit
+		return true
 	})
 	if err != nil {
 		return err
 	}
-	return ok(w, map[string]any{"rejections": out})
+	resp := map[string]any{"rejections": out}
+	if more {
+		resp["next_after"] = out[len(out)-1].ID
+	}
+	return ok(w, resp)
+}
+
+// fieldOf is the field a rejection names, as the rejected-records metric
+// labels it ("record": the record as a whole).
+func fieldOf(v RejectionView) string {
+	if v.Error == nil {
+		return "record"
+	}
+	return rejectedField(v.Error.Field)
+}
+
+// SummaryScanLimit bounds the entries one rejections summary reads.
+const SummaryScanLimit = 1_000_000
+
+// rejectionsSummary answers GET /v1/rejections/summary?since=: the
+// rejections since then counted by carrier and field, pending (not
+// re-submitted) and in all. It reads at most SummaryScanLimit entries and
+// says so when it stopped short (complete: false).
+func (s *Server) rejectionsSummary(w http.ResponseWriter, r *http.Request) error {
+	since := time.Now().Add(-24 * time.Hour) // the stream keeps its own (wall) time
+	if v := r.URL.Query().Get("since"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return invalid("since", "not an RFC 3339 time with offset")
+		}
+		since = t
+	}
+	type key struct{ carrier, field string }
+	type count struct {
+		Carrier string `json:"carrier"`
+		Field   string `json:"field"`
+		Total   int    `json:"total"`
+		Pending int    `json:"pending"`
+	}
+	counts := map[key]*count{}
+	_, limited := principal(r).Accounts(ScopeRead)
+	read, complete := 0, true
+	err := s.readRejections(r.Context(), "", rejectionsFrom{since: since}, func(v RejectionView) bool {
+		if read++; read > SummaryScanLimit {
+			complete = false
+			return false
+		}
+		if limited && !s.rejectionVisible(r, v) {
+			return true
+		}
+		k := key{v.Carrier, fieldOf(v)}
+		c := counts[k]
+		if c == nil {
+			c = &count{Carrier: k.carrier, Field: k.field}
+			counts[k] = c
+		}
+		c.Total++
+		if v.Resubmitted == "" {
+			c.Pending++
+		}
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	out := make([]*count, 0, len(counts))
+	for _, c := range counts {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Carrier != out[j].Carrier {
+			return out[i].Carrier < out[j].Carrier
+		}
+		return out[i].Field < out[j].Field
+	})
+	return ok(w, map[string]any{"since": since.UTC().Format(time.RFC3339), "counts": out, "complete": complete})
 }
 
 // rejectionVisible reports whether an account's token may see a
@@ -231,7 +345,7 @@ func (s *Server) resubmit(w http.ResponseWriter, r *http.Request) error {
 		want[id] = true
 	}
 	var picked []RejectionView
-	err = s.readRejections(r.Context(), carrier, time.Time{}, func(v RejectionView) bool {
+	err = s.readRejections(r.Context(), carrier, rejectionsFrom{}, func(v RejectionView) bool {
 		if b.All || want[v.ID] {
 			picked = append(picked, v)
 			delete(want, v.ID)

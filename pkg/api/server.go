@@ -31,6 +31,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/card"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
 	"github.com/cardmeter/cardmeter/pkg/clock"
+	"github.com/cardmeter/cardmeter/pkg/console"
 	"github.com/cardmeter/cardmeter/pkg/query"
 	"github.com/cardmeter/cardmeter/pkg/webhook"
 	"github.com/cardmeter/cardmeter/schemas"
@@ -211,6 +212,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"PUT /v1/pools/{pool_id}", ScopeBilling, s.putPool, false},
 		{"POST /v1/usage", scopeUsage, s.postUsage, false},
 		{"GET /v1/rejections", ScopeRead, s.listRejections, true},
+		{"GET /v1/rejections/summary", ScopeRead, s.rejectionsSummary, true},
+		{"GET /v1/whoami", scopeAny, s.whoami, false},
 		{"POST /v1/rejections/resubmit", scopeUsage, s.resubmit, false},
 		{"PUT /v1/clock", ScopeAdmin, s.putClock, false},
 		{"GET /v1/audit", ScopeAdmin, s.listAudit, false},
@@ -230,6 +233,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"GET /v1/cards/{iccid}/usage/daily", ScopeRead, s.cardDailyUsage, true},
 		{"GET /v1/cards/{iccid}/records/{carrier}/{record_id}", ScopeRead, s.cardRecord, true},
 		{"GET /v1/accounts/{account_id}/ledger", ScopeRead, s.accountLedger, true},
+		{"GET /v1/accounts/{account_id}/causes/{id}", ScopeRead, s.accountCause, true},
 		{"GET /healthz", "", s.healthz, false},
 		{"GET /readyz", "", s.readyz, false},
 		{"GET /openapi.yaml", "", s.openapi, false},
@@ -243,7 +247,11 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		gatherer = g
 	}
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
-	s.routes = append(s.routes, "GET /metrics")
+	// the console: its page and files are public; what it shows, the
+	// token the user signs in with decides
+	s.mux.Handle("GET /{$}", console.Index())
+	s.mux.Handle("GET /console/", console.Assets())
+	s.routes = append(s.routes, "GET /metrics", "GET /{$}", "GET /console/")
 	return s
 }
 

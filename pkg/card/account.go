@@ -1,5 +1,10 @@
 package card
 
+import (
+	"slices"
+	"strings"
+)
+
 // account is an enterprise's balance and options (DOMAIN.md "Plans and
 // accounts", §3 欠费停机).
 type account struct {
@@ -152,6 +157,7 @@ type AccountView struct {
 	InArrears           bool
 	LowBalanceWarned    bool
 	CardsByStatus       map[Status]int
+	Pools               []PoolView // the account's pools, by id
 }
 
 // Account returns a view of an account, or false when it is unknown.
@@ -165,6 +171,12 @@ func (p *Partition) Account(id string) (AccountView, bool) {
 	for _, c := range a.cards {
 		v.CardsByStatus[c.status()]++
 	}
+	for _, po := range p.pools {
+		if po.account == a.id {
+			v.Pools = append(v.Pools, p.poolView(po))
+		}
+	}
+	slices.SortFunc(v.Pools, func(a, b PoolView) int { return strings.Compare(a.PoolID, b.PoolID) })
 	return v, true
 }
 

@@ -1,6 +1,7 @@
 package card
 
 import (
+	"math/bits"
 	"slices"
 )
 
@@ -13,6 +14,9 @@ type Census struct {
 	Stopped   int            `json:"stopped"`
 	Cancelled int            `json:"cancelled"`
 	ByReason  map[string]int `json:"by_reason"` // reason name -> stopped cards carrying it
+	// Warnings counts the cards (not cancelled) carrying each active
+	// warning (usage_80, forecast, expiry_7d...).
+	Warnings map[string]int `json:"warnings"`
 	Nearest   []Near         `json:"nearest,omitempty"`
 	RunOut    []Near         `json:"run_out,omitempty"`
 	At        int64          `json:"at"` // the log time it was taken at
@@ -38,7 +42,19 @@ const CensusTop = 20
 func (p *Partition) Census() Census {
 	c := Census{At: p.now}
 	var by [8]int // by reason bit
+	warned := map[*plan]*[32]int{}
 	for _, cd := range p.order {
+		if cd.warned != 0 && !cd.cancelled {
+			pl := p.plans[cd.planID]
+			n := warned[pl]
+			if n == nil {
+				n = new([32]int)
+				warned[pl] = n
+			}
+			for w := cd.warned; w != 0; w &= w - 1 {
+				n[bits.TrailingZeros32(uint32(w))]++
+			}
+		}
 		switch {
 		case cd.cancelled:
 			c.Cancelled++
@@ -65,6 +81,16 @@ func (p *Partition) Census() Census {
 			if runOut < cd.cycle.End {
 				n.RunOutAt = runOut
 				c.RunOut = keepTop(c.RunOut, n, sooner)
+			}
+		}
+	}
+	c.Warnings = map[string]int{}
+	for pl, n := range warned {
+		for bit, k := range n {
+			if k > 0 {
+				for _, name := range warnings(1 << bit).names(pl) {
+					c.Warnings[name] += k
+				}
 			}
 		}
 	}
@@ -131,7 +157,13 @@ func keepTop(list []Near, n Near, cmp func(a, b Near) int) []Near {
 // CensusTop of the nearest and the forecasts.
 func (c Census) Add(o Census) Census {
 	out := Census{InService: c.InService + o.InService, Stopped: c.Stopped + o.Stopped, Cancelled: c.Cancelled + o.Cancelled,
-		ByReason: map[string]int{}, At: max(c.At, o.At)}
+		ByReason: map[string]int{}, Warnings: map[string]int{}, At: max(c.At, o.At)}
+	for k, v := range c.Warnings {
+		out.Warnings[k] += v
+	}
+	for k, v := range o.Warnings {
+		out.Warnings[k] += v
+	}
 	for k, v := range c.ByReason {
 		out.ByReason[k] += v
 	}

@@ -95,6 +95,10 @@ func (p *Partition) Pool(id string) (PoolView, bool) {
 	if !ok {
 		return PoolView{}, false
 	}
+	return p.poolView(po), true
+}
+
+func (p *Partition) poolView(po *pool) PoolView {
 	v := PoolView{PoolID: po.PoolID, AccountID: po.account, QuotaBytes: po.QuotaBytes, UsageBytes: po.usage,
 		Cycle: po.cycle, Exhausted: po.exhausted}
 	for _, c := range p.accounts[po.account].cards {
@@ -102,5 +106,5 @@ func (p *Partition) Pool(id string) (PoolView, bool) {
 			v.Cards++
 		}
 	}
-	return v, true
+	return v
 }

@@ -85,15 +85,21 @@ func FuzzFold(f *testing.F) {
 // The census agrees with the cards' own statuses and reasons, whatever
 // the log.
 func TestCensusAgreesWithTheCards(t *testing.T) {
-	var stopped, inService int
+	var stopped, inService, warned int
 	for seed := uint64(1); seed <= 8; seed++ {
 		p := NewPartition()
 		fold(t, p, genLog(seed, 300))
-		want := Census{ByReason: map[string]int{}}
+		want := Census{ByReason: map[string]int{}, Warnings: map[string]int{}}
 		for _, n := range reasonNames {
 			want.ByReason[n.name] = 0
 		}
 		for _, c := range p.cards {
+			if c.status() != Cancelled {
+				for _, w := range p.view(c).Warnings {
+					want.Warnings[w]++
+					warned++
+				}
+			}
 			switch c.status() {
 			case InService:
 				want.InService++
@@ -129,13 +135,13 @@ func TestCensusAgreesWithTheCards(t *testing.T) {
 			t.Fatalf("seed %d: census %+v, the cards say %+v", seed, got, want)
 		}
 		// a census of two halves adds up to the whole
-		if sum := got.Add(Census{ByReason: map[string]int{}}); fmt.Sprint(sum) != fmt.Sprint(want) {
+		if sum := got.Add(Census{ByReason: map[string]int{}, Warnings: map[string]int{}}); fmt.Sprint(sum) != fmt.Sprint(want) {
 			t.Fatalf("seed %d: census plus nothing %+v", seed, sum)
 		}
 		stopped, inService = stopped+want.Stopped, inService+want.InService
 	}
-	if stopped == 0 || inService == 0 {
-		t.Fatalf("logs without stopped (%d) or in-service (%d) cards show nothing", stopped, inService)
+	if stopped == 0 || inService == 0 || warned == 0 {
+		t.Fatalf("logs without stopped (%d), in-service (%d) or warned (%d) cards show nothing", stopped, inService, warned)
 	}
 }
 

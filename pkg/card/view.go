@@ -41,6 +41,7 @@ type View struct {
 	ValidFrom         int64
 	ValidUntil        int64
 	ExpiredAt         int64
+	TimeZone          string // the plan's: its cycles' days and months are of this zone
 	Warnings          []string
 	LastCommand       CommandOutcome
 	Account           AccountView
@@ -64,7 +65,7 @@ func (p *Partition) view(c *Card) View {
 		ICCID: c.iccid, AccountID: c.account, PlanID: c.planID, PoolID: c.poolID, Carrier: c.carrier,
 		Status: c.status(), Reasons: c.reasons, Cycle: c.cycle, UsageBytes: c.usage, QuotaBytes: pl.QuotaBytes,
 		AutoStopOverQuota: c.autoStop, ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt,
-		Warnings: c.warned.names(pl), LastCommand: c.lastCmd,
+		TimeZone: pl.loc.String(), Warnings: c.warned.names(pl), LastCommand: c.lastCmd,
 	}
 	if v.UsageBytes > v.QuotaBytes {
 		v.OvershootBytes = v.UsageBytes - v.QuotaBytes

@@ -83,7 +83,7 @@ func (p *Projector) Status() status.Projector {
 		if !held {
 			continue
 		}
-		ps := status.Partition{ID: pt.id, Ready: ready}
+		ps := status.Partition{ID: pt.id, Ready: ready, LagMessages: pending}
 		if failure != nil {
 			ps.Error = failure.Error()
 		}
@@ -96,7 +96,8 @@ func (p *Projector) Status() status.Projector {
 			ps.CheckpointAgeSeconds = &age
 		}
 		if pending > 0 && !stored.IsZero() {
-			st.LagSeconds = max(st.LagSeconds, now.Sub(stored).Seconds())
+			ps.LagSeconds = max(0, now.Sub(stored).Seconds())
+			st.LagSeconds = max(st.LagSeconds, ps.LagSeconds)
 		}
 		st.Partitions = append(st.Partitions, ps)
 	}

@@ -49,6 +49,10 @@ type Partition struct {
 	Ready bool   `json:"ready"`
 	Cards *int   `json:"cards,omitempty"` // as of its last census
 	Error string `json:"error,omitempty"`
+	// LagMessages: messages of the partition not yet folded; LagSeconds:
+	// how long the oldest of them has waited (0 when none).
+	LagMessages uint64  `json:"lag_messages"`
+	LagSeconds  float64 `json:"lag_seconds"`
 	// CheckpointAgeSeconds is the time since its last checkpoint was
 	// stored (or it was restored).
 	CheckpointAgeSeconds *float64 `json:"checkpoint_age_seconds,omitempty"`

@@ -227,3 +227,20 @@ func ping(addr string) error {
 	defer conn.Close()
 	return conn.Ping(context.Background())
 }
+
+// Chromium is the path of Debian's chromium, which the console's browser
+// tests drive headless. It fails the test when it is missing: run `make
+// test`, which installs it (deploy/local/deps.sh).
+func Chromium(t testing.TB) string {
+	t.Helper()
+	for _, name := range []string{os.Getenv("CARDMETER_TEST_CHROMIUM"), "chromium", "chromium-browser"} {
+		if name == "" {
+			continue
+		}
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Fatal("chromium is not installed: run `make test`, which installs it (deploy/local/deps.sh)")
+	return ""
+}
