@@ -129,7 +129,7 @@ func (s *Server) getAccount(w http.ResponseWriter, r *http.Request) error {
 		ActiveWarnings: []string{}, Cards: map[string]int{}, Pools: []PoolResponse{}, Position: reply.Applied}
 	for _, po := range a.Pools {
 		resp.Pools = append(resp.Pools, PoolResponse{PoolID: po.PoolID, QuotaBytes: po.QuotaBytes, UsageBytes: po.UsageBytes,
-			Cycle: CycleView{Start: rfc3339(po.Cycle.Start), End: rfc3339(po.Cycle.End), UsageBytes: po.UsageBytes, QuotaBytes: po.QuotaBytes},
+			Cycle:     CycleView{Start: rfc3339(po.Cycle.Start), End: rfc3339(po.Cycle.End), UsageBytes: po.UsageBytes, QuotaBytes: po.QuotaBytes},
 			Exhausted: po.Exhausted, Cards: po.Cards})
 	}
 	if a.LowBalanceWarned {

@@ -83,7 +83,7 @@ type RejectionView struct {
 // rejectionsFrom is where a read of the REJECTED stream starts: at a
 // time, or after an entry (a page's last id).
 type rejectionsFrom struct {
-	since         time.Time
+	since      time.Time
 	afterSeq   uint64 // 0: from since (or the start)
 	afterIndex int
 }

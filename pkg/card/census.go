@@ -17,9 +17,9 @@ type Census struct {
 	// Warnings counts the cards (not cancelled) carrying each active
 	// warning (usage_80, forecast, expiry_7d...).
 	Warnings map[string]int `json:"warnings"`
-	Nearest   []Near         `json:"nearest,omitempty"`
-	RunOut    []Near         `json:"run_out,omitempty"`
-	At        int64          `json:"at"` // the log time it was taken at
+	Nearest  []Near         `json:"nearest,omitempty"`
+	RunOut   []Near         `json:"run_out,omitempty"`
+	At       int64          `json:"at"` // the log time it was taken at
 }
 
 // Near is a card and its cycle's usage against its quota; RunOutAt, in a
