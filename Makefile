@@ -54,6 +54,9 @@ chaos: ## fault campaign on the real all-in-one: kill -9, SIGTERM and start-up k
 chaos-handover: deps ## hand-over campaign: two projectors share the partitions, one is killed (kill -9) 20 times under load; hand-over and re-spread times, nothing lost or doubled (HANDOVER_ARGS, e.g. -handover-kills 40)
 	$(GO) run ./services/chaos -workdir $(DATA)/handover -handover-kills 20 $(HANDOVER_ARGS)
 
+screenshots: deps ## the console's browser test, writing each page's screenshot to docs/screenshots/
+	CARDMETER_SCREENSHOTS=$(CURDIR)/docs/screenshots $(GO) test -count=1 -run 'TestConsoleInABrowser$$' ./pkg/app
+
 lint: ## gofmt and go vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
@@ -76,4 +79,4 @@ clean: ## remove the local data folder (JetStream files, ClickHouse data) and bi
 	-@bash deploy/local/clickhouse.sh stop
 	rm -rf $(DATA) bin
 
-.PHONY: help deps build run run-manual test bench chaos chaos-handover fuzz lint cluster cluster-stop compose-check clickhouse-stop clean
+.PHONY: help deps build run run-manual test bench chaos chaos-handover fuzz screenshots lint cluster cluster-stop compose-check clickhouse-stop clean
