@@ -448,7 +448,7 @@ async function recordPage([iccid, carrier, id]) {
   const r = await api(`/v1/cards/${encodeURIComponent(iccid)}/records/${encodeURIComponent(carrier)}/${encodeURIComponent(id)}`);
   show(h('h1', null, `Record ${carrier}/${id}`),
     h('p', null, 'of card ', h('a', { href: '#/card/' + iccid }, iccid), ' (as counted, from ClickHouse)'),
-    h('dl', { class: 'kv panel', id: 'record' }, ...Object.entries(r).flatMap(([k, v]) => [h('dt', null, k), h('dd', null, /_time$|_at$/.test(k) ? `${fmtTime(v)} (${v})` : String(v))])));
+    h('dl', { class: 'kv panel', id: 'record' }, ...Object.entries(r).flatMap(([k, v]) => [h('dt', null, k), h('dd', null, /_time$|_at$/.test(k) ? `${fmtTime(v, state.zone)} (${v})` : String(v))])));
 }
 
 async function causePage([account, id]) {
