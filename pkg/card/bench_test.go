@@ -110,12 +110,16 @@ func censusPartition(b *testing.B) *Partition {
 			p.Apply(&Input{Type: TypeStopRequested, ID: fmt.Sprint("s", i), At: now, Command: &ManualCommand{ICCID: iccid, Operator: "op"}}, nil) //nolint:errcheck
 		}
 	}
+	// one account in a hundred in arrears: its 1,250 cards stop for it
+	p.Apply(&Input{Type: TypeChargeRequested, ID: "ch", At: now, Charge: &Charge{AccountID: "a7", ChargeID: "ch", AmountFen: 100}}, nil) //nolint:errcheck
 	return p
 }
 
 // BenchmarkListCards reads a page of 100 cards of a 125,000-card
-// partition, mid-way through: every card, the stopped ones (a tenth), and
-// one account's (a hundredth): the fold's pause for a page of a list.
+// partition, mid-way through: every card, the stopped ones (a tenth), one
+// account's (a hundredth), and those in arrears (one in a hundred): the
+// fold's pause for a page of a list; and the cancelled ones (none: a
+// page that finds nothing).
 func BenchmarkListCards(b *testing.B) {
 	p := censusPartition(b)
 	p.ListCards(Filter{}, "", 1) // the first list sorts the cards once
@@ -123,10 +127,12 @@ func BenchmarkListCards(b *testing.B) {
 	for _, c := range []struct {
 		name string
 		f    Filter
-	}{{"all", Filter{}}, {"stopped", Filter{Status: Stopped}}, {"account", Filter{AccountID: "a42"}}} {
+		want int
+	}{{"all", Filter{}, 100}, {"stopped", Filter{Status: Stopped}, 100}, {"account", Filter{AccountID: "a42"}, 100},
+		{"arrears", Filter{Reason: ReasonArrears}, 100}, {"cancelled", Filter{Status: Cancelled}, 0}} {
 		b.Run(c.name, func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				if page := p.ListCards(c.f, mid, 100); len(page) != 100 {
+				if page := p.ListCards(c.f, mid, 100); len(page) != c.want {
 					b.Fatalf("%d cards", len(page))
 				}
 			}
@@ -140,7 +146,7 @@ func BenchmarkCensus(b *testing.B) {
 	p := censusPartition(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		if c := p.Census(); c.Stopped != 12500 || c.ByReason["manual"] != 12500 {
+		if c := p.Census(); c.Stopped != 12500+1125 || c.ByReason["manual"] != 12500 || c.ByReason["arrears"] != 1250 {
 			b.Fatalf("census %+v", c)
 		}
 	}

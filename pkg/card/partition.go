@@ -19,9 +19,12 @@ package card
 
 import (
 	"fmt"
-	"github.com/cardmeter/cardmeter/pkg/cdr"
 	"strconv"
 	"time"
+
+	"github.com/google/btree"
+
+	"github.com/cardmeter/cardmeter/pkg/cdr"
 )
 
 // Partition is the folded state of the accounts and cards of one partition.
@@ -39,6 +42,7 @@ type Partition struct {
 	// card; filing a card costs an append).
 	listed     []*Card
 	listedN    int
+	lists      [listCount]*btree.BTreeG[*Card] // the sparse filters' cards (lists.go)
 	strs       map[string]string // interned carrier, plan and account names: one copy for many cards
 	accOrder   []*account        // accounts in creation order
 	poolOrd    []*pool
@@ -97,6 +101,7 @@ type Card struct {
 	hidx     int    // position in the deadline heap
 	dirty    bool   // changed since the last checkpoint
 	fpsMoved bool   // its filter slots moved (a rollover) since the last checkpoint
+	lists    uint16 // the list indexes it is in (lists.go)
 }
 
 // seenRecord packs, in 8 bytes (a card remembers many), the top 40 bits of
@@ -190,6 +195,13 @@ func (p *Partition) Cards() int { return len(p.cards) }
 // type without its body; an event that breaks a rule is not applied and
 // emits EmitInputRefused or EmitCommandRefused.
 func (p *Partition) Apply(in *Input, out []Emitted) ([]Emitted, error) {
+	n := len(out)
+	out, err := p.apply(in, out)
+	p.relistEmitted(out[n:])
+	return out, err
+}
+
+func (p *Partition) apply(in *Input, out []Emitted) ([]Emitted, error) {
 	missing := func() ([]Emitted, error) {
 		return out, fmt.Errorf("%w: %s without its body", ErrUnknownInput, in.Type)
 	}

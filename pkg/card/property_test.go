@@ -156,7 +156,8 @@ func TestListCardsAgreesWithASort(t *testing.T) {
 		for a := range p.accounts {
 			accounts = append(accounts, a)
 		}
-		for _, f := range []Filter{{}, {Status: Stopped}, {Status: InService}, {Reason: ReasonArrears}, {Status: Cancelled}} {
+		for _, f := range []Filter{{}, {Status: Stopped}, {Status: InService}, {Reason: ReasonArrears}, {Status: Cancelled}, {Reason: ReasonExpiry},
+			{Reason: ReasonOverQuota}, {Reason: ReasonManual}, {Status: Stopped, Reason: ReasonExpiry}, {Status: Cancelled, Reason: ReasonExpiry}} {
 			for _, acct := range accounts {
 				f.AccountID = acct
 				var want []string
@@ -193,6 +194,30 @@ func TestListCardsAgreesWithASort(t *testing.T) {
 		}
 		if q.listedN != len(q.listed) || fmt.Sprint(viewIDs(q.ListCards(Filter{}, "", 1000))) != fmt.Sprint(viewIDs(p.ListCards(Filter{}, "", 1000))) {
 			t.Fatalf("seed %d: the restored partition lists otherwise (sorted %d of %d)", seed, q.listedN, len(q.listed))
+		}
+		// the list indexes hold each card where it belongs, restored too
+		for _, part := range []*Partition{p, q} {
+			for _, c := range part.cards {
+				if c.lists != c.listsWanted() {
+					t.Fatalf("seed %d: card %s is in lists %b, belongs in %b", seed, c.iccid, c.lists, c.listsWanted())
+				}
+			}
+			for b, tree := range part.lists {
+				if tree == nil {
+					continue
+				}
+				tree.Ascend(func(c *Card) bool {
+					if c.listsWanted()&(1<<b) == 0 {
+						t.Fatalf("seed %d: card %s in list %d, where it does not belong", seed, c.iccid, b)
+					}
+					return true
+				})
+			}
+			for _, f := range []Filter{{Status: Stopped}, {Status: Cancelled}, {Reason: ReasonArrears}, {Reason: ReasonExpiry}, {Reason: ReasonManual}} {
+				if fmt.Sprint(viewIDs(q.ListCards(f, "", 1000))) != fmt.Sprint(viewIDs(p.ListCards(f, "", 1000))) {
+					t.Fatalf("seed %d, filter %+v: the restored partition lists otherwise", seed, f)
+				}
+			}
 		}
 		// a card provisioned after the first list goes in its place
 		prefix := "8986000000000000000"

@@ -432,6 +432,7 @@ func (r *Restorer) Finish() (*Partition, error) {
 		c.account = acct.id
 		p.addCard(c)
 		c.due = p.deadline(c)
+		p.relist(c)
 	}
 	heap.Init(&p.due)
 	// sorted for lists now, while the partition is restoring, not at the

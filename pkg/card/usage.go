@@ -67,6 +67,13 @@ const MB = 1 << 20
 // the heap before the fold: the fold does no I/O and cannot fail. nil
 // means no index: the state holds every id it remembers.
 func (p *Partition) ApplyUsage(h *cdr.ChunkHeader, recs []cdr.Record, pr *Probe, verdicts []Verdict, out []Emitted) ([]Verdict, []Emitted) {
+	n := len(out)
+	verdicts, out = p.applyUsage(h, recs, pr, verdicts, out)
+	p.relistEmitted(out[n:])
+	return verdicts, out
+}
+
+func (p *Partition) applyUsage(h *cdr.ChunkHeader, recs []cdr.Record, pr *Probe, verdicts []Verdict, out []Emitted) ([]Verdict, []Emitted) {
 	verdicts = verdicts[:0]
 	if pr != nil && len(pr.cards) != len(recs) {
 		// a probe of another chunk: folding without it would count again

@@ -85,13 +85,30 @@ type Filter struct {
 // API merge pages.)
 //
 // A page reads from its cursor on in the cards' ICCID order, up to limit
-// matches: an unfiltered page reads limit cards, a filtered one as many as
-// it takes to find limit matches (at worst every card after the cursor,
-// about 2 ms per 100,000; BenchmarkListCards). An account's page reads
-// that account's cards only.
+// matches: an unfiltered page reads limit cards; a page of a stop reason,
+// of the stopped or of the cancelled cards reads those only, from their
+// list index (lists.go); an account's page reads that account's cards
+// only; an in-service page as many as it takes to find limit matches (in
+// service is most cards).
 func (p *Partition) ListCards(f Filter, after string, limit int) []View {
 	if limit <= 0 {
 		return nil
+	}
+	match := func(c *Card) bool {
+		return (f.AccountID == "" || c.account == f.AccountID) && (f.Status == "" || c.status() == f.Status) && (f.Reason == 0 || c.reasons.Has(f.Reason))
+	}
+	if tree, ok := p.listIndex(f); ok {
+		var out []View
+		if tree == nil {
+			return nil // no card was ever in it
+		}
+		tree.AscendGreaterOrEqual(&Card{iccid: after}, func(c *Card) bool {
+			if c.iccid != after && match(c) {
+				out = append(out, p.view(c))
+			}
+			return len(out) < limit
+		})
+		return out
 	}
 	p.listed, p.listedN = mergeSorted(p.listed, p.listedN)
 	from := p.listed
@@ -109,7 +126,7 @@ func (p *Partition) ListCards(f Filter, after string, limit int) []View {
 	var out []View
 	for ; i < len(from) && len(out) < limit; i++ {
 		c := from[i]
-		if (f.AccountID != "" && c.account != f.AccountID) || (f.Status != "" && c.status() != f.Status) || (f.Reason != 0 && !c.reasons.Has(f.Reason)) {
+		if !match(c) {
 			continue
 		}
 		out = append(out, p.view(c))
