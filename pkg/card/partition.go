@@ -43,8 +43,8 @@ type Partition struct {
 	listed     []*Card
 	listedN    int
 	lists      [listCount]*btree.BTreeG[*Card] // the sparse filters' cards (lists.go)
-	strs       map[string]string // interned carrier, plan and account names: one copy for many cards
-	accOrder   []*account        // accounts in creation order
+	strs       map[string]string               // interned carrier, plan and account names: one copy for many cards
+	accOrder   []*account                      // accounts in creation order
 	poolOrd    []*pool
 	due        deadlines // cards by the time a tick next changes them
 	plansDirty bool      // a plan changed since the last checkpoint
