@@ -81,6 +81,7 @@ type Source struct {
 // ends, under the key <role>.<instance> (instance made safe for a key).
 func Publish(ctx context.Context, js jetstream.JetStream, instance string, every time.Duration, sources []Source, log *zap.Logger) {
 	var kv jetstream.KeyValue
+	warned := false
 	if every <= 0 {
 		every = Every
 	}
@@ -90,8 +91,13 @@ func Publish(ctx context.Context, js jetstream.JetStream, instance string, every
 		if kv == nil {
 			var err error
 			if kv, err = js.KeyValue(ctx, broker.BucketStatus); err != nil {
-				log.Debug("the status bucket", zap.Error(err))
 				kv = nil
+				if !warned && ctx.Err() == nil {
+					// once: an upgraded deployment whose setup has not run yet
+					log.Warn("no status bucket: this process's status is not reported (GET /v1/status, cardmeter status) until `cardmeter setup` makes it",
+						zap.String("bucket", broker.BucketStatus), zap.Error(err))
+					warned = true
+				}
 			}
 		}
 		if kv != nil {
