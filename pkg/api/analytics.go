@@ -266,45 +266,73 @@ type EventRow struct {
 	Code      string `json:"code,omitempty"`
 }
 
-// accountCause is GET /v1/accounts/{account_id}/causes/{id}: what an
+// CauseWindow is how far before the time a cause is asked about (?at=,
+// the naming event's) its event may lie; without ?at=, the window ends at
+// the log's time. A bounded window lets ClickHouse read only those months.
+const CauseWindow = 93 * 24 * time.Hour
+
+// causedLimit bounds the events a cause lists as its effects.
+const causedLimit = 1000
+
+// accountCause is GET /v1/accounts/{account_id}/causes/{id}?at=: what an
 // event's cause "event:<id>" names, from ClickHouse. The id is either an
 // emitted event (event is set) or an input (a command, payment or
 // provisioning: no event row of its own); caused lists the account's
-// events it caused, each carrying the command's operator and note or the
-// payment's amount.
+// events it caused (at most causedLimit; truncated says when more), each
+// carrying the command's operator and note or the payment's amount.
 func (s *Server) accountCause(w http.ResponseWriter, r *http.Request) error {
 	account, id := r.PathValue("account_id"), r.PathValue("id")
 	if !principal(r).May(ScopeRead, account) {
 		return problem(http.StatusNotFound, "not-found/account", "no such account", account)
 	}
-	rows, err := s.analytics(r.Context(), `SELECT event_id, type, time, iccid, reason, cause, detail, amount_fen, balance_fen, operator, note, code
-		FROM card_events FINAL WHERE account_id = ? AND (event_id = ? OR cause = ?) ORDER BY time, event_id LIMIT 1000`,
-		account, id, "event:"+id)
+	end := time.Unix(s.clock.Now(), 0)
+	if v := r.URL.Query().Get("at"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			return invalid("at", "not an RFC 3339 time with offset")
+		}
+		end = t
+	}
+	from, to := end.Add(-CauseWindow), end.Add(24*time.Hour)
+	read := func(where string, limit int, args ...any) ([]EventRow, error) {
+		rows, err := s.analytics(r.Context(), `SELECT event_id, type, time, iccid, reason, cause, detail, amount_fen, balance_fen, operator, note, code
+			FROM card_events FINAL WHERE account_id = ? AND time >= ? AND time <= ? AND `+where+` ORDER BY time, event_id LIMIT `+strconv.Itoa(limit),
+			append([]any{account, from, to}, args...)...)
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		out := []EventRow{}
+		for rows.Next() {
+			var e EventRow
+			var at time.Time
+			if err := rows.Scan(&e.EventID, &e.Type, &at, &e.ICCID, &e.Reason, &e.Cause, &e.Detail, &e.AmountFen, &e.Balance, &e.Operator, &e.Note, &e.Code); err != nil {
+				return nil, err
+			}
+			e.Time = at.UTC().Format(time.RFC3339)
+			out = append(out, e)
+		}
+		return out, rows.Err()
+	}
+	own, err := read("event_id = ?", 1, id)
 	if err != nil {
 		return err
 	}
-	defer rows.Close()
-	var event *EventRow
-	caused := []EventRow{}
-	for rows.Next() {
-		var e EventRow
-		var at time.Time
-		if err := rows.Scan(&e.EventID, &e.Type, &at, &e.ICCID, &e.Reason, &e.Cause, &e.Detail, &e.AmountFen, &e.Balance, &e.Operator, &e.Note, &e.Code); err != nil {
-			return err
-		}
-		e.Time = at.UTC().Format(time.RFC3339)
-		if e.EventID == id {
-			event = &e
-		} else {
-			caused = append(caused, e)
-		}
-	}
-	if err := rows.Err(); err != nil {
+	caused, err := read("cause = ?", causedLimit+1, "event:"+id)
+	if err != nil {
 		return err
+	}
+	var event *EventRow
+	if len(own) == 1 {
+		event = &own[0]
 	}
 	if event == nil && len(caused) == 0 {
 		return problem(http.StatusNotFound, "not-found/cause", "nothing known of this cause",
-			"no event of the account has this id or cause, or the sink has not written it yet (it runs some seconds behind the fold)")
+			"no event of the account has this id or cause in the window, or the sink has not written it yet (it runs some seconds behind the fold)")
 	}
-	return ok(w, map[string]any{"account_id": account, "id": id, "event": event, "caused": caused})
+	truncated := len(caused) > causedLimit
+	if truncated {
+		caused = caused[:causedLimit]
+	}
+	return ok(w, map[string]any{"account_id": account, "id": id, "event": event, "caused": caused, "truncated": truncated})
 }

@@ -104,7 +104,8 @@ type PoolResponse struct {
 	UsageBytes uint64    `json:"usage_bytes"`
 	Cycle      CycleView `json:"cycle"`
 	Exhausted  bool      `json:"exhausted"`
-	Cards      int       `json:"cards"` // not cancelled
+	Cards      int       `json:"cards"`     // not cancelled
+	TimeZone   string    `json:"time_zone"` // its cycles' zone
 }
 
 func (s *Server) getAccount(w http.ResponseWriter, r *http.Request) error {
@@ -127,10 +128,10 @@ func (s *Server) getAccount(w http.ResponseWriter, r *http.Request) error {
 	resp := AccountResponse{AccountID: a.AccountID, BalanceFen: a.BalanceFen, CreditLimitFen: a.CreditLimitFen,
 		LowBalanceFen: a.LowBalanceFen, AutoResumeOnPayment: a.AutoResumeOnPayment, InArrears: a.InArrears,
 		ActiveWarnings: []string{}, Cards: map[string]int{}, Pools: []PoolResponse{}, Position: reply.Applied}
-	for _, po := range a.Pools {
+	for _, po := range reply.Pools {
 		resp.Pools = append(resp.Pools, PoolResponse{PoolID: po.PoolID, QuotaBytes: po.QuotaBytes, UsageBytes: po.UsageBytes,
 			Cycle:     CycleView{Start: rfc3339(po.Cycle.Start), End: rfc3339(po.Cycle.End), UsageBytes: po.UsageBytes, QuotaBytes: po.QuotaBytes},
-			Exhausted: po.Exhausted, Cards: po.Cards})
+			Exhausted: po.Exhausted, Cards: po.Cards, TimeZone: po.TimeZone})
 	}
 	if a.LowBalanceWarned {
 		resp.ActiveWarnings = append(resp.ActiveWarnings, card.WarnLowBalance)
@@ -232,6 +233,9 @@ func (s *Server) putPool(w http.ResponseWriter, r *http.Request) error {
 	}
 	if b.TimeZone == "" {
 		b.TimeZone = card.DefaultTimeZone
+	}
+	if err := checkZone(b.TimeZone); err != nil {
+		return err
 	}
 	if _, err := card.Zone(b.TimeZone); err != nil {
 		return invalid("time_zone", "unknown time zone "+strconv.Quote(b.TimeZone))

@@ -119,7 +119,8 @@ type CardResponse struct {
 	ValidFrom         string          `json:"valid_from,omitempty"`
 	ValidUntil        string          `json:"valid_until,omitempty"`
 	ExpiredAt         string          `json:"expired_at,omitempty"`
-	TimeZone          string          `json:"time_zone"` // the plan's: its cycles' days are of this zone
+	CancelAt          string          `json:"cancel_at,omitempty"` // an expired card's cancellation, unless renewed first
+	TimeZone          string          `json:"time_zone"`           // the plan's: its cycles' days are of this zone
 	ActiveWarnings    []string        `json:"active_warnings"`
 	Account           *AccountSummary `json:"account,omitempty"`
 	LastCommand       *CommandView    `json:"last_command,omitempty"`
@@ -168,7 +169,7 @@ func cardResponse(v *card.View, now int64, applied uint64) CardResponse {
 		StopReasons: v.Reasons.Names(), AutoStopOverQuota: v.AutoStopOverQuota,
 		Cycle: CycleView{Start: rfc3339(v.Cycle.Start), End: rfc3339(v.Cycle.End), UsageBytes: v.UsageBytes,
 			QuotaBytes: v.QuotaBytes, OvershootBytes: v.OvershootBytes},
-		ValidFrom: rfc3339(v.ValidFrom), ValidUntil: rfc3339(v.ValidUntil), ExpiredAt: rfc3339(v.ExpiredAt), TimeZone: v.TimeZone,
+		ValidFrom: rfc3339(v.ValidFrom), ValidUntil: rfc3339(v.ValidUntil), ExpiredAt: rfc3339(v.ExpiredAt), CancelAt: rfc3339(v.CancelAt), TimeZone: v.TimeZone,
 		ActiveWarnings: warnings, LogTime: rfc3339(now), Position: applied,
 	}
 	if v.Account.AccountID != "" {

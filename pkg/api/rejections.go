@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -113,6 +114,7 @@ func (s *Server) readRejections(ctx context.Context, carrier string, from reject
 	case !from.since.IsZero():
 		cfg.DeliverPolicy, cfg.OptStartTime = jetstream.DeliverByStartTimePolicy, &from.since
 	}
+	res := s.resolvedLookup()
 	return s.scan(ctx, broker.StreamRejected, cfg, func(m jetstream.Msg) (bool, error) {
 		meta, err := m.Metadata()
 		if err != nil {
@@ -128,17 +130,49 @@ func (s *Server) readRejections(ctx context.Context, carrier string, from reject
 			}
 			v := RejectionView{ID: fmt.Sprintf("%d.%d", meta.Sequence.Stream, i), Carrier: rb.Carrier, BatchID: rb.BatchID,
 				ReceivedAt: rfc3339(rb.ReceivedAt), Error: rj.Error, Record: rj.Record}
-			if s.resolved != nil {
-				if e, err := s.resolved.Get(ctx, v.ID); err == nil {
-					v.Resubmitted = string(e.Value())
-				}
-			}
+			v.Resubmitted = res(ctx, v.ID)
 			if !f(v) {
 				return false, nil
 			}
 		}
 		return true, nil
 	})
+}
+
+// resolvedLookups is how many rejections a read looks up one by one in
+// the resolved bucket before it reads the bucket's keys once instead: a
+// page asks a few, a summary or a long scan many.
+const resolvedLookups = 64
+
+// resolvedLookup returns how one read finds whether a rejection was
+// re-submitted (the re-submission's batch id, or ""): by a get per
+// rejection for the first few, then from every key of the bucket, read
+// once. The value of a key read that way is fetched when it is found.
+func (s *Server) resolvedLookup() func(ctx context.Context, id string) string {
+	if s.resolved == nil {
+		return func(context.Context, string) string { return "" }
+	}
+	asked := 0
+	var keys map[string]bool
+	return func(ctx context.Context, id string) string {
+		if asked++; asked > resolvedLookups && keys == nil {
+			keys = map[string]bool{}
+			if lister, err := s.resolved.ListKeys(ctx); err == nil {
+				for k := range lister.Keys() {
+					keys[k] = true
+				}
+			} else if !errors.Is(err, jetstream.ErrNoKeysFound) {
+				keys = nil // ask one by one
+			}
+		}
+		if keys != nil && !keys[id] {
+			return ""
+		}
+		if e, err := s.resolved.Get(ctx, id); err == nil {
+			return string(e.Value())
+		}
+		return ""
+	}
 }
 
 // scan reads a stream's messages (as cfg filters them) to its end through
@@ -235,19 +269,27 @@ func fieldOf(v RejectionView) string {
 	return rejectedField(v.Error.Field)
 }
 
-// SummaryScanLimit bounds the entries one rejections summary reads.
-const SummaryScanLimit = 1_000_000
+// SummaryScanLimit bounds the entries one rejections summary reads, and
+// SummaryWindow how far back it may start.
+const (
+	SummaryScanLimit = 200_000
+	SummaryWindow    = 7 * 24 * time.Hour
+)
 
 // rejectionsSummary answers GET /v1/rejections/summary?since=: the
-// rejections since then counted by carrier and field, pending (not
-// re-submitted) and in all. It reads at most SummaryScanLimit entries and
-// says so when it stopped short (complete: false).
+// rejections since then (at most SummaryWindow ago) counted by carrier
+// and field, pending (not re-submitted) and in all. It reads at most
+// SummaryScanLimit entries and says so when it stopped short (complete:
+// false).
 func (s *Server) rejectionsSummary(w http.ResponseWriter, r *http.Request) error {
 	since := time.Now().Add(-24 * time.Hour) // the stream keeps its own (wall) time
 	if v := r.URL.Query().Get("since"); v != "" {
 		t, err := time.Parse(time.RFC3339, v)
 		if err != nil {
 			return invalid("since", "not an RFC 3339 time with offset")
+		}
+		if time.Since(t) > SummaryWindow {
+			return invalid("since", "at most 7 days ago (list older rejections with GET /v1/rejections?since=)")
 		}
 		since = t
 	}

@@ -17,6 +17,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -420,6 +421,16 @@ func queryLimit(q url.Values, def, most int) (int, error) {
 
 var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
 
+// checkZone refuses the zone names that are not a place: Local is the
+// server's own zone, which a replay on another machine would read
+// otherwise.
+func checkZone(name string) error {
+	if strings.EqualFold(name, "Local") {
+		return invalid("time_zone", "name a zone such as Asia/Shanghai or UTC: Local is whatever the server's is")
+	}
+	return nil
+}
+
 func checkID(field, v string) error {
 	if !idPattern.MatchString(v) {
 		return invalid(field, "must be 1 to 64 letters, digits, '_' or '-'")
@@ -543,6 +554,9 @@ func (s *Server) putPlan(w http.ResponseWriter, r *http.Request) error {
 		TermMonths: b.TermMonths, TimeZone: b.TimeZone, CycleAnchorDay: b.CycleAnchorDay, WarningPct: b.WarningPct}
 	if pc.TimeZone == "" {
 		pc.TimeZone = card.DefaultTimeZone
+	}
+	if err := checkZone(pc.TimeZone); err != nil {
+		return err
 	}
 	if err := pc.Validate(); err != nil {
 		return err

@@ -54,8 +54,9 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	// r1 takes the capped card over its quota; r2 runs the metered card
 	// 1 MB over, whose overage (5 yuan) puts account a in arrears; r3
-	// names a card not provisioned yet and is rejected
-	body := strings.Join([]string{record("r1", capped, 1_100_000), record("r2", arrears, 2_000_000), record("r3", later, 5000)}, "\n")
+	// to r5 name a card not provisioned yet and are rejected
+	body := strings.Join([]string{record("r1", capped, 1_100_000), record("r2", arrears, 2_000_000),
+		record("r3", later, 5000), record("r4", later, 5000), record("r5", later, 5000)}, "\n")
 	if r := c.send("POST", "/v1/usage?wait=true", tokCMCC, "application/x-ndjson", body); r.code != 422 || r.body["accepted"] != 2.0 {
 		t.Fatalf("usage: %d %s", r.code, r.raw)
 	}
@@ -72,7 +73,7 @@ func TestConsoleInABrowser(t *testing.T) {
 	}
 	run := func(what string, steps ...step) {
 		t.Helper()
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		sctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		defer cancel()
 		if err := chromedp.Do(sctx, steps...); err != nil {
 			text, _ := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("body")))
@@ -89,9 +90,9 @@ func TestConsoleInABrowser(t *testing.T) {
 
 	// the fleet: three cards stopped (one over quota, account a's two in
 	// arrears), one in service; the stops per hour once the sink has them
-	run("fleet counts", reloadUntil("#count-stopped", "3"), waitText("#by-reason", "over_quota"), waitText("#by-reason", "arrears"),
-		waitText("#count-in_service", "1"))
-	run("fleet chart", reloadUntil("#stops-chart canvas", ""), shot("fleet"))
+	run("fleet counts", reloadUntil("#count-stopped .n", "3"), is("#count-stopped .n", "3"), is("#count-in_service .n", "1"),
+		waitText("#by-reason", "over_quota"), waitText("#by-reason", "arrears"), waitText("#warnings", "usage_100"))
+	run("fleet chart", reloadUntil(`#stops-chart[data-total="3"] canvas`, ""), shot("fleet"))
 
 	// find the capped card by its IMSI: stopped over quota, the cause a
 	// link to the record; a resume is refused with the reason in words
@@ -112,18 +113,33 @@ func TestConsoleInABrowser(t *testing.T) {
 	c.must(c.send("POST", "/v1/accounts/a/payments", tokBilling, "application/json", `{"payment_id":"pay-1","amount_fen":1000}`), 200)
 	run("resume after the payment", chromedp.Reload(), waitText("#iccid", arrears), chromedp.Click(chromedp.CSS("#resume")),
 		waitText("#reasons", "In service"), waitText("#timeline", "resumed"), shot("card"))
+	// the resume's cause is the command, which names who asked
+	run("the command", chromedp.Click(chromedp.CSS(`#timeline li[data-type="cardmeter.card.resumed.v1"] a.cause`)),
+		reloadUntil("#caused", "by admin"), waitText("#caused", "card.resumed"), chromedp.NavigateBack(), waitText("#iccid", arrears))
 
 	// the account: its balance after the payment, the payment and the
 	// charge from ClickHouse, its cards
-	run("account", chromedp.Click(chromedp.CSS("#account-link")), waitText("#balance", "¥5.00"), waitText("#cards", arrears),
+	run("account", chromedp.Click(chromedp.CSS("#account-link")), is("#balance", "¥5.00"), waitText("#cards", arrears),
 		reloadUntil("#ledger-table", "pay-1"), waitText("#ledger-table", "overage"), shot("account"))
 
 	// the rejected record, re-submitted from the page once its card is there
 	c.must(c.send("PUT", "/v1/cards/"+later, tokBilling, "application/json", `{"account_id":"globex","plan_id":"capped","carrier":"cmcc"}`), 200)
-	run("rejections", chromedp.Navigate(p.URL+"/#/rejections"), waitText("#rejection-summary", "cmcc"), waitText("#rejections", "r3"),
+	// (r3 alone, then r4 selected, then all of the carrier's: r5)
+	run("rejections", chromedp.Navigate(p.URL+"/#/rejections"), waitText("#rejection-summary", "cmcc"), waitText("#rejections", "r5"),
 		shot("rejections"), chromedp.Click(chromedp.CSS("button.resubmit-one")), waitText("#resubmit-result", "1 accepted"))
+	run("r3 gone", lacks("#rejections", "r3")) // pending only: r3 has gone
+	run("re-submit selected", poll(`(() => {
+			const row = [...document.querySelectorAll('#rejections tbody tr')].find(r => r.textContent.includes('r4'));
+			if (!row) return false;
+			row.querySelector('input[type=checkbox]').click();
+			return true; })()`),
+		chromedp.Click(chromedp.CSS("#resubmit-selected")), waitText("#resubmit-result", "1 accepted"),
+		lacks("#rejections", "r4"))
+	run("re-submit all", chromedp.Navigate(p.URL+"/#/rejections?carrier=cmcc"), waitText("#rejections", "r5"),
+		chromedp.Click(chromedp.CSS("#resubmit-all")), waitText("#resubmit-result", "1 accepted"),
+		waitText("#rejections", "no rejected records"))
 	testenv.Eventually(t, 10*time.Second, func() error {
-		if r := c.send("GET", "/v1/cards/"+later, tokRead, "", ""); r.code != 200 || r.body["cycle"].(map[string]any)["usage_bytes"] != 5000.0 {
+		if r := c.send("GET", "/v1/cards/"+later, tokRead, "", ""); r.code != 200 || r.body["cycle"].(map[string]any)["usage_bytes"] != 15000.0 {
 			return fmt.Errorf("the re-submitted record is not counted: %s", r.raw)
 		}
 		return nil
@@ -180,6 +196,16 @@ func holds(sel, text string) string {
 
 // waitText waits until the first element sel matches holds text.
 func waitText(sel, text string) step { return poll(holds(sel, text)) }
+
+// is waits until the first element sel matches holds exactly text.
+func is(sel, text string) step {
+	return poll(fmt.Sprintf(`(() => { const e = document.querySelector(%q); return !!e && e.textContent.trim() === %q; })()`, sel, text))
+}
+
+// lacks waits until the first element sel matches is there without text.
+func lacks(sel, text string) step {
+	return poll(fmt.Sprintf(`(() => { const e = document.querySelector(%q); return !!e && !e.textContent.includes(%q); })()`, sel, text))
+}
 
 // waitCount waits until sel matches n elements.
 func waitCount(sel string, n int) step {

@@ -157,7 +157,34 @@ type AccountView struct {
 	InArrears           bool
 	LowBalanceWarned    bool
 	CardsByStatus       map[Status]int
-	Pools               []PoolView // the account's pools, by id
+}
+
+// AccountPools are the account's pools, by id, each with its cards
+// counted in one pass over the account's cards.
+func (p *Partition) AccountPools(id string) []PoolView {
+	a, ok := p.accounts[id]
+	if !ok {
+		return nil
+	}
+	var out []PoolView
+	at := map[string]int{}
+	for _, po := range p.poolOrd {
+		if po.account == a.id {
+			at[po.PoolID] = len(out)
+			v := p.poolView(po, false)
+			out = append(out, v)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	for _, c := range a.cards {
+		if i, ok := at[c.poolID]; ok && c.poolID != "" && !c.cancelled {
+			out[i].Cards++
+		}
+	}
+	slices.SortFunc(out, func(a, b PoolView) int { return strings.Compare(a.PoolID, b.PoolID) })
+	return out
 }
 
 // Account returns a view of an account, or false when it is unknown.
@@ -171,12 +198,6 @@ func (p *Partition) Account(id string) (AccountView, bool) {
 	for _, c := range a.cards {
 		v.CardsByStatus[c.status()]++
 	}
-	for _, po := range p.pools {
-		if po.account == a.id {
-			v.Pools = append(v.Pools, p.poolView(po))
-		}
-	}
-	slices.SortFunc(v.Pools, func(a, b PoolView) int { return strings.Compare(a.PoolID, b.PoolID) })
 	return v, true
 }
 

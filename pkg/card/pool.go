@@ -87,6 +87,7 @@ type PoolView struct {
 	Cycle      Cycle
 	Exhausted  bool
 	Cards      int
+	TimeZone   string
 }
 
 // Pool returns a view of a pool.
@@ -95,12 +96,17 @@ func (p *Partition) Pool(id string) (PoolView, bool) {
 	if !ok {
 		return PoolView{}, false
 	}
-	return p.poolView(po), true
+	return p.poolView(po, true), true
 }
 
-func (p *Partition) poolView(po *pool) PoolView {
+// poolView is a pool's view; count: with its cards counted (a pass over
+// its account's cards).
+func (p *Partition) poolView(po *pool, count bool) PoolView {
 	v := PoolView{PoolID: po.PoolID, AccountID: po.account, QuotaBytes: po.QuotaBytes, UsageBytes: po.usage,
-		Cycle: po.cycle, Exhausted: po.exhausted}
+		Cycle: po.cycle, Exhausted: po.exhausted, TimeZone: po.loc.String()}
+	if !count {
+		return v
+	}
 	for _, c := range p.accounts[po.account].cards {
 		if c.poolID == po.PoolID && !c.cancelled {
 			v.Cards++

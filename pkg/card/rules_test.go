@@ -217,8 +217,8 @@ func TestExpiryRenewalAndCancellation(t *testing.T) {
 	if st := of(out, EmitStopped); len(st) != 1 || st[0].Reason != ReasonExpiry || st[0].At != unix("2026-04-05T00:00:00+08:00") {
 		t.Fatalf("expiry: %+v", out)
 	}
-	if v := w.view(ic(1)); v.ExpiredAt == 0 {
-		t.Fatal("no expiry time")
+	if v := w.view(ic(1)); v.ExpiredAt == 0 || v.CancelAt != unix("2026-07-05T00:00:00+08:00") {
+		t.Fatalf("expired at %d, to be cancelled at %s", v.ExpiredAt, fmtT(v.CancelAt))
 	}
 	w.tick("2026-05-01T00:00:00+08:00")
 	ch := of(w.take(), EmitCharged)
@@ -236,6 +236,9 @@ func TestExpiryRenewalAndCancellation(t *testing.T) {
 	}
 	// expires again, and is not renewed: cancelled three months later
 	w.tick("2026-07-01T00:00:00+08:00")
+	if v := w.view(ic(1)); v.CancelAt != unix("2026-10-01T00:00:00+08:00") {
+		t.Fatalf("expired again: to be cancelled at %s", fmtT(v.CancelAt))
+	}
 	w.tick("2026-09-30T00:00:00+08:00")
 	w.take()
 	w.tick("2026-10-01T00:00:00+08:00")
@@ -243,8 +246,8 @@ func TestExpiryRenewalAndCancellation(t *testing.T) {
 	if c := of(out, EmitCancelled); len(c) != 1 || c[0].At != unix("2026-10-01T00:00:00+08:00") {
 		t.Fatalf("cancellation: %+v", out)
 	}
-	if v := w.view(ic(1)); v.Status != Cancelled {
-		t.Fatalf("status %s", v.Status)
+	if v := w.view(ic(1)); v.Status != Cancelled || v.CancelAt != 0 {
+		t.Fatalf("status %s, cancel at %d", v.Status, v.CancelAt)
 	}
 	// final: nothing applies to it any more
 	if v := w.use(ic(1), "late", "2026-10-01T01:00:00+08:00", 5); v.Status != CardCancelled {

@@ -41,6 +41,7 @@ type View struct {
 	ValidFrom         int64
 	ValidUntil        int64
 	ExpiredAt         int64
+	CancelAt          int64  // an expired card's cancellation unless renewed first; 0 otherwise
 	TimeZone          string // the plan's: its cycles' days and months are of this zone
 	Warnings          []string
 	LastCommand       CommandOutcome
@@ -66,6 +67,9 @@ func (p *Partition) view(c *Card) View {
 		Status: c.status(), Reasons: c.reasons, Cycle: c.cycle, UsageBytes: c.usage, QuotaBytes: pl.QuotaBytes,
 		AutoStopOverQuota: c.autoStop, ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt,
 		TimeZone: pl.loc.String(), Warnings: c.warned.names(pl), LastCommand: c.lastCmd,
+	}
+	if c.expiredAt != 0 && !c.cancelled && c.validUntil != 0 {
+		v.CancelAt = c.cancelAt(pl)
 	}
 	if v.UsageBytes > v.QuotaBytes {
 		v.OvershootBytes = v.UsageBytes - v.QuotaBytes

@@ -48,6 +48,7 @@ func (p *Projector) answer(ctx context.Context, pt *partition, m *nats.Msg) {
 			case query.KindAccount:
 				v, ok := pt.state.Account(q.ID)
 				reply.Account, reply.Found = &v, ok
+				reply.Pools = pt.state.AccountPools(q.ID)
 			case query.KindPool:
 				v, ok := pt.state.Pool(q.ID)
 				reply.Pool, reply.Found = &v, ok

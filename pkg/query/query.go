@@ -41,6 +41,7 @@ type Reply struct {
 	Found   bool              `json:"found"`
 	Card    *card.View        `json:"card,omitempty"`
 	Account *card.AccountView `json:"account,omitempty"`
+	Pools   []card.PoolView   `json:"pools,omitempty"` // KindAccount: the account's pools
 	Pool    *card.PoolView    `json:"pool,omitempty"`
 	Cards   []card.View       `json:"cards,omitempty"`
 	Census  *card.Census      `json:"census,omitempty"`

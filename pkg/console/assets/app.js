@@ -54,7 +54,20 @@ function h(tag, props, ...kids) {
 
 const main = () => document.getElementById('main');
 
-function show(...nodes) {
+const cardHref = iccid => '#/card/' + encodeURIComponent(iccid);
+
+// randomKey is an Idempotency-Key: one per press of a button, so that a
+// retried request is the same command (crypto.randomUUID needs a secure
+// context; the console may be served over plain HTTP)
+function randomKey() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return 'console-' + Array.from(b, x => x.toString(16).padStart(2, '0')).join('');
+}
+
+// show puts render g's page in place, unless a later render began (see
+// render).
+function show(g, ...nodes) {
+  if (!current(g)) return;
   main().replaceChildren(...nodes.flat().filter(n => n !== null && n !== undefined && n !== false));
 }
 
@@ -75,10 +88,12 @@ function fmtTime(iso, zone) {
   if (!iso) return '—';
   const d = typeof iso === 'number' ? new Date(iso * 1000) : new Date(iso);
   if (isNaN(d) || d.getTime() <= 0) return '—';
-  return new Intl.DateTimeFormat('en-CA', {
-    timeZone: zone || DEFAULT_ZONE, year: 'numeric', month: '2-digit', day: '2-digit',
-    hour: '2-digit', minute: '2-digit', hour12: false, timeZoneName: 'short',
-  }).format(d);
+  const opts = { year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit', minute: '2-digit', hourCycle: 'h23', timeZoneName: 'short' };
+  try {
+    return new Intl.DateTimeFormat('en-CA', { ...opts, timeZone: zone || DEFAULT_ZONE }).format(d);
+  } catch {
+    return new Intl.DateTimeFormat('en-CA', { ...opts, timeZone: 'UTC' }).format(d); // a zone this browser does not know
+  }
 }
 
 function fmtBytes(n) {
@@ -130,22 +145,28 @@ const pages = {
   rejections: rejectionsPage, pipeline: pipelinePage, record: recordPage, cause: causePage, search: searchPage,
 };
 
+// Each render has a generation: a page whose reads come back after the
+// user moved on (or signed out) shows nothing and starts no timer.
+let gen = 0;
+const current = g => g === gen && state.me !== null;
+
 async function render() {
-  if (!state.me) return;
+  const g = ++gen;
   clearInterval(state.timer);
   state.timer = null;
-  const { parts, params } = route();
-  const page = pages[parts[0] || ''] || notFound;
-  markNav(parts[0] || '');
-  show(h('p', { class: 'muted' }, 'Loading…'));
+  if (!state.me) return;
+  show(g, h('p', { class: 'muted' }, 'Loading…'));
   try {
-    await page(parts.slice(1), params);
+    const { parts, params } = route();
+    const page = pages[parts[0] || ''] || notFound;
+    markNav(parts[0] || '');
+    await page(parts.slice(1), params, g);
   } catch (err) {
-    show(failure(err));
+    if (current(g)) show(g, failure(err));
   }
 }
 
-function notFound() { show(h('h1', null, 'Not found'), h('p', null, h('a', { href: '#/' }, 'Home'))); }
+function notFound(_, __, g) { show(g, h('h1', null, 'Not found'), h('p', null, h('a', { href: '#/' }, 'Home'))); }
 
 function markNav(name) {
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.page === name);
@@ -177,6 +198,8 @@ function signOut(message) {
   state.token = '';
   state.me = null;
   clearInterval(state.timer);
+  gen++; // what is still loading shows nothing
+  main().replaceChildren();
   document.getElementById('top').hidden = true;
   document.getElementById('main').hidden = true;
   document.getElementById('signin-page').hidden = false;
@@ -198,16 +221,17 @@ function buildNav() {
     h('a', { href: '#/' + p, 'data-page': p.split('/')[0] }, label)));
 }
 
-function home() {
+function home(_, __, g) {
   if (readsAll()) return go('fleet');
   if (state.me.read_accounts.length) return go('account/' + encodeURIComponent(state.me.read_accounts[0]));
-  show(h('h1', null, 'Nothing to show'), h('p', null, 'This token reads no cards. Its scopes: ' + state.me.scopes.join(', ')));
+  show(g, h('h1', null, 'Nothing to show'), h('p', null, 'This token reads no cards. Its scopes: ' + state.me.scopes.join(', ')));
 }
 
 // ---- charts ----
 
 function barChart(el, xs, series, opts = {}) {
   if (!window.uPlot) { el.textContent = 'chart library not loaded'; return; }
+  el.dataset.total = series.reduce((n, s) => n + s.values.reduce((a, b) => a + b, 0), 0); // what it draws, for a test to read
   const width = Math.max(300, el.clientWidth || 600);
   const bars = window.uPlot.paths.bars({ size: [0.7, 40] });
   const colors = ['#2b6cb0', '#c0392b', '#1f8a4c', '#b7791f'];
@@ -222,7 +246,7 @@ function barChart(el, xs, series, opts = {}) {
 
 // ---- Fleet ----
 
-async function fleetPage() {
+async function fleetPage(_, __, g) {
   const f = await api('/v1/fleet');
   const tiles = [
     ['in_service', 'in service', f.in_service, 'cards?status=in_service'],
@@ -234,13 +258,13 @@ async function fleetPage() {
   const warnings = Object.entries(f.warnings || {}).sort((a, b) => b[1] - a[1]).map(([w, n]) =>
     h('tr', null, h('td', null, w), h('td', { class: 'num' }, n.toLocaleString())));
   const nearRow = n => h('tr', null,
-    h('td', null, h('a', { href: '#/card/' + n.iccid }, n.iccid)),
+    h('td', null, h('a', { href: cardHref(n.iccid) }, n.iccid)),
     h('td', null, h('a', { href: '#/account/' + encodeURIComponent(n.account_id) }, n.account_id)),
     h('td', { class: 'num' }, fmtBytes(n.usage_bytes) + ' / ' + fmtBytes(n.quota_bytes)),
     h('td', { class: 'num' }, pct(n.usage_bytes, n.quota_bytes) + '%'),
     h('td', null, n.run_out_at ? fmtTime(n.run_out_at) : fmtTime(n.cycle_end)));
   const chart = h('div', { class: 'chart', id: 'stops-chart' });
-  show(
+  show(g,
     h('h1', null, 'Fleet'),
     h('div', { class: 'grid' }, tiles),
     f.missing && f.missing.length ? h('p', { class: 'error' }, `Partitions ${f.missing.join(', ')} are restoring: their cards are not counted yet.`) : null,
@@ -273,7 +297,7 @@ async function fleetPage() {
 
 function cardRows(cards) {
   return cards.map(c => h('tr', null,
-    h('td', null, h('a', { href: '#/card/' + c.iccid }, c.iccid)),
+    h('td', null, h('a', { href: cardHref(c.iccid) }, c.iccid)),
     h('td', null, statusBadge(c.status)),
     h('td', null, (c.stop_reasons || []).join(', ')),
     h('td', null, h('a', { href: '#/account/' + encodeURIComponent(c.account_id) }, c.account_id)),
@@ -316,8 +340,8 @@ function cardList(base, params, fixed = {}) {
   return box;
 }
 
-async function cardsPage(_, params) {
-  show(h('h1', null, 'Cards'), cardList('cards', params));
+async function cardsPage(_, params, g) {
+  show(g, h('h1', null, 'Cards'), cardList('cards', params));
 }
 
 // ---- Card ----
@@ -344,20 +368,20 @@ function describe(ev) {
   return t + (d.reason ? ': ' + d.reason : '');
 }
 
-function causeLink(cause, card, ids) {
+function causeLink(cause, card, ids, at) {
   if (!cause) return null;
   const [kind, rest] = [cause.slice(0, cause.indexOf(':')), cause.slice(cause.indexOf(':') + 1)];
   if (kind === 'record') {
     const [carrier, ...id] = rest.split('/');
-    return h('a', { href: `#/record/${card.iccid}/${encodeURIComponent(carrier)}/${encodeURIComponent(id.join('/'))}`, class: 'cause' }, 'record ' + rest);
+    return h('a', { href: `#/record/${encodeURIComponent(card.iccid)}/${encodeURIComponent(carrier)}/${encodeURIComponent(id.join('/'))}`, class: 'cause' }, 'record ' + rest);
   }
   if (kind === 'tick') return h('span', { class: 'cause muted' }, 'the clock at ' + fmtTime(Number(rest), state.zone));
   if (kind === 'event' && ids.has(rest)) return h('a', { href: '#ev-' + rest, class: 'cause', onclick: e => { e.preventDefault(); document.getElementById('ev-' + rest)?.scrollIntoView(); } }, 'event ' + rest);
-  if (kind === 'event') return h('a', { href: `#/cause/${encodeURIComponent(card.account_id)}/${encodeURIComponent(rest)}`, class: 'cause' }, (rest.startsWith('cmd-') ? 'command ' : 'event ') + rest);
+  if (kind === 'event') return h('a', { href: `#/cause/${encodeURIComponent(card.account_id)}/${encodeURIComponent(rest)}?at=${encodeURIComponent(at || '')}`, class: 'cause' }, (rest.startsWith('cmd-') ? 'command ' : 'event ') + rest);
   return h('span', { class: 'cause' }, cause);
 }
 
-async function cardPage([iccid]) {
+async function cardPage([iccid], _, g) {
   const [c, hist] = await Promise.all([api('/v1/cards/' + encodeURIComponent(iccid)), api('/v1/cards/' + encodeURIComponent(iccid) + '/events')]);
   const zone = c.time_zone || DEFAULT_ZONE;
   state.zone = zone;
@@ -382,7 +406,7 @@ async function cardPage([iccid]) {
   const act = kind => async () => {
     refusal.textContent = '';
     try {
-      await api(`/v1/cards/${encodeURIComponent(iccid)}/${kind}`, { method: 'POST', json: { operator: operator.value, note: note.value }, headers: { 'Idempotency-Key': crypto.randomUUID() } });
+      await api(`/v1/cards/${encodeURIComponent(iccid)}/${kind}`, { method: 'POST', json: { operator: operator.value, note: note.value }, headers: { 'Idempotency-Key': randomKey() } });
       render();
     } catch (err) {
       refusal.textContent = (kind === 'stop' ? 'Stop' : 'Resume') + ' refused: ' + (err.status === 409 && err.body?.detail ? err.body.detail : err.message);
@@ -390,11 +414,9 @@ async function cardPage([iccid]) {
   };
   const ids = new Set(hist.events.map(e => e.id));
   const events = hist.events.slice().reverse().map(ev => h('li', { id: 'ev-' + ev.id, 'data-type': ev.type },
-    h('span', { class: 't' }, fmtTime(ev.time, zone)), describe(ev), ' ', causeLink(ev.data?.cause, c, ids)));
+    h('span', { class: 't' }, fmtTime(ev.time, zone)), describe(ev), ' ', causeLink(ev.data?.cause, c, ids, ev.time)));
   const chart = h('div', { class: 'chart', id: 'daily-chart' });
-  const cancelAt = c.expired_at ? new Date(Date.parse(c.expired_at)) : null;
-  if (cancelAt) cancelAt.setUTCMonth(cancelAt.getUTCMonth() + 3);
-  show(
+  show(g,
     h('h1', null, 'Card ', h('span', { id: 'iccid' }, c.iccid), ' ', statusBadge(c.status)),
     c.stop_reasons.length ? h('ul', { id: 'reasons' }, c.stop_reasons.map(r => h('li', { 'data-reason': r }, h('b', null, r), ': ', reasonWords(r)))) : h('p', { id: 'reasons', class: 'muted' }, c.status === 'in_service' ? 'In service: no stop reason.' : ''),
     h('div', { class: 'cols' },
@@ -407,7 +429,7 @@ async function cardPage([iccid]) {
           h('dt', null, 'cycle'), h('dd', null, `${fmtTime(cy.start, zone)} → ${fmtTime(cy.end, zone)}`),
           h('dt', null, 'quota renews'), h('dd', { id: 'renews' }, fmtTime(cy.end, zone)),
           h('dt', null, 'plan valid'), h('dd', { id: 'validity' }, `${fmtTime(c.valid_from, zone)} → ${c.valid_until ? fmtTime(c.valid_until, zone) : 'no end'}`),
-          c.expired_at ? [h('dt', null, 'expired'), h('dd', null, fmtTime(c.expired_at, zone) + (c.status !== 'cancelled' ? `; cancelled if not renewed by ${fmtTime(cancelAt.toISOString(), zone)}` : ''))] : null,
+          c.expired_at ? [h('dt', null, 'expired'), h('dd', { id: 'expired' }, fmtTime(c.expired_at, zone) + (c.cancel_at ? `; cancelled at ${fmtTime(c.cancel_at, zone)} unless renewed first` : ''))] : null,
           h('dt', null, 'time zone'), h('dd', null, zone),
           h('dt', null, 'warnings'), h('dd', null, c.active_warnings.join(', ') || 'none'))),
       h('div', { class: 'panel' },
@@ -444,32 +466,34 @@ async function cardPage([iccid]) {
   }
 }
 
-async function recordPage([iccid, carrier, id]) {
+async function recordPage([iccid, carrier, id], _, g) {
   const r = await api(`/v1/cards/${encodeURIComponent(iccid)}/records/${encodeURIComponent(carrier)}/${encodeURIComponent(id)}`);
-  show(h('h1', null, `Record ${carrier}/${id}`),
-    h('p', null, 'of card ', h('a', { href: '#/card/' + iccid }, iccid), ' (as counted, from ClickHouse)'),
+  show(g, h('h1', null, `Record ${carrier}/${id}`),
+    h('p', null, 'of card ', h('a', { href: cardHref(iccid) }, iccid), ' (as counted, from ClickHouse)'),
     h('dl', { class: 'kv panel', id: 'record' }, ...Object.entries(r).flatMap(([k, v]) => [h('dt', null, k), h('dd', null, /_time$|_at$/.test(k) ? `${fmtTime(v, state.zone)} (${v})` : String(v))])));
 }
 
-async function causePage([account, id]) {
-  const c = await api(`/v1/accounts/${encodeURIComponent(account)}/causes/${encodeURIComponent(id)}`);
+async function causePage([account, id], params, g) {
+  const at = params.get('at');
+  const c = await api(`/v1/accounts/${encodeURIComponent(account)}/causes/${encodeURIComponent(id)}` + (at ? '?at=' + encodeURIComponent(at) : ''));
   const row = e => h('tr', null, h('td', null, fmtTime(e.time)), h('td', null, e.type.replace(/^cardmeter\./, '')),
-    h('td', null, e.iccid ? h('a', { href: '#/card/' + e.iccid }, e.iccid) : '—'),
+    h('td', null, e.iccid ? h('a', { href: cardHref(e.iccid) }, e.iccid) : '—'),
     h('td', null, [e.reason, e.operator && 'by ' + e.operator, e.note && '“' + e.note + '”', e.detail, e.amount_fen ? fmtFen(e.amount_fen) : null].filter(Boolean).join(' · ')));
-  show(h('h1', null, (c.event ? 'Event ' : 'Input ') + id),
+  show(g, h('h1', null, (c.event ? 'Event ' : 'Input ') + id),
     h('p', null, 'Account ', h('a', { href: '#/account/' + encodeURIComponent(account) }, account)),
     c.event ? table(['time', 'type', 'card', 'detail'], [row(c.event)]) : h('p', { class: 'muted' }, 'An input (a command, payment or provisioning) written to the log; what it caused:'),
-    h('h2', null, 'What it caused'), table(['time', 'type', 'card', 'detail'], c.caused.map(row), { id: 'caused' }));
+    h('h2', null, 'What it caused'), table(['time', 'type', 'card', 'detail'], c.caused.map(row), { id: 'caused' }),
+    c.truncated ? h('p', { class: 'muted' }, 'The first 1,000 only.') : null);
 }
 
 // ---- Account ----
 
-async function accountPage([id], params) {
+async function accountPage([id], params, g) {
   const a = await api('/v1/accounts/' + encodeURIComponent(id));
   const ledger = h('div', { id: 'ledger' }, h('p', { class: 'muted' }, 'Loading…'));
   const pools = a.pools.map(p => h('tr', null, h('td', null, p.pool_id), h('td', { class: 'num' }, fmtBytes(p.usage_bytes) + ' / ' + fmtBytes(p.quota_bytes)),
-    h('td', null, `${fmtTime(p.cycle.start)} → ${fmtTime(p.cycle.end)}`), h('td', null, p.exhausted ? h('span', { class: 'badge bad' }, 'used up') : 'ok'), h('td', { class: 'num' }, p.cards)));
-  show(
+    h('td', null, `${fmtTime(p.cycle.start, p.time_zone)} → ${fmtTime(p.cycle.end, p.time_zone)}`), h('td', null, p.exhausted ? h('span', { class: 'badge bad' }, 'used up') : 'ok'), h('td', { class: 'num' }, p.cards)));
+  show(g,
     h('h1', null, 'Account ', a.account_id, ' ', a.in_arrears ? h('span', { class: 'badge bad', id: 'arrears' }, 'in arrears') : h('span', { class: 'badge ok' }, 'in good standing')),
     h('div', { class: 'grid' },
       h('div', { class: 'tile' }, h('div', { class: 'n', id: 'balance' }, fmtFen(a.balance_fen)), h('div', { class: 'l' }, 'balance')),
@@ -484,7 +508,7 @@ async function accountPage([id], params) {
     const l = await api(`/v1/accounts/${encodeURIComponent(id)}/ledger`);
     ledger.replaceChildren(table(['time', 'kind', { label: 'amount', num: true }, 'reason', 'card'], l.entries.map(e => h('tr', null,
       h('td', null, fmtTime(e.time)), h('td', null, e.kind), h('td', { class: 'num' }, (e.kind === 'charge' ? '−' : '+') + fmtFen(e.amount_fen)),
-      h('td', null, e.reason), h('td', null, e.iccid ? h('a', { href: '#/card/' + e.iccid }, e.iccid) : '—'))), { id: 'ledger-table', empty: 'no payments or charges in these days' }));
+      h('td', null, e.reason), h('td', null, e.iccid ? h('a', { href: cardHref(e.iccid) }, e.iccid) : '—'))), { id: 'ledger-table', empty: 'no payments or charges in these days' }));
   } catch (err) {
     ledger.replaceChildren(failure(err));
   }
@@ -492,18 +516,19 @@ async function accountPage([id], params) {
 
 // ---- Rejections ----
 
-async function rejectionsPage(_, params) {
-  const carrier = params.get('carrier') || '', field = params.get('field') || '';
+async function rejectionsPage(_, params, g) {
+  const carrier = params.get('carrier') || '', field = params.get('field') || '', since = params.get('since') || '';
   const pending = params.get('pending') !== 'false';
   const afters = (params.get('afters') || '').split(',').filter(Boolean);
   const link = p => {
     const q = new URLSearchParams();
-    for (const [k, v] of Object.entries({ carrier, field, pending: pending ? '' : 'false', ...p })) if (v) q.set(k, v);
+    for (const [k, v] of Object.entries({ carrier, field, since, pending: pending ? '' : 'false', ...p })) if (v) q.set(k, v);
     return '#/rejections' + (q.toString() ? '?' + q : '');
   };
   const q = new URLSearchParams({ limit: PAGE });
   if (carrier) q.set('carrier', carrier);
   if (field) q.set('field', field);
+  if (since) q.set('since', since);
   if (pending) q.set('pending', 'true');
   if (afters.length) q.set('after', afters[afters.length - 1]);
   const [summary, page] = await Promise.all([api('/v1/rejections/summary'), api('/v1/rejections?' + q)]);
@@ -526,23 +551,24 @@ async function rejectionsPage(_, params) {
     return h('tr', { 'data-id': v.id },
       h('td', null, box),
       h('td', null, fmtTime(v.received_at)), h('td', null, v.carrier),
-      h('td', null, v.record ? (v.record.iccid ? h('a', { href: '#/card/' + v.record.iccid }, v.record.record_id) : v.record.record_id) : `line ${v.error?.line ?? '?'}`),
+      h('td', null, v.record ? (v.record.iccid ? h('a', { href: cardHref(v.record.iccid) }, v.record.record_id) : v.record.record_id) : `line ${v.error?.line ?? '?'}`),
       h('td', null, v.error?.field || 'record'), h('td', null, v.error?.reason || ''),
       h('td', null, v.resubmitted ? 'as ' + v.resubmitted : (box ? h('button', { type: 'button', class: 'resubmit-one', onclick: () => resubmit(v.carrier, { ids: [v.id] }) }, 'Re-submit') : '')));
   });
   const selected = () => boxes.filter(b => b.checked);
-  show(
+  show(g,
     h('h1', null, 'Rejected records'),
     h('h2', null, 'Last 24 hours by carrier and field'),
     table(['carrier', 'field', { label: 'rejected', num: true }, { label: 'not re-submitted', num: true }], summary.counts.map(c => h('tr', null,
-      h('td', null, h('a', { href: link({ carrier: c.carrier, field: '', afters: '' }) }, c.carrier)),
-      h('td', null, h('a', { href: link({ carrier: c.carrier, field: c.field, afters: '' }) }, c.field)),
+      h('td', null, h('a', { href: link({ carrier: c.carrier, field: '', since: summary.since, afters: '' }) }, c.carrier)),
+      h('td', null, h('a', { href: link({ carrier: c.carrier, field: c.field, since: summary.since, afters: '' }) }, c.field)),
       h('td', { class: 'num' }, c.total.toLocaleString()), h('td', { class: 'num' }, c.pending.toLocaleString()))), { id: 'rejection-summary', empty: 'no rejections in the last day' }),
     summary.complete ? null : h('p', { class: 'muted' }, 'Counted from the first million entries only.'),
     h('h2', null, 'Records'),
     h('div', { class: 'filters' },
       carrier ? h('span', null, 'carrier ', h('b', null, carrier), ' ', h('a', { href: link({ carrier: '', afters: '' }) }, '×')) : null,
       field ? h('span', null, 'field ', h('b', null, field), ' ', h('a', { href: link({ field: '', afters: '' }) }, '×')) : null,
+      since ? h('span', null, 'since ', h('b', null, fmtTime(since)), ' ', h('a', { href: link({ since: '', afters: '' }) }, '×')) : null,
       h('a', { href: link({ pending: pending ? 'false' : '', afters: '' }) }, pending ? 'show re-submitted too' : 'only those not re-submitted'),
       boxes.length ? h('button', { type: 'button', id: 'resubmit-selected', onclick: () => {
         const by = {};
@@ -559,7 +585,7 @@ async function rejectionsPage(_, params) {
 
 // ---- Pipeline ----
 
-async function pipelinePage() {
+async function pipelinePage(_, __, g) {
   const draw = async () => {
     const s = await api('/v1/status');
     const num = (v, f = x => x.toLocaleString()) => (v === null || v === undefined ? 'unknown' : f(v));
@@ -570,7 +596,7 @@ async function pipelinePage() {
       h('td', { class: 'num' }, (p.lag_seconds ?? 0).toFixed(1) + ' s'),
       h('td', { class: 'num' }, p.checkpoint_age_seconds === undefined ? '—' : Math.round(p.checkpoint_age_seconds) + ' s ago'),
       h('td', { class: 'error' }, p.error || '')));
-    show(
+    show(g,
       h('h1', null, 'Pipeline ', h('span', { class: 'badge ' + (s.healthy ? 'ok' : 'bad'), id: 'healthy' }, s.healthy ? 'healthy' : 'needs a look')),
       s.problems.length ? h('ul', { id: 'problems', class: 'error' }, s.problems.map(p => h('li', null, p))) : null,
       h('div', { class: 'grid' },
@@ -586,20 +612,20 @@ async function pipelinePage() {
       h('p', { class: 'muted' }, 'Refreshes every 5 s. As of ' + fmtTime(s.at) + '.'));
   };
   await draw();
-  state.timer = setInterval(() => draw().catch(() => {}), 5000);
+  if (current(g)) state.timer = setInterval(() => draw().catch(() => {}), 5000);
 }
 
 // ---- Search ----
 
-async function searchPage([q]) {
+async function searchPage([q], _, g) {
   const r = await api('/v1/search?q=' + encodeURIComponent(q));
   if (r.matches.length === 1) {
-    location.replace('#/card/' + r.matches[0].iccid);
+    if (current(g)) location.replace(cardHref(r.matches[0].iccid));
     return;
   }
-  show(h('h1', null, 'Search: ', q),
+  show(g, h('h1', null, 'Search: ', q),
     r.matches.length ? table(['card', 'account', 'carrier', 'matched by'], r.matches.map(m => h('tr', null,
-      h('td', null, h('a', { href: '#/card/' + m.iccid }, m.iccid)), h('td', null, m.account_id), h('td', null, m.carrier), h('td', null, m.matched))), { id: 'matches' })
+      h('td', null, h('a', { href: cardHref(m.iccid) }, m.iccid)), h('td', null, m.account_id), h('td', null, m.carrier), h('td', null, m.matched))), { id: 'matches' })
       : h('p', { id: 'no-match' }, 'No card has this ICCID, IMSI or MSISDN.'));
 }
 
