@@ -19,8 +19,8 @@ const (
 // card's state, then applies it, or emits a typed refusal. A manual stop
 // is allowed only while the plan is valid, the account is not in arrears
 // and the card is not over quota (nor its pool); a manual resume likewise.
-// A resume clears the manual stop and an arrears stop the account has paid
-// off; it clears no other reason. Who asked and why are in the events.
+// A resume clears the manual stop, an arrears stop the account has paid
+// off, and a device-mismatch stop; it clears no other reason. Who asked and why are in the events.
 func (p *Partition) applyCommand(in *Input, out []Emitted) []Emitted {
 	cmd := in.Command
 	c := p.cards[cmd.ICCID]
@@ -61,6 +61,7 @@ func (p *Partition) applyCommand(in *Input, out []Emitted) []Emitted {
 	} else {
 		out = c.clear(ReasonManual, now, cause, pl, out)
 		out = c.clear(ReasonArrears, now, cause, pl, out)
+		out = c.clear(ReasonDeviceMismatch, now, cause, pl, out)
 	}
 	for i := n; i < len(out); i++ {
 		out[i].Operator, out[i].Note = cmd.Operator, cmd.Note

@@ -25,6 +25,7 @@ type Input struct {
 	Webhook   *WebhookNotice   `json:"webhook,omitempty"`
 	Drift     *DriftReport     `json:"drift,omitempty"`
 	Resync    *ResyncRequest   `json:"resync,omitempty"`
+	Rebind    *Rebind          `json:"rebind,omitempty"`
 }
 
 // InputType names an input event. Names are past tense and versioned.
@@ -66,6 +67,9 @@ const (
 	// card.resync_requested.v1 with the action that state needs, at its
 	// place in the card's history, for the actuator to send in order.
 	TypeResyncRequested InputType = "card.resync_requested.v1"
+	// TypeRebindRequested is an operator's binding of a card to another
+	// device (机卡重新绑定).
+	TypeRebindRequested InputType = "card.rebind_requested.v1"
 )
 
 // ResyncRequest asks for a card's state to be sent to its carrier again.
@@ -143,6 +147,15 @@ type Renewal struct {
 	Months     int    `json:"months,omitempty"`
 }
 
+// Rebind is an operator's binding of a card to another device (IMEI):
+// who and why.
+type Rebind struct {
+	ICCID    string `json:"iccid"`
+	IMEI     string `json:"imei"`
+	Operator string `json:"operator"`
+	Note     string `json:"note,omitempty"`
+}
+
 // ManualCommand is an operator's stop or resume request: who and why.
 type ManualCommand struct {
 	ICCID    string `json:"iccid"`
@@ -160,6 +173,11 @@ type PlanChanged struct {
 	TimeZone        string `json:"time_zone"`
 	CycleAnchorDay  int    `json:"cycle_anchor_day"`
 	WarningPct      []int  `json:"warning_thresholds_pct,omitempty"`
+	// BindIMEI "first_seen" binds each card of the plan to the first
+	// device its usage shows; StopOnIMEIChange stops a card used in
+	// another device than its bound one (device.go).
+	BindIMEI         string `json:"bind_imei,omitempty"`
+	StopOnIMEIChange bool   `json:"stop_on_imei_change,omitempty"`
 }
 
 // Validate checks a plan before it is written to the log.
@@ -187,6 +205,9 @@ func (p *PlanChanged) Validate() error {
 	if _, err := Zone(p.TimeZone); err != nil {
 		return &InvalidError{Field: "time_zone", Reason: "unknown time zone " + fmt.Sprintf("%q", p.TimeZone)}
 	}
+	if p.BindIMEI != "" && p.BindIMEI != BindFirstSeen {
+		return &InvalidError{Field: "bind_imei", Reason: `must be "first_seen" or absent`}
+	}
 	return nil
 }
 
@@ -202,6 +223,13 @@ type CardProvisioned struct {
 	PoolID            string `json:"pool_id,omitempty"`
 	ValidFrom         int64  `json:"valid_from,omitempty"`
 	ValidUntil        int64  `json:"valid_until,omitempty"`
+	// IMEI binds the card to a device; BindIMEI "first_seen" binds it to
+	// the first its usage shows; StopOnIMEIChange stops it when used in
+	// another (device.go). Each option is on when the card or its plan
+	// says so.
+	IMEI             string `json:"imei,omitempty"`
+	BindIMEI         string `json:"bind_imei,omitempty"`
+	StopOnIMEIChange bool   `json:"stop_on_imei_change,omitempty"`
 }
 
 // InvalidError is an input that breaks a rule of its own shape.
@@ -273,6 +301,11 @@ const (
 	// EmitResyncRequested: the card's state is to be sent to its carrier
 	// again; its action (stop, resume, cancel) is what the state needs.
 	EmitResyncRequested EmittedType = "card.resync_requested.v1"
+	// EmitIMEIChanged: the card's counted usage shows a device other than
+	// its bound one (once per new device; device.go).
+	EmitIMEIChanged EmittedType = "card.imei_changed.v1"
+	// EmitRebound: an operator bound the card to another device.
+	EmitRebound EmittedType = "card.rebound.v1"
 )
 
 // Emitted is an event the fold emits. It is flat, so the fold fills it
@@ -306,4 +339,7 @@ type Emitted struct {
 	Drift     map[string]int // drift events: cards by kind
 	Cards     []string       // drift events: the first drifted cards
 	Cancelled bool           // actuation and resync events: the card is cancelled
+	// device events: the device seen (or rebound to), the bound one, the
+	// one seen before (14 digits each)
+	IMEI, BoundIMEI, PreviousIMEI string
 }

@@ -229,7 +229,8 @@ func genLog(seed uint64, n int) []any {
 		log = append(log, Input{Type: TypePlanChanged, ID: id(), At: now,
 			Plan: &PlanChanged{PlanID: fmt.Sprint("plan", i), QuotaBytes: uint64(1+i) * 1e6, CycleAnchorDay: []int{1, 27, 31}[i],
 				TimeZone: []string{"", "UTC", "America/New_York"}[i], MonthlyFeeFen: int64(r.IntN(3) * 100),
-				OverageFenPerMB: int64(r.IntN(3) * 10), TermMonths: r.IntN(4)}})
+				OverageFenPerMB: int64(r.IntN(3) * 10), TermMonths: r.IntN(4),
+				BindIMEI: []string{"", BindFirstSeen, ""}[i], StopOnIMEIChange: i == 1}})
 	}
 	accounts := []string{"acct0", "acct1", "acct2", "acct3"}
 	for _, a := range accounts {
@@ -251,6 +252,12 @@ func genLog(seed uint64, n int) []any {
 			}
 			if r.IntN(3) == 0 {
 				cp.ValidUntil = now + int64(r.IntN(90*86400))
+			}
+			switch r.IntN(6) {
+			case 0:
+				cp.IMEI, cp.StopOnIMEIChange = genIMEIs[r.IntN(3)], true
+			case 1:
+				cp.BindIMEI = BindFirstSeen
 			}
 			log = append(log, Input{Type: TypeCardProvisioned, ID: id(), At: now, Card: cp})
 		case k < 10:
@@ -277,9 +284,12 @@ func genLog(seed uint64, n int) []any {
 		case k < 23:
 			// what the actuator and a reconciliation write back
 			c := cards[r.IntN(len(cards))]
-			if r.IntN(2) == 0 {
+			switch r.IntN(3) {
+			case 0:
 				log = append(log, Input{Type: TypeResyncRequested, ID: id(), At: now, Resync: &ResyncRequest{ICCID: c, Reason: "reconcile", By: "test"}})
-			} else {
+			case 1:
+				log = append(log, Input{Type: TypeRebindRequested, ID: id(), At: now, Rebind: &Rebind{ICCID: c, IMEI: genIMEIs[r.IntN(4)], Operator: "op"}})
+			default:
 				log = append(log, Input{Type: TypeActuationReported, ID: id(), At: now, Actuation: &ActuationReport{ICCID: c,
 					Action: []string{"stop", "resume", "cancel"}[r.IntN(3)], Carrier: "cmcc", OK: r.IntN(2) == 0}})
 			}
@@ -289,13 +299,17 @@ func genLog(seed uint64, n int) []any {
 			for j := r.IntN(20); j >= 0; j-- {
 				start := now - int64(r.IntN(40*86400))
 				recs = append(recs, cdr.Record{RecordID: fmt.Sprint("r", r.IntN(3000)), ICCID: cards[r.IntN(len(cards))],
-					Start: start, End: start + 60, BytesUp: uint64(r.IntN(1e5)), BytesDown: uint64(r.IntN(3e5))})
+					Start: start, End: start + 60, BytesUp: uint64(r.IntN(1e5)), BytesDown: uint64(r.IntN(3e5)), IMEI: genIMEIs[r.IntN(len(genIMEIs))]})
 			}
 			log = append(log, chunk{h, recs})
 		}
 	}
 	return log
 }
+
+// genIMEIs are the devices of genLog's records: three devices (one by its
+// IMEISV), a malformed one, and none.
+var genIMEIs = []string{"490154203237518", "356938035643809", "4901542032375199", "352099001761481", "12ab", ""}
 
 type chunk struct {
 	h    cdr.ChunkHeader

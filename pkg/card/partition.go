@@ -102,6 +102,11 @@ type Card struct {
 	dirty    bool   // changed since the last checkpoint
 	fpsMoved bool   // its filter slots moved (a rollover) since the last checkpoint
 	lists    uint16 // the list indexes it is in (lists.go)
+
+	// device binding (device.go): the bound device and the last one seen;
+	// the card's own options (the plan's apply too)
+	imeiBound, imeiLast   device
+	bindFirst, stopOnIMEI bool
 }
 
 // seenRecord packs, in 8 bytes (a card remembers many), the top 40 bits of
@@ -248,6 +253,11 @@ func (p *Partition) apply(in *Input, out []Emitted) ([]Emitted, error) {
 			return missing()
 		}
 		return p.applyCommand(in, out), nil
+	case TypeRebindRequested:
+		if in.Rebind == nil {
+			return missing()
+		}
+		return p.applyRebind(in, out), nil
 	case TypeActuationReported:
 		if in.Actuation == nil {
 			return missing()
@@ -323,6 +333,9 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	if exists && c.cancelled {
 		return append(out, refused(in, cp.ICCID, RefusedCancelled, "card is cancelled"))
 	}
+	if (cp.IMEI != "" && deviceOf(cp.IMEI) == 0) || (cp.BindIMEI != "" && cp.BindIMEI != BindFirstSeen) {
+		return append(out, refused(in, cp.ICCID, RefusedInvalid, "imei or bind_imei: not an IMEI, or not \"first_seen\""))
+	}
 	var pl0 *pool
 	if cp.PoolID != "" {
 		if pl0 = p.pools[cp.PoolID]; pl0 == nil || pl0.account != cp.AccountID {
@@ -342,6 +355,12 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	}
 	c.planID, c.carrier, c.imsi, c.msisdn, c.poolID = pl.PlanID, p.intern(cp.Carrier), cp.IMSI, cp.MSISDN, p.intern(cp.PoolID)
 	c.autoStop = cp.AutoStopOverQuota
+	c.bindFirst, c.stopOnIMEI = cp.BindIMEI == BindFirstSeen, cp.StopOnIMEIChange
+	if d := deviceOf(cp.IMEI); d != 0 && d != c.imeiBound {
+		// bound at provisioning; a device-mismatch stop stands until an
+		// operator lifts it
+		c.imeiBound, c.imeiLast = d, d
+	}
 	c.validFrom = cp.ValidFrom
 	if c.validFrom == 0 && !exists {
 		c.validFrom = now

@@ -25,6 +25,13 @@ const (
 	flagCancelled
 	flagCmdApplied
 	flagFilters // the card has Filters (nil otherwise: a delta's card whose slots stayed)
+	flagDevice  // version 8: the card's device binding follows its Added
+)
+
+// device flags, in the byte after a card's devices
+const (
+	deviceBindFirst = 1 << iota
+	deviceStopOnChange
 )
 
 // encodePiece writes a piece: the head, then n cards that each emits.
@@ -69,6 +76,10 @@ func appendCard(b []byte, cs *cardSnapshot) []byte {
 	if cs.Filters != nil {
 		flags |= flagFilters
 	}
+	hasDevice := cs.IMEIBound != 0 || cs.IMEILast != 0 || cs.BindFirst || cs.StopOnIMEI
+	if hasDevice {
+		flags |= flagDevice
+	}
 	b = append(b, flags, byte(cs.Reasons))
 	for _, v := range [...]int64{cs.ValidFrom, cs.ValidUntil, cs.ExpiredAt, cs.Cycle[0], cs.Cycle[1], cs.KeepFrom} {
 		b = binary.AppendVarint(b, v)
@@ -88,7 +99,20 @@ func appendCard(b []byte, cs *cardSnapshot) []byte {
 		}
 	}
 	b = wire.AppendBytes(b, cs.Recent)
-	return wire.AppendBytes(b, cs.Added)
+	b = wire.AppendBytes(b, cs.Added)
+	if hasDevice {
+		var opts byte
+		if cs.BindFirst {
+			opts |= deviceBindFirst
+		}
+		if cs.StopOnIMEI {
+			opts |= deviceStopOnChange
+		}
+		b = binary.AppendUvarint(b, cs.IMEIBound)
+		b = binary.AppendUvarint(b, cs.IMEILast)
+		b = append(b, opts)
+	}
+	return b
 }
 
 // decodePiece reads a piece of any version this build reads. A binary
@@ -106,7 +130,8 @@ func decodePiece(piece []byte) (*snapshot, error) {
 		return &s, nil
 	}
 	r := wire.Reader{B: piece[len(pieceMagic):]}
-	if v := r.Uvarint(); r.Err == nil && v != snapshotVersion {
+	v := r.Uvarint()
+	if r.Err == nil && (v < firstBinaryVersion || v > snapshotVersion) {
 		return nil, fmt.Errorf("checkpoint piece version %d, this build reads %d to %d", v, oldestSnapshotVersion, snapshotVersion)
 	}
 	h := r.Bytes()
@@ -116,7 +141,7 @@ func decodePiece(piece []byte) (*snapshot, error) {
 	if err := json.Unmarshal(h, &s); err != nil {
 		return nil, fmt.Errorf("decoding checkpoint piece's head: %w", err)
 	}
-	if s.Version != snapshotVersion || s.Cards != nil {
+	if uint64(s.Version) != v || s.Cards != nil {
 		return nil, fmt.Errorf("checkpoint piece's head says version %d with %d cards", s.Version, len(s.Cards))
 	}
 	n := r.Uvarint()
@@ -181,5 +206,10 @@ func readCard(r *wire.Reader, cs *cardSnapshot) {
 	}
 	if b := r.Bytes(); len(b) > 0 {
 		cs.Added = b
+	}
+	if flags&flagDevice != 0 {
+		cs.IMEIBound, cs.IMEILast = r.Uvarint(), r.Uvarint()
+		opts := r.Byte()
+		cs.BindFirst, cs.StopOnIMEI = opts&deviceBindFirst != 0, opts&deviceStopOnChange != 0
 	}
 }

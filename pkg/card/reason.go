@@ -7,11 +7,12 @@ import "strings"
 type Reason uint8
 
 const (
-	ReasonManual    Reason = 1 << iota // 人工停用: cleared only by a manual resume
-	ReasonOverQuota                    // 自动超停: cleared at the next cycle start
-	ReasonArrears                      // 欠费停机: cleared by payment
-	ReasonExpiry                       // 过期停机: cleared by renewal
-	ReasonPool                         // the data pool is exhausted
+	ReasonManual         Reason = 1 << iota // 人工停用: cleared only by a manual resume
+	ReasonOverQuota                         // 自动超停: cleared at the next cycle start
+	ReasonArrears                           // 欠费停机: cleared by payment
+	ReasonExpiry                            // 过期停机: cleared by renewal
+	ReasonPool                              // the data pool is exhausted
+	ReasonDeviceMismatch                    // 机卡分离: used in another device; an operator clears it (device.go)
 )
 
 var reasonNames = [...]struct {
@@ -19,7 +20,7 @@ var reasonNames = [...]struct {
 	name string
 }{
 	{ReasonManual, "manual"}, {ReasonOverQuota, "over_quota"}, {ReasonArrears, "arrears"},
-	{ReasonExpiry, "expiry"}, {ReasonPool, "pool"},
+	{ReasonExpiry, "expiry"}, {ReasonPool, "pool"}, {ReasonDeviceMismatch, "device_mismatch"},
 }
 
 func (r Reason) String() string {

@@ -38,24 +38,29 @@ type poolSnapshot struct {
 }
 
 type cardSnapshot struct {
-	ICCID      string         `json:"iccid"`
-	Ord        int            `json:"ord"`
-	Account    string         `json:"account"`
-	Plan       string         `json:"plan"`
-	Carrier    string         `json:"carrier"`
-	IMSI       string         `json:"imsi,omitempty"`
-	MSISDN     string         `json:"msisdn,omitempty"`
-	Pool       string         `json:"pool,omitempty"`
-	AutoStop   bool           `json:"auto_stop,omitempty"`
-	ValidFrom  int64          `json:"valid_from,omitempty"`
-	ValidUntil int64          `json:"valid_until,omitempty"`
-	ExpiredAt  int64          `json:"expired_at,omitempty"`
-	Cancelled  bool           `json:"cancelled,omitempty"`
-	Cycle      [2]int64       `json:"cycle"`
-	Usage      uint64         `json:"usage"`
-	Overshoot  uint64         `json:"overshoot,omitempty"`
-	Charged    uint64         `json:"charged,omitempty"`
-	Reasons    Reasons        `json:"reasons,omitempty"`
+	ICCID      string   `json:"iccid"`
+	Ord        int      `json:"ord"`
+	Account    string   `json:"account"`
+	Plan       string   `json:"plan"`
+	Carrier    string   `json:"carrier"`
+	IMSI       string   `json:"imsi,omitempty"`
+	MSISDN     string   `json:"msisdn,omitempty"`
+	Pool       string   `json:"pool,omitempty"`
+	AutoStop   bool     `json:"auto_stop,omitempty"`
+	ValidFrom  int64    `json:"valid_from,omitempty"`
+	ValidUntil int64    `json:"valid_until,omitempty"`
+	ExpiredAt  int64    `json:"expired_at,omitempty"`
+	Cancelled  bool     `json:"cancelled,omitempty"`
+	Cycle      [2]int64 `json:"cycle"`
+	Usage      uint64   `json:"usage"`
+	Overshoot  uint64   `json:"overshoot,omitempty"`
+	Charged    uint64   `json:"charged,omitempty"`
+	Reasons    Reasons  `json:"reasons,omitempty"`
+	// device binding (device.go): the bound and last devices, the card's options
+	IMEIBound  uint64         `json:"imei_bound,omitempty"`
+	IMEILast   uint64         `json:"imei_last,omitempty"`
+	BindFirst  bool           `json:"bind_first,omitempty"`
+	StopOnIMEI bool           `json:"stop_on_imei,omitempty"`
 	Warned     warnings       `json:"warned,omitempty"`
 	Closed     [][3]uint64    `json:"closed,omitempty"` // start, usage, charged
 	LastCmd    CommandOutcome `json:"last_cmd"`
@@ -76,11 +81,12 @@ type cardSnapshot struct {
 	Added []byte `json:"added,omitempty"`
 }
 
-// snapshotVersion is the version written (binary pieces, piece.go); 6
-// and 5 (before young filter slots, a subset of 6) were JSON and are read
-// too.
+// snapshotVersion is the version written (binary pieces, piece.go); 7
+// (binary, before the device binding) is read too, and so are 6 and 5
+// (before young filter slots, a subset of 6), which were JSON.
 const (
-	snapshotVersion       = 7
+	snapshotVersion       = 8
+	firstBinaryVersion    = 7 // 8 adds the device binding (flagDevice)
 	lastJSONVersion       = 6
 	oldestSnapshotVersion = 5
 )
@@ -149,6 +155,7 @@ func (c *Card) snapshot(mode int) cardSnapshot {
 		ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt, Cancelled: c.cancelled,
 		Cycle: [2]int64{c.cycle.Start, c.cycle.End}, Usage: c.usage, Overshoot: c.overshoot, Charged: c.charged,
 		Reasons: c.reasons, Warned: c.warned, LastCmd: c.lastCmd, KeepFrom: c.keepFrom,
+		IMEIBound: uint64(c.imeiBound), IMEILast: uint64(c.imeiLast), BindFirst: c.bindFirst, StopOnIMEI: c.stopOnIMEI,
 	}
 	for _, cl := range c.closed {
 		cs.Closed = append(cs.Closed, [3]uint64{uint64(cl.start), cl.usage, cl.charged})
@@ -349,6 +356,7 @@ func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 		validFrom: cs.ValidFrom, validUntil: cs.ValidUntil, expiredAt: cs.ExpiredAt, cancelled: cs.Cancelled,
 		cycle: Cycle{cs.Cycle[0], cs.Cycle[1]}, usage: cs.Usage, overshoot: cs.Overshoot, charged: cs.Charged,
 		reasons: cs.Reasons, warned: cs.Warned, lastCmd: cs.LastCmd, keepFrom: cs.KeepFrom,
+		imeiBound: device(cs.IMEIBound), imeiLast: device(cs.IMEILast), bindFirst: cs.BindFirst, stopOnIMEI: cs.StopOnIMEI,
 	}
 	for i, cl := range cs.Closed {
 		if i < RetainedCycles {

@@ -180,6 +180,9 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, c *Card, key 
 	if !c.autoStop && c.poolID == "" {
 		out = p.chargeOverage(c, pl, c.usage, &c.charged, "overage", at, h, r, out)
 	}
+	if r.IMEI != "" {
+		out = p.checkDevice(c, pl, r.IMEI, at, h, r, out)
+	}
 	return v, c.usageWarnings(at, h, r, pl, out)
 }
 
@@ -192,6 +195,9 @@ func (p *Partition) applyLate(c *Card, pl *plan, h *cdr.ChunkHeader, r *cdr.Reco
 	}
 	c.remember(key, packSeen(content, cyc.Start), pl)
 	v.Status, v.CycleStart = Late, cyc.Start
+	if r.IMEI != "" {
+		out = p.checkDevice(c, pl, r.IMEI, max(h.ReceivedAt, p.now), h, r, out)
+	}
 	e := c.emit(EmitUsageAdjusted, h.ReceivedAt, cause(h, r), pl)
 	e.Cycle, e.Bytes = cyc, r.Bytes()
 	out = append(out, e)

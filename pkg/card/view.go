@@ -42,6 +42,9 @@ type View struct {
 	ValidUntil        int64
 	ExpiredAt         int64
 	CancelAt          int64  // an expired card's cancellation unless renewed first; 0 otherwise
+	IMEI, LastIMEI    string // the bound device and the last one seen (14 digits; "" for none)
+	BindFirstSeen     bool   // binds to the first device seen (the card's or its plan's option)
+	StopOnIMEIChange  bool   // a new device stops it (the card's or its plan's option)
 	TimeZone          string // the plan's: its cycles' days and months are of this zone
 	Warnings          []string
 	LastCommand       CommandOutcome
@@ -68,6 +71,8 @@ func (p *Partition) view(c *Card) View {
 		AutoStopOverQuota: c.autoStop, ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt,
 		TimeZone: pl.loc.String(), Warnings: c.warned.names(pl), LastCommand: c.lastCmd,
 	}
+	v.IMEI, v.LastIMEI = c.imeiBound.String(), c.imeiLast.String()
+	v.BindFirstSeen, v.StopOnIMEIChange = c.binding(pl)
 	if c.expiredAt != 0 && !c.cancelled && c.validUntil != 0 {
 		v.CancelAt = c.cancelAt(pl)
 	}

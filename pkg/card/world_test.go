@@ -65,8 +65,19 @@ func (w *world) command(t InputType, iccid, id string) {
 
 func (w *world) use(iccid, id, start string, bytes uint64) Verdict {
 	w.t.Helper()
+	return w.useRecord(cdr.Record{RecordID: id, ICCID: iccid, BytesDown: bytes}, start)
+}
+
+// useIn is use in a device (an IMEI).
+func (w *world) useIn(iccid, id, start string, bytes uint64, imei string) Verdict {
+	w.t.Helper()
+	return w.useRecord(cdr.Record{RecordID: id, ICCID: iccid, BytesDown: bytes, IMEI: imei}, start)
+}
+
+func (w *world) useRecord(rec cdr.Record, start string) Verdict {
+	w.t.Helper()
 	s := unix(start)
-	rec := cdr.Record{RecordID: id, ICCID: iccid, Start: s, End: s + 60, BytesDown: bytes}
+	rec.Start, rec.End = s, s+60
 	var v []Verdict
 	v, w.out = w.p.ApplyUsage(&cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: max(w.now, s+60)}, []cdr.Record{rec}, nil, nil, w.out)
 	return v[0]

@@ -56,6 +56,9 @@ type Data struct {
 	Drift          map[string]int `json:"drift,omitempty"`      // drift events: cards by kind
 	Cards          []string       `json:"cards,omitempty"`      // drift events: the first drifted cards
 	ActionsSent    *int64         `json:"actions_sent,omitempty"`
+	IMEI           string         `json:"imei,omitempty"`          // device events: the device seen, or rebound to (14 digits)
+	BoundIMEI      string         `json:"bound_imei,omitempty"`    // device events: the card's bound device before
+	PreviousIMEI   string         `json:"previous_imei,omitempty"` // imei_changed: the device seen before this one
 }
 
 // CycleRef is a billing cycle in RFC 3339.
@@ -110,6 +113,7 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 	}
 	d.Warning, d.AmountFen, d.Operator, d.Note, d.Code, d.PoolID = e.Warning, e.Amount, e.Operator, e.Note, e.Code, e.Pool
 	d.Carrier, d.WebhookID = e.Carrier, e.Webhook
+	d.IMEI, d.BoundIMEI, d.PreviousIMEI = e.IMEI, e.BoundIMEI, e.PreviousIMEI
 	if e.Type == card.EmitDriftDetected {
 		sent := e.Amount
 		d.Drift, d.Cards, d.ActionsSent, d.AmountFen = e.Drift, e.Cards, &sent, 0
