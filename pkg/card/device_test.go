@@ -5,7 +5,7 @@ import (
 )
 
 const (
-	imeiA   = "490154203237518" // 14 digits and its Luhn check digit
+	imeiA   = "490154203237518"  // 14 digits and its Luhn check digit
 	imeiASV = "4901542032375199" // the same device as an IMEISV (14 digits and a software version)
 	imeiB   = "356938035643809"
 	imeiC   = "352099001761481"
