@@ -22,6 +22,9 @@ type cardBody struct {
 	PoolID            string `json:"pool_id"`
 	ValidFrom         string `json:"valid_from"`
 	ValidUntil        string `json:"valid_until"`
+	IMEI              string `json:"imei"`
+	BindIMEI          string `json:"bind_imei"`
+	StopOnIMEIChange  bool   `json:"stop_on_imei_change"`
 }
 
 func parseOptionalTime(field, v string) (int64, error) {
@@ -70,6 +73,14 @@ func (s *Server) putCard(w http.ResponseWriter, r *http.Request) error {
 			return invalid("msisdn", reason)
 		}
 	}
+	if b.IMEI != "" {
+		if reason := card.ValidateIMEI(b.IMEI); reason != "" {
+			return invalid("imei", reason)
+		}
+	}
+	if b.BindIMEI != "" && b.BindIMEI != card.BindFirstSeen {
+		return invalid("bind_imei", `"first_seen" or absent`)
+	}
 	if _, found := s.dir.Plan(b.PlanID); !found {
 		return problem(http.StatusUnprocessableEntity, "refused/unknown-plan", "unknown plan", "plan "+strconv.Quote(b.PlanID)+" does not exist: PUT /v1/plans/{plan_id} first")
 	}
@@ -86,7 +97,8 @@ func (s *Server) putCard(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	cp := card.CardProvisioned{ICCID: iccid, AccountID: b.AccountID, PlanID: b.PlanID, Carrier: b.Carrier, IMSI: b.IMSI,
-		MSISDN: b.MSISDN, AutoStopOverQuota: b.AutoStopOverQuota, PoolID: b.PoolID, ValidFrom: from, ValidUntil: until}
+		MSISDN: b.MSISDN, AutoStopOverQuota: b.AutoStopOverQuota, PoolID: b.PoolID, ValidFrom: from, ValidUntil: until,
+		IMEI: b.IMEI, BindIMEI: b.BindIMEI, StopOnIMEIChange: b.StopOnIMEIChange}
 	cpJSON, _ := json.Marshal(cp)
 	in := card.Input{Type: card.TypeCardProvisioned, ID: "card-" + iccid + "-" + contentID(cpJSON), At: s.clock.Now(), Card: &cp}
 	data, _ := json.Marshal(in)
@@ -121,11 +133,22 @@ type CardResponse struct {
 	ExpiredAt         string          `json:"expired_at,omitempty"`
 	CancelAt          string          `json:"cancel_at,omitempty"` // an expired card's cancellation, unless renewed first
 	TimeZone          string          `json:"time_zone"`           // the plan's: its cycles' days are of this zone
+	Device            DeviceView      `json:"device"`
 	ActiveWarnings    []string        `json:"active_warnings"`
 	Account           *AccountSummary `json:"account,omitempty"`
 	LastCommand       *CommandView    `json:"last_command,omitempty"`
 	LogTime           string          `json:"log_time"`
 	Position          uint64          `json:"position"`
+}
+
+// DeviceView is the card's device binding: the bound device and the last
+// one seen (the first 14 digits of each IMEI), and its options (the
+// card's or its plan's).
+type DeviceView struct {
+	IMEI             string `json:"imei,omitempty"`
+	LastIMEI         string `json:"last_imei,omitempty"`
+	BindFirstSeen    bool   `json:"bind_first_seen"`
+	StopOnIMEIChange bool   `json:"stop_on_imei_change"`
 }
 
 // CycleView is the card's current billing cycle.
@@ -172,6 +195,7 @@ func cardResponse(v *card.View, now int64, applied uint64) CardResponse {
 		ValidFrom: rfc3339(v.ValidFrom), ValidUntil: rfc3339(v.ValidUntil), ExpiredAt: rfc3339(v.ExpiredAt), CancelAt: rfc3339(v.CancelAt), TimeZone: v.TimeZone,
 		ActiveWarnings: warnings, LogTime: rfc3339(now), Position: applied,
 	}
+	r.Device = DeviceView{IMEI: v.IMEI, LastIMEI: v.LastIMEI, BindFirstSeen: v.BindFirstSeen, StopOnIMEIChange: v.StopOnIMEIChange}
 	if v.Account.AccountID != "" {
 		r.Account = &AccountSummary{AccountID: v.Account.AccountID, BalanceFen: v.Account.BalanceFen,
 			CreditLimitFen: v.Account.CreditLimitFen, InArrears: v.Account.InArrears}

@@ -95,3 +95,50 @@ func asker(r *http.Request, operator, prefix string, key ...string) (who, id str
 	}
 	return operator, id, nil
 }
+
+type rebindBody struct {
+	IMEI     string `json:"imei"`
+	Operator string `json:"operator"`
+	Note     string `json:"note"`
+}
+
+// postRebind binds a card to another device at an operator's word, and
+// lifts a device-mismatch stop (POST /v1/cards/{iccid}/rebind). It waits
+// for the fold: 200 with the card, or 409 with the refusal in words.
+func (s *Server) postRebind(w http.ResponseWriter, r *http.Request) error {
+	iccid := r.PathValue("iccid")
+	entry, err := s.visibleCard(r, iccid, ScopeOperator)
+	if err != nil {
+		return err
+	}
+	var b rebindBody
+	if err := decodeBody(r, &b); err != nil {
+		return err
+	}
+	if reason := card.ValidateIMEI(b.IMEI); reason != "" {
+		return invalid("imei", reason)
+	}
+	operator, id, err := asker(r, b.Operator, "rebind-", iccid, b.IMEI)
+	if err != nil {
+		return err
+	}
+	pos, err := s.writeInput(r, entry.AccountID, card.Input{Type: card.TypeRebindRequested, ID: id,
+		Rebind: &card.Rebind{ICCID: iccid, IMEI: b.IMEI, Operator: operator, Note: b.Note}})
+	if err != nil {
+		return err
+	}
+	reply, err := s.queryCard(r, entry, iccid, pos)
+	if err != nil {
+		return err
+	}
+	v := reply.Card
+	switch {
+	case v.LastCommand.ID != id:
+		writeJSON(w, http.StatusAccepted, "application/json", map[string]any{"command_id": id, "position": pos,
+			"detail": "decided; a later command followed: see GET /v1/cards/{iccid}/events"})
+		return nil
+	case !v.LastCommand.Applied:
+		return problem(http.StatusConflict, "refused/"+v.LastCommand.Code, "rebind refused", RefusalDetail(v.LastCommand.Code))
+	}
+	return ok(w, cardResponse(v, reply.Now, reply.Applied))
+}

@@ -205,6 +205,7 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"POST /v1/cards/{iccid}/stop", ScopeOperator, s.command(card.TypeStopRequested), true},
 		{"POST /v1/cards/{iccid}/resume", ScopeOperator, s.command(card.TypeResumeRequested), true},
 		{"POST /v1/cards/{iccid}/resync", ScopeOperator, s.postResync, true},
+		{"POST /v1/cards/{iccid}/rebind", ScopeOperator, s.postRebind, true},
 		{"POST /v1/carriers/{carrier}/drift", ScopeOperator, s.postDrift, false},
 		{"PUT /v1/accounts/{account_id}", ScopeBilling, s.putAccount, false},
 		{"GET /v1/accounts/{account_id}", ScopeRead, s.getAccount, true},
@@ -509,13 +510,15 @@ func (s *Server) openapi(w http.ResponseWriter, _ *http.Request) error {
 // ---- plans
 
 type planBody struct {
-	QuotaBytes      *uint64 `json:"quota_bytes"`
-	MonthlyFeeFen   int64   `json:"monthly_fee_fen"`
-	OverageFenPerMB int64   `json:"overage_fen_per_mb"`
-	TermMonths      int     `json:"term_months"`
-	TimeZone        string  `json:"time_zone"`
-	CycleAnchorDay  int     `json:"cycle_anchor_day"`
-	WarningPct      []int   `json:"warning_thresholds_pct"`
+	QuotaBytes       *uint64 `json:"quota_bytes"`
+	MonthlyFeeFen    int64   `json:"monthly_fee_fen"`
+	OverageFenPerMB  int64   `json:"overage_fen_per_mb"`
+	TermMonths       int     `json:"term_months"`
+	TimeZone         string  `json:"time_zone"`
+	CycleAnchorDay   int     `json:"cycle_anchor_day"`
+	WarningPct       []int   `json:"warning_thresholds_pct"`
+	BindIMEI         string  `json:"bind_imei"`
+	StopOnIMEIChange bool    `json:"stop_on_imei_change"`
 }
 
 type planResponse struct {
@@ -551,7 +554,8 @@ func (s *Server) putPlan(w http.ResponseWriter, r *http.Request) error {
 		return invalid("quota_bytes", "required")
 	}
 	pc := card.PlanChanged{PlanID: id, QuotaBytes: *b.QuotaBytes, MonthlyFeeFen: b.MonthlyFeeFen, OverageFenPerMB: b.OverageFenPerMB,
-		TermMonths: b.TermMonths, TimeZone: b.TimeZone, CycleAnchorDay: b.CycleAnchorDay, WarningPct: b.WarningPct}
+		TermMonths: b.TermMonths, TimeZone: b.TimeZone, CycleAnchorDay: b.CycleAnchorDay, WarningPct: b.WarningPct,
+		BindIMEI: b.BindIMEI, StopOnIMEIChange: b.StopOnIMEIChange}
 	if pc.TimeZone == "" {
 		pc.TimeZone = card.DefaultTimeZone
 	}

@@ -28,6 +28,7 @@ const (
 const cardUsage = `usage: cardmeter card show ICCID [--json]
        cardmeter card events ICCID [--json]
        cardmeter card stop|resume ICCID --operator NAME [--note TEXT] [--json]
+       cardmeter card rebind ICCID --imei IMEI --operator NAME [--note TEXT] [--json]
        cardmeter account show ID [--json]
 
 The API's URL from --url or CARDMETER_URL, the token from CARDMETER_TOKEN.
@@ -151,7 +152,7 @@ func cardOrAccount(noun string, args []string, stdout, stderr io.Writer) int {
 	}
 	verb := args[0]
 	switch {
-	case noun == "card" && (verb == "show" || verb == "events" || verb == "stop" || verb == "resume"):
+	case noun == "card" && (verb == "show" || verb == "events" || verb == "stop" || verb == "resume" || verb == "rebind"):
 	case noun == "account" && verb == "show":
 	default:
 		fmt.Fprint(stderr, cardUsage)
@@ -162,7 +163,8 @@ func cardOrAccount(noun string, args []string, stdout, stderr io.Writer) int {
 	base := fs.String("url", getenv("CARDMETER_URL", "http://127.0.0.1:8080"), "the API's base URL (CARDMETER_URL)")
 	asJSON := fs.Bool("json", false, "the API's answer as JSON")
 	operator := fs.String("operator", os.Getenv("USER"), "stop, resume: who asks (recorded in the card's history)")
-	note := fs.String("note", "", "stop, resume: why")
+	note := fs.String("note", "", "stop, resume, rebind: why")
+	imei := fs.String("imei", "", "rebind: the device's IMEI (15 digits)")
 	// the id may come before or after the flags
 	rest := args[1:]
 	var id string
@@ -219,13 +221,21 @@ func cardOrAccount(noun string, args []string, stdout, stderr io.Writer) int {
 				fmt.Fprintln(stdout, EventLine(&h.Events[i]))
 			}
 		}
-	default: // stop, resume
+	default: // stop, resume, rebind
 		if strings.TrimSpace(*operator) == "" {
 			fmt.Fprintln(stderr, "--operator: who asks is recorded")
 			return ExitUsage
 		}
+		body := map[string]string{"operator": *operator, "note": *note}
+		if verb == "rebind" {
+			if *imei == "" {
+				fmt.Fprintln(stderr, "--imei: the device to bind the card to")
+				return ExitUsage
+			}
+			body["imei"] = *imei
+		}
 		var v api.CardResponse
-		if err := c.do("POST", "/v1/cards/"+url.PathEscape(id)+"/"+verb, map[string]string{"operator": *operator, "note": *note}, &v); err != nil {
+		if err := c.do("POST", "/v1/cards/"+url.PathEscape(id)+"/"+verb, body, &v); err != nil {
 			return exitFor(err, stderr)
 		}
 		if *asJSON {
@@ -250,6 +260,8 @@ func ReasonWords(r string) string {
 		return "its plan has expired"
 	case "pool":
 		return "its data pool is used up"
+	case "device_mismatch":
+		return "used in another device than its own"
 	}
 	return r
 }
@@ -272,6 +284,16 @@ func printCard(w io.Writer, v *api.CardResponse) {
 	fmt.Fprintf(w, "cycle    %s to %s: %s of %s%s\n", v.Cycle.Start, v.Cycle.End, bytesWords(v.Cycle.UsageBytes), bytesWords(v.Cycle.QuotaBytes), used)
 	if v.ValidUntil != "" {
 		fmt.Fprintf(w, "valid    until %s\n", v.ValidUntil)
+	}
+	if d := v.Device; d.IMEI != "" || d.LastIMEI != "" {
+		line := "not bound"
+		if d.IMEI != "" {
+			line = "bound to " + d.IMEI
+		}
+		if d.LastIMEI != "" && d.LastIMEI != d.IMEI {
+			line += ", last seen in " + d.LastIMEI
+		}
+		fmt.Fprintf(w, "device   %s\n", line)
 	}
 	if len(v.ActiveWarnings) > 0 {
 		fmt.Fprintf(w, "warnings %s\n", strings.Join(v.ActiveWarnings, ", "))

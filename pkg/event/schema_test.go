@@ -68,6 +68,12 @@ func scenario(t *testing.T) [][]byte {
 		Cards: []string{iccid(1), "89860000000000000999", "89860000000000000998"}, Sent: 1}})
 	apply(card.Input{Type: card.TypeResyncRequested, Resync: &card.ResyncRequest{ICCID: iccid(3), Reason: "reconcile: inactive_at_carrier", By: "ops"}})
 	apply(card.Input{Type: card.TypeWebhookDisabled, Webhook: &card.WebhookNotice{WebhookID: "crm", Reason: "every attempt failed since 2026-01-07T00:00:00Z"}})
+	// a card bound to its device, used in another: told, stopped; rebound
+	apply(card.Input{Type: card.TypeCardProvisioned, Card: &card.CardProvisioned{ICCID: iccid(4), AccountID: "globex", PlanID: "free",
+		IMEI: "490154203237518", StopOnIMEIChange: true}})
+	h := cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: at}
+	_, out = p.ApplyUsage(&h, []cdr.Record{{RecordID: "in-a-phone", ICCID: iccid(4), Start: at - 60, End: at, BytesDown: 10, IMEI: "356938035643809"}}, nil, nil, out)
+	apply(card.Input{Type: card.TypeRebindRequested, Rebind: &card.Rebind{ICCID: iccid(4), IMEI: "356938035643809", Operator: "ops", Note: "the device was replaced"}})
 	tick(200) // expiry again, keep-number fees, cancellation
 	var enc [][]byte
 	for i := range out {

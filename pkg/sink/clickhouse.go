@@ -191,6 +191,16 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg ClickHouseConfig) error 
 			continue
 		}
 		for _, stmt := range Statements(m.SQL) {
+			// ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS: a column
+			// that is there already (a migration cut short, a replica's
+			// ALTER replicated here) is not added again
+			if a := addColumn.FindStringSubmatch(strings.TrimSpace(stmt)); a != nil {
+				if there, err := exists(ctx, conn, "SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = ? AND name = ?", a[1], a[2]); err != nil {
+					return fmt.Errorf("%s: %w", m.Name, err)
+				} else if there {
+					continue
+				}
+			}
 			if err := exec(stmt); err != nil {
 				return fmt.Errorf("%s: %w", m.Name, err)
 			}
@@ -252,6 +262,7 @@ var (
 	createTable = regexp.MustCompile(`^(?is)CREATE TABLE IF NOT EXISTS (\w+)\s`)
 	createView  = regexp.MustCompile(`^(?is)CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+) TO (\w+) AS\s`)
 	dropTable   = regexp.MustCompile(`^(?is)DROP TABLE IF EXISTS (\w+)$`)
+	addColumn   = regexp.MustCompile(`^(?is)ALTER TABLE (\w+) ADD COLUMN (\w+)\s`)
 	fromTable   = regexp.MustCompile(`(?i)\bFROM (\w+)\b`)
 	engine      = regexp.MustCompile(`(?i)ENGINE\s*=\s*(\w*)MergeTree\(((?:[^()]|\([^()]*\))*)\)`)
 )
@@ -293,6 +304,10 @@ func Replicated(stmt, database, cluster string) (string, error) {
 		return fromTable.ReplaceAllString(stmt, "FROM "+db+".$1"), nil
 	case dropTable.MatchString(stmt):
 		return dropTable.ReplaceAllString(stmt, "DROP TABLE IF EXISTS "+db+".$1"+on), nil
+	case addColumn.MatchString(stmt):
+		// a replicated table's ALTER is replicated: ON CLUSTER runs it on
+		// one replica of each shard
+		return addColumn.ReplaceAllString(stmt, "ALTER TABLE "+db+".$1"+on+" ADD COLUMN $2 "), nil
 	}
 	first, _, _ := strings.Cut(stmt, "\n")
 	return "", fmt.Errorf("a statement of a kind not known on a cluster: %q", first)

@@ -38,6 +38,7 @@ func TestReplicatedRewrite(t *testing.T) {
 			"(a UInt8) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/t', '{replica}') ORDER BY a\nSETTINGS replicated_deduplication_window = 10000",
 		"CREATE MATERIALIZED VIEW IF NOT EXISTS v TO t AS\nSELECT a FROM s WHERE a > 1": "CREATE MATERIALIZED VIEW IF NOT EXISTS `db`.v ON CLUSTER `c` TO `db`.t AS\nSELECT a FROM `db`.s WHERE a > 1",
 		"DROP TABLE IF EXISTS v": "DROP TABLE IF EXISTS `db`.v ON CLUSTER `c`",
+		"ALTER TABLE t ADD COLUMN b String DEFAULT '' AFTER a": "ALTER TABLE `db`.t ON CLUSTER `c` ADD COLUMN b String DEFAULT '' AFTER a",
 	}
 	for in, want := range cases {
 		got, err := Replicated(in, "db", "c")
@@ -45,7 +46,7 @@ func TestReplicatedRewrite(t *testing.T) {
 			t.Errorf("Replicated(%q) =\n%s (%v)\nwant\n%s", in, got, err, want)
 		}
 	}
-	for _, bad := range []string{"ALTER TABLE t ADD COLUMN b UInt8", "CREATE TABLE IF NOT EXISTS t (a UInt8) ENGINE = Log", "INSERT INTO t SELECT 1",
+	for _, bad := range []string{"ALTER TABLE t DROP COLUMN b", "CREATE TABLE IF NOT EXISTS t (a UInt8) ENGINE = Log", "INSERT INTO t SELECT 1",
 		"CREATE TABLE IF NOT EXISTS t (a UInt8) ENGINE = ReplicatedMergeTree('/x', 'r') ORDER BY a"} {
 		if _, err := Replicated(bad, "db", "c"); err == nil {
 			t.Errorf("Replicated(%q) took a statement it cannot replicate", bad)

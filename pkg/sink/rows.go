@@ -104,7 +104,7 @@ func (c *usageColumns) appendTo(b driver.Batch) error {
 
 const eventsInsert = `INSERT INTO card_events (partition, src_seq, idx, event_id, type, iccid, account_id, plan_id, time,
  reason, stop_reasons, status, cause, usage_bytes, quota_bytes, overshoot_bytes, cycle_start, cycle_end, record_bytes,
- detail, warning, expected_at, valid_until, amount_fen, balance_fen, operator, note, code, pool_id)`
+ detail, warning, expected_at, valid_until, amount_fen, balance_fen, operator, note, code, pool_id, imei, bound_imei, previous_imei)`
 
 // eventKey parses an event id "<partition>-<src_seq>-<idx>".
 func eventKey(id string) (rowKey, error) {
@@ -154,5 +154,5 @@ func appendEvent(b driver.Batch, k rowKey, e *event.Envelope) error {
 	return b.Append(k.partition, k.seq, k.idx, e.ID, e.Type, d.ICCID, d.AccountID, d.PlanID, parseTime(e.Time),
 		d.Reason, reasons, d.Status, d.Cause, deref(d.UsageBytes), deref(d.QuotaBytes), deref(d.OvershootBytes),
 		parseTime(cs), parseTime(ce), d.RecordBytes, d.Detail, d.Warning, parseTime(d.ExpectedAt), parseTime(d.ValidUntil),
-		d.AmountFen, deref(d.BalanceFen), d.Operator, d.Note, d.Code, d.PoolID)
+		d.AmountFen, deref(d.BalanceFen), d.Operator, d.Note, d.Code, d.PoolID, d.IMEI, d.BoundIMEI, d.PreviousIMEI)
 }

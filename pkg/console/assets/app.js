@@ -113,8 +113,8 @@ const REASONS = {
   arrears: 'the account is in arrears: resumes by hand after a payment',
   expiry: "the plan's validity has ended: a renewal resumes it",
   pool: "its pool's quota is used up: resumes at the pool's next cycle",
-  device_mismatch: 'used in another device',
-  anomaly: 'unusual usage',
+  device_mismatch: 'used in another device than its own: an operator rebinds or resumes it',
+  anomaly: 'unusual usage in a day: an operator resumes it',
 };
 const reasonWords = r => REASONS[r] || r;
 
@@ -322,7 +322,7 @@ function cardList(base, params, fixed = {}) {
   } }, options.map(([v, l]) => { const o = h('option', { value: v }, l); if (v === value) o.selected = true; return o; }));
   box.append(h('div', { class: 'filters' },
     'Status', sel('status', [['', 'any'], ['in_service', 'in service'], ['stopped', 'stopped'], ['cancelled', 'cancelled']], status),
-    'Stop reason', sel('reason', [['', 'any'], ...Object.keys(REASONS).slice(0, 5).map(r => [r, r])], reason)));
+    'Stop reason', sel('reason', [['', 'any'], ...Object.keys(REASONS).slice(0, 6).map(r => [r, r])], reason)));
   const q = new URLSearchParams({ limit: PAGE });
   if (status) q.set('status', status);
   if (reason) q.set('reason', reason);
@@ -364,6 +364,8 @@ function describe(ev) {
     case 'card.actuation_succeeded': return `carrier confirmed ${d.action}`;
     case 'card.actuation_failed': return `carrier call failed: ${d.action} (${d.detail || ''})`;
     case 'card.resync_requested': return `resync: ${d.action} (${d.detail || ''})`;
+    case 'card.imei_changed': return `used in another device: ${d.imei} (bound to ${d.bound_imei || 'none'})`;
+    case 'card.rebound': return `rebound to device ${d.imei}` + (d.operator ? ` by ${d.operator}` : '') + (d.note ? ` — “${d.note}”` : '');
   }
   return t + (d.reason ? ': ' + d.reason : '');
 }
@@ -412,6 +414,16 @@ async function cardPage([iccid], _, g) {
       refusal.textContent = (kind === 'stop' ? 'Stop' : 'Resume') + ' refused: ' + (err.status === 409 && err.body?.detail ? err.body.detail : err.message);
     }
   };
+  const imei = h('input', { id: 'imei', placeholder: 'IMEI (15 digits)', inputmode: 'numeric', maxlength: 15, 'aria-label': 'IMEI' });
+  const rebind = async () => {
+    refusal.textContent = '';
+    try {
+      await api(`/v1/cards/${encodeURIComponent(iccid)}/rebind`, { method: 'POST', json: { imei: imei.value.trim(), operator: operator.value, note: note.value }, headers: { 'Idempotency-Key': randomKey() } });
+      render();
+    } catch (err) {
+      refusal.textContent = 'Rebind refused: ' + (err.status === 409 && err.body?.detail ? err.body.detail : err.message);
+    }
+  };
   const ids = new Set(hist.events.map(e => e.id));
   const events = hist.events.slice().reverse().map(ev => h('li', { id: 'ev-' + ev.id, 'data-type': ev.type },
     h('span', { class: 't' }, fmtTime(ev.time, zone)), describe(ev), ' ', causeLink(ev.data?.cause, c, ids, ev.time)));
@@ -440,11 +452,15 @@ async function cardPage([iccid], _, g) {
           h('dt', null, 'plan'), h('dd', null, c.plan_id),
           c.pool_id ? [h('dt', null, 'pool'), h('dd', null, c.pool_id)] : null,
           h('dt', null, 'carrier'), h('dd', null, c.carrier),
+          h('dt', null, 'device'), h('dd', { id: 'device' }, c.device?.imei ? `bound to ${c.device.imei}` + (c.device.last_imei && c.device.last_imei !== c.device.imei ? `; last seen in ${c.device.last_imei}` : '')
+            : c.device?.last_imei ? `not bound; last seen in ${c.device.last_imei}` : 'not bound' + (c.device?.bind_first_seen ? ' (binds to the first device seen)' : '')),
           h('dt', null, 'auto stop over quota'), h('dd', null, c.auto_stop_over_quota ? 'yes' : 'no'),
           h('dt', null, 'log time'), h('dd', null, fmtTime(c.log_time, zone))),
         mayOperate(c.account_id) ? h('div', { class: 'actions' }, operator, note,
           h('button', { id: 'stop', type: 'button', onclick: act('stop') }, 'Stop'),
           h('button', { id: 'resume', type: 'button', onclick: act('resume') }, 'Resume')) : null,
+        mayOperate(c.account_id) && c.status !== 'cancelled' ? h('div', { class: 'actions' }, imei,
+          h('button', { id: 'rebind', type: 'button', onclick: rebind }, 'Rebind to this device')) : null,
         refusal)),
     h('h2', null, 'Daily usage, this cycle and the last (days of Asia/Shanghai, from ClickHouse)'), h('div', { class: 'panel' }, chart),
     h('h2', null, 'Timeline (newest first)'), h('ul', { class: 'timeline', id: 'timeline' }, events));
