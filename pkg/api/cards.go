@@ -25,6 +25,7 @@ type cardBody struct {
 	IMEI              string `json:"imei"`
 	BindIMEI          string `json:"bind_imei"`
 	StopOnIMEIChange  bool   `json:"stop_on_imei_change"`
+	StopOnAnomaly     bool   `json:"stop_on_anomaly"`
 }
 
 func parseOptionalTime(field, v string) (int64, error) {
@@ -98,7 +99,7 @@ func (s *Server) putCard(w http.ResponseWriter, r *http.Request) error {
 	}
 	cp := card.CardProvisioned{ICCID: iccid, AccountID: b.AccountID, PlanID: b.PlanID, Carrier: b.Carrier, IMSI: b.IMSI,
 		MSISDN: b.MSISDN, AutoStopOverQuota: b.AutoStopOverQuota, PoolID: b.PoolID, ValidFrom: from, ValidUntil: until,
-		IMEI: b.IMEI, BindIMEI: b.BindIMEI, StopOnIMEIChange: b.StopOnIMEIChange}
+		IMEI: b.IMEI, BindIMEI: b.BindIMEI, StopOnIMEIChange: b.StopOnIMEIChange, StopOnAnomaly: b.StopOnAnomaly}
 	cpJSON, _ := json.Marshal(cp)
 	in := card.Input{Type: card.TypeCardProvisioned, ID: "card-" + iccid + "-" + contentID(cpJSON), At: s.clock.Now(), Card: &cp}
 	data, _ := json.Marshal(in)

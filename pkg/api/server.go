@@ -519,6 +519,9 @@ type planBody struct {
 	WarningPct       []int   `json:"warning_thresholds_pct"`
 	BindIMEI         string  `json:"bind_imei"`
 	StopOnIMEIChange bool    `json:"stop_on_imei_change"`
+	AnomalyMinBytes  uint64  `json:"anomaly_min_bytes"`
+	AnomalyFactor    float64 `json:"anomaly_factor"`
+	StopOnAnomaly    bool    `json:"stop_on_anomaly"`
 }
 
 type planResponse struct {
@@ -535,6 +538,12 @@ func toPlanResponse(p card.PlanChanged, pos uint64) planResponse {
 	}
 	if len(p.WarningPct) == 0 {
 		p.WarningPct = []int{80, 90, 100}
+	}
+	if p.AnomalyMinBytes == 0 {
+		p.AnomalyMinBytes = card.DefaultAnomalyMinBytes
+	}
+	if p.AnomalyFactor == 0 {
+		p.AnomalyFactor = card.DefaultAnomalyFactor
 	}
 	return planResponse{PlanChanged: p, Position: pos}
 }
@@ -555,7 +564,8 @@ func (s *Server) putPlan(w http.ResponseWriter, r *http.Request) error {
 	}
 	pc := card.PlanChanged{PlanID: id, QuotaBytes: *b.QuotaBytes, MonthlyFeeFen: b.MonthlyFeeFen, OverageFenPerMB: b.OverageFenPerMB,
 		TermMonths: b.TermMonths, TimeZone: b.TimeZone, CycleAnchorDay: b.CycleAnchorDay, WarningPct: b.WarningPct,
-		BindIMEI: b.BindIMEI, StopOnIMEIChange: b.StopOnIMEIChange}
+		BindIMEI: b.BindIMEI, StopOnIMEIChange: b.StopOnIMEIChange,
+		AnomalyMinBytes: b.AnomalyMinBytes, AnomalyFactor: b.AnomalyFactor, StopOnAnomaly: b.StopOnAnomaly}
 	if pc.TimeZone == "" {
 		pc.TimeZone = card.DefaultTimeZone
 	}

@@ -20,7 +20,7 @@ const (
 // is allowed only while the plan is valid, the account is not in arrears
 // and the card is not over quota (nor its pool); a manual resume likewise.
 // A resume clears the manual stop, an arrears stop the account has paid
-// off, and a device-mismatch stop; it clears no other reason. Who asked and why are in the events.
+// off, a device-mismatch and an anomaly stop; it clears no other reason. Who asked and why are in the events.
 func (p *Partition) applyCommand(in *Input, out []Emitted) []Emitted {
 	cmd := in.Command
 	c := p.cards[cmd.ICCID]
@@ -62,6 +62,7 @@ func (p *Partition) applyCommand(in *Input, out []Emitted) []Emitted {
 		out = c.clear(ReasonManual, now, cause, pl, out)
 		out = c.clear(ReasonArrears, now, cause, pl, out)
 		out = c.clear(ReasonDeviceMismatch, now, cause, pl, out)
+		out = c.clear(ReasonAnomaly, now, cause, pl, out)
 	}
 	for i := n; i < len(out); i++ {
 		out[i].Operator, out[i].Note = cmd.Operator, cmd.Note

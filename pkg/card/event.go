@@ -178,6 +178,11 @@ type PlanChanged struct {
 	// another device than its bound one (device.go).
 	BindIMEI         string `json:"bind_imei,omitempty"`
 	StopOnIMEIChange bool   `json:"stop_on_imei_change,omitempty"`
+	// AnomalyMinBytes and AnomalyFactor judge a card's day (0: 50 MiB and
+	// 5); StopOnAnomaly stops a card whose day is an anomaly (anomaly.go).
+	AnomalyMinBytes uint64  `json:"anomaly_min_bytes,omitempty"`
+	AnomalyFactor   float64 `json:"anomaly_factor,omitempty"`
+	StopOnAnomaly   bool    `json:"stop_on_anomaly,omitempty"`
 }
 
 // Validate checks a plan before it is written to the log.
@@ -208,6 +213,9 @@ func (p *PlanChanged) Validate() error {
 	if p.BindIMEI != "" && p.BindIMEI != BindFirstSeen {
 		return &InvalidError{Field: "bind_imei", Reason: `must be "first_seen" or absent`}
 	}
+	if p.AnomalyFactor != 0 && !(p.AnomalyFactor >= 1 && p.AnomalyFactor <= 1000) {
+		return &InvalidError{Field: "anomaly_factor", Reason: "must be 1 to 1000"}
+	}
 	return nil
 }
 
@@ -230,6 +238,9 @@ type CardProvisioned struct {
 	IMEI             string `json:"imei,omitempty"`
 	BindIMEI         string `json:"bind_imei,omitempty"`
 	StopOnIMEIChange bool   `json:"stop_on_imei_change,omitempty"`
+	// StopOnAnomaly stops the card on a day of anomalous usage (or its
+	// plan says so; anomaly.go).
+	StopOnAnomaly bool `json:"stop_on_anomaly,omitempty"`
 }
 
 // InvalidError is an input that breaks a rule of its own shape.
@@ -306,6 +317,9 @@ const (
 	EmitIMEIChanged EmittedType = "card.imei_changed.v1"
 	// EmitRebound: an operator bound the card to another device.
 	EmitRebound EmittedType = "card.rebound.v1"
+	// EmitUsageAnomaly: a card's day of usage is far above its usual
+	// (once per day; anomaly.go).
+	EmitUsageAnomaly EmittedType = "card.usage_anomaly.v1"
 )
 
 // Emitted is an event the fold emits. It is flat, so the fold fills it
@@ -342,4 +356,7 @@ type Emitted struct {
 	// device events: the device seen (or rebound to), the bound one, the
 	// one seen before (14 digits each)
 	IMEI, BoundIMEI, PreviousIMEI string
+	// anomalies: the day's bytes so far and the median of the 7 days
+	// before it (Detail: the day, YYYY-MM-DD)
+	DayBytes, Median uint64
 }

@@ -230,7 +230,9 @@ func genLog(seed uint64, n int) []any {
 			Plan: &PlanChanged{PlanID: fmt.Sprint("plan", i), QuotaBytes: uint64(1+i) * 1e6, CycleAnchorDay: []int{1, 27, 31}[i],
 				TimeZone: []string{"", "UTC", "America/New_York"}[i], MonthlyFeeFen: int64(r.IntN(3) * 100),
 				OverageFenPerMB: int64(r.IntN(3) * 10), TermMonths: r.IntN(4),
-				BindIMEI: []string{"", BindFirstSeen, ""}[i], StopOnIMEIChange: i == 1}})
+				BindIMEI: []string{"", BindFirstSeen, ""}[i], StopOnIMEIChange: i == 1,
+				// plan2 judges days strictly enough for genLog's records
+				AnomalyMinBytes: []uint64{0, 0, 2e5}[i], AnomalyFactor: []float64{0, 0, 1.5}[i], StopOnAnomaly: i == 2}})
 	}
 	accounts := []string{"acct0", "acct1", "acct2", "acct3"}
 	for _, a := range accounts {

@@ -58,7 +58,10 @@ type plan struct {
 	PlanChanged
 	loc    *time.Location
 	anchor int
-	packs  *slab // where its cards' closed filter slots are packed: they roll over together
+	// the last day dayOf answered (anomaly.go): derived, not state
+	dayLo, dayHi int64
+	dayNum       int32
+	packs        *slab // where its cards' closed filter slots are packed: they roll over together
 }
 
 func (pl *plan) thresholds() []int {
@@ -107,6 +110,8 @@ type Card struct {
 	// the card's own options (the plan's apply too)
 	imeiBound, imeiLast   device
 	bindFirst, stopOnIMEI bool
+	stopOnAnomaly         bool
+	days                  dayRing // recent daily usage (anomaly.go)
 }
 
 // seenRecord packs, in 8 bytes (a card remembers many), the top 40 bits of
@@ -355,7 +360,7 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	}
 	c.planID, c.carrier, c.imsi, c.msisdn, c.poolID = pl.PlanID, p.intern(cp.Carrier), cp.IMSI, cp.MSISDN, p.intern(cp.PoolID)
 	c.autoStop = cp.AutoStopOverQuota
-	c.bindFirst, c.stopOnIMEI = cp.BindIMEI == BindFirstSeen, cp.StopOnIMEIChange
+	c.bindFirst, c.stopOnIMEI, c.stopOnAnomaly = cp.BindIMEI == BindFirstSeen, cp.StopOnIMEIChange, cp.StopOnAnomaly
 	if d := deviceOf(cp.IMEI); d != 0 && d != c.imeiBound {
 		// bound at provisioning; a device-mismatch stop stands until an
 		// operator lifts it

@@ -26,12 +26,19 @@ const (
 	flagCmdApplied
 	flagFilters // the card has Filters (nil otherwise: a delta's card whose slots stayed)
 	flagDevice  // version 8: the card's device binding follows its Added
+	flagAnomaly // version 8: the card's day ring follows (after the device binding)
 )
 
 // device flags, in the byte after a card's devices
 const (
 	deviceBindFirst = 1 << iota
 	deviceStopOnChange
+)
+
+// anomaly flags, in the byte after a card's day ring
+const (
+	anomalyTold = 1 << iota
+	anomalyStop
 )
 
 // encodePiece writes a piece: the head, then n cards that each emits.
@@ -80,6 +87,10 @@ func appendCard(b []byte, cs *cardSnapshot) []byte {
 	if hasDevice {
 		flags |= flagDevice
 	}
+	hasAnomaly := cs.Day != 0 || cs.StopOnAnomaly
+	if hasAnomaly {
+		flags |= flagAnomaly
+	}
 	b = append(b, flags, byte(cs.Reasons))
 	for _, v := range [...]int64{cs.ValidFrom, cs.ValidUntil, cs.ExpiredAt, cs.Cycle[0], cs.Cycle[1], cs.KeepFrom} {
 		b = binary.AppendVarint(b, v)
@@ -111,6 +122,22 @@ func appendCard(b []byte, cs *cardSnapshot) []byte {
 		b = binary.AppendUvarint(b, cs.IMEIBound)
 		b = binary.AppendUvarint(b, cs.IMEILast)
 		b = append(b, opts)
+	}
+	if hasAnomaly {
+		var opts byte
+		if cs.DayTold {
+			opts |= anomalyTold
+		}
+		if cs.StopOnAnomaly {
+			opts |= anomalyStop
+		}
+		b = binary.AppendVarint(b, int64(cs.Day))
+		b = binary.AppendUvarint(b, cs.DayBytes)
+		b = binary.AppendUvarint(b, uint64(len(cs.DaysPast)))
+		for _, k := range cs.DaysPast {
+			b = binary.AppendUvarint(b, uint64(k))
+		}
+		b = append(b, cs.DaysKnown, opts)
 	}
 	return b
 }
@@ -211,5 +238,25 @@ func readCard(r *wire.Reader, cs *cardSnapshot) {
 		cs.IMEIBound, cs.IMEILast = r.Uvarint(), r.Uvarint()
 		opts := r.Byte()
 		cs.BindFirst, cs.StopOnIMEI = opts&deviceBindFirst != 0, opts&deviceStopOnChange != 0
+	}
+	if flags&flagAnomaly != 0 {
+		cs.Day = int32(r.Varint())
+		cs.DayBytes = r.Uvarint()
+		n := r.Uvarint()
+		if n > anomalyDays {
+			if r.Err == nil {
+				r.Err = fmt.Errorf("%d past days", n)
+			}
+			return
+		}
+		if n > 0 {
+			cs.DaysPast = make([]uint32, n)
+			for i := range cs.DaysPast {
+				cs.DaysPast[i] = uint32(r.Uvarint())
+			}
+		}
+		cs.DaysKnown = r.Byte()
+		opts := r.Byte()
+		cs.DayTold, cs.StopOnAnomaly = opts&anomalyTold != 0, opts&anomalyStop != 0
 	}
 }

@@ -13,6 +13,7 @@ const (
 	ReasonExpiry                            // 过期停机: cleared by renewal
 	ReasonPool                              // the data pool is exhausted
 	ReasonDeviceMismatch                    // 机卡分离: used in another device; an operator clears it (device.go)
+	ReasonAnomaly                           // a day's usage far above the card's usual; an operator clears it (anomaly.go)
 )
 
 var reasonNames = [...]struct {
@@ -21,6 +22,7 @@ var reasonNames = [...]struct {
 }{
 	{ReasonManual, "manual"}, {ReasonOverQuota, "over_quota"}, {ReasonArrears, "arrears"},
 	{ReasonExpiry, "expiry"}, {ReasonPool, "pool"}, {ReasonDeviceMismatch, "device_mismatch"},
+	{ReasonAnomaly, "anomaly"},
 }
 
 func (r Reason) String() string {

@@ -57,14 +57,21 @@ type cardSnapshot struct {
 	Charged    uint64   `json:"charged,omitempty"`
 	Reasons    Reasons  `json:"reasons,omitempty"`
 	// device binding (device.go): the bound and last devices, the card's options
-	IMEIBound  uint64         `json:"imei_bound,omitempty"`
-	IMEILast   uint64         `json:"imei_last,omitempty"`
-	BindFirst  bool           `json:"bind_first,omitempty"`
-	StopOnIMEI bool           `json:"stop_on_imei,omitempty"`
-	Warned     warnings       `json:"warned,omitempty"`
-	Closed     [][3]uint64    `json:"closed,omitempty"` // start, usage, charged
-	LastCmd    CommandOutcome `json:"last_cmd"`
-	KeepFrom   int64          `json:"keep_from,omitempty"`
+	IMEIBound  uint64 `json:"imei_bound,omitempty"`
+	IMEILast   uint64 `json:"imei_last,omitempty"`
+	BindFirst  bool   `json:"bind_first,omitempty"`
+	StopOnIMEI bool   `json:"stop_on_imei,omitempty"`
+	// the anomaly rule (anomaly.go): the card's option and its day ring
+	StopOnAnomaly bool           `json:"stop_on_anomaly,omitempty"`
+	Day           int32          `json:"day,omitempty"`
+	DayBytes      uint64         `json:"day_bytes,omitempty"`
+	DaysPast      []uint32       `json:"days_past,omitempty"` // KiB, the day before first
+	DaysKnown     uint8          `json:"days_known,omitempty"`
+	DayTold       bool           `json:"day_told,omitempty"`
+	Warned        warnings       `json:"warned,omitempty"`
+	Closed        [][3]uint64    `json:"closed,omitempty"` // start, usage, charged
+	LastCmd       CommandOutcome `json:"last_cmd"`
+	KeepFrom      int64          `json:"keep_from,omitempty"`
 	// Filters holds the record-id filters, one per cycle slot: bucket
 	// bits, a state byte (0 bucketed, 1 saturated, 2 young, 3 coded, then
 	// its group bits and a zero), then the slot's 16-bit words,
@@ -156,6 +163,10 @@ func (c *Card) snapshot(mode int) cardSnapshot {
 		Cycle: [2]int64{c.cycle.Start, c.cycle.End}, Usage: c.usage, Overshoot: c.overshoot, Charged: c.charged,
 		Reasons: c.reasons, Warned: c.warned, LastCmd: c.lastCmd, KeepFrom: c.keepFrom,
 		IMEIBound: uint64(c.imeiBound), IMEILast: uint64(c.imeiLast), BindFirst: c.bindFirst, StopOnIMEI: c.stopOnIMEI,
+		StopOnAnomaly: c.stopOnAnomaly, Day: c.days.day, DayBytes: c.days.today, DaysKnown: c.days.known, DayTold: c.days.told,
+	}
+	if c.days.day != 0 {
+		cs.DaysPast = c.days.past[:]
 	}
 	for _, cl := range c.closed {
 		cs.Closed = append(cs.Closed, [3]uint64{uint64(cl.start), cl.usage, cl.charged})
@@ -357,7 +368,9 @@ func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 		cycle: Cycle{cs.Cycle[0], cs.Cycle[1]}, usage: cs.Usage, overshoot: cs.Overshoot, charged: cs.Charged,
 		reasons: cs.Reasons, warned: cs.Warned, lastCmd: cs.LastCmd, keepFrom: cs.KeepFrom,
 		imeiBound: device(cs.IMEIBound), imeiLast: device(cs.IMEILast), bindFirst: cs.BindFirst, stopOnIMEI: cs.StopOnIMEI,
+		stopOnAnomaly: cs.StopOnAnomaly, days: dayRing{day: cs.Day, today: cs.DayBytes, known: min(cs.DaysKnown, anomalyDays), told: cs.DayTold},
 	}
+	copy(c.days.past[:], cs.DaysPast)
 	for i, cl := range cs.Closed {
 		if i < RetainedCycles {
 			c.closed[i] = closedCycle{start: int64(cl[0]), usage: cl[1], charged: cl[2]}

@@ -183,6 +183,7 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, c *Card, key 
 	if r.IMEI != "" {
 		out = p.checkDevice(c, pl, r.IMEI, at, h, r, out)
 	}
+	out = p.checkAnomaly(c, pl, at, h, r, out)
 	return v, c.usageWarnings(at, h, r, pl, out)
 }
 
@@ -198,6 +199,7 @@ func (p *Partition) applyLate(c *Card, pl *plan, h *cdr.ChunkHeader, r *cdr.Reco
 	if r.IMEI != "" {
 		out = p.checkDevice(c, pl, r.IMEI, max(h.ReceivedAt, p.now), h, r, out)
 	}
+	out = p.checkAnomaly(c, pl, max(h.ReceivedAt, p.now), h, r, out)
 	e := c.emit(EmitUsageAdjusted, h.ReceivedAt, cause(h, r), pl)
 	e.Cycle, e.Bytes = cyc, r.Bytes()
 	out = append(out, e)

@@ -262,6 +262,8 @@ func ReasonWords(r string) string {
 		return "its data pool is used up"
 	case "device_mismatch":
 		return "used in another device than its own"
+	case "anomaly":
+		return "a day of usage far above its usual"
 	}
 	return r
 }

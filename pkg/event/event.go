@@ -59,6 +59,9 @@ type Data struct {
 	IMEI           string         `json:"imei,omitempty"`          // device events: the device seen, or rebound to (14 digits)
 	BoundIMEI      string         `json:"bound_imei,omitempty"`    // device events: the card's bound device before
 	PreviousIMEI   string         `json:"previous_imei,omitempty"` // imei_changed: the device seen before this one
+	Day            string         `json:"day,omitempty"`           // usage_anomaly: the day (YYYY-MM-DD, the plan's zone)
+	DayBytes       *uint64        `json:"day_bytes,omitempty"`     // usage_anomaly: the day's bytes so far
+	MedianBytes    *uint64        `json:"median_bytes,omitempty"`  // usage_anomaly: the median day of the 7 before
 }
 
 // CycleRef is a billing cycle in RFC 3339.
@@ -114,6 +117,10 @@ func FromEmitted(e *card.Emitted, id string) Envelope {
 	d.Warning, d.AmountFen, d.Operator, d.Note, d.Code, d.PoolID = e.Warning, e.Amount, e.Operator, e.Note, e.Code, e.Pool
 	d.Carrier, d.WebhookID = e.Carrier, e.Webhook
 	d.IMEI, d.BoundIMEI, d.PreviousIMEI = e.IMEI, e.BoundIMEI, e.PreviousIMEI
+	if e.Type == card.EmitUsageAnomaly {
+		dayBytes, median := e.DayBytes, e.Median
+		d.Day, d.DayBytes, d.MedianBytes, d.Detail = e.Detail, &dayBytes, &median, ""
+	}
 	if e.Type == card.EmitDriftDetected {
 		sent := e.Amount
 		d.Drift, d.Cards, d.ActionsSent, d.AmountFen = e.Drift, e.Cards, &sent, 0

@@ -74,6 +74,12 @@ func scenario(t *testing.T) [][]byte {
 	h := cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: at}
 	_, out = p.ApplyUsage(&h, []cdr.Record{{RecordID: "in-a-phone", ICCID: iccid(4), Start: at - 60, End: at, BytesDown: 10, IMEI: "356938035643809"}}, nil, nil, out)
 	apply(card.Input{Type: card.TypeRebindRequested, Rebind: &card.Rebind{ICCID: iccid(4), IMEI: "356938035643809", Operator: "ops", Note: "the device was replaced"}})
+	// a week of quiet days, then a day far above them
+	apply(card.Input{Type: card.TypeCardProvisioned, Card: &card.CardProvisioned{ICCID: iccid(5), AccountID: "globex", PlanID: "free"}})
+	for d := int64(0); d < 7; d++ {
+		use(fmt.Sprint("day", d), 5, 1000, at+d*day)
+	}
+	use("spike", 5, 60<<20, at+7*day)
 	tick(200) // expiry again, keep-number fees, cancellation
 	var enc [][]byte
 	for i := range out {

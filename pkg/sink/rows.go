@@ -104,7 +104,7 @@ func (c *usageColumns) appendTo(b driver.Batch) error {
 
 const eventsInsert = `INSERT INTO card_events (partition, src_seq, idx, event_id, type, iccid, account_id, plan_id, time,
  reason, stop_reasons, status, cause, usage_bytes, quota_bytes, overshoot_bytes, cycle_start, cycle_end, record_bytes,
- detail, warning, expected_at, valid_until, amount_fen, balance_fen, operator, note, code, pool_id, imei, bound_imei, previous_imei)`
+ detail, warning, expected_at, valid_until, amount_fen, balance_fen, operator, note, code, pool_id, imei, bound_imei, previous_imei, day_bytes, median_bytes)`
 
 // eventKey parses an event id "<partition>-<src_seq>-<idx>".
 func eventKey(id string) (rowKey, error) {
@@ -147,12 +147,17 @@ func appendEvent(b driver.Batch, k rowKey, e *event.Envelope) error {
 	if d.Cycle != nil {
 		cs, ce = d.Cycle.Start, d.Cycle.End
 	}
+	detail := d.Detail
+	if d.Day != "" {
+		detail = d.Day // an anomaly's day
+	}
 	reasons := []string{}
 	if d.StopReasons != nil {
 		reasons = *d.StopReasons
 	}
 	return b.Append(k.partition, k.seq, k.idx, e.ID, e.Type, d.ICCID, d.AccountID, d.PlanID, parseTime(e.Time),
 		d.Reason, reasons, d.Status, d.Cause, deref(d.UsageBytes), deref(d.QuotaBytes), deref(d.OvershootBytes),
-		parseTime(cs), parseTime(ce), d.RecordBytes, d.Detail, d.Warning, parseTime(d.ExpectedAt), parseTime(d.ValidUntil),
-		d.AmountFen, deref(d.BalanceFen), d.Operator, d.Note, d.Code, d.PoolID, d.IMEI, d.BoundIMEI, d.PreviousIMEI)
+		parseTime(cs), parseTime(ce), d.RecordBytes, detail, d.Warning, parseTime(d.ExpectedAt), parseTime(d.ValidUntil),
+		d.AmountFen, deref(d.BalanceFen), d.Operator, d.Note, d.Code, d.PoolID, d.IMEI, d.BoundIMEI, d.PreviousIMEI,
+		deref(d.DayBytes), deref(d.MedianBytes))
 }

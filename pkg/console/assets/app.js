@@ -365,6 +365,7 @@ function describe(ev) {
     case 'card.actuation_failed': return `carrier call failed: ${d.action} (${d.detail || ''})`;
     case 'card.resync_requested': return `resync: ${d.action} (${d.detail || ''})`;
     case 'card.imei_changed': return `used in another device: ${d.imei} (bound to ${d.bound_imei || 'none'})`;
+    case 'card.usage_anomaly': return `unusual usage on ${d.day}: ${fmtBytes(d.day_bytes)} (its usual day: ${fmtBytes(d.median_bytes)})`;
     case 'card.rebound': return `rebound to device ${d.imei}` + (d.operator ? ` by ${d.operator}` : '') + (d.note ? ` — “${d.note}”` : '');
   }
   return t + (d.reason ? ': ' + d.reason : '');

@@ -1,0 +1,153 @@
+package card
+
+import (
+	"math"
+	"strconv"
+	"time"
+
+	"github.com/cardmeter/cardmeter/pkg/cdr"
+)
+
+// Usage anomalies: a card whose usage in a day (of its plan's time zone)
+// passes both a floor (the plan's anomaly_min_bytes, default 50 MiB) and a
+// multiple (anomaly_factor, default 5) of the median of its 7 days before
+// emits EmitUsageAnomaly, once per day, naming the record that crossed;
+// when the card or its plan opts in (stop_on_anomaly) it also stops for
+// ReasonAnomaly, which an operator's resume clears.
+//
+// A card keeps a fixed ring: the bytes of its current day and the KiB of
+// the 7 days before it. Its day rolls over when a record of a later day
+// arrives (nothing visits every card at midnight). A record of one of the
+// 7 days before counts in its day; an older one in none. A card is judged
+// only once it has 7 days behind its current one (from its first counted
+// record): a new card has no median to go by.
+
+// Defaults of the anomaly rule (a plan's zero fields).
+const (
+	DefaultAnomalyMinBytes = 50 << 20
+	DefaultAnomalyFactor   = 5.0
+	anomalyDays            = 7
+)
+
+// dayRing is a card's recent daily usage.
+type dayRing struct {
+	today uint64              // bytes of the current day
+	past  [anomalyDays]uint32 // KiB of the days before it, the day before first
+	day   int32               // the current day: days since 1970-01-01 in the plan's zone; 0: none yet
+	known uint8               // how many of the days before it the card has been counted for (≤ 7)
+	told  bool                // the current day's anomaly was told
+}
+
+// civilDay is the number of the date's day since 1970-01-01.
+func civilDay(y int, m time.Month, d int) int32 {
+	return int32(time.Date(y, m, d, 0, 0, 0, 0, time.UTC).Unix() / 86400)
+}
+
+// dayOf is the day (in the plan's zone) of a Unix time. The plan keeps the
+// bounds of the last day it answered: the records of a chunk mostly fall
+// on one day, so most answers are two comparisons.
+func (pl *plan) dayOf(t int64) int32 {
+	if t >= pl.dayLo && t < pl.dayHi {
+		return pl.dayNum
+	}
+	y, m, d := time.Unix(t, 0).In(pl.loc).Date()
+	pl.dayNum = civilDay(y, m, d)
+	pl.dayLo = time.Date(y, m, d, 0, 0, 0, 0, pl.loc).Unix()
+	pl.dayHi = time.Date(y, m, d+1, 0, 0, 0, 0, pl.loc).Unix()
+	if pl.dayLo > t || pl.dayHi <= t { // a zone whose midnight is skipped: no cache
+		pl.dayLo, pl.dayHi = 0, 0
+	}
+	return pl.dayNum
+}
+
+func kib(b uint64) uint32 { return uint32(min((b+512)>>10, math.MaxUint32)) }
+
+// roll moves the ring to day d (later than its current day).
+func (r *dayRing) roll(d int32) {
+	if r.day == 0 {
+		r.day = d
+		return
+	}
+	n := int(d - r.day)
+	if n >= anomalyDays+1 {
+		r.past = [anomalyDays]uint32{}
+	} else {
+		copy(r.past[n:], r.past[:anomalyDays-n])
+		for i := 1; i < n; i++ {
+			r.past[i-1] = 0
+		}
+		r.past[n-1] = kib(r.today)
+	}
+	r.known = uint8(min(int(r.known)+n, anomalyDays))
+	r.today, r.day, r.told = 0, d, false
+}
+
+// median is the median KiB of the days before the current one.
+func (r *dayRing) median() uint32 {
+	s := r.past
+	for i := 1; i < len(s); i++ { // insertion sort of seven
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+	return s[anomalyDays/2]
+}
+
+// anomalyRule is the plan's floor and factor, and whether an anomaly stops
+// the card (the card's or its plan's option).
+func (c *Card) anomalyRule(pl *plan) (floor uint64, factor float64, stop bool) {
+	floor, factor = pl.AnomalyMinBytes, pl.AnomalyFactor
+	if floor == 0 {
+		floor = DefaultAnomalyMinBytes
+	}
+	if factor == 0 {
+		factor = DefaultAnomalyFactor
+	}
+	return floor, factor, c.stopOnAnomaly || pl.StopOnAnomaly
+}
+
+// checkAnomaly counts a counted record in its day and judges the day.
+func (p *Partition) checkAnomaly(c *Card, pl *plan, at int64, h *cdr.ChunkHeader, r *cdr.Record, out []Emitted) []Emitted {
+	d := pl.dayOf(r.Start)
+	ring := &c.days
+	switch {
+	case d > ring.day:
+		ring.roll(d)
+	case d < ring.day:
+		if back := int(ring.day - d); back <= anomalyDays {
+			ring.past[back-1] += kib(r.Bytes())
+		}
+		return out
+	}
+	ring.today += r.Bytes()
+	floor, factor, stop := c.anomalyRule(pl)
+	if ring.told || ring.known < anomalyDays || ring.today <= floor {
+		return out
+	}
+	median := uint64(ring.median()) << 10
+	if float64(ring.today) <= factor*float64(median) {
+		return out
+	}
+	ring.told = true
+	e := c.emit(EmitUsageAnomaly, at, cause(h, r), pl)
+	e.Bytes, e.DayBytes, e.Median = r.Bytes(), ring.today, median
+	e.Detail = dayString(d)
+	out = append(out, e)
+	if stop {
+		out = c.raise(ReasonAnomaly, at, e.Cause, pl, out)
+	}
+	return out
+}
+
+// dayString is a day number as YYYY-MM-DD.
+func dayString(d int32) string {
+	y, m, dd := time.Unix(int64(d)*86400, 0).UTC().Date()
+	return strconv.Itoa(y) + "-" + twoDigits(int(m)) + "-" + twoDigits(dd)
+}
+
+func twoDigits(n int) string {
+	if n < 10 {
+		return "0" + strconv.Itoa(n)
+	}
+	return strconv.Itoa(n)
+}
