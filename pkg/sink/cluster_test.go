@@ -37,7 +37,7 @@ func TestReplicatedRewrite(t *testing.T) {
 		"CREATE TABLE IF NOT EXISTS t (a UInt8) ENGINE = MergeTree() ORDER BY a": "CREATE TABLE IF NOT EXISTS `db`.t ON CLUSTER `c`\n" +
 			"(a UInt8) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/t', '{replica}') ORDER BY a\nSETTINGS replicated_deduplication_window = 10000",
 		"CREATE MATERIALIZED VIEW IF NOT EXISTS v TO t AS\nSELECT a FROM s WHERE a > 1": "CREATE MATERIALIZED VIEW IF NOT EXISTS `db`.v ON CLUSTER `c` TO `db`.t AS\nSELECT a FROM `db`.s WHERE a > 1",
-		"DROP TABLE IF EXISTS v": "DROP TABLE IF EXISTS `db`.v ON CLUSTER `c`",
+		"DROP TABLE IF EXISTS v":                               "DROP TABLE IF EXISTS `db`.v ON CLUSTER `c`",
 		"ALTER TABLE t ADD COLUMN b String DEFAULT '' AFTER a": "ALTER TABLE `db`.t ON CLUSTER `c` ADD COLUMN b String DEFAULT '' AFTER a",
 	}
 	for in, want := range cases {
