@@ -29,14 +29,40 @@ const (
 	anomalyDays            = 7
 )
 
-// dayRing is a card's recent daily usage.
+// dayRing is a card's recent daily usage: 32 bytes.
 type dayRing struct {
-	today uint64              // bytes of the current day
-	past  [anomalyDays]uint32 // KiB of the days before it, the day before first
-	day   int32               // the current day: days since 1970-01-01 in the plan's zone; 0: none yet
-	known uint8               // how many of the days before it the card has been counted for (≤ 7)
-	told  bool                // the current day's anomaly was told
+	today uint64                // bytes of the current day
+	past  [anomalyDays]dayBytes // the days before it, the day before first
+	day   int32                 // the current day: days since 1970-01-01 in the plan's zone; 0: none yet
+	known uint8                 // how many of the days before it the card has been counted for (≤ 7)
+	told  bool                  // the current day's anomaly was told
 }
+
+// dayBytes is a day's usage in 16 bits, as a float of KiB: an 11-bit
+// mantissa and a 5-bit shift, so within a tenth of a percent of the day's
+// bytes from 0 to petabytes. Its order is the order of the values, so a
+// median of codes is the code of the median.
+type dayBytes uint16
+
+// toDayBytes encodes b bytes (to the nearest KiB, then the nearest code).
+func toDayBytes(b uint64) dayBytes {
+	k := (b + 512) >> 10
+	s := uint(0)
+	for k >= 2048 {
+		k = (k + 1) >> 1 // rounds half up
+		s++
+	}
+	if s > 31 {
+		return math.MaxUint16
+	}
+	return dayBytes(s<<11 | uint(k))
+}
+
+// bytes decodes the day's usage.
+func (d dayBytes) bytes() uint64 { return uint64(d&2047) << (d >> 11) << 10 }
+
+// add is the day with b more bytes.
+func (d dayBytes) add(b uint64) dayBytes { return toDayBytes(d.bytes() + b) }
 
 // civilDay is the number of the date's day since 1970-01-01.
 func civilDay(y int, m time.Month, d int) int32 {
@@ -60,8 +86,6 @@ func (pl *plan) dayOf(t int64) int32 {
 	return pl.dayNum
 }
 
-func kib(b uint64) uint32 { return uint32(min((b+512)>>10, math.MaxUint32)) }
-
 // roll moves the ring to day d (later than its current day).
 func (r *dayRing) roll(d int32) {
 	if r.day == 0 {
@@ -70,20 +94,20 @@ func (r *dayRing) roll(d int32) {
 	}
 	n := int(d - r.day)
 	if n >= anomalyDays+1 {
-		r.past = [anomalyDays]uint32{}
+		r.past = [anomalyDays]dayBytes{}
 	} else {
 		copy(r.past[n:], r.past[:anomalyDays-n])
 		for i := 1; i < n; i++ {
 			r.past[i-1] = 0
 		}
-		r.past[n-1] = kib(r.today)
+		r.past[n-1] = toDayBytes(r.today)
 	}
 	r.known = uint8(min(int(r.known)+n, anomalyDays))
 	r.today, r.day, r.told = 0, d, false
 }
 
-// median is the median KiB of the days before the current one.
-func (r *dayRing) median() uint32 {
+// median is the median day of the days before the current one.
+func (r *dayRing) median() dayBytes {
 	s := r.past
 	for i := 1; i < len(s); i++ { // insertion sort of seven
 		for j := i; j > 0 && s[j] < s[j-1]; j-- {
@@ -115,7 +139,7 @@ func (p *Partition) checkAnomaly(c *Card, pl *plan, at int64, h *cdr.ChunkHeader
 		ring.roll(d)
 	case d < ring.day:
 		if back := int(ring.day - d); back <= anomalyDays {
-			ring.past[back-1] += kib(r.Bytes())
+			ring.past[back-1] = ring.past[back-1].add(r.Bytes())
 		}
 		return out
 	}
@@ -124,7 +148,7 @@ func (p *Partition) checkAnomaly(c *Card, pl *plan, at int64, h *cdr.ChunkHeader
 	if ring.told || ring.known < anomalyDays || ring.today <= floor {
 		return out
 	}
-	median := uint64(ring.median()) << 10
+	median := ring.median().bytes()
 	if float64(ring.today) <= factor*float64(median) {
 		return out
 	}

@@ -3,6 +3,7 @@ package card
 import (
 	"fmt"
 	"testing"
+	"unsafe"
 )
 
 // Usage anomalies: after a week of quiet days, a day over both the floor
@@ -102,20 +103,51 @@ func TestDayRingRolls(t *testing.T) {
 	r.roll(101)
 	r.today = 20 << 10
 	r.roll(103) // day 102 without usage
-	if r.past != [7]uint32{0, 20, 10, 0, 0, 0, 0} || r.known != 3 || r.day != 103 || r.today != 0 {
+	if r.past != [7]dayBytes{0, 20, 10, 0, 0, 0, 0} || r.known != 3 || r.day != 103 || r.today != 0 {
 		t.Fatalf("after a gap: %+v", r)
 	}
 	r.today = 30 << 10
 	r.roll(110)
-	if r.past != [7]uint32{0, 0, 0, 0, 0, 0, 30} || r.known != 7 {
+	if r.past != [7]dayBytes{0, 0, 0, 0, 0, 0, 30} || r.known != 7 {
 		t.Fatalf("a week on: %+v", r)
 	}
 	r.roll(120)
-	if r.past != [7]uint32{} || r.known != 7 || r.median() != 0 {
+	if r.past != [7]dayBytes{} || r.known != 7 || r.median() != 0 {
 		t.Fatalf("more than a week on: %+v", r)
 	}
-	r.past = [7]uint32{9, 1, 8, 2, 7, 3, 5}
+	r.past = [7]dayBytes{9, 1, 8, 2, 7, 3, 5}
 	if r.median() != 5 || r.past[0] != 9 {
 		t.Fatalf("median %d of %v (the ring unsorted)", r.median(), r.past)
+	}
+}
+
+// A day's bytes in 16 bits: exact to the KiB below 2 MiB, within a tenth
+// of a percent above, in the order of the values.
+func TestDayBytes(t *testing.T) {
+	prev := dayBytes(0)
+	for _, b := range []uint64{0, 1023, 1024, 2047 << 10, 2048 << 10, 5 << 20, 50 << 20, 123456789, 1 << 40, 1 << 50} {
+		d := toDayBytes(b)
+		got := d.bytes()
+		if diff := float64(got) - float64(b); diff > float64(b)/1000+512 || -diff > float64(b)/1000+512 {
+			t.Errorf("%d bytes come back as %d", b, got)
+		}
+		if d < prev {
+			t.Errorf("%d bytes code %d, below the smaller value's %d", b, d, prev)
+		}
+		prev = d
+	}
+	if d := toDayBytes(3 << 20).add(1 << 20); d.bytes() != 4<<20 {
+		t.Errorf("3 MiB and 1 MiB: %d", d.bytes())
+	}
+}
+
+// A card fits in 480 bytes, Go's size class. A field that takes it past costs
+// every card the next class (512 bytes: 32 MB at a million cards).
+func TestCardFitsItsSizeClass(t *testing.T) {
+	if n := unsafe.Sizeof(Card{}); n > 480 {
+		t.Fatalf("a card is %d bytes, past the 480-byte size class", n)
+	}
+	if n := unsafe.Sizeof(dayRing{}); n != 32 {
+		t.Fatalf("a day ring is %d bytes", n)
 	}
 }

@@ -28,7 +28,7 @@ func (p *Partition) applyCommand(in *Input, out []Emitted) []Emitted {
 	now := p.at(in)
 	refuse := func(code string) []Emitted {
 		if c != nil {
-			c.lastCmd, c.dirty = CommandOutcome{ID: in.ID, Code: code}, true
+			c.setLastCommand(CommandOutcome{ID: in.ID, Code: code})
 		}
 		e := Emitted{Type: EmitCommandRefused, ICCID: cmd.ICCID, At: now, Cause: cause, Code: code,
 			Operator: cmd.Operator, Note: cmd.Note, Detail: string(in.Type)}
@@ -54,7 +54,7 @@ func (p *Partition) applyCommand(in *Input, out []Emitted) []Emitted {
 		return refuse(RefusedOverQuota)
 	}
 	pl := p.plans[c.planID]
-	c.lastCmd, c.dirty = CommandOutcome{ID: in.ID, Applied: true}, true
+	c.setLastCommand(CommandOutcome{ID: in.ID, Applied: true})
 	n := len(out)
 	if in.Type == TypeStopRequested {
 		out = c.raise(ReasonManual, now, cause, pl, out)
@@ -68,4 +68,34 @@ func (p *Partition) applyCommand(in *Input, out []Emitted) []Emitted {
 		out[i].Operator, out[i].Note = cmd.Operator, cmd.Note
 	}
 	return out
+}
+
+// commandCodes are the codes a command's outcome may carry, by their
+// number in a card (0: none).
+var commandCodes = [...]string{"", RefusedCancelled, RefusedExpired, RefusedInArrears, RefusedOverQuota, RefusedUnknownCard,
+	RefusedInvalid, RefusedUnknownPlan, RefusedUnknownPool, RefusedOtherAccount}
+
+func commandCode(code string) (uint8, bool) {
+	for i, c := range commandCodes {
+		if c == code {
+			return uint8(i), true
+		}
+	}
+	return 0, false
+}
+
+// setLastCommand keeps the outcome of the card's latest manual command,
+// in 16 bytes and two: a card keeps its id, whether it applied, and its
+// code by number.
+func (c *Card) setLastCommand(o CommandOutcome) {
+	code, ok := commandCode(o.Code)
+	if !ok {
+		panic("card: a command outcome with the code " + o.Code + ", not in commandCodes")
+	}
+	c.lastCmdID, c.lastCmdApplied, c.lastCmdCode, c.dirty = o.ID, o.Applied, code, true
+}
+
+// lastCommand is the outcome of the card's latest manual command.
+func (c *Card) lastCommand() CommandOutcome {
+	return CommandOutcome{ID: c.lastCmdID, Applied: c.lastCmdApplied, Code: commandCodes[c.lastCmdCode]}
 }

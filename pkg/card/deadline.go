@@ -42,7 +42,7 @@ func (p *Partition) deadline(c *Card) int64 {
 func (p *Partition) reschedule(c *Card) {
 	if d := p.deadline(c); d != c.due {
 		c.due = d
-		heap.Fix(&p.due, c.hidx)
+		heap.Fix(&p.due, int(c.hidx))
 	}
 }
 
@@ -55,11 +55,11 @@ func (h deadlines) Len() int           { return len(h) }
 func (h deadlines) Less(i, j int) bool { return h[i].due < h[j].due }
 func (h deadlines) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].hidx, h[j].hidx = i, j
+	h[i].hidx, h[j].hidx = int32(i), int32(j)
 }
 func (h *deadlines) Push(x any) {
 	c := x.(*Card)
-	c.hidx = len(*h)
+	c.hidx = int32(len(*h))
 	*h = append(*h, c)
 }
 func (h *deadlines) Pop() any {
@@ -82,6 +82,6 @@ func (h *deadlines) popDue(t int64) []*Card {
 		heap.Fix(h, 0)
 		due = append(due, c)
 	}
-	slices.SortFunc(due, func(a, b *Card) int { return a.ord - b.ord })
+	slices.SortFunc(due, func(a, b *Card) int { return int(a.ord) - int(b.ord) })
 	return due
 }

@@ -144,7 +144,7 @@ func (p *Partition) applyRebind(in *Input, out []Emitted) []Emitted {
 		e := Emitted{Type: EmitCommandRefused, ICCID: rb.ICCID, At: now, Cause: cause, Code: code,
 			Operator: rb.Operator, Note: rb.Note, Detail: string(in.Type)}
 		if c != nil {
-			c.lastCmd, c.dirty = CommandOutcome{ID: in.ID, Code: code}, true
+			c.setLastCommand(CommandOutcome{ID: in.ID, Code: code})
 			e.AccountID, e.Reasons = c.account, c.reasons
 		}
 		return append(out, e)
@@ -162,7 +162,7 @@ func (p *Partition) applyRebind(in *Input, out []Emitted) []Emitted {
 	e := c.emit(EmitRebound, now, cause, pl)
 	e.IMEI, e.BoundIMEI, e.Operator, e.Note = d.String(), c.imeiBound.String(), rb.Operator, rb.Note
 	c.imeiBound, c.imeiLast = d, d
-	c.lastCmd, c.dirty = CommandOutcome{ID: in.ID, Applied: true}, true
+	c.setLastCommand(CommandOutcome{ID: in.ID, Applied: true})
 	out = append(out, e)
 	n := len(out)
 	out = c.clear(ReasonDeviceMismatch, now, cause, pl, out)

@@ -152,7 +152,7 @@ func (p *Partition) probeGroup(pr *Probe, lo, hi int) {
 		// Any cycle the card still remembers: a slot's cycles under the
 		// plan as it is now may not be those its ids counted in, if the
 		// plan (or the card's) changed since.
-		pr.Needs = append(pr.Needs, Need{Rec: lo + i, Card: c.key, ID: key, From: c.keepFrom, To: math.MaxInt64})
+		pr.Needs = append(pr.Needs, Need{Rec: lo + i, Card: uint64(c.ord), ID: key, From: c.keepFrom, To: math.MaxInt64})
 	}
 }
 
@@ -171,12 +171,12 @@ func (p *Partition) TakeIDs(dst []IndexEntry) []IndexEntry {
 			cards = append(cards, c)
 		}
 	}
-	slices.SortFunc(cards, func(a, b *Card) int { return cmp.Compare(a.key, b.key) })
+	slices.SortFunc(cards, func(a, b *Card) int { return cmp.Compare(uint64(a.ord), uint64(b.ord)) })
 	dst = slices.Grow(dst, total)
 	for _, c := range cards {
 		from := len(dst)
 		c.recent.each(func(k uint64, v seenRecord) {
-			dst = append(dst, IndexEntry{Card: c.key, ID: k, Seen: uint64(v)})
+			dst = append(dst, IndexEntry{Card: uint64(c.ord), ID: k, Seen: uint64(v)})
 		})
 		slices.SortFunc(dst[from:], CompareEntries)
 		c.recent = idSet{}

@@ -182,7 +182,7 @@ func TestIndexedFoldAndCheckpointsAreDeterministic(t *testing.T) {
 func (p *Partition) recentEntries() []IndexEntry {
 	var es []IndexEntry
 	for _, c := range p.order {
-		c.recent.each(func(k uint64, v seenRecord) { es = append(es, IndexEntry{Card: c.key, ID: k, Seen: uint64(v)}) })
+		c.recent.each(func(k uint64, v seenRecord) { es = append(es, IndexEntry{Card: uint64(c.ord), ID: k, Seen: uint64(v)}) })
 	}
 	return es
 }

@@ -74,21 +74,20 @@ func (pl *plan) thresholds() []int {
 var defaultWarningPct = []int{80, 90, 100}
 
 // Card is the state of one card. Its fields change only through the fold.
+// Its fields are ordered to leave no padding: a card fits in 480 bytes, Go's
+// size class (TestCardFitsItsSizeClass), and a million of them are most
+// of the projector's heap.
 type Card struct {
 	iccid, account, planID, carrier string
 	imsi, msisdn, poolID            string
-	autoStop                        bool
 	validFrom, validUntil           int64
 	expiredAt                       int64 // when the expiry stop was raised; 0 when valid
-	cancelled                       bool
 	cycle                           Cycle
 	usage                           uint64
-	overshoot                       uint64 // usage past quota when the over-quota stop fired
-	charged                         uint64 // overage MB already charged this cycle
-	reasons                         Reasons
-	warned                          warnings                    // fired this cycle (or validity period)
+	overshoot                       uint64                      // usage past quota when the over-quota stop fired
+	charged                         uint64                      // overage MB already charged this cycle
 	closed                          [RetainedCycles]closedCycle // most recent first
-	lastCmd                         CommandOutcome
+	lastCmdID                       string                      // the latest manual command (see lastCommand)
 
 	// The record ids the card remembers (DOMAIN.md: counted once however
 	// late): recent holds, exactly, those counted since the last
@@ -98,20 +97,26 @@ type Card struct {
 	fps      [RetainedCycles + 1]fpSlot // the current cycle's, then closed[0]'s, closed[1]'s
 	keepFrom int64                      // ids of cycles that started before this are forgotten
 
-	key      uint64 // the card in the record-id index
-	ord      int    // provisioning order
-	due      int64  // the earliest time a tick changes the card
-	hidx     int    // position in the deadline heap
-	dirty    bool   // changed since the last checkpoint
-	fpsMoved bool   // its filter slots moved (a rollover) since the last checkpoint
-	lists    uint16 // the list indexes it is in (lists.go)
+	due  int64 // the earliest time a tick changes the card
+	ord  int32 // provisioning order; the card in the record-id index (key)
+	hidx int32 // position in the deadline heap
 
-	// device binding (device.go): the bound device and the last one seen;
-	// the card's own options (the plan's apply too)
-	imeiBound, imeiLast   device
-	bindFirst, stopOnIMEI bool
-	stopOnAnomaly         bool
-	days                  dayRing // recent daily usage (anomaly.go)
+	// device binding (device.go): the bound device and the last one seen
+	imeiBound, imeiLast device
+	days                dayRing // recent daily usage (anomaly.go)
+
+	warned   warnings // fired this cycle (or validity period)
+	lists    uint16   // the list indexes it is in (lists.go)
+	reasons  Reasons
+	autoStop bool
+	// the latest manual command's outcome (lastCommand)
+	lastCmdApplied bool
+	lastCmdCode    uint8
+	// the card's own options (its plan's apply too): device.go, anomaly.go
+	bindFirst, stopOnIMEI, stopOnAnomaly bool
+	cancelled                            bool
+	dirty                                bool // changed since the last checkpoint
+	fpsMoved                             bool // its filter slots moved (a rollover) since the last checkpoint
 }
 
 // seenRecord packs, in 8 bytes (a card remembers many), the top 40 bits of
@@ -164,8 +169,7 @@ func (p *Partition) addCard(c *Card) {
 	if n, ok := cdr.PackICCID(c.iccid); ok {
 		p.byNumber[n] = c
 	}
-	c.ord = len(p.order)
-	c.key = uint64(c.ord)
+	c.ord = int32(len(p.order))
 	p.order = append(p.order, c)
 	p.listed = append(p.listed, c)
 	p.account(c.account).cards = append(p.account(c.account).cards, c)

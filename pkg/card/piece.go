@@ -250,9 +250,9 @@ func readCard(r *wire.Reader, cs *cardSnapshot) {
 			return
 		}
 		if n > 0 {
-			cs.DaysPast = make([]uint32, n)
+			cs.DaysPast = make([]dayBytes, n)
 			for i := range cs.DaysPast {
-				cs.DaysPast[i] = uint32(r.Uvarint())
+				cs.DaysPast[i] = dayBytes(r.Uvarint())
 			}
 		}
 		cs.DaysKnown = r.Byte()

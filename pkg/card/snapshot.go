@@ -65,7 +65,7 @@ type cardSnapshot struct {
 	StopOnAnomaly bool           `json:"stop_on_anomaly,omitempty"`
 	Day           int32          `json:"day,omitempty"`
 	DayBytes      uint64         `json:"day_bytes,omitempty"`
-	DaysPast      []uint32       `json:"days_past,omitempty"` // KiB, the day before first
+	DaysPast      []dayBytes     `json:"days_past,omitempty"` // the days before it, the day before first
 	DaysKnown     uint8          `json:"days_known,omitempty"`
 	DayTold       bool           `json:"day_told,omitempty"`
 	Warned        warnings       `json:"warned,omitempty"`
@@ -157,11 +157,11 @@ const (
 
 func (c *Card) snapshot(mode int) cardSnapshot {
 	cs := cardSnapshot{
-		ICCID: c.iccid, Ord: c.ord, Account: c.account, Plan: c.planID, Carrier: c.carrier,
+		ICCID: c.iccid, Ord: int(c.ord), Account: c.account, Plan: c.planID, Carrier: c.carrier,
 		IMSI: c.imsi, MSISDN: c.msisdn, Pool: c.poolID, AutoStop: c.autoStop,
 		ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt, Cancelled: c.cancelled,
 		Cycle: [2]int64{c.cycle.Start, c.cycle.End}, Usage: c.usage, Overshoot: c.overshoot, Charged: c.charged,
-		Reasons: c.reasons, Warned: c.warned, LastCmd: c.lastCmd, KeepFrom: c.keepFrom,
+		Reasons: c.reasons, Warned: c.warned, LastCmd: c.lastCommand(), KeepFrom: c.keepFrom,
 		IMEIBound: uint64(c.imeiBound), IMEILast: uint64(c.imeiLast), BindFirst: c.bindFirst, StopOnIMEI: c.stopOnIMEI,
 		StopOnAnomaly: c.stopOnAnomaly, Day: c.days.day, DayBytes: c.days.today, DaysKnown: c.days.known, DayTold: c.days.told,
 	}
@@ -362,14 +362,19 @@ func (r *Restorer) setHead(s *snapshot, delta bool) error {
 func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 	p := r.p
 	c := &Card{
-		iccid: cs.ICCID, ord: cs.Ord, account: p.intern(cs.Account), planID: p.intern(cs.Plan), carrier: p.intern(cs.Carrier),
+		iccid: cs.ICCID, ord: int32(cs.Ord), account: p.intern(cs.Account), planID: p.intern(cs.Plan), carrier: p.intern(cs.Carrier),
 		imsi: cs.IMSI, msisdn: cs.MSISDN, poolID: p.intern(cs.Pool), autoStop: cs.AutoStop,
 		validFrom: cs.ValidFrom, validUntil: cs.ValidUntil, expiredAt: cs.ExpiredAt, cancelled: cs.Cancelled,
 		cycle: Cycle{cs.Cycle[0], cs.Cycle[1]}, usage: cs.Usage, overshoot: cs.Overshoot, charged: cs.Charged,
-		reasons: cs.Reasons, warned: cs.Warned, lastCmd: cs.LastCmd, keepFrom: cs.KeepFrom,
+		reasons: cs.Reasons, warned: cs.Warned, keepFrom: cs.KeepFrom,
 		imeiBound: device(cs.IMEIBound), imeiLast: device(cs.IMEILast), bindFirst: cs.BindFirst, stopOnIMEI: cs.StopOnIMEI,
 		stopOnAnomaly: cs.StopOnAnomaly, days: dayRing{day: cs.Day, today: cs.DayBytes, known: min(cs.DaysKnown, anomalyDays), told: cs.DayTold},
 	}
+	code, ok := commandCode(cs.LastCmd.Code)
+	if !ok {
+		return nil, fmt.Errorf("card %s: a last command with the code %q", cs.ICCID, cs.LastCmd.Code)
+	}
+	c.lastCmdID, c.lastCmdApplied, c.lastCmdCode = cs.LastCmd.ID, cs.LastCmd.Applied, code
 	copy(c.days.past[:], cs.DaysPast)
 	for i, cl := range cs.Closed {
 		if i < RetainedCycles {
@@ -440,7 +445,7 @@ func (r *Restorer) Finish() (*Partition, error) {
 	p := r.p
 	order := make([]*Card, len(r.cards))
 	for _, c := range r.cards {
-		if c.ord < 0 || c.ord >= len(order) || order[c.ord] != nil {
+		if c.ord < 0 || int(c.ord) >= len(order) || order[c.ord] != nil {
 			return nil, fmt.Errorf("checkpoint card %s has provisioning order %d of %d cards", c.iccid, c.ord, len(order))
 		}
 		if _, ok := p.plans[c.planID]; !ok {

@@ -69,7 +69,7 @@ func (p *Partition) view(c *Card) View {
 		ICCID: c.iccid, AccountID: c.account, PlanID: c.planID, PoolID: c.poolID, Carrier: c.carrier,
 		Status: c.status(), Reasons: c.reasons, Cycle: c.cycle, UsageBytes: c.usage, QuotaBytes: pl.QuotaBytes,
 		AutoStopOverQuota: c.autoStop, ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt,
-		TimeZone: pl.loc.String(), Warnings: c.warned.names(pl), LastCommand: c.lastCmd,
+		TimeZone: pl.loc.String(), Warnings: c.warned.names(pl), LastCommand: c.lastCommand(),
 	}
 	v.IMEI, v.LastIMEI = c.imeiBound.String(), c.imeiLast.String()
 	v.BindFirstSeen, v.StopOnIMEIChange = c.binding(pl)
