@@ -64,26 +64,29 @@ func (d dayBytes) bytes() uint64 { return uint64(d&2047) << (d >> 11) << 10 }
 // add is the day with b more bytes.
 func (d dayBytes) add(b uint64) dayBytes { return toDayBytes(d.bytes() + b) }
 
-// civilDay is the number of the date's day since 1970-01-01.
-func civilDay(y int, m time.Month, d int) int32 {
-	return int32(time.Date(y, m, d, 0, 0, 0, 0, time.UTC).Unix() / 86400)
-}
-
-// dayOf is the day (in the plan's zone) of a Unix time. The plan keeps the
-// bounds of the last day it answered: the records of a chunk mostly fall
-// on one day, so most answers are two comparisons.
+// dayOf is the day (in the plan's zone) of a Unix time. The plan keeps
+// the zone's offset and the span it holds for (time.ZoneBounds): within
+// it a day is an addition and a division, as for most records (Asia/
+// Shanghai's span has no end).
 func (pl *plan) dayOf(t int64) int32 {
-	if t >= pl.dayLo && t < pl.dayHi {
-		return pl.dayNum
+	if t < pl.zoneLo || t >= pl.zoneHi {
+		lt := time.Unix(t, 0).In(pl.loc)
+		_, off := lt.Zone()
+		lo, hi := lt.ZoneBounds()
+		pl.zoneOff, pl.zoneLo, pl.zoneHi = int64(off), math.MinInt64, math.MaxInt64
+		if !lo.IsZero() {
+			pl.zoneLo = lo.Unix()
+		}
+		if !hi.IsZero() {
+			pl.zoneHi = hi.Unix()
+		}
 	}
-	y, m, d := time.Unix(t, 0).In(pl.loc).Date()
-	pl.dayNum = civilDay(y, m, d)
-	pl.dayLo = time.Date(y, m, d, 0, 0, 0, 0, pl.loc).Unix()
-	pl.dayHi = time.Date(y, m, d+1, 0, 0, 0, 0, pl.loc).Unix()
-	if pl.dayLo > t || pl.dayHi <= t { // a zone whose midnight is skipped: no cache
-		pl.dayLo, pl.dayHi = 0, 0
+	local := t + pl.zoneOff
+	d := local / 86400
+	if local%86400 < 0 {
+		d--
 	}
-	return pl.dayNum
+	return int32(d)
 }
 
 // roll moves the ring to day d (later than its current day).
@@ -144,8 +147,11 @@ func (p *Partition) checkAnomaly(c *Card, pl *plan, at int64, h *cdr.ChunkHeader
 		return out
 	}
 	ring.today += r.Bytes()
+	if ring.told || ring.known < anomalyDays {
+		return out
+	}
 	floor, factor, stop := c.anomalyRule(pl)
-	if ring.told || ring.known < anomalyDays || ring.today <= floor {
+	if ring.today <= floor {
 		return out
 	}
 	median := ring.median().bytes()

@@ -3,6 +3,7 @@ package card
 import (
 	"fmt"
 	"testing"
+	"time"
 	"unsafe"
 )
 
@@ -150,4 +151,34 @@ func TestCardFitsItsSizeClass(t *testing.T) {
 	if n := unsafe.Sizeof(dayRing{}); n != 32 {
 		t.Fatalf("a day ring is %d bytes", n)
 	}
+}
+
+// dayOf is the date in the plan's zone, across daylight saving changes and
+// zones that moved: every hour of three years in each test zone.
+func TestDayOfIsTheLocalDate(t *testing.T) {
+	for _, zone := range []string{"Asia/Shanghai", "UTC", "America/New_York", "Europe/London", "Australia/Lord_Howe", "Pacific/Apia"} {
+		loc, err := Zone(zone)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pl := &plan{loc: loc}
+		start := time.Date(2010, 1, 1, 0, 0, 0, 0, time.UTC).Unix()
+		for h := int64(0); h < 3*366*24; h += 1 {
+			ts := start + h*3600 + h%7*60 // and some minutes past
+			y, m, d := time.Unix(ts, 0).In(loc).Date()
+			want := int32(time.Date(y, m, d, 0, 0, 0, 0, time.UTC).Unix() / 86400)
+			if got := pl.dayOf(ts); got != want {
+				t.Fatalf("%s at %s: day %d, the local date is day %d", zone, time.Unix(ts, 0).In(loc), got, want)
+			}
+		}
+		// and backwards in time: the cached span is left when a record is older
+		if got, want := pl.dayOf(start-86400*400), int32((start-86400*400+offsetAt(loc, start-86400*400))/86400); got != want {
+			t.Fatalf("%s: an older day %d, want %d", zone, got, want)
+		}
+	}
+}
+
+func offsetAt(loc *time.Location, ts int64) int64 {
+	_, off := time.Unix(ts, 0).In(loc).Zone()
+	return int64(off)
 }

@@ -58,10 +58,10 @@ type plan struct {
 	PlanChanged
 	loc    *time.Location
 	anchor int
-	// the last day dayOf answered (anomaly.go): derived, not state
-	dayLo, dayHi int64
-	dayNum       int32
-	packs        *slab // where its cards' closed filter slots are packed: they roll over together
+	// the zone's offset and the span it holds for, as dayOf last found
+	// them (anomaly.go): derived, not state; an empty span at first
+	zoneOff, zoneLo, zoneHi int64
+	packs                   *slab // where its cards' closed filter slots are packed: they roll over together
 }
 
 func (pl *plan) thresholds() []int {
