@@ -216,6 +216,8 @@ func New(cfg Config, nc *nats.Conn, js jetstream.JetStream, dir *Directory, clk 
 		{"GET /v1/rejections", ScopeRead, s.listRejections, true},
 		{"GET /v1/rejections/summary", ScopeRead, s.rejectionsSummary, true},
 		{"GET /v1/whoami", scopeAny, s.whoami, false},
+		{"POST /v1/simulations", ScopeRead, s.postSimulation, true},
+		{"GET /v1/simulations/{id}", ScopeRead, s.getSimulation, true},
 		{"POST /v1/rejections/resubmit", scopeUsage, s.resubmit, false},
 		{"PUT /v1/clock", ScopeAdmin, s.putClock, false},
 		{"GET /v1/audit", ScopeAdmin, s.listAudit, false},

@@ -31,6 +31,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/clock"
 	"github.com/cardmeter/cardmeter/pkg/projector"
+	"github.com/cardmeter/cardmeter/pkg/sim"
 	"github.com/cardmeter/cardmeter/pkg/sink"
 	"github.com/cardmeter/cardmeter/pkg/webhook"
 )
@@ -317,6 +318,8 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "cardmeter_projector_lag_messages",
 			Help: "Log messages the projector's partitions have not folded yet."}, func() float64 { return float64(pr.Lag()) }))
 		p.goRun("projector", func() error { return p.Projector.Run(runCtx) })
+		// the what-if simulations run where the log may be read
+		p.goRun("simulator", func() error { return sim.Serve(runCtx, p.NC, p.JS, cfg.Partitions, log.Named("simulator")) })
 	}
 	if has(cfg.Roles, RoleSink) {
 		sc := cfg.Sink

@@ -188,6 +188,20 @@ func TestServicesAgainstExternalNATS(t *testing.T) {
 		return nil
 	})
 
+	// a what-if simulation: the API files it, the projector (which may
+	// read the log) runs it and writes its result
+	var job map[string]any
+	if code := c.do("POST", "/v1/simulations", "application/json",
+		[]byte(`{"account_id":"acct2","from":"2020-01-01T00:00:00Z","to":"2021-01-01T00:00:00Z","plan":{"quota_bytes":1000000000}}`), &job); code != 202 {
+		t.Fatalf("simulation: %d %v", code, job)
+	}
+	testenv.Eventually(t, 10*time.Second, func() error {
+		if code := c.do("GET", "/v1/simulations/"+job["id"].(string), "", nil, &rd); code != 200 || rd["status"] != "done" {
+			return fmt.Errorf("simulation: %d %v", code, rd)
+		}
+		return nil
+	})
+
 	// the rebuild tool, as its own user, reads the whole log
 	_, rebuildJS := connect(broker.RoleRebuild)
 	if st, err := sink.Rebuild(context.Background(), rebuildJS, testenv.ClickHouse(t), 3, 0, nil, testenv.Logger(t)); err != nil || st.Messages == 0 {

@@ -157,8 +157,14 @@ func RolePermissions(role string) *server.Permissions {
 		pub = append(pub, kv(BucketWebhooks)...)
 		pub = append(pub, reads(StreamAttempts)...)
 		pub = append(pub, reads(StreamDead)...)
+		// what-if simulations: it files a job and asks a simulator to run it
+		pub = append(pub, SimulateSubject)
+		pub = append(pub, kv(BucketSimulations)...)
 	case RoleProjector:
 		pub = append(pub, "cardmeter.events.>", "accepted.>")
+		// it runs the simulations (it may read the log)
+		sub = append(sub, SimulateSubject)
+		pub = append(pub, kv(BucketSimulations)...)
 		pub = append(pub, reads(StreamMeter)...)
 		pub = append(pub, objects(BucketSnapshot)...)
 		pub = append(pub, kv(BucketCheckpoints)...)

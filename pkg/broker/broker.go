@@ -38,7 +38,12 @@ const (
 	BucketWebhooks    = "webhooks"         // webhook subscriptions, their secrets and state
 	BucketRetries     = "webhook_retries"  // when each failing webhook event was first tried
 	BucketStatus      = "status"           // each running role's last report of itself (GET /v1/status)
+	BucketSimulations = "simulations"      // what-if simulations, their progress and results (a day)
 )
+
+// SimulateSubject is where the API asks the simulators (the projector
+// role) to run a simulation.
+const SimulateSubject = "cardmeter.simulate"
 
 // Subjects of partition p in METER.
 func UsageSubject(p int) string   { return "meter." + strconv.Itoa(p) + ".usage" }
@@ -356,6 +361,11 @@ func Ensure(ctx context.Context, js jetstream.JetStream, t Topology) (Topology, 
 		Storage:     jetstream.MemoryStorage, Replicas: t.Replicas, History: 1, TTL: StatusTTL}); err != nil {
 		return t, fmt.Errorf("kv %s: %w", BucketStatus, err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: BucketSimulations,
+		Description: "what-if simulations (POST /v1/simulations): each one's progress, then its result, for a day", Storage: jetstream.FileStorage,
+		Replicas: t.Replicas, History: 1, TTL: 24 * time.Hour, MaxValueSize: 1 << 20}); err != nil {
+		return t, fmt.Errorf("kv %s: %w", BucketSimulations, err)
+	}
 	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{Name: StreamDead, Subjects: []string{"webhooks.dead.>"},
 		Description: "events a webhook did not take within its retry window, by subscription", Storage: jetstream.FileStorage,
 		Replicas: t.Replicas, MaxAge: 30 * 24 * time.Hour, Duplicates: t.DuplicateWindow}); err != nil {
@@ -389,7 +399,7 @@ func AttemptsSubject(id string) string { return "webhooks.attempts." + id }
 // bucket is a stream named KV_<bucket> or OBJ_<bucket>).
 var StreamNames = []string{StreamMeter, StreamEvents, StreamAccepted, StreamRejected, StreamAudit,
 	"OBJ_" + BucketSnapshot, "KV_" + BucketCheckpoints, "KV_" + BucketBatches, "KV_" + BucketResolved, "KV_" + BucketDir, "KV_" + BucketLeases, "KV_" + BucketSink,
-	"KV_" + BucketWebhooks, "KV_" + BucketRetries, StreamDead, StreamAttempts, "KV_" + BucketStatus}
+	"KV_" + BucketWebhooks, "KV_" + BucketRetries, StreamDead, StreamAttempts, "KV_" + BucketStatus, "KV_" + BucketSimulations}
 
 // Check reports whether every stream and bucket exists, for a role whose
 // user may not create them (the setup step, `cardmeter setup`, does), and

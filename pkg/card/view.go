@@ -171,3 +171,13 @@ func mergeSorted(cards []*Card, n int) ([]*Card, int) {
 	out = append(append(out, a...), b...)
 	return out, len(out)
 }
+
+// PlanOf is a card's plan, or false when the partition has no such card.
+// Unlike Card it reads nothing of the card's account.
+func (p *Partition) PlanOf(iccid string) (string, bool) {
+	c, ok := p.cards[iccid]
+	if !ok {
+		return "", false
+	}
+	return c.planID, true
+}
