@@ -27,6 +27,7 @@ const (
 	DefaultAnomalyMinBytes = 50 << 20
 	DefaultAnomalyFactor   = 5.0
 	anomalyDays            = 7
+	maxDay                 = 1 << 20 // a day number past any time a record can carry (year 4840)
 )
 
 // dayRing is a card's recent daily usage: 32 bytes.
@@ -95,17 +96,17 @@ func (r *dayRing) roll(d int32) {
 		r.day = d
 		return
 	}
-	n := int(d - r.day)
+	n := int64(d) - int64(r.day) // > 0: the caller rolls forward only
 	if n >= anomalyDays+1 {
 		r.past = [anomalyDays]dayBytes{}
 	} else {
 		copy(r.past[n:], r.past[:anomalyDays-n])
-		for i := 1; i < n; i++ {
+		for i := int64(1); i < n; i++ {
 			r.past[i-1] = 0
 		}
 		r.past[n-1] = toDayBytes(r.today)
 	}
-	r.known = uint8(min(int(r.known)+n, anomalyDays))
+	r.known = uint8(min(int64(r.known)+n, anomalyDays))
 	r.today, r.day, r.told = 0, d, false
 }
 
@@ -141,7 +142,7 @@ func (p *Partition) checkAnomaly(c *Card, pl *plan, at int64, h *cdr.ChunkHeader
 	case d > ring.day:
 		ring.roll(d)
 	case d < ring.day:
-		if back := int(ring.day - d); back <= anomalyDays {
+		if back := int64(ring.day) - int64(d); back <= anomalyDays {
 			ring.past[back-1] = ring.past[back-1].add(r.Bytes())
 		}
 		return out

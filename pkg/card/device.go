@@ -29,9 +29,11 @@ const BindFirstSeen = "first_seen"
 // device is an IMEI's first 14 digits plus one: 0 is no device.
 type device uint64
 
-// deviceOf reads an IMEI (14 to 16 digits), or 0 when it is none.
+// deviceOf reads an IMEI (14 to 16 digits), or 0 when it is none: an
+// IMEI whose type allocation code (its first 8 digits) is all zeros is
+// the filler carriers write for "unknown".
 func deviceOf(imei string) device {
-	if len(imei) < 14 || len(imei) > 16 {
+	if len(imei) < 14 || len(imei) > 16 || imei[:8] == "00000000" {
 		return 0
 	}
 	var n uint64
@@ -98,16 +100,20 @@ func (c *Card) binding(pl *plan) (firstSeen, stop bool) {
 }
 
 // checkDevice applies device binding to a counted record of the card.
-func (p *Partition) checkDevice(c *Card, pl *plan, imei string, at int64, h *cdr.ChunkHeader, r *cdr.Record, out []Emitted) []Emitted {
+// A record of a session that started before the binding (a late record
+// from the device before a rebind) proves nothing against it; a late
+// record of a closed cycle is told but stops nothing now, as no late
+// record does.
+func (p *Partition) checkDevice(c *Card, pl *plan, imei string, at int64, h *cdr.ChunkHeader, r *cdr.Record, late bool, out []Emitted) []Emitted {
 	d := deviceOf(imei)
-	if d == 0 {
+	if d == 0 || r.Start < c.imeiSince {
 		return out
 	}
 	firstSeen, stop := c.binding(pl)
 	switch {
 	case c.imeiBound == 0:
 		if firstSeen {
-			c.imeiBound, c.dirty = d, true
+			c.imeiBound, c.imeiSince, c.dirty = d, r.Start, true
 		}
 		if c.imeiLast != d {
 			c.imeiLast, c.dirty = d, true
@@ -125,7 +131,7 @@ func (p *Partition) checkDevice(c *Card, pl *plan, imei string, at int64, h *cdr
 	e.IMEI, e.BoundIMEI, e.PreviousIMEI = d.String(), c.imeiBound.String(), c.imeiLast.String()
 	out = append(out, e)
 	c.imeiLast, c.dirty = d, true
-	if stop {
+	if stop && !late {
 		out = c.raise(ReasonDeviceMismatch, at, cause, pl, out)
 	}
 	return out
@@ -161,7 +167,7 @@ func (p *Partition) applyRebind(in *Input, out []Emitted) []Emitted {
 	pl := p.plans[c.planID]
 	e := c.emit(EmitRebound, now, cause, pl)
 	e.IMEI, e.BoundIMEI, e.Operator, e.Note = d.String(), c.imeiBound.String(), rb.Operator, rb.Note
-	c.imeiBound, c.imeiLast = d, d
+	c.imeiBound, c.imeiLast, c.imeiSince = d, d, now
 	c.setLastCommand(CommandOutcome{ID: in.ID, Applied: true})
 	out = append(out, e)
 	n := len(out)

@@ -139,10 +139,45 @@ func TestIMEIs(t *testing.T) {
 			t.Errorf("ValidateIMEI(%s) = %q, want %q", imei, got, want)
 		}
 	}
-	if deviceOf(imeiA) != deviceOf(imeiASV) || deviceOf(imeiA) == deviceOf(imeiB) || deviceOf("00000000000000") == 0 || deviceOf("1234") != 0 {
-		t.Fatal("devices by the first 14 digits")
+	if deviceOf(imeiA) != deviceOf(imeiASV) || deviceOf(imeiA) == deviceOf(imeiB) || deviceOf("00000000000000") != 0 ||
+		deviceOf("00000000123456") != 0 || deviceOf("1234") != 0 {
+		t.Fatal("devices by the first 14 digits; none for a zero TAC or a short number")
 	}
-	if d := deviceOf("00000000000001"); d.String() != "00000000000001" {
+	if d := deviceOf("01000000000001"); d.String() != "01000000000001" {
 		t.Fatalf("device %q", d.String())
 	}
+}
+
+// After a rebind, a late record of a session that started before it (the
+// old device's, delivered late) proves nothing; one that started after
+// does. A late record of a closed cycle is told but stops nothing now. An
+// IMEI of zeros (carriers' "unknown") is no device.
+func TestDeviceBindingLateRecordsAndFillers(t *testing.T) {
+	w := newWorld(t, "2026-03-05T00:00:00+08:00")
+	w.plan(PlanChanged{PlanID: "p", QuotaBytes: 100 * mb, StopOnIMEIChange: true})
+	w.card(CardProvisioned{ICCID: ic(1), AccountID: "a", PlanID: "p", IMEI: imeiA})
+	w.take()
+	w.tick("2026-03-05T12:00:00+08:00")
+	w.in(Input{Type: TypeRebindRequested, Rebind: &Rebind{ICCID: ic(1), IMEI: imeiB, Operator: "ops"}})
+	w.take()
+	w.useIn(ic(1), "old", "2026-03-05T11:00:00+08:00", mb, imeiA) // before the rebind: nothing
+	w.useIn(ic(1), "zero", "2026-03-05T13:00:00+08:00", mb, "000000000000000")
+	if out := w.take(); len(of(out, EmitIMEIChanged))+len(of(out, EmitStopped)) != 0 {
+		t.Fatalf("a record from before the rebind, or of no device: %+v", out)
+	}
+	w.wantStatus(ic(1), InService)
+	if v := w.view(ic(1)); v.LastIMEI != imeiB[:14] {
+		t.Fatalf("the filler is no device seen: %+v", v)
+	}
+	// April: a late March record of another device is told, and stops nothing
+	w.tick("2026-04-02T00:00:00+08:00")
+	w.take()
+	w.useIn(ic(1), "late", "2026-03-30T10:00:00+08:00", mb, imeiC)
+	out := w.take()
+	if len(of(out, EmitIMEIChanged)) != 1 || len(of(out, EmitStopped)) != 0 {
+		t.Fatalf("a late record of another device: %+v", out)
+	}
+	w.wantStatus(ic(1), InService)
+	w.useIn(ic(1), "now", "2026-04-02T10:00:00+08:00", mb, imeiA) // a stranger now: stopped
+	w.wantStatus(ic(1), Stopped, ReasonDeviceMismatch)
 }

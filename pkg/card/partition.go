@@ -101,8 +101,11 @@ type Card struct {
 	ord  int32 // provisioning order; the card in the record-id index (key)
 	hidx int32 // position in the deadline heap
 
-	// device binding (device.go): the bound device and the last one seen
+	// device binding (device.go): the bound device and the last one seen,
+	// and since when the binding holds (records that started before it
+	// prove nothing against it)
 	imeiBound, imeiLast device
+	imeiSince           int64
 	days                dayRing // recent daily usage (anomaly.go)
 
 	warned   warnings // fired this cycle (or validity period)
@@ -368,7 +371,7 @@ func (p *Partition) applyProvision(in *Input, out []Emitted) []Emitted {
 	if d := deviceOf(cp.IMEI); d != 0 && d != c.imeiBound {
 		// bound at provisioning; a device-mismatch stop stands until an
 		// operator lifts it
-		c.imeiBound, c.imeiLast = d, d
+		c.imeiBound, c.imeiLast, c.imeiSince = d, d, now
 	}
 	c.validFrom = cp.ValidFrom
 	if c.validFrom == 0 && !exists {

@@ -83,7 +83,7 @@ func appendCard(b []byte, cs *cardSnapshot) []byte {
 	if cs.Filters != nil {
 		flags |= flagFilters
 	}
-	hasDevice := cs.IMEIBound != 0 || cs.IMEILast != 0 || cs.BindFirst || cs.StopOnIMEI
+	hasDevice := cs.IMEIBound != 0 || cs.IMEILast != 0 || cs.IMEISince != 0 || cs.BindFirst || cs.StopOnIMEI
 	if hasDevice {
 		flags |= flagDevice
 	}
@@ -121,6 +121,7 @@ func appendCard(b []byte, cs *cardSnapshot) []byte {
 		}
 		b = binary.AppendUvarint(b, cs.IMEIBound)
 		b = binary.AppendUvarint(b, cs.IMEILast)
+		b = binary.AppendVarint(b, cs.IMEISince)
 		b = append(b, opts)
 	}
 	if hasAnomaly {
@@ -235,7 +236,7 @@ func readCard(r *wire.Reader, cs *cardSnapshot) {
 		cs.Added = b
 	}
 	if flags&flagDevice != 0 {
-		cs.IMEIBound, cs.IMEILast = r.Uvarint(), r.Uvarint()
+		cs.IMEIBound, cs.IMEILast, cs.IMEISince = r.Uvarint(), r.Uvarint(), r.Varint()
 		opts := r.Byte()
 		cs.BindFirst, cs.StopOnIMEI = opts&deviceBindFirst != 0, opts&deviceStopOnChange != 0
 	}

@@ -59,6 +59,7 @@ type cardSnapshot struct {
 	// device binding (device.go): the bound and last devices, the card's options
 	IMEIBound  uint64 `json:"imei_bound,omitempty"`
 	IMEILast   uint64 `json:"imei_last,omitempty"`
+	IMEISince  int64  `json:"imei_since,omitempty"`
 	BindFirst  bool   `json:"bind_first,omitempty"`
 	StopOnIMEI bool   `json:"stop_on_imei,omitempty"`
 	// the anomaly rule (anomaly.go): the card's option and its day ring
@@ -162,7 +163,7 @@ func (c *Card) snapshot(mode int) cardSnapshot {
 		ValidFrom: c.validFrom, ValidUntil: c.validUntil, ExpiredAt: c.expiredAt, Cancelled: c.cancelled,
 		Cycle: [2]int64{c.cycle.Start, c.cycle.End}, Usage: c.usage, Overshoot: c.overshoot, Charged: c.charged,
 		Reasons: c.reasons, Warned: c.warned, LastCmd: c.lastCommand(), KeepFrom: c.keepFrom,
-		IMEIBound: uint64(c.imeiBound), IMEILast: uint64(c.imeiLast), BindFirst: c.bindFirst, StopOnIMEI: c.stopOnIMEI,
+		IMEIBound: uint64(c.imeiBound), IMEILast: uint64(c.imeiLast), IMEISince: c.imeiSince, BindFirst: c.bindFirst, StopOnIMEI: c.stopOnIMEI,
 		StopOnAnomaly: c.stopOnAnomaly, Day: c.days.day, DayBytes: c.days.today, DaysKnown: c.days.known, DayTold: c.days.told,
 	}
 	if c.days.day != 0 {
@@ -367,8 +368,11 @@ func (r *Restorer) card(cs *cardSnapshot, old *Card) (*Card, error) {
 		validFrom: cs.ValidFrom, validUntil: cs.ValidUntil, expiredAt: cs.ExpiredAt, cancelled: cs.Cancelled,
 		cycle: Cycle{cs.Cycle[0], cs.Cycle[1]}, usage: cs.Usage, overshoot: cs.Overshoot, charged: cs.Charged,
 		reasons: cs.Reasons, warned: cs.Warned, keepFrom: cs.KeepFrom,
-		imeiBound: device(cs.IMEIBound), imeiLast: device(cs.IMEILast), bindFirst: cs.BindFirst, stopOnIMEI: cs.StopOnIMEI,
+		imeiBound: device(cs.IMEIBound), imeiLast: device(cs.IMEILast), imeiSince: cs.IMEISince, bindFirst: cs.BindFirst, stopOnIMEI: cs.StopOnIMEI,
 		stopOnAnomaly: cs.StopOnAnomaly, days: dayRing{day: cs.Day, today: cs.DayBytes, known: min(cs.DaysKnown, anomalyDays), told: cs.DayTold},
+	}
+	if cs.Day < 0 || cs.Day > maxDay {
+		return nil, fmt.Errorf("card %s: day %d of its ring is out of range", cs.ICCID, cs.Day)
 	}
 	code, ok := commandCode(cs.LastCmd.Code)
 	if !ok {

@@ -181,7 +181,7 @@ func (p *Partition) applyRecord(h *cdr.ChunkHeader, r *cdr.Record, c *Card, key 
 		out = p.chargeOverage(c, pl, c.usage, &c.charged, "overage", at, h, r, out)
 	}
 	if r.IMEI != "" {
-		out = p.checkDevice(c, pl, r.IMEI, at, h, r, out)
+		out = p.checkDevice(c, pl, r.IMEI, at, h, r, false, out)
 	}
 	out = p.checkAnomaly(c, pl, at, h, r, out)
 	return v, c.usageWarnings(at, h, r, pl, out)
@@ -197,7 +197,7 @@ func (p *Partition) applyLate(c *Card, pl *plan, h *cdr.ChunkHeader, r *cdr.Reco
 	c.remember(key, packSeen(content, cyc.Start), pl)
 	v.Status, v.CycleStart = Late, cyc.Start
 	if r.IMEI != "" {
-		out = p.checkDevice(c, pl, r.IMEI, max(h.ReceivedAt, p.now), h, r, out)
+		out = p.checkDevice(c, pl, r.IMEI, max(h.ReceivedAt, p.now), h, r, true, out)
 	}
 	out = p.checkAnomaly(c, pl, max(h.ReceivedAt, p.now), h, r, out)
 	e := c.emit(EmitUsageAdjusted, h.ReceivedAt, cause(h, r), pl)
