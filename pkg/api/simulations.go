@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -52,12 +53,12 @@ func (s *Server) postSimulation(w http.ResponseWriter, r *http.Request) error {
 		return retryLater("filing the simulation", err)
 	}
 	reply, err := s.nc.RequestWithContext(r.Context(), broker.SimulateSubject, b)
-	if errors.Is(err, nats.ErrNoResponders) {
-		_ = kv.Delete(r.Context(), job.ID)
-		return &retryProblem{problem(http.StatusServiceUnavailable, "unavailable/simulator", "no simulator",
-			"no projector is running to simulate (the projector role runs simulations)")}
-	}
 	if err != nil {
+		_ = kv.Delete(context.Background(), job.ID) // never taken: not to be found queued
+		if errors.Is(err, nats.ErrNoResponders) {
+			return &retryProblem{problem(http.StatusServiceUnavailable, "unavailable/simulator", "no simulator",
+				"no projector is running to simulate (the projector role runs simulations)")}
+		}
 		return retryLater("asking a simulator", err)
 	}
 	var ack struct {
@@ -65,7 +66,7 @@ func (s *Server) postSimulation(w http.ResponseWriter, r *http.Request) error {
 		Error    string `json:"error"`
 	}
 	if err := json.Unmarshal(reply.Data, &ack); err != nil || !ack.Accepted {
-		_ = kv.Delete(r.Context(), job.ID)
+		_ = kv.Delete(context.Background(), job.ID)
 		return &retryProblem{problem(http.StatusServiceUnavailable, "unavailable/simulator", "simulator busy", ack.Error)}
 	}
 	w.Header().Set("Location", "/v1/simulations/"+job.ID)

@@ -319,7 +319,9 @@ func Start(ctx context.Context, cfg Config, log *zap.Logger) (_ *Pipeline, err e
 			Help: "Log messages the projector's partitions have not folded yet."}, func() float64 { return float64(pr.Lag()) }))
 		p.goRun("projector", func() error { return p.Projector.Run(runCtx) })
 		// the what-if simulations run where the log may be read
-		p.goRun("simulator", func() error { return sim.Serve(runCtx, p.NC, p.JS, cfg.Partitions, log.Named("simulator")) })
+		p.goRun("simulator", func() error {
+			return sim.Serve(runCtx, p.NC, p.JS, cfg.Partitions, p.instance(cfg), log.Named("simulator"))
+		})
 	}
 	if has(cfg.Roles, RoleSink) {
 		sc := cfg.Sink

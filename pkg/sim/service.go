@@ -31,7 +31,15 @@ type Job struct {
 	Total  uint64  `json:"total"`
 	Result *Result `json:"result,omitempty"`
 	Error  string  `json:"error,omitempty"`
+	// Simulator is the instance that took the job: if it restarts
+	// before the job ends, it marks the job failed
+	Simulator string `json:"simulator,omitempty"`
+	Updated   string `json:"updated,omitempty"`
 }
+
+// MaxJobBytes bounds a job as the bucket keeps it (NATS carries a
+// message of 1 MiB at most): a result past it lists fewer cards.
+const MaxJobBytes = 900 << 10
 
 // Job statuses.
 const (
@@ -106,7 +114,10 @@ func Replay(ctx context.Context, js jetstream.JetStream, partition int, s *Simul
 			return err
 		}
 		if n == 0 {
-			return nil // the partition has nothing (more)
+			if read > 0 && read < total {
+				return fmt.Errorf("the log ended after %d of its %d messages", read, total)
+			}
+			return nil // the partition has nothing
 		}
 		if err := ctx.Err(); err != nil {
 			return err
@@ -117,7 +128,7 @@ func Replay(ctx context.Context, js jetstream.JetStream, partition int, s *Simul
 // Serve runs the simulations the API asks for (broker.SimulateSubject),
 // one at a time, until ctx ends. It runs in a role that may read the log
 // (the projector's).
-func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, partitions int, log *zap.Logger) error {
+func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, partitions int, instance string, log *zap.Logger) error {
 	// the bucket comes with `cardmeter setup`: an upgraded deployment whose
 	// setup has not run yet waits for it (and says so) rather than fail
 	var kv jetstream.KeyValue
@@ -136,6 +147,7 @@ func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, partition
 		}
 		return err
 	}
+	abandon(ctx, kv, instance, log)
 	queue := make(chan Job, 16)
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -147,6 +159,9 @@ func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, partition
 				return
 			case job := <-queue:
 				runJob(ctx, js, kv, partitions, job, log)
+				if ctx.Err() != nil {
+					return
+				}
 			}
 		}
 	}()
@@ -156,12 +171,17 @@ func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, partition
 			_ = m.Respond([]byte(`{"accepted":false,"error":"not a simulation job"}`))
 			return
 		}
-		select {
-		case queue <- job:
-			_ = m.Respond([]byte(`{"accepted":true}`))
-		default:
+		// (the subscription's callbacks run one at a time: only the worker
+		// takes from the queue, so a queue with room keeps it)
+		if len(queue) == cap(queue) {
 			_ = m.Respond([]byte(`{"accepted":false,"error":"busy: 16 simulations wait already"}`))
+			return
 		}
+		job.Simulator = instance
+		b, _ := json.Marshal(job)
+		_, _ = kv.Put(ctx, job.ID, b) // queued here, before the worker can mark it running: a restart here fails it
+		queue <- job
+		_ = m.Respond([]byte(`{"accepted":true}`))
 	})
 	if err != nil {
 		return err
@@ -172,9 +192,44 @@ func Serve(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, partition
 	return nil
 }
 
+// abandon fails the jobs this instance had taken when it stopped: they
+// will not end otherwise.
+func abandon(ctx context.Context, kv jetstream.KeyValue, instance string, log *zap.Logger) {
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		return // none, or the bucket unreadable: nothing to mend now
+	}
+	for key := range keys.Keys() {
+		e, err := kv.Get(ctx, key)
+		if err != nil {
+			continue
+		}
+		var job Job
+		if json.Unmarshal(e.Value(), &job) != nil || job.Simulator != instance || (job.Status != StatusQueued && job.Status != StatusRunning) {
+			continue
+		}
+		job.Status, job.Error = StatusFailed, "the simulator ("+instance+") stopped before it ended: file it again"
+		job.Finished = time.Now().UTC().Format(time.RFC3339)
+		b, _ := json.Marshal(job)
+		if _, err := kv.Update(ctx, key, b, e.Revision()); err == nil {
+			log.Warn("a simulation abandoned by a restart", zap.String("simulation", job.ID))
+		}
+	}
+}
+
 func runJob(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, partitions int, job Job, log *zap.Logger) {
 	put := func() {
+		job.Updated = time.Now().UTC().Format(time.RFC3339)
 		b, _ := json.Marshal(job)
+		if len(b) > MaxJobBytes && job.Result != nil {
+			// list fewer cards until it fits (the totals count them all)
+			for len(b) > MaxJobBytes && len(job.Result.Cards) > 0 {
+				keep := len(job.Result.Cards) / 2
+				job.Result.CardsTruncated += len(job.Result.Cards) - keep
+				job.Result.Cards = job.Result.Cards[:keep]
+				b, _ = json.Marshal(job)
+			}
+		}
 		pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if _, err := kv.Put(pctx, job.ID, b); err != nil {
@@ -190,6 +245,9 @@ func runJob(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, 
 			job.Read, job.Total = read, total
 			put()
 		})
+		if err == nil {
+			err = s.Err()
+		}
 		log.Info("simulation", zap.String("simulation", job.ID), zap.String("account", job.Request.AccountID),
 			zap.Uint64("messages", job.Read), zap.Duration("took", time.Since(start)), zap.Error(err))
 	}

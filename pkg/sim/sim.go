@@ -51,7 +51,10 @@ type Outcome struct {
 	KeepNumberFen int64  `json:"keep_number_fee_fen"`
 	OtherFen      int64  `json:"other_charges_fen"` // charges of the account not of a card
 	TotalFen      int64  `json:"total_fen"`
-	Stops         []Stop `json:"stops"`
+	// Stops are a card's stops in the period; a total counts them by
+	// reason instead (StopsByReason)
+	Stops         []Stop         `json:"stops,omitempty"`
+	StopsByReason map[string]int `json:"stops_by_reason,omitempty"`
 }
 
 // Stop is a stop reason raised, and when it cleared (if in the period).
@@ -66,7 +69,7 @@ type Stop struct {
 // CardResult compares a card's period as it was and as simulated.
 type CardResult struct {
 	ICCID     string  `json:"iccid"`
-	PlanID    string  `json:"plan_id"`           // its plan as it was (at the period's end)
+	PlanID    string  `json:"plan_id"`           // its plan as it was (at the end of the log)
 	SimPlanID string  `json:"simulated_plan_id"` // the plan it was simulated on
 	Actual    Outcome `json:"actual"`
 	Simulated Outcome `json:"simulated"`
@@ -89,6 +92,18 @@ type Result struct {
 // Errors of a request.
 var (
 	ErrInvalid = errors.New("invalid simulation")
+	// ErrTooBig: the account has more cards than a simulation folds
+	// (MaxAccountCards), in the projector's memory.
+	ErrTooBig = errors.New("too many cards")
+)
+
+// Bounds of a simulation: the cards a request may list, and the cards of
+// the account it folds (twice, with every record id of their retained
+// cycles in memory: about 3 KiB a card for a month of a record every 6
+// hours, in the projector's process).
+const (
+	MaxListedCards  = 10000
+	MaxAccountCards = 50000
 )
 
 // SimPlanPrefix names the plans a simulation derives from the log's: a
@@ -100,8 +115,9 @@ const SimPlanPrefix = "sim~"
 type Simulator struct {
 	req      Request
 	from, to int64
-	only     map[string]bool // the cards asked for; nil: the account's
-	mine     map[string]bool // the account's cards seen so far
+	only     map[string]bool // the cards asked for (and simulated on the plan); nil: the account's
+	mine     map[string]bool // the account's cards seen so far (all folded: they share its money)
+	err      error           // the simulated fold could not take what the log's did
 	actual   *fold
 	sim      *fold
 	messages int
@@ -110,12 +126,13 @@ type Simulator struct {
 
 // fold is one of the two replays and what it noticed in the period.
 type fold struct {
-	p        *card.Partition
-	verdicts []card.Verdict
-	out      []card.Emitted
-	cards    map[string]*Outcome
-	other    Outcome
-	open     map[string]int // card+reason -> index of its open stop in its outcome
+	lastRefusal string
+	p           *card.Partition
+	verdicts    []card.Verdict
+	out         []card.Emitted
+	cards       map[string]*Outcome
+	other       Outcome
+	open        map[string]int // card+reason -> index of its open stop in its outcome
 }
 
 // New checks a request and starts a simulation.
@@ -136,6 +153,18 @@ func New(req Request) (*Simulator, error) {
 	}
 	if to.Sub(from) > 400*24*time.Hour {
 		return nil, fmt.Errorf("%w: to: a period of at most 400 days", ErrInvalid)
+	}
+	if len(req.Cards) > MaxListedCards {
+		return nil, fmt.Errorf("%w: cards: at most %d", ErrInvalid, MaxListedCards)
+	}
+	o := req.Plan
+	for _, f := range []struct {
+		name string
+		v    *int64
+	}{{"plan.monthly_fee_fen", o.MonthlyFeeFen}, {"plan.overage_fen_per_mb", o.OverageFenPerMB}} {
+		if f.v != nil && *f.v < 0 {
+			return nil, fmt.Errorf("%w: %s: must be ≥ 0", ErrInvalid, f.name)
+		}
 	}
 	s := &Simulator{req: req, from: from.Unix(), to: to.Unix(), mine: map[string]bool{},
 		actual: newFold(), sim: newFold()}
@@ -170,6 +199,7 @@ func (s *Simulator) Apply(subject string, data []byte) error {
 				kept = append(kept, r)
 			}
 		}
+		s.recs = recs[:0]
 		if len(kept) == 0 {
 			return nil
 		}
@@ -185,15 +215,26 @@ func (s *Simulator) Apply(subject string, data []byte) error {
 	if !s.concerns(&in) {
 		return nil
 	}
+	if len(s.mine) > MaxAccountCards {
+		return fmt.Errorf("%w: account %s has more than %d cards", ErrTooBig, s.req.AccountID, MaxAccountCards)
+	}
 	if err := s.actual.apply(&in, s); err != nil {
 		return err
 	}
+	refused := s.actual.refused()
+	simRefused := 0
 	for _, alt := range s.transform(&in) {
 		if err := s.sim.apply(alt, s); err != nil {
 			return err
 		}
+		simRefused += s.sim.refused()
 	}
-	return nil
+	if simRefused > refused && s.err == nil {
+		// the simulated plan (or pool) cannot take what the log's could:
+		// its cards would be missing, and their cost with them
+		s.err = fmt.Errorf("%w: the simulated fold refused input %s (%s) that the log's took: %s", ErrInvalid, in.ID, in.Type, s.sim.lastRefusal)
+	}
+	return s.err
 }
 
 // concerns reports whether an input is of the account's history.
@@ -202,25 +243,25 @@ func (s *Simulator) concerns(in *card.Input) bool {
 	case card.TypePlanChanged, card.TypeClockTicked:
 		return true
 	case card.TypeCardProvisioned:
-		if in.Card.AccountID != s.req.AccountID || (s.only != nil && !s.only[in.Card.ICCID]) {
+		if in.Card == nil || in.Card.AccountID != s.req.AccountID {
 			return false
 		}
-		s.mine[in.Card.ICCID] = true
+		s.mine[strings.Clone(in.Card.ICCID)] = true
 		return true
 	case card.TypeAccountChanged:
-		return in.Account.AccountID == s.req.AccountID
+		return in.Account != nil && in.Account.AccountID == s.req.AccountID
 	case card.TypePaymentReceived:
-		return in.Payment.AccountID == s.req.AccountID
+		return in.Payment != nil && in.Payment.AccountID == s.req.AccountID
 	case card.TypeChargeRequested:
-		return in.Charge.AccountID == s.req.AccountID
+		return in.Charge != nil && in.Charge.AccountID == s.req.AccountID
 	case card.TypePoolChanged:
-		return in.Pool.AccountID == s.req.AccountID
+		return in.Pool != nil && in.Pool.AccountID == s.req.AccountID
 	case card.TypeCardRenewed:
-		return s.mine[in.Renewal.ICCID]
+		return in.Renewal != nil && s.mine[in.Renewal.ICCID]
 	case card.TypeStopRequested, card.TypeResumeRequested:
-		return s.mine[in.Command.ICCID]
+		return in.Command != nil && s.mine[in.Command.ICCID]
 	case card.TypeRebindRequested:
-		return s.mine[in.Rebind.ICCID]
+		return in.Rebind != nil && s.mine[in.Rebind.ICCID]
 	}
 	return false // what the pipeline's own roles report (actuation, webhooks, drift, resyncs) changes no count
 }
@@ -247,6 +288,14 @@ func (s *Simulator) transform(in *card.Input) []*card.Input {
 		return []*card.Input{in, &alt}
 	case card.TypeCardProvisioned:
 		cp := *in.Card
+		if s.only != nil && !s.only[cp.ICCID] {
+			// a card not asked for stays on its plan (it shares the
+			// account's money and pool with those asked for)
+			cp.PlanID = SimPlanPrefix + cp.PlanID
+			alt := *in
+			alt.Card = &cp
+			return []*card.Input{&alt}
+		}
 		plan := cp.PlanID
 		if o.PlanID != "" {
 			plan = o.PlanID
@@ -289,9 +338,21 @@ func (f *fold) card(iccid string) *Outcome {
 	o := f.cards[iccid]
 	if o == nil {
 		o = &Outcome{Stops: []Stop{}}
-		f.cards[iccid] = o
+		f.cards[strings.Clone(iccid)] = o // a record's ICCID shares its chunk's bytes
 	}
 	return o
+}
+
+// refused counts the inputs the last apply refused (and keeps why).
+func (f *fold) refused() int {
+	n := 0
+	for i := range f.out {
+		if f.out[i].Type == card.EmitInputRefused {
+			n++
+			f.lastRefusal = f.out[i].Detail
+		}
+	}
+	return n
 }
 
 // note takes from what the fold emitted the charges and stops of the
@@ -334,13 +395,23 @@ func (f *fold) note(s *Simulator) {
 
 func rfc3339(t int64) string { return time.Unix(t, 0).UTC().Format(time.RFC3339) }
 
-// Result compares the two replays.
+// Err is why the simulation cannot be trusted, if it cannot: the
+// simulated fold refused an input the log's took (its cards would be
+// missing from it), or the account is too big.
+func (s *Simulator) Err() error { return s.err }
+
+// Result compares the two replays, for the cards asked for (the
+// account's other charges in the totals).
 func (s *Simulator) Result() Result {
-	r := Result{Request: s.req, Cards: []CardResult{}, Messages: s.messages, LogTime: rfc3339(s.actual.p.Now())}
-	r.Actual, r.Simulated = Outcome{Stops: []Stop{}}, Outcome{Stops: []Stop{}}
+	req := s.req
+	req.Cards = nil // the job keeps the list; the result need not repeat it
+	r := Result{Request: req, Cards: []CardResult{}, Messages: s.messages, LogTime: rfc3339(s.actual.p.Now())}
+	r.Actual, r.Simulated = Outcome{StopsByReason: map[string]int{}}, Outcome{StopsByReason: map[string]int{}}
 	ids := make([]string, 0, len(s.mine))
 	for id := range s.mine {
-		ids = append(ids, id)
+		if s.only == nil || s.only[id] {
+			ids = append(ids, id)
+		}
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
@@ -371,7 +442,6 @@ func add(total, o *Outcome, iccid string) {
 	total.KeepNumberFen += o.KeepNumberFen
 	total.OtherFen += o.OtherFen
 	for _, st := range o.Stops {
-		st.ICCID = iccid
-		total.Stops = append(total.Stops, st)
+		total.StopsByReason[st.Reason]++
 	}
 }

@@ -150,8 +150,8 @@ func TestUnchangedPlanEqualsReality(t *testing.T) {
 	if r.SavingsFen != 0 || r.Actual.TotalFen == 0 || r.Actual.OverageFen == 0 || r.Actual.UsageBytes != 2*59*(8<<20) {
 		t.Fatalf("unchanged: %+v", r.Actual)
 	}
-	if len(r.Actual.Stops) == 0 {
-		t.Fatalf("the manual stop is missing: %+v", r.Actual.Stops)
+	if r.Actual.StopsByReason["manual"] != 1 {
+		t.Fatalf("the manual stop is missing: %+v", r.Actual.StopsByReason)
 	}
 }
 
@@ -183,20 +183,48 @@ func TestWhatIfPlans(t *testing.T) {
 	yes := true
 	capped.Plan = Override{AutoStopOverQuota: &yes}
 	r = run(t, log, capped)
-	overQuota := 0
-	for _, st := range r.Simulated.Stops {
-		if st.Reason == "over_quota" {
-			overQuota++
-		}
-	}
-	if r.Simulated.OverageFen != 0 || overQuota != 4 { // two cards, two months
+	if overQuota := r.Simulated.StopsByReason["over_quota"]; r.Simulated.OverageFen != 0 || overQuota != 4 { // two cards, two months
 		t.Fatalf("capped: %d over-quota stops, %+v", overQuota, r.Simulated)
 	}
+	if r.Cards[0].Simulated.Stops[0].Reason != "over_quota" || r.Cards[0].Simulated.Stops[0].ClearedAt == "" {
+		t.Fatalf("a card's stops: %+v", r.Cards[0].Simulated.Stops)
+	}
 
+	// one card of the two on the big plan: the other stays as it was and
+	// shares the account's money; the one equals its part of the whole
 	one := base
 	one.Cards = []string{r.Cards[1].ICCID}
-	if r := run(t, log, one); len(r.Cards) != 1 || r.Cards[0].ICCID != one.Cards[0] {
+	one.Plan = Override{PlanID: "big"}
+	whole := run(t, log, big)
+	r = run(t, log, one)
+	if len(r.Cards) != 1 || r.Cards[0].ICCID != one.Cards[0] || r.Cards[0].SimPlanID != "big" {
 		t.Fatalf("one card: %+v", r.Cards)
+	}
+	if got, want := fmt.Sprint(r.Cards[0].Actual), fmt.Sprint(whole.Cards[1].Actual); got != want {
+		t.Fatalf("one card's actual %s, its part of the whole %s", got, want)
+	}
+
+	// a simulated plan that cannot take the cards fails the simulation,
+	// rather than leave them out
+	neg := int64(-1)
+	if _, err := New(Request{AccountID: "acme", From: base.From, To: base.To, Plan: Override{OverageFenPerMB: &neg}}); err == nil {
+		t.Fatal("a negative price taken")
+	}
+	nowhere := base
+	pool := "no-such-pool"
+	nowhere.Plan = Override{PoolID: &pool}
+	s, err := New(nowhere)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var failed error
+	for _, m := range log {
+		if failed = s.Apply(m.subject, m.data); failed != nil {
+			break
+		}
+	}
+	if failed == nil || s.Err() == nil {
+		t.Fatal("cards put in a pool that is not there: the simulation went on without them")
 	}
 }
 

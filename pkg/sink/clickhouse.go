@@ -201,7 +201,7 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg ClickHouseConfig) error 
 					continue
 				}
 			}
-			if err := exec(stmt); err != nil {
+			if err := exec(stmt); err != nil && !columnThere(stmt, err) {
 				return fmt.Errorf("%s: %w", m.Name, err)
 			}
 		}
@@ -210,6 +210,15 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg ClickHouseConfig) error 
 		}
 	}
 	return nil
+}
+
+// columnThere reports whether an ADD COLUMN failed because the column is
+// there already: another replica's replicated ALTER, or another sink's
+// migration, came first (ClickHouse 18.16: code 44, "Cannot add column").
+func columnThere(stmt string, err error) bool {
+	var ex *clickhouse.Exception
+	return addColumn.MatchString(strings.TrimSpace(stmt)) && errors.As(err, &ex) && ex.Code == 44 &&
+		strings.Contains(ex.Message, "already exists")
 }
 
 // record notes a migration as applied. (An INSERT goes as a block: on

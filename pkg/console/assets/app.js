@@ -322,7 +322,7 @@ function cardList(base, params, fixed = {}) {
   } }, options.map(([v, l]) => { const o = h('option', { value: v }, l); if (v === value) o.selected = true; return o; }));
   box.append(h('div', { class: 'filters' },
     'Status', sel('status', [['', 'any'], ['in_service', 'in service'], ['stopped', 'stopped'], ['cancelled', 'cancelled']], status),
-    'Stop reason', sel('reason', [['', 'any'], ...Object.keys(REASONS).slice(0, 6).map(r => [r, r])], reason)));
+    'Stop reason', sel('reason', [['', 'any'], ...Object.keys(REASONS).map(r => [r, r])], reason)));
   const q = new URLSearchParams({ limit: PAGE });
   if (status) q.set('status', status);
   if (reason) q.set('reason', reason);
