@@ -72,7 +72,7 @@ func scenario(t *testing.T) [][]byte {
 	apply(card.Input{Type: card.TypeCardProvisioned, Card: &card.CardProvisioned{ICCID: iccid(4), AccountID: "globex", PlanID: "free",
 		IMEI: "490154203237518", StopOnIMEIChange: true}})
 	h := cdr.ChunkHeader{Carrier: "cmcc", ReceivedAt: at}
-	_, out = p.ApplyUsage(&h, []cdr.Record{{RecordID: "in-a-phone", ICCID: iccid(4), Start: at - 60, End: at, BytesDown: 10, IMEI: "356938035643809"}}, nil, nil, out)
+	_, out = p.ApplyUsage(&h, []cdr.Record{{RecordID: "in-a-phone", ICCID: iccid(4), Start: at, End: at + 60, BytesDown: 10, IMEI: "356938035643809"}}, nil, nil, out)
 	apply(card.Input{Type: card.TypeRebindRequested, Rebind: &card.Rebind{ICCID: iccid(4), IMEI: "356938035643809", Operator: "ops", Note: "the device was replaced"}})
 	// a week of quiet days, then a day far above them
 	apply(card.Input{Type: card.TypeCardProvisioned, Card: &card.CardProvisioned{ICCID: iccid(5), AccountID: "globex", PlanID: "free"}})
