@@ -39,23 +39,29 @@ func (s *Server) command(typ card.InputType) func(http.ResponseWriter, *http.Req
 		if err != nil {
 			return err
 		}
-		reply, err := s.queryCard(r, entry, iccid, pos)
-		if err != nil {
-			return err
-		}
-		v := reply.Card
-		switch {
-		case v.LastCommand.ID != id:
-			// another command for the card was decided after ours
-			writeJSON(w, http.StatusAccepted, "application/json", map[string]any{"command_id": id, "position": pos,
-				"detail": "decided; a later command followed: see GET /v1/cards/{iccid}/events"})
-			return nil
-		case !v.LastCommand.Applied:
-			p := problem(http.StatusConflict, "refused/"+v.LastCommand.Code, "command refused", RefusalDetail(v.LastCommand.Code))
-			return p
-		}
-		return ok(w, cardResponse(v, reply.Now, reply.Applied))
+		return s.decidedCommand(w, r, entry, iccid, id, pos, "command refused")
 	}
+}
+
+// decidedCommand answers an operator's command on a card (id, written at
+// pos) with the fold's decision: 200 with the card, 409 with the refusal
+// in words, or 202 when a later command was decided after it.
+func (s *Server) decidedCommand(w http.ResponseWriter, r *http.Request, entry CardEntry, iccid, id string, pos uint64, refused string) error {
+	reply, err := s.queryCard(r, entry, iccid, pos)
+	if err != nil {
+		return err
+	}
+	v := reply.Card
+	switch {
+	case v.LastCommand.ID != id:
+		// another command for the card was decided after ours
+		writeJSON(w, http.StatusAccepted, "application/json", map[string]any{"command_id": id, "position": pos,
+			"detail": "decided; a later command followed: see GET /v1/cards/{iccid}/events"})
+		return nil
+	case !v.LastCommand.Applied:
+		return problem(http.StatusConflict, "refused/"+v.LastCommand.Code, refused, RefusalDetail(v.LastCommand.Code))
+	}
+	return ok(w, cardResponse(v, reply.Now, reply.Applied))
 }
 
 // RefusalDetail says a refused command's code in words.
@@ -127,18 +133,5 @@ func (s *Server) postRebind(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	reply, err := s.queryCard(r, entry, iccid, pos)
-	if err != nil {
-		return err
-	}
-	v := reply.Card
-	switch {
-	case v.LastCommand.ID != id:
-		writeJSON(w, http.StatusAccepted, "application/json", map[string]any{"command_id": id, "position": pos,
-			"detail": "decided; a later command followed: see GET /v1/cards/{iccid}/events"})
-		return nil
-	case !v.LastCommand.Applied:
-		return problem(http.StatusConflict, "refused/"+v.LastCommand.Code, "rebind refused", RefusalDetail(v.LastCommand.Code))
-	}
-	return ok(w, cardResponse(v, reply.Now, reply.Applied))
+	return s.decidedCommand(w, r, entry, iccid, id, pos, "rebind refused")
 }
