@@ -18,6 +18,7 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/api"
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
+	"github.com/cardmeter/cardmeter/pkg/projector"
 )
 
 // env returns the environment variable CARDMETER_<NAME> or def.
@@ -103,7 +104,7 @@ func BindFlags(fs *flag.FlagSet, cfg *Config, logLevel *string) {
 	fs.StringVar(&cfg.ActuatorConfig, "actuator-config", env("actuator-config", ""), "the carriers' provisioning APIs (a JSON file, see README): with it the all-in-one also stops, resumes and cancels cards at their carrier")
 	fs.DurationVar(&cfg.Actuator.ReconcileEvery, "reconcile-every", envDur("reconcile-every", 0), "reconcile every carrier whose driver lists its cards this often, mending the drift (0: only by `cardmeter reconcile`)")
 	fs.DurationVar(&cfg.Actuator.RetryFor, "actuator-retry-for", envDur("actuator-retry-for", time.Hour), "how long a carrier call is retried before the action is reported failed")
-	fs.DurationVar(&cfg.Projector.CheckpointInterval, "checkpoint-interval", envDur("checkpoint-interval", 10*time.Second), "longest time between projector checkpoints while it folds")
+	fs.DurationVar(&cfg.Projector.CheckpointInterval, "checkpoint-interval", envDur("checkpoint-interval", projector.DefaultCheckpointInterval), "longest time between projector checkpoints while it folds")
 	fs.IntVar(&cfg.Projector.CheckpointEvery, "checkpoint-every", envInt("checkpoint-every", 50000), "projector checkpoint after this many folded log messages")
 	fs.DurationVar(&cfg.StartTimeout, "start-timeout", envDur("start-timeout", 5*time.Minute), "how long start-up waits for NATS and its streams before it exits non-zero")
 	fs.DurationVar(&cfg.LeaseTTL, "lease-ttl", envDur("lease-ttl", 0), fmt.Sprintf("where this process sets the streams up (embedded NATS, or without --wait-for-topology): how long a partition's lease outlives its owner's last renewal; 0: as the leases bucket has it (%s for a new one)", broker.DefaultTopology.LeaseTTL))

@@ -29,26 +29,30 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/broker"
 	"github.com/cardmeter/cardmeter/pkg/card"
 	"github.com/cardmeter/cardmeter/pkg/cdr"
+	"github.com/cardmeter/cardmeter/pkg/projector"
 	"github.com/cardmeter/cardmeter/pkg/sink"
 )
 
 // Config sizes a run.
 type Config struct {
-	DataDir       string
-	ClickHouse    sink.ClickHouseConfig
-	Cards         int           // fleet size
-	Partitions    int           // of the log; 0: the default for a new log
-	SinkFlush     time.Duration // the sink's flush interval; 0: its default
-	Accounts      int           // accounts the fleet spreads over
-	IngestRecords int           // records per format for the ingest figure
-	BatchRecords  int           // records per HTTP batch
-	Workers       int           // concurrent HTTP clients
-	BaselineMsgs  int           // messages of the raw JetStream baseline
-	E2E           time.Duration // how long the end-to-end run is sustained
-	StopSamples   int           // stop latency samples
-	StopLoad      int           // background CDRs/s during the stop latency run
-	Log           io.Writer     // progress lines
-	Formats       []string      // the order the ingest formats are measured in; default csv, ndjson
+	DataDir    string
+	ClickHouse sink.ClickHouseConfig
+	Cards      int           // fleet size
+	Partitions int           // of the log; 0: the default for a new log
+	SinkFlush  time.Duration // the sink's flush interval; 0: its default
+	// CheckpointInterval is the projector's longest time between
+	// checkpoints; 0: its default
+	CheckpointInterval time.Duration
+	Accounts           int           // accounts the fleet spreads over
+	IngestRecords      int           // records per format for the ingest figure
+	BatchRecords       int           // records per HTTP batch
+	Workers            int           // concurrent HTTP clients
+	BaselineMsgs       int           // messages of the raw JetStream baseline
+	E2E                time.Duration // how long the end-to-end run is sustained
+	StopSamples        int           // stop latency samples
+	StopLoad           int           // background CDRs/s during the stop latency run
+	Log                io.Writer     // progress lines
+	Formats            []string      // the order the ingest formats are measured in; default csv, ndjson
 	// Phase, when set, is called as each measured phase starts ("ingest-csv",
 	// "ingest-ndjson", "e2e", "stop") and the function it returns as it
 	// ends: the command uses it for a CPU profile per phase.
@@ -78,11 +82,15 @@ type Report struct {
 	SinkRowsPerSec               float64
 	// the sink's inserts into usage_records during the end-to-end run
 	SinkBlocks, SinkBlockRows float64
-	StopP50, StopP99          time.Duration
-	StopMax                   time.Duration
-	SendP50, SendP99          time.Duration // from sending the request (an upper bound)
-	SendMax                   time.Duration
-	StopSamples               int
+	// the projector's checkpoints during the end-to-end run: how many,
+	// and their bytes (pieces and index segments, merges included)
+	Checkpoints, CheckpointBytes float64
+	E2ERecords                   int64 // records posted in the end-to-end run
+	StopP50, StopP99             time.Duration
+	StopMax                      time.Duration
+	SendP50, SendP99             time.Duration // from sending the request (an upper bound)
+	SendMax                      time.Duration
+	StopSamples                  int
 }
 
 // LagSample is the backlog at one moment of the end-to-end run.
@@ -114,7 +122,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	p, err := app.Start(ctx, app.Config{DataDir: cfg.DataDir, NATSPort: -1, HTTPAddr: "127.0.0.1:0", Partitions: cfg.Partitions,
 		ManualClock: true, ClockStart: time.Date(2026, 3, 10, 0, 0, 0, 0, time.UTC), ClickHouse: cfg.ClickHouse,
-		Sink: sink.Config{FlushInterval: cfg.SinkFlush}}, zap.NewNop()) // the sink as deployed unless told: its default block rows and interval
+		Sink: sink.Config{FlushInterval: cfg.SinkFlush}, Projector: projector.Config{CheckpointInterval: cfg.CheckpointInterval}}, zap.NewNop()) // the sink as deployed unless told: its default block rows and interval
 	if err != nil {
 		return nil, err
 	}
@@ -483,6 +491,7 @@ func e2e(ctx context.Context, p *app.Pipeline, fl *fleet, cfg Config, now time.T
 	// let the ingest figure's records settle first
 	before := settle(rows, behind)
 	blocks0, blockRows0 := sinkBlocks(p)
+	cps0, cpBytes0 := checkpoints(p)
 	cpu0 := sampleCPU()
 	cfg.logf("end to end: ingest for %s, then until ClickHouse has every record", cfg.E2E)
 	start := time.Now()
@@ -527,6 +536,8 @@ func e2e(ctx context.Context, p *app.Pipeline, fl *fleet, cfg Config, now time.T
 	rep.E2ECPUSelf, rep.E2ECPUClickHouse = cpu0.perRecord(sampleCPU(), total)
 	blocks1, blockRows1 := sinkBlocks(p)
 	rep.SinkBlocks, rep.SinkBlockRows = blocks1-blocks0, blockRows1-blockRows0
+	cps1, cpBytes1 := checkpoints(p)
+	rep.Checkpoints, rep.CheckpointBytes, rep.E2ERecords = cps1-cps0, cpBytes1-cpBytes0, total
 	cfg.logf("  %d records posted, %d rows in ClickHouse in %.1f s: %.0f records/s end to end", total, inCH, elapsed.Seconds(), rep.E2ERate)
 	cfg.logf("  CPU per record posted: %s in this process (pipeline and load generator), %s in ClickHouse", rep.E2ECPUSelf, rep.E2ECPUClickHouse)
 	return nil
@@ -535,24 +546,45 @@ func e2e(ctx context.Context, p *app.Pipeline, fl *fleet, cfg Config, now time.T
 // sinkBlocks reads the sink's inserts into usage_records so far, and
 // their rows, from its block-size histogram.
 func sinkBlocks(p *app.Pipeline) (blocks, rows float64) {
+	return metricSum(p, "cardmeter_sink_block_rows", "table", "usage_records")
+}
+
+// checkpoints reads the projector's checkpoints so far, and their bytes.
+func checkpoints(p *app.Pipeline) (n, bytes float64) {
+	n, _ = metricSum(p, "cardmeter_projector_checkpoint_seconds", "", "")
+	_, bytes = metricSum(p, "cardmeter_projector_checkpoint_bytes_total", "", "")
+	return n, bytes
+}
+
+// metricSum reads a metric's samples whose label is value (any, when the
+// label is ""): a histogram's count and sum, or a counter's sum (as sum).
+func metricSum(p *app.Pipeline, name, label, value string) (count, sum float64) {
 	mfs, err := p.Metrics.Gather()
 	if err != nil {
 		return 0, 0
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "cardmeter_sink_block_rows" {
+		if mf.GetName() != name {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			match := label == ""
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "table" && l.GetValue() == "usage_records" {
-					blocks += float64(m.GetHistogram().GetSampleCount())
-					rows += m.GetHistogram().GetSampleSum()
-				}
+				match = match || l.GetName() == label && l.GetValue() == value
+			}
+			if !match {
+				continue
+			}
+			if h := m.GetHistogram(); h != nil {
+				count += float64(h.GetSampleCount())
+				sum += h.GetSampleSum()
+			}
+			if c := m.GetCounter(); c != nil {
+				sum += c.GetValue()
 			}
 		}
 	}
-	return blocks, rows
+	return count, sum
 }
 
 // settle waits until the projector is caught up and the row count has not
@@ -667,6 +699,9 @@ func (r *Report) Print(w io.Writer, cfg Config) {
 	fmt.Fprintf(w, "| sink insert rate | %.0f rows/s | %s |\n", r.SinkRowsPerSec, ratio(r.SinkRowsPerSec))
 	if r.SinkBlocks > 0 {
 		fmt.Fprintf(w, "| sink inserts into usage_records end to end, rows per insert (mean) | %.0f, %.0f | |\n", r.SinkBlocks, r.SinkBlockRows/r.SinkBlocks)
+	}
+	if r.Checkpoints > 0 && r.E2ERecords > 0 {
+		fmt.Fprintf(w, "| projector checkpoints end to end, bytes stored per record posted | %.0f, %.1f | |\n", r.Checkpoints, r.CheckpointBytes/float64(r.E2ERecords))
 	}
 	fmt.Fprintf(w, "| CPU per record end to end: this process (pipeline and load generator) / ClickHouse | %s / %s | |\n", r.E2ECPUSelf, r.E2ECPUClickHouse)
 	fmt.Fprintf(w, "| stop latency from the 2xx to the stopped event, %d samples under %d CDRs/s | p50 %s, p99 %s, max %s | |\n", r.StopSamples, cfg.StopLoad,

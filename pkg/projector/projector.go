@@ -37,11 +37,20 @@ import (
 )
 
 // Config configures a projector.
+// DefaultCheckpointInterval is the longest time between a partition's
+// checkpoints while it folds, unless configured.
+const DefaultCheckpointInterval = 30 * time.Second
+
 type Config struct {
 	Partitions int    // partitions in the deployment; the instances running share them by leases
 	DataDir    string // local folder of the record-id index (a cache of what checkpoints keep)
 	// CheckpointEvery and CheckpointInterval: a checkpoint after this many
-	// applied messages, or after this long with unsaved ones.
+	// applied messages, or after this long with unsaved ones. The interval
+	// is 30 s by default: under load nearly every card changes within it,
+	// so a checkpoint costs the fleet's cards whatever its length, and a
+	// longer one spreads that over more records (at 10 s, checkpoints
+	// stored 43 bytes per record end to end; at 30 s, 17). A restart folds
+	// again what came since, at about a million records a second.
 	CheckpointEvery    int
 	CheckpointInterval time.Duration
 	// CardsPerPiece bounds a base checkpoint piece, and so what a restore
@@ -81,7 +90,7 @@ func (c *Config) defaults() {
 		c.CheckpointEvery = 50000
 	}
 	if c.CheckpointInterval == 0 {
-		c.CheckpointInterval = 10 * time.Second
+		c.CheckpointInterval = DefaultCheckpointInterval
 	}
 	if c.CardsPerPiece == 0 {
 		c.CardsPerPiece = 1024

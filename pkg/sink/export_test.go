@@ -1,6 +1,13 @@
 package sink
 
-import "time"
+import (
+	"context"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/cardmeter/cardmeter/pkg/event"
+)
 
 // UnitLayout is unit id's name, partitions and position key, for tests.
 func (s *Sink) UnitLayout(id int) (name string, partitions []int, key string) {
@@ -17,4 +24,18 @@ func SetMigrationTimes(refresh, stale time.Duration) (restore func()) {
 	r, st := migrationRefresh, migrationStale
 	migrationRefresh, migrationStale = refresh, stale
 	return func() { migrationRefresh, migrationStale = r, st }
+}
+
+// UsageInserter inserts blocks of accepted chunks into usage_records as a
+// usage unit's writer does, one writer across calls (benchmarks).
+func UsageInserter(conn driver.Conn) func(ctx context.Context, chunks []*event.Accepted) (int, error) {
+	w := &usageWriter{s: &Sink{conn: conn}}
+	return func(ctx context.Context, chunks []*event.Accepted) (int, error) {
+		block := make([]blockMsg, len(chunks))
+		for i, a := range chunks {
+			block[i] = blockMsg{accepted: a}
+		}
+		n, _, err := w.insertBlock(ctx, block, false)
+		return n, err
+	}
 }

@@ -27,6 +27,7 @@ func main() {
 	flag.IntVar(&cfg.Cards, "cards", 1000000, "fleet size")
 	flag.IntVar(&cfg.Partitions, "partitions", 0, "partitions of the log (0: the default for a new log)")
 	flag.DurationVar(&cfg.SinkFlush, "sink-flush-interval", 0, "the sink's longest wait before a partial block is inserted (0: its default)")
+	flag.DurationVar(&cfg.CheckpointInterval, "checkpoint-interval", 0, "the projector's longest time between checkpoints (0: its default)")
 	flag.IntVar(&cfg.Accounts, "accounts", 1000, "accounts")
 	flag.IntVar(&cfg.IngestRecords, "ingest-records", 3000000, "records per format for the ingest figure")
 	flag.IntVar(&cfg.BatchRecords, "batch-records", 10000, "records per HTTP batch")
