@@ -66,3 +66,50 @@ func cpuTime() time.Duration {
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// A block large enough for the string columns to be sized before they are
+// filled goes in whole: every row, every value, and no blank row left by
+// the sizing.
+func TestUsageInsertKeepsEveryValue(t *testing.T) {
+	ch := testenv.ClickHouse(t)
+	conn := testenv.ClickHouseConn(t, ch)
+	ctx := context.Background()
+	if err := Migrate(ctx, conn, ch); err != nil {
+		t.Fatal(err)
+	}
+	var chunks []*event.Accepted
+	const rows = 3000 // 3000 record ids of 12 bytes and more: past the sizing's floor
+	for c := 0; c < 3; c++ {
+		a := &event.Accepted{Partition: 1, Seq: uint64(c + 1), Carrier: "cucc", ReceivedAt: 1773140000}
+		for j := 0; j < rows/3; j++ {
+			a.Rows = append(a.Rows, event.AcceptedRow{Index: j, RecordID: fmt.Sprintf("rec-%d-%05d", c, j), ICCID: fmt.Sprintf("8986%015d", j),
+				AccountID: "acct", PlanID: "plan", Start: 1773130000, End: 1773133600, BytesUp: uint64(j), BytesDown: 1,
+				SessionID: fmt.Sprint("s", j), APN: "iot", RAT: "NR", IMEI: "35209900176148", CellID: fmt.Sprint("cell-", j), CycleStart: 1772294400})
+		}
+		chunks = append(chunks, a)
+	}
+	if n, err := UsageInserter(conn)(ctx, chunks); err != nil || n != rows {
+		t.Fatalf("inserted %d rows (%v); want %d", n, err, rows)
+	}
+	var n, blankIDs, distinct, up uint64
+	var idLen, cellLen uint64
+	err := conn.QueryRow(ctx, `SELECT count(), countIf(record_id = ''), uniqExact(record_id), sum(bytes_up),
+		sum(length(record_id)), sum(length(cell_id)) FROM usage_records`).Scan(&n, &blankIDs, &distinct, &up, &idLen, &cellLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCell := uint64(0)
+	for j := 0; j < rows/3; j++ {
+		wantCell += 3 * uint64(len(fmt.Sprint("cell-", j)))
+	}
+	if n != rows || blankIDs != 0 || distinct != rows || up != 3*(rows/3)*(rows/3-1)/2 || idLen != rows*uint64(len("rec-0-00000")) || cellLen != wantCell {
+		t.Fatalf("rows %d, blank ids %d, distinct ids %d, bytes up %d, id bytes %d, cell bytes %d", n, blankIDs, distinct, up, idLen, cellLen)
+	}
+	var id, iccid, cell string
+	if err := conn.QueryRow(ctx, "SELECT record_id, iccid, cell_id FROM usage_records WHERE src_seq = 2 AND idx = 7").Scan(&id, &iccid, &cell); err != nil {
+		t.Fatal(err)
+	}
+	if id != "rec-1-00007" || iccid != "8986000000000000007" || cell != "cell-7" {
+		t.Fatalf("row (2, 7) holds %q %q %q", id, iccid, cell)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -94,12 +95,53 @@ func (c *usageColumns) appendTo(b driver.Batch) error {
 	cols := []any{c.partition, c.srcSeq, c.idx, c.carrier, c.recordID, c.iccid, c.accountID, c.planID,
 		c.start, c.end, c.bytesUp, c.bytesDown, c.sequence, c.sessionID, c.apn, c.rat, c.imei, c.cellID,
 		c.cycleStart, c.late, c.receivedAt, c.arrivalDelay}
+	if len(b.Columns()) != len(cols) {
+		return fmt.Errorf("usage_records: the insert has %d columns, the block %d", len(b.Columns()), len(cols))
+	}
 	for i, col := range cols {
+		if s, ok := col.([]string); ok {
+			if err := presize(b, i, s); err != nil {
+				return fmt.Errorf("usage_records column %d: %w", i, err)
+			}
+		}
 		if err := b.Column(i).Append(col); err != nil {
 			return fmt.Errorf("usage_records column %d: %w", i, err)
 		}
 	}
 	return nil
+}
+
+// presize makes the batch's string column i hold the bytes of vals
+// before they go in. The driver appends a column's strings one by one to
+// one buffer, which grows a quarter at a time past a few hundred bytes: a
+// copy of the column so far at each step, the largest cost of the sink's
+// own work per row. One blank value of the column's whole size, appended
+// and taken back, leaves the buffer that large.
+func presize(b driver.Batch, i int, vals []string) error {
+	n := 0
+	for _, v := range vals {
+		n += len(v)
+	}
+	if n < 4096 {
+		return nil
+	}
+	if err := b.Column(i).AppendRow(blank(n)); err != nil {
+		return err
+	}
+	b.Columns()[i].Reset()
+	return nil
+}
+
+// blankBytes is a buffer of zeros, only ever read, grown as needed.
+var blankBytes atomic.Pointer[[]byte]
+
+func blank(n int) []byte {
+	if p := blankBytes.Load(); p != nil && len(*p) >= n {
+		return (*p)[:n]
+	}
+	z := make([]byte, max(n, 1<<20))
+	blankBytes.Store(&z)
+	return z[:n]
 }
 
 const eventsInsert = `INSERT INTO card_events (partition, src_seq, idx, event_id, type, iccid, account_id, plan_id, time,
