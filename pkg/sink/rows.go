@@ -125,10 +125,14 @@ func presize(b driver.Batch, i int, vals []string) error {
 	if n < 4096 {
 		return nil
 	}
+	col := b.Columns()[i]
+	if col.Type() != "String" {
+		return nil // a column of another type (a later schema's) takes its values as they come
+	}
 	if err := b.Column(i).AppendRow(blank(n)); err != nil {
 		return err
 	}
-	b.Columns()[i].Reset()
+	col.Reset()
 	return nil
 }
 
