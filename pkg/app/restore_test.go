@@ -242,3 +242,68 @@ func manifest(t *testing.T, js jetstream.JetStream, part int) projector.Manifest
 	}
 	return m
 }
+
+// The checkpoint interval runs from when the checkpoint was stored, not
+// from a restore: a projector that restarts after its last checkpoint is
+// older than the interval checkpoints as soon as it has folded what came
+// since, rather than a whole interval later. A partition that crashes
+// again and again then does not fold more again at each restart.
+func TestCheckpointIntervalRunsFromTheLastCheckpoint(t *testing.T) {
+	p, err := Start(context.Background(), Config{Roles: []string{RoleAPI}, DataDir: t.TempDir(), NATSPort: -1, HTTPAddr: "127.0.0.1:0",
+		Partitions: 1, ManualClock: true, ClockStart: time.Date(2026, 1, 10, 12, 0, 0, 0, time.UTC)}, testenv.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	const interval = 6 * time.Second
+	run := func(crash bool) (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		pr := projector.New(p.NC, p.JS, projector.Config{Partitions: 1, CheckpointInterval: interval, CrashOnStop: crash,
+			DataDir: filepath.Join(p.cfg.DataDir, "projector")}, testenv.Logger(t))
+		done := make(chan error, 1)
+		go func() { done <- pr.Run(ctx) }()
+		testenv.Eventually(t, 10*time.Second, pr.Ready)
+		return func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("projector: %v", err)
+			}
+		}
+	}
+	c := &client{t: t, base: p.URL}
+	post := func(id string) uint64 {
+		body := fmt.Sprintf(`{"record_id":"%s","iccid":"%s","start_time":"2026-01-10T08:00:00Z","end_time":"2026-01-10T08:10:00Z","bytes_up":1,"bytes_down":1}`, id, iccid(1))
+		var res api.BatchResult
+		if code := c.do("POST", "/v1/usage?carrier=cmcc", "application/x-ndjson", []byte(body), &res); code != 200 && code != 202 {
+			t.Fatalf("batch %s: %d %+v", id, code, res)
+		}
+		return res.Position
+	}
+	stop := run(false)
+	c.putJSON("/v1/plans/iot", map[string]any{"quota_bytes": 1_000_000})
+	c.putJSON("/v1/cards/"+iccid(1), map[string]any{"account_id": "acme", "plan_id": "iot", "carrier": "cmcc"})
+	first := post("r1")
+	stop() // a graceful stop: its final checkpoint is the last one
+	m := manifest(t, p.JS, 0)
+	if m.Seq < first {
+		t.Fatalf("the final checkpoint is as of %d, before the batch at %d", m.Seq, first)
+	}
+	time.Sleep(time.Until(m.Saved.Add(interval + 500*time.Millisecond)))
+
+	stop = run(true)
+	defer stop()
+	restarted := time.Now()
+	second := post("r2")
+	testenv.Eventually(t, 2*interval, func() error {
+		if m := manifest(t, p.JS, 0); m.Seq < second {
+			return fmt.Errorf("the checkpoint is as of %d, the batch at %d", m.Seq, second)
+		}
+		return nil
+	})
+	// a checkpoint due a whole interval after the restart would come 6 s
+	// after it; this one is due once the batch is folded (within the
+	// fold's one-second tick)
+	if took := time.Since(restarted); took > interval-2*time.Second {
+		t.Fatalf("the first checkpoint after the restart came %s after it; the last one was older than the interval (%s)", took, interval)
+	}
+}

@@ -108,7 +108,15 @@ func (r *runner) restore(ctx context.Context) error {
 	}
 	r.idx = idx
 	r.folder = &fold.Folder{Partition: r.pt.id, State: state, Index: idx}
+	// the interval runs from when the checkpoint was stored, not from this
+	// restore: a partition that restarts again and again (each life
+	// shorter than the interval) still checkpoints once it has folded
+	// what came since, so what the next restart folds again does not grow
+	// with each crash
 	r.last, r.lastSave = m.Seq, time.Now()
+	if !m.Saved.IsZero() && m.Saved.Before(r.lastSave) { // (another instance's clock may be ahead)
+		r.lastSave = m.Saved
+	}
 	r.pt.mu.Lock()
 	r.pt.state, r.pt.applied, r.pt.checkpointAt = state, m.Seq, m.Saved
 	if m.Saved.IsZero() { // a manifest from before Saved, or none yet
