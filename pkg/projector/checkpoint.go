@@ -348,6 +348,7 @@ func (s *store) maintain(ctx context.Context, idx *index.Index, job saveJob) err
 		if err := s.putFile(ctx, merged, idx.Path(merged.Name)); err != nil {
 			return err
 		}
+		s.p.m.checkpointB.Add(float64(merged.Bytes))
 		if err := s.replaceSegments(ctx, idx, in, []index.SegmentInfo{merged}); err != nil {
 			return err
 		}

@@ -36,11 +36,11 @@ import (
 	"github.com/cardmeter/cardmeter/pkg/query"
 )
 
-// Config configures a projector.
 // DefaultCheckpointInterval is the longest time between a partition's
 // checkpoints while it folds, unless configured.
 const DefaultCheckpointInterval = 30 * time.Second
 
+// Config configures a projector.
 type Config struct {
 	Partitions int    // partitions in the deployment; the instances running share them by leases
 	DataDir    string // local folder of the record-id index (a cache of what checkpoints keep)
@@ -445,7 +445,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		checkpointSecs: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "cardmeter_projector_checkpoint_seconds",
 			Help: "Time to store a checkpoint (index segments, state pieces, manifest).", Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}),
 		checkpointB: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_projector_checkpoint_bytes_total",
-			Help: "Bytes of checkpoints stored: state pieces and index segments."}),
+			Help: "Bytes of checkpoints stored: state pieces and index segments, merged segments included."}),
 		checkpointErrs: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_projector_checkpoint_retries_total",
 			Help: "Failed attempts at a step of a checkpoint (retried with backoff)."}),
 		publishRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "cardmeter_projector_publish_retries_total",

@@ -115,7 +115,7 @@ func (r *runner) restore(ctx context.Context) error {
 	// with each crash
 	r.last, r.lastSave = m.Seq, time.Now()
 	if !m.Saved.IsZero() && m.Saved.Before(r.lastSave) { // (another instance's clock may be ahead)
-		r.lastSave = m.Saved
+		r.lastSave = r.lastSave.Add(-r.lastSave.Sub(m.Saved)) // as long ago, on the monotonic clock
 	}
 	r.pt.mu.Lock()
 	r.pt.state, r.pt.applied, r.pt.checkpointAt = state, m.Seq, m.Saved

@@ -78,7 +78,7 @@ func TestUsageInsertKeepsEveryValue(t *testing.T) {
 		t.Fatal(err)
 	}
 	var chunks []*event.Accepted
-	const rows = 3000 // 3000 record ids of 12 bytes and more: past the sizing's floor
+	const rows = 3000 // 3000 record ids of 11 bytes: past the sizing's floor
 	for c := 0; c < 3; c++ {
 		a := &event.Accepted{Partition: 1, Seq: uint64(c + 1), Carrier: "cucc", ReceivedAt: 1773140000}
 		for j := 0; j < rows/3; j++ {

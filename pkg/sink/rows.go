@@ -126,22 +126,28 @@ func presize(b driver.Batch, i int, vals []string) error {
 		return nil
 	}
 	col := b.Columns()[i]
-	if col.Type() != "String" {
-		return nil // a column of another type (a later schema's) takes its values as they come
+	if col.Type() != "String" || col.Rows() != 0 {
+		return nil // a column of another type (a later schema's), or not empty: its values go in as they come
 	}
-	if err := b.Column(i).AppendRow(blank(n)); err != nil {
+	if err := col.AppendRow(blank(n)); err != nil {
 		return err
 	}
 	col.Reset()
 	return nil
 }
 
-// blankBytes is a buffer of zeros, only ever read, grown as needed.
+// blankBytes is a buffer of zeros, only ever read, grown as needed up to
+// maxBlank; a larger column gets one of its own.
 var blankBytes atomic.Pointer[[]byte]
+
+const maxBlank = 8 << 20
 
 func blank(n int) []byte {
 	if p := blankBytes.Load(); p != nil && len(*p) >= n {
 		return (*p)[:n]
+	}
+	if n > maxBlank {
+		return make([]byte, n)
 	}
 	z := make([]byte, max(n, 1<<20))
 	blankBytes.Store(&z)
