@@ -115,9 +115,15 @@ func (c *client) card(iccid string, minPos uint64) api.CardResponse {
 // runProjector starts a projector on the pipeline's connection; stop ends
 // it the way a crash would (no flush, no final checkpoint).
 func runProjector(t *testing.T, p *Pipeline, checkpointEvery int) (stop func()) {
+	return startProjector(t, p, projector.Config{CheckpointEvery: checkpointEvery, CheckpointInterval: time.Hour, CrashOnStop: true})
+}
+
+// startProjector starts a projector on the pipeline's connection, with
+// the pipeline's partitions and data folder, and waits until it is ready.
+func startProjector(t *testing.T, p *Pipeline, cfg projector.Config) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
-	pr := projector.New(p.NC, p.JS, projector.Config{Partitions: p.cfg.Partitions, CheckpointEvery: checkpointEvery,
-		CheckpointInterval: time.Hour, CrashOnStop: true, DataDir: filepath.Join(p.cfg.DataDir, "projector")}, testenv.Logger(t))
+	cfg.Partitions, cfg.DataDir = p.cfg.Partitions, filepath.Join(p.cfg.DataDir, "projector")
+	pr := projector.New(p.NC, p.JS, cfg, testenv.Logger(t))
 	done := make(chan error, 1)
 	go func() { done <- pr.Run(ctx) }()
 	testenv.Eventually(t, 10*time.Second, pr.Ready)

@@ -256,18 +256,7 @@ func TestCheckpointIntervalRunsFromTheLastCheckpoint(t *testing.T) {
 	}
 	t.Cleanup(p.Stop)
 	run := func(crash bool) (stop func()) {
-		ctx, cancel := context.WithCancel(context.Background())
-		pr := projector.New(p.NC, p.JS, projector.Config{Partitions: 1, CheckpointInterval: time.Hour, CrashOnStop: crash,
-			DataDir: filepath.Join(p.cfg.DataDir, "projector")}, testenv.Logger(t))
-		done := make(chan error, 1)
-		go func() { done <- pr.Run(ctx) }()
-		testenv.Eventually(t, 10*time.Second, pr.Ready)
-		return func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("projector: %v", err)
-			}
-		}
+		return startProjector(t, p, projector.Config{CheckpointInterval: time.Hour, CrashOnStop: crash})
 	}
 	c := &client{t: t, base: p.URL}
 	post := func(id string) uint64 {
