@@ -114,7 +114,7 @@ func (c *usageColumns) appendTo(b driver.Batch) error {
 // presize makes the batch's string column i hold the bytes of vals
 // before they go in. The driver appends a column's strings one by one to
 // one buffer, which grows a quarter at a time past a few hundred bytes: a
-// copy of the column so far at each step, the largest cost of the sink's
+// copy of the column so far at each step, the largest single item of the sink's
 // own work per row. One blank value of the column's whole size, appended
 // and taken back, leaves the buffer that large.
 func presize(b driver.Batch, i int, vals []string) error {
