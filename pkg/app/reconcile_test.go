@@ -94,6 +94,7 @@ func TestReconcileMendsDrift(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Stop)
+	testenv.Eventually(t, 10*time.Second, p.Projector.Ready) // a command to a partition still restoring is answered 503
 	c := &client{t: t, base: p.URL}
 	seen := events(t, p.JS)
 	c.putJSON("/v1/plans/p", map[string]any{"quota_bytes": 1000, "cycle_anchor_day": 1, "time_zone": "UTC"})

@@ -198,6 +198,7 @@ func TestDisabledWebhookIsAnEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Stop)
+	testenv.Eventually(t, 10*time.Second, p.Projector.Ready) // a command to a partition still restoring is answered 503
 	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { http.Error(w, "down", http.StatusBadGateway) }))
 	defer broken.Close()
 	c := &client{t: t, base: p.URL}
